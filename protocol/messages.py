@@ -1,0 +1,232 @@
+"""Every message swarmd and swarmctl exchange, declared once.
+
+A message is a msgpack map with a type tag ``t`` and a protocol version ``v``. The
+structs below are the schema: the decoder in :mod:`protocol.codec` validates every
+field on receipt, so the daemon only ever sees well-formed objects.
+
+Gossiped node state is a set of versioned key-values; the value schema of each
+known key is in :data:`STATE_SCHEMAS` and is checked when a delta is applied.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct, field
+
+PROTOCOL_VERSION = 1
+
+NodeId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+Address = Annotated[str, Meta(min_length=3, max_length=262)]  # host:port
+Name = Annotated[str, Meta(max_length=128)]
+Text = Annotated[str, Meta(max_length=4096)]
+Count = Annotated[int, Meta(ge=0)]
+Bytes = Annotated[int, Meta(ge=0)]
+
+
+class Message(Struct, tag_field="t", kw_only=True, forbid_unknown_fields=False):
+    """Base of every wire message."""
+
+    v: int = PROTOCOL_VERSION
+
+
+# ---------------------------------------------------------------- gossip
+
+
+class NodeRef(Struct, array_like=True, frozen=True):
+    """Who sent a gossip message: id, generation, a per-process nonce, address."""
+
+    id: NodeId
+    gen: Count
+    boot: Count
+    addr: Address
+
+
+class DigestEntry(Struct, array_like=True, frozen=True):
+    """What the sender knows of one node: its generation, heartbeat, max version."""
+
+    id: NodeId
+    gen: Count
+    hb: Count
+    maxv: Count
+
+
+class KV(Struct, array_like=True, frozen=True):
+    key: Annotated[str, Meta(min_length=1, max_length=64)]
+    value: Any
+    version: Annotated[int, Meta(ge=1)]
+
+
+class NodeDelta(Struct, array_like=True, frozen=True):
+    """Key-values of one node newer than the receiver's digest said it had."""
+
+    id: NodeId
+    gen: Count
+    hb: Count
+    kvs: Annotated[list[KV], Meta(max_length=256)]
+
+
+Digest = Annotated[list[DigestEntry], Meta(max_length=65536)]
+Delta = Annotated[list[NodeDelta], Meta(max_length=65536)]
+
+
+class Syn(Message, tag="syn"):
+    sender: NodeRef
+    seq: Count
+    digest: Digest
+
+
+class SynAck(Message, tag="synack"):
+    sender: NodeRef
+    seq: Count
+    digest: Digest
+    delta: Delta
+
+
+class Ack(Message, tag="ack"):
+    sender: NodeRef
+    delta: Delta
+
+
+# ---------------------------------------------------------------- node state values
+
+
+class Cpu(Struct):
+    cores: Count
+    model: Name = ""
+    load: float = 0.0  # 1-minute load average divided by cores
+
+
+class Memory(Struct):
+    total: Bytes
+    available: Bytes
+
+
+class Battery(Struct):
+    percent: float
+    plugged: bool
+
+
+class Gpu(Struct):
+    name: Name
+    vram_total: Bytes
+    vram_free: Bytes
+    source: Literal["nvml", "declared"]
+    utilization: float | None = None  # percent
+    temperature: float | None = None  # degrees C
+
+
+class Hardware(Struct):
+    cpu: Cpu
+    memory: Memory
+    battery: Battery | None = None
+    gpus: Annotated[list[Gpu], Meta(max_length=64)] = []
+    nvml: bool = False  # whether NVML was available on the node
+
+
+class ModelProfile(Struct):
+    name: Name
+    model: Name
+    endpoint: Annotated[str, Meta(max_length=1024)]
+    capabilities: Annotated[list[Name], Meta(max_length=64)] = []
+    max_concurrency: Annotated[int, Meta(ge=1)] = 1
+    cost_per_mtok: Annotated[float, Meta(ge=0)] = 0.0
+    latency_ms: float | None = None
+
+
+Models = Annotated[list[ModelProfile], Meta(max_length=64)]
+
+# The keys a node gossips about itself and the schema of each value.
+STATE_SCHEMAS: dict[str, Any] = {
+    "name": Name,
+    "addr": Address,
+    "status": Literal["alive", "left"],
+    "hw": Hardware,
+    "models": Models,
+    "draining": bool,
+    "queue": Count,
+}
+
+
+def validate_state_value(key: str, value: Any) -> Any:
+    """Check one gossiped value against its key's schema; unknown keys pass as-is.
+
+    Raises msgspec.ValidationError when a known key carries a malformed value.
+    """
+    schema = STATE_SCHEMAS.get(key)
+    if schema is None:
+        return value
+    return msgspec.convert(value, schema)
+
+
+# ---------------------------------------------------------------- control (swarmctl)
+
+
+class PeersRequest(Message, tag="peers"):
+    pass
+
+
+class PeerView(Struct):
+    """One row of ``swarmctl peers --json`` (CONTRACT.md)."""
+
+    id: str
+    name: str
+    address: str
+    state: Literal["alive", "suspect", "dead", "left"]
+    is_self: bool = field(name="self")
+    generation: int
+    draining: bool
+    rtt_ms: float | None
+    last_seen_s: float | None
+    cpu: dict[str, Any]
+    memory: dict[str, Any]
+    gpus: list[dict[str, Any]]
+    models: list[dict[str, Any]]
+    battery: dict[str, Any] | None = None
+
+
+class PeersReply(Message, tag="peers_reply"):
+    peers: list[PeerView]
+
+
+class JoinTokenRequest(Message, tag="join_token"):
+    pass
+
+
+class JoinTokenReply(Message, tag="join_token_reply"):
+    token: str
+
+
+class StatsRequest(Message, tag="stats"):
+    pass
+
+
+class StatsReply(Message, tag="stats_reply"):
+    node: str
+    name: str
+    counters: dict[str, int]
+
+
+class ErrorReply(Message, tag="error"):
+    code: Literal["bad_request", "not_allowed", "unsupported", "internal"]
+    message: Text
+
+
+GossipMessage = Syn | SynAck | Ack
+ControlRequest = PeersRequest | JoinTokenRequest | StatsRequest
+ControlReply = PeersReply | JoinTokenReply | StatsReply | ErrorReply
+AnyMessage = GossipMessage | ControlRequest | ControlReply
+
+MESSAGE_TYPES: tuple[type[Message], ...] = (
+    Syn,
+    SynAck,
+    Ack,
+    PeersRequest,
+    PeersReply,
+    JoinTokenRequest,
+    JoinTokenReply,
+    StatsRequest,
+    StatsReply,
+    ErrorReply,
+)

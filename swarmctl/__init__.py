@@ -1,0 +1,1 @@
+"""swarmctl: the command line for a swarmd cluster."""

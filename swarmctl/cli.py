@@ -1,0 +1,212 @@
+"""``swarmctl``: talk to a swarmd node (CONTRACT.md).
+
+Exit codes: 0 success; 1 the task failed or was cancelled; 2 bad usage or input;
+3 no daemon reachable or not allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from protocol import codec
+from protocol.messages import (
+    ControlReply,
+    ControlRequest,
+    JoinTokenReply,
+    JoinTokenRequest,
+    PeersReply,
+    PeersRequest,
+    PeerView,
+    StatsReply,
+    StatsRequest,
+)
+from swarmd import __version__
+from swarmd.config import default_state_dir
+
+from .client import Client, RequestFailed, Unreachable, UsageError
+
+EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
+
+
+class Ctx:
+    def __init__(self, state_dir: Path, node: str | None, as_json: bool, timeout: float) -> None:
+        self.state_dir, self.node, self.as_json, self.timeout = state_dir, node, as_json, timeout
+
+    def fail(self, code: int, message: str) -> NoReturn:
+        click.echo(f"swarmctl: {message}", err=True)
+        sys.exit(code)
+
+    @contextmanager
+    def client(self) -> Iterator[Client]:
+        try:
+            client = Client(self.state_dir, self.node, self.timeout)
+        except Unreachable as exc:
+            self.fail(EXIT_UNREACHABLE, str(exc))
+        except UsageError as exc:
+            self.fail(EXIT_USAGE, str(exc))
+        try:
+            yield client
+        finally:
+            client.close()
+
+    def call(self, request: ControlRequest) -> ControlReply:
+        with self.client() as client:
+            try:
+                return client.request(request)
+            except Unreachable as exc:
+                self.fail(EXIT_UNREACHABLE, str(exc))
+            except RequestFailed as exc:
+                self.fail(EXIT_FAILED, str(exc))
+
+    def emit_json(self, value: Any) -> None:
+        click.echo(json.dumps(codec.to_builtins(value), indent=2, sort_keys=False))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path),
+    envvar="SWARMD_STATE_DIR",
+    help="the local node's state dir (default as swarmd)",
+)
+@click.option("--node", metavar="HOST:PORT", help="talk to this member node instead")
+@click.option("--json", "as_json", is_flag=True, help="one JSON document on stdout")
+@click.option(
+    "--timeout", type=float, default=3.0, show_default=True, help="seconds to wait for a reply"
+)
+@click.version_option(__version__, prog_name="swarmctl")
+@click.pass_context
+def main(
+    ctx: click.Context, state_dir: Path | None, node: str | None, as_json: bool, timeout: float
+) -> None:
+    """Control a swarmd cluster."""
+    ctx.obj = Ctx(state_dir or default_state_dir(), node, as_json, timeout)
+
+
+# ---------------------------------------------------------------- peers
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n = n / 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def _ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds * 1000:.0f}ms" if seconds < 1 else f"{seconds:.1f}s"
+
+
+def peers_table(peers: list[PeerView]) -> str:
+    headers = ["NAME", "ID", "STATE", "ADDRESS", "CPU", "RAM", "GPU (free/total)", "MODELS", "RTT"]
+    headers.append("SEEN")
+    rows = []
+    for p in peers:
+        cores, load = p.cpu.get("cores"), p.cpu.get("load")
+        cpu = f"{cores}c {load:.2f}" if cores is not None and load is not None else "?"
+        ram = f"{_size(p.memory.get('available'))}/{_size(p.memory.get('total'))}"
+        gpus = ", ".join(
+            f"{g['name']} {_size(g['vram_free'])}/{_size(g['vram_total'])}"
+            + ("*" if g["source"] == "declared" else "")
+            for g in p.gpus
+        )
+        models = ", ".join(
+            f"{m['name']}[{','.join(m['capabilities'])}]"
+            + (f" {m['latency_ms']:.0f}ms" if m.get("latency_ms") is not None else "")
+            for m in p.models
+        )
+        state = p.state + (" (draining)" if p.draining else "")
+        rtt = "-" if p.rtt_ms is None else f"{p.rtt_ms:.1f}ms"
+        name = p.name + (" *" if p.is_self else "")
+        seen = "-" if p.is_self else _ago(p.last_seen_s)
+        rows.append([name, p.id[:8], state, p.address, cpu, ram, gpus or "-", models or "-"])
+        rows[-1] += [rtt, seen]
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    head = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
+    alive = sum(p.state == "alive" for p in peers)
+    footer = f"{len(peers)} node(s), {alive} alive.  * this node; GPU* declared, not measured"
+    return "\n".join([head.rstrip(), *(line.rstrip() for line in lines), footer])
+
+
+@main.command()
+@click.option("--watch", is_flag=True, help="refresh in place every second (Ctrl-C to stop)")
+@click.option("--interval", type=float, default=1.0, hidden=True)
+@click.pass_obj
+def peers(obj: Ctx, watch: bool, interval: float) -> None:
+    """List the nodes of the cluster and their capacity."""
+    fetch: Callable[[], list[PeerView]] = lambda: _peers(obj)  # noqa: E731
+    if not watch:
+        result = fetch()
+        if obj.as_json:
+            obj.emit_json(result)
+        else:
+            click.echo(peers_table(result))
+        return
+    tty = sys.stdout.isatty()
+    try:
+        while True:
+            result = fetch()
+            if obj.as_json:
+                click.echo(json.dumps(codec.to_builtins(result)))  # one document per line
+            else:
+                stamp = time.strftime("%H:%M:%S")
+                screen = f"swarmctl peers — {stamp}\n{peers_table(result)}"
+                click.echo(("\x1b[H\x1b[J" if tty else "") + screen)
+            sys.stdout.flush()
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+
+
+def _peers(obj: Ctx) -> list[PeerView]:
+    reply = obj.call(PeersRequest())
+    assert isinstance(reply, PeersReply)
+    return reply.peers
+
+
+# ---------------------------------------------------------------- cluster membership
+
+
+@main.command("join-token")
+@click.pass_obj
+def join_token(obj: Ctx) -> None:
+    """Print a token that lets a new machine join this cluster (keep it secret)."""
+    reply = obj.call(JoinTokenRequest())
+    assert isinstance(reply, JoinTokenReply)
+    if obj.as_json:
+        obj.emit_json({"token": reply.token})
+    else:
+        click.echo(reply.token)
+        click.echo(f"on the new machine: swarmd --join-token {reply.token}", err=True)
+
+
+@main.command()
+@click.pass_obj
+def stats(obj: Ctx) -> None:
+    """Counters of the node: messages received, dropped by reason, peers by state."""
+    reply = obj.call(StatsRequest())
+    assert isinstance(reply, StatsReply)
+    if obj.as_json:
+        obj.emit_json({"node": reply.node, "name": reply.name, "counters": reply.counters})
+        return
+    click.echo(f"node {reply.name} ({reply.node})")
+    for key, value in reply.counters.items():
+        click.echo(f"  {key:32} {value}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

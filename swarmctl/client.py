@@ -1,0 +1,106 @@
+"""Request/reply to a swarmd node: the local unix socket, or a member's port with CURVE."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from protocol import ProtocolError, codec
+from protocol.messages import ControlReply, ControlRequest, ErrorReply
+from swarmd.config import split_host_port
+from swarmd.identity import ClusterKeys, load_cluster_secret
+from swarmd.transport import curve_client
+
+
+class Unreachable(Exception):
+    """No daemon answered, or it refused us (exit code 3)."""
+
+
+class RequestFailed(Exception):
+    """The daemon answered with an error."""
+
+
+class UsageError(Exception):
+    """Bad arguments (exit code 2)."""
+
+
+class Client:
+    def __init__(self, state_dir: Path, node: str | None = None, timeout_s: float = 3.0) -> None:
+        self.state_dir = state_dir
+        self.node = node
+        self.timeout_s = timeout_s
+        self.ctx = zmq.Context.instance()
+        self.sock: zmq.Socket[bytes] = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, codec.MAX_FRAME_BYTES)
+        self.monitor: zmq.Socket[bytes] | None = None
+        if node is None:
+            path = state_dir / "control.sock"
+            if not path.exists():
+                raise Unreachable(
+                    f"no swarmd control socket at {path} (is swarmd running with this "
+                    "state dir? start it with `swarmd`, or pass --state-dir)"
+                )
+            self.where = str(path)
+            self.sock.connect(f"ipc://{path}")
+        else:
+            try:
+                host, port = split_host_port(node)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+            try:
+                secret = load_cluster_secret(state_dir)
+            except ValueError as exc:
+                raise Unreachable(str(exc)) from None
+            if secret is None:
+                raise Unreachable(
+                    f"no cluster secret in {state_dir}: --node needs this machine to be a "
+                    "member (run swarmd with --join-token first, or pass --state-dir)"
+                )
+            curve_client(self.sock, ClusterKeys.from_secret(secret))
+            self.monitor = self.sock.get_monitor_socket(
+                zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+            )
+            self.where = node
+            self.sock.connect(f"tcp://{host}:{port}")
+
+    def request(self, message: ControlRequest) -> ControlReply:
+        self.sock.send(codec.encode(message))
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        if self.monitor is not None:
+            poller.register(self.monitor, zmq.POLLIN)
+        deadline = time.monotonic() + self.timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            events = dict(poller.poll(int(left * 1000) + 1))
+            if self.monitor is not None and self.monitor in events:
+                recv_monitor_message(self.monitor)
+                raise Unreachable(
+                    f"{self.where} refused the connection: this machine's cluster secret is "
+                    "not the node's cluster"
+                )
+            if self.sock in events:
+                try:
+                    reply = codec.decode(self.sock.recv())
+                except ProtocolError as exc:
+                    raise RequestFailed(f"bad reply from {self.where}: {exc}") from None
+                if isinstance(reply, ErrorReply):
+                    raise RequestFailed(f"{reply.code}: {reply.message}")
+                return reply  # type: ignore[return-value]
+        hint = (
+            "not running, not reachable, or this machine is not a member of its cluster"
+            if self.node
+            else "the daemon is not answering"
+        )
+        raise Unreachable(f"no answer from {self.where} within {self.timeout_s:g} s ({hint})")
+
+    def close(self) -> None:
+        if self.monitor is not None:
+            self.sock.disable_monitor()
+            self.monitor.close(linger=0)
+        self.sock.close(linger=0)

@@ -1,0 +1,3 @@
+"""swarmd: the daemon."""
+
+__version__ = "0.1.0"

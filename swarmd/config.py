@@ -1,0 +1,272 @@
+"""swarmd.toml, command-line flags and environment, resolved into one :class:`Config`.
+
+Precedence: flags > config file > built-in defaults. Every flag has a config key.
+Errors name the file, the table and the key (``ConfigError``); the CLI exits 2 on them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .core.failure import DetectorConfig
+from .core.gossip import GossipConfig
+from .hardware import DeclaredGpu, parse_size
+
+DEFAULT_PORT = 7946
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    endpoint: str
+    model: str
+    capabilities: tuple[str, ...] = ()
+    max_concurrency: int = 1
+    cost_per_mtok: float = 0.0
+
+
+@dataclass(frozen=True)
+class Config:
+    state_dir: Path
+    name: str = field(default_factory=lambda: _default_name())
+    bind: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    advertise: str | None = None  # host:port peers dial; default from bind / LAN interface
+    join: tuple[str, ...] = ()
+    mdns: bool = True
+    join_token: str | None = None
+    log_level: str = "info"
+    max_concurrency: int = field(default_factory=lambda: os.cpu_count() or 1)
+    allow_shell: bool = True
+    cost_per_hour: float = 0.0
+    on_battery: str = "pause"
+    hardware_interval_s: float = 5.0
+    gpus: tuple[DeclaredGpu, ...] = ()
+    models: tuple[ModelConfig, ...] = ()
+    gossip: GossipConfig = field(default_factory=GossipConfig)
+    source: Path | None = None  # the file it was read from
+
+    @property
+    def control_path(self) -> Path:
+        return self.state_dir / "control.sock"
+
+
+def _default_name() -> str:
+    host = socket.gethostname().split(".")[0] or "node"
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", host)[:63]
+
+
+def default_state_dir(env: dict[str, str] | None = None) -> Path:
+    env = dict(os.environ) if env is None else env
+    if env.get("SWARMD_STATE_DIR"):
+        return Path(env["SWARMD_STATE_DIR"])
+    if env.get("STATE_DIRECTORY"):  # systemd StateDirectory=; may list several
+        return Path(env["STATE_DIRECTORY"].split(":")[0])
+    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "swarmd"
+
+
+def default_config_path(env: dict[str, str] | None = None) -> Path | None:
+    env = dict(os.environ) if env is None else env
+    if env.get("SWARMD_CONFIG"):
+        return Path(env["SWARMD_CONFIG"])
+    for candidate in (Path("/etc/swarmd/swarmd.toml"), Path.home() / ".config/swarmd/swarmd.toml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def parse_duration(text: str | int | float) -> float:
+    """'500ms', '2s', '10m', '1h', or a number of seconds."""
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        return float(text)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h)?\s*", str(text))
+    if not m:
+        raise ValueError(f"bad duration {text!r}: expected e.g. 500ms, 30s, 10m, 1h")
+    unit = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[m.group(2) or "s"]
+    return float(m.group(1)) * unit
+
+
+def split_host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"bad address {text!r}: expected HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+class _Table:
+    """Typed access to one TOML table with errors that say where."""
+
+    def __init__(self, where: str, data: Any) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: expected a table")
+        self.where, self.data, self.used = where, data, set[str]()
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+        self.used.add(key)
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        is_bool = isinstance(value, bool)  # bool is an int subclass: only if asked for
+        if (is_bool and bool not in kinds) or not isinstance(value, kinds):
+            names = " or ".join(k.__name__ for k in kinds)
+            raise ConfigError(f"{self.where} {key}: expected {names}, got {value!r}")
+        return value
+
+    def convert(self, key: str, fn: Any, default: Any = None) -> Any:
+        self.used.add(key)
+        if key not in self.data:
+            return default
+        try:
+            return fn(self.data[key])
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{self.where} {key}: {exc}") from None
+
+    def check_unknown(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise ConfigError(f"{self.where}: unknown key(s) {', '.join(unknown)}")
+
+
+def load(path: Path | None, overrides: dict[str, Any], state_dir: Path | None = None) -> Config:
+    """Read ``path`` (if any), apply non-None ``overrides`` (flag values), validate."""
+    raw: dict[str, Any] = {}
+    label = str(path) if path else "defaults"
+    if path is not None:
+        try:
+            raw = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    top = _Table(label, raw)
+    node = _Table(f"{label} [node]", top.get("node", dict, {}))
+    values: dict[str, Any] = {}
+    for key, kind in (
+        ("name", str),
+        ("bind", str),
+        ("port", int),
+        ("advertise", str),
+        ("mdns", bool),
+        ("log_level", str),
+        ("max_concurrency", int),
+        ("allow_shell", bool),
+        ("cost_per_hour", (int, float)),
+        ("on_battery", str),
+        ("state_dir", str),
+    ):
+        if (value := node.get(key, kind)) is not None:
+            values[key] = value
+    if (join := node.get("join", list)) is not None:
+        values["join"] = tuple(join)
+    node.check_unknown()
+
+    hardware = _Table(f"{label} [hardware]", top.get("hardware", dict, {}))
+    gpus = []
+    for i, item in enumerate(hardware.get("gpus", list, [])):
+        gpu = _Table(f"{label} [hardware] gpus[{i}]", item)
+        name = gpu.get("name", str)
+        if not name:
+            raise ConfigError(f"{gpu.where}: name is required")
+        vram = gpu.convert("vram", parse_size)
+        if vram is None:
+            raise ConfigError(f'{gpu.where}: vram is required (e.g. "24GiB")')
+        gpu.check_unknown()
+        gpus.append(DeclaredGpu(name, vram))
+    hardware.check_unknown()
+
+    models = []
+    for name, item in top.get("models", dict, {}).items():
+        m = _Table(f"{label} [models.{name}]", item)
+        endpoint, model = m.get("endpoint", str), m.get("model", str)
+        if not endpoint or not model:
+            raise ConfigError(f"{m.where}: endpoint and model are required")
+        caps = m.get("capabilities", list, [])
+        if not all(isinstance(c, str) for c in caps):
+            raise ConfigError(f"{m.where} capabilities: expected a list of strings")
+        models.append(
+            ModelConfig(
+                name=name,
+                endpoint=endpoint,
+                model=model,
+                capabilities=tuple(caps),
+                max_concurrency=m.get("max_concurrency", int, 1),
+                cost_per_mtok=float(m.get("cost_per_mtok", (int, float), 0.0)),
+            )
+        )
+        m.check_unknown()
+
+    g = _Table(f"{label} [gossip]", top.get("gossip", dict, {}))
+    gossip = _gossip_config(g)
+    g.check_unknown()
+    top.check_unknown()
+
+    values.update({k: v for k, v in overrides.items() if v is not None and v != ()})
+    if overrides.get("join"):
+        values["join"] = tuple(overrides["join"])
+    sd = state_dir or Path(values.pop("state_dir", None) or default_state_dir())
+    values.pop("state_dir", None)
+    cfg = Config(
+        state_dir=sd,
+        gpus=tuple(gpus),
+        models=tuple(models),
+        gossip=gossip,
+        source=path,
+        **values,
+    )
+    _validate(cfg)
+    return cfg
+
+
+def _gossip_config(g: _Table) -> GossipConfig:
+    d = DetectorConfig()
+    detector = DetectorConfig(
+        phi_threshold=float(g.get("phi_threshold", (int, float), d.phi_threshold)),
+        min_std_s=g.convert("min_std", parse_duration, d.min_std_s),
+        acceptable_pause_s=g.convert("acceptable_pause", parse_duration, d.acceptable_pause_s),
+        suspicion_s=g.convert("suspicion", parse_duration, d.suspicion_s),
+    )
+    base = GossipConfig()
+    return GossipConfig(
+        interval_s=g.convert("interval", parse_duration, base.interval_s),
+        fanout=g.get("fanout", int, base.fanout),
+        forget_after_s=g.convert("forget_after", parse_duration, base.forget_after_s),
+        detector=detector,
+    )
+
+
+def _validate(cfg: Config) -> None:
+    if not _NAME_RE.match(cfg.name):
+        raise ConfigError(f"name {cfg.name!r}: use letters, digits, '-', '_', '.' (max 63)")
+    if not 0 < cfg.port < 65536:
+        raise ConfigError(f"port {cfg.port}: expected 1-65535")
+    for seed in cfg.join:
+        try:
+            split_host_port(seed)
+        except ValueError as exc:
+            raise ConfigError(f"join: {exc}") from None
+    if cfg.advertise is not None:
+        try:
+            split_host_port(cfg.advertise)
+        except ValueError as exc:
+            raise ConfigError(f"advertise: {exc}") from None
+    if cfg.on_battery not in ("pause", "run"):
+        raise ConfigError(f"on_battery {cfg.on_battery!r}: expected pause or run")
+    if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"log_level {cfg.log_level!r}: expected debug, info, warning or error")
+    if cfg.max_concurrency < 1:
+        raise ConfigError("max_concurrency: expected at least 1")
+    if cfg.gossip.interval_s <= 0 or cfg.gossip.fanout < 1:
+        raise ConfigError("[gossip]: interval must be > 0 and fanout >= 1")

@@ -1,0 +1,129 @@
+"""The API swarmctl calls: control requests in, replies out, built from the node's view.
+
+Requests arrive on the owner-only unix socket in the state dir, or from members over
+the CURVE socket (``swarmctl --node HOST:PORT``); both speak the same protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import msgspec
+
+from protocol.messages import (
+    ControlReply,
+    ControlRequest,
+    ErrorReply,
+    Hardware,
+    JoinTokenReply,
+    JoinTokenRequest,
+    ModelProfile,
+    PeersReply,
+    PeersRequest,
+    PeerView,
+    StatsReply,
+    StatsRequest,
+)
+
+from .core.gossip import Member
+
+
+class NodeFacade(Protocol):
+    """What the control API needs from the running node."""
+
+    def members(self) -> list[Member]: ...
+    def join_token(self) -> str: ...
+    def stats(self) -> dict[str, int]: ...
+    @property
+    def node_id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+
+
+def _hardware(value: Any) -> Hardware | None:
+    if value is None:
+        return None
+    try:
+        return msgspec.convert(value, Hardware)
+    except msgspec.ValidationError:
+        return None  # validated on receipt; this only guards our own bugs
+
+
+def peer_view(member: Member) -> PeerView:
+    node = member.state
+    hw = _hardware(node.get("hw"))
+    models: list[dict[str, Any]] = []
+    for raw in node.get("models") or []:
+        try:
+            m = msgspec.convert(raw, ModelProfile)
+        except msgspec.ValidationError:
+            continue
+        models.append(
+            {
+                "name": m.name,
+                "model": m.model,
+                "endpoint": m.endpoint,
+                "capabilities": list(m.capabilities),
+                "latency_ms": m.latency_ms,
+                "max_concurrency": m.max_concurrency,
+                "cost_per_mtok": m.cost_per_mtok,
+            }
+        )
+    return PeerView(
+        id=node.node_id,
+        name=node.get("name") or node.node_id,
+        address=node.get("addr") or "",
+        state=member.liveness.value,
+        is_self=member.is_self,
+        generation=node.generation,
+        draining=bool(node.get("draining", False)),
+        rtt_ms=None if member.rtt_s is None else round(member.rtt_s * 1000, 3),
+        last_seen_s=None if member.last_seen_s is None else round(member.last_seen_s, 3),
+        cpu={"cores": hw.cpu.cores, "load": hw.cpu.load, "model": hw.cpu.model}
+        if hw
+        else {"cores": None, "load": None, "model": None},
+        memory={"total": hw.memory.total, "available": hw.memory.available}
+        if hw
+        else {"total": None, "available": None},
+        gpus=[
+            {
+                "name": g.name,
+                "vram_total": g.vram_total,
+                "vram_free": g.vram_free,
+                "source": g.source,
+                "utilization": g.utilization,
+                "temperature": g.temperature,
+            }
+            for g in (hw.gpus if hw else [])
+        ],
+        models=models,
+        battery=msgspec.to_builtins(hw.battery) if hw and hw.battery else None,
+    )
+
+
+def peers(members: list[Member]) -> list[PeerView]:
+    views = [peer_view(m) for m in members]
+    views.sort(key=lambda p: (not p.is_self, p.name, p.id))
+    return views
+
+
+class Control:
+    def __init__(self, node: NodeFacade) -> None:
+        self.node = node
+        self._handlers: dict[type, Callable[[Any, bool], ControlReply]] = {
+            PeersRequest: lambda _r, _l: PeersReply(peers=peers(self.node.members())),
+            JoinTokenRequest: lambda _r, _l: JoinTokenReply(token=self.node.join_token()),
+            StatsRequest: lambda _r, _l: StatsReply(
+                node=self.node.node_id, name=self.node.name, counters=self.node.stats()
+            ),
+        }
+
+    def handles(self, request: object) -> bool:
+        return type(request) in self._handlers
+
+    def handle(self, request: ControlRequest, local: bool) -> ControlReply:
+        handler = self._handlers.get(type(request))
+        if handler is None:
+            return ErrorReply(code="unsupported", message=f"not a control request: {request!r}")
+        return handler(request, local)

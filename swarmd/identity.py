@@ -1,0 +1,138 @@
+"""Who this node is and which cluster it belongs to, persisted in the state dir.
+
+- ``node_id``: random, created on first start, kept across restarts and upgrades.
+- ``generation``: a counter bumped at every start; a restarted node's higher
+  generation supersedes its old gossiped state.
+- ``cluster.secret``: 32 random bytes (file mode 0600). The cluster is defined by it:
+  every member derives the same CURVE key pair from it, and the ZAP handler admits
+  only clients that prove possession of that key pair. The mDNS fingerprint is a hash
+  of the *public* key, so it says which cluster a record belongs to and nothing more.
+- join tokens carry the secret and a few seed addresses; treat them like passwords.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+import zmq
+from zmq.utils import z85
+
+TOKEN_PREFIX = "swarmd1-"
+SECRET_BYTES = 32
+
+
+@dataclass(frozen=True)
+class ClusterKeys:
+    secret: bytes
+    public_z85: bytes
+    secret_z85: bytes
+    fingerprint: str
+
+    @classmethod
+    def from_secret(cls, secret: bytes) -> ClusterKeys:
+        if len(secret) != SECRET_BYTES:
+            raise ValueError(f"cluster secret must be {SECRET_BYTES} bytes, got {len(secret)}")
+        curve_secret = hashlib.blake2b(secret, digest_size=32, person=b"swarmd-curve").digest()
+        secret_z85 = z85.encode(curve_secret)
+        public_z85 = zmq.curve_public(secret_z85)
+        fingerprint = hashlib.blake2b(public_z85, digest_size=8, person=b"swarmd-fp").hexdigest()
+        return cls(secret, public_z85, secret_z85, fingerprint)
+
+
+def ensure_state_dir(state_dir: Path) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(state_dir, 0o700)
+
+
+def _write_private(path: Path, data: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def new_node_id() -> str:
+    return secrets.token_hex(8)
+
+
+def load_or_create_node_id(state_dir: Path) -> tuple[str, bool]:
+    """(node id, created?)"""
+    path = state_dir / "node_id"
+    if path.is_file():
+        text = path.read_text().strip()
+        if text and len(text) <= 64 and text.isalnum():
+            return text, False
+    node_id = new_node_id()
+    write_node_id(state_dir, node_id)
+    return node_id, True
+
+
+def write_node_id(state_dir: Path, node_id: str) -> None:
+    _write_private(state_dir / "node_id", node_id + "\n")
+
+
+def next_generation(state_dir: Path) -> int:
+    path = state_dir / "generation"
+    try:
+        current = int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        current = 0
+    gen = current + 1
+    _write_private(path, f"{gen}\n")
+    return gen
+
+
+def load_cluster_secret(state_dir: Path) -> bytes | None:
+    path = state_dir / "cluster.secret"
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    try:
+        secret = bytes.fromhex(text)
+    except ValueError:
+        raise ValueError(f"{path}: not a hex cluster secret") from None
+    if len(secret) != SECRET_BYTES:
+        raise ValueError(f"{path}: cluster secret must be {SECRET_BYTES} bytes")
+    return secret
+
+
+def store_cluster_secret(state_dir: Path, secret: bytes) -> None:
+    _write_private(state_dir / "cluster.secret", secret.hex() + "\n")
+
+
+def create_cluster_secret(state_dir: Path) -> bytes:
+    secret = secrets.token_bytes(SECRET_BYTES)
+    store_cluster_secret(state_dir, secret)
+    return secret
+
+
+def make_join_token(secret: bytes, seeds: list[str]) -> str:
+    body = msgspec.msgpack.encode([secret, seeds[:8]])
+    return TOKEN_PREFIX + base64.urlsafe_b64encode(body).decode().rstrip("=")
+
+
+def parse_join_token(token: str) -> tuple[bytes, list[str]]:
+    token = token.strip()
+    if not token.startswith(TOKEN_PREFIX):
+        raise ValueError(f"not a swarmd join token (expected it to start with {TOKEN_PREFIX!r})")
+    body = token[len(TOKEN_PREFIX) :]
+    try:
+        raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+        secret, seeds = msgspec.msgpack.decode(raw, type=tuple[bytes, list[str]])
+    except (ValueError, msgspec.DecodeError, msgspec.ValidationError):
+        raise ValueError(
+            "join token is damaged (copy it again from `swarmctl join-token`)"
+        ) from None
+    if len(secret) != SECRET_BYTES:
+        raise ValueError("join token is damaged (wrong secret length)")
+    return secret, seeds

@@ -1,0 +1,456 @@
+"""The daemon: wires identity, hardware, gossip, transport, discovery and control.
+
+This is the asyncio shell around the sans-I/O core. It only moves bytes and timers:
+messages in -> ``Gossip.receive`` -> messages out; a timer -> ``Gossip.tick``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import random
+import secrets
+import signal
+import time
+from collections import Counter
+from typing import Any
+
+import msgspec
+import zmq
+import zmq.asyncio
+
+from protocol.messages import (
+    Ack,
+    AnyMessage,
+    ErrorReply,
+    ModelProfile,
+    Syn,
+    SynAck,
+)
+
+from .config import Config
+from .control import Control
+from .core.failure import Liveness
+from .core.gossip import (
+    Event,
+    Gossip,
+    IdentityConflict,
+    Member,
+    MemberChanged,
+    Send,
+    keeps_identity,
+)
+from .discovery import Discovery, Sighting, advertise_address, choose_interfaces
+from .hardware import HardwareProbe
+from .identity import (
+    ClusterKeys,
+    create_cluster_secret,
+    ensure_state_dir,
+    load_cluster_secret,
+    load_or_create_node_id,
+    make_join_token,
+    new_node_id,
+    next_generation,
+    parse_join_token,
+    store_cluster_secret,
+    write_node_id,
+)
+from .transport import Reply, Transport
+
+WATCHDOG_FACTOR = 10  # a gossip tick this many intervals late is a stalled loop
+
+
+class StartupError(RuntimeError):
+    """A reason the node cannot start that the operator can fix; exit 1, no traceback."""
+
+
+class Node:
+    def __init__(self, config: Config, log: logging.Logger | None = None) -> None:
+        self.config = config
+        self.log = log or logging.getLogger("swarmd")
+        self.counters: Counter[str] = Counter()
+        self.rng = random.Random()
+        self.boot = secrets.randbits(48)
+        self._stop = asyncio.Event()
+        self._lock_fd: int | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._handled_conflicts: set[str] = set()
+        self._last_tick = time.monotonic()
+        self.discovery: Discovery | None = None
+        self.ready = asyncio.Event()
+
+    # ------------------------------------------------------------ identity
+
+    def _prepare_state(self) -> None:
+        cfg = self.config
+        ensure_state_dir(cfg.state_dir)
+        self._lock_fd = os.open(cfg.state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StartupError(
+                f"another swarmd is already running with state dir {cfg.state_dir}"
+            ) from None
+        self.node_id, created = load_or_create_node_id(cfg.state_dir)
+        self.generation = next_generation(cfg.state_dir)
+        self.seeds = list(cfg.join)
+        secret = load_cluster_secret(cfg.state_dir)
+        if cfg.join_token:
+            try:
+                token_secret, token_seeds = parse_join_token(cfg.join_token)
+            except ValueError as exc:
+                raise StartupError(f"--join-token: {exc}") from None
+            if secret is not None and secret != token_secret:
+                self.log.warning("the join token names another cluster: leaving the old one")
+            secret = token_secret
+            store_cluster_secret(cfg.state_dir, secret)
+            self.seeds += [s for s in token_seeds if s not in self.seeds]
+            self.log.info("joined the cluster of the token; seeds %s", ", ".join(token_seeds))
+        elif secret is None:
+            secret = create_cluster_secret(cfg.state_dir)
+            self.log.info(
+                "created a new cluster. To add a machine, run `swarmctl join-token` here "
+                "and `swarmd --join-token TOKEN` there (machines on this LAN with the same "
+                "token find each other by mDNS)"
+            )
+        self.keys = ClusterKeys.from_secret(secret)
+        self.log.info(
+            "node %s%s, generation %d, cluster %s",
+            self.node_id,
+            " (new)" if created else "",
+            self.generation,
+            self.keys.fingerprint,
+        )
+
+    # ------------------------------------------------------------ start / stop
+
+    async def run(self) -> int:
+        try:
+            await self._start()
+        except StartupError as exc:
+            self.log.error("%s", exc)
+            await self._shutdown(announce=False)
+            return 1
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        self.ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        self.log.info("stopping: announcing left")
+        await self._shutdown(announce=True)
+        return 0
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def _start(self) -> None:
+        cfg = self.config
+        self._prepare_state()
+        self.interfaces = choose_interfaces(cfg.bind)
+        self.address = cfg.advertise or advertise_address(cfg.bind, cfg.port, self.interfaces)
+        self.ctx = zmq.asyncio.Context()
+        self.transport = Transport(
+            ctx=self.ctx,
+            keys=self.keys,
+            on_server=self._on_server,
+            on_link=self._on_link,
+            log=self.log.getChild("transport"),
+            counters=self.counters,
+        )
+        self.transport.start_auth()
+        try:
+            self.transport.bind_tcp(cfg.bind, cfg.port)
+        except zmq.ZMQError as exc:
+            raise StartupError(f"cannot listen on {cfg.bind}:{cfg.port}: {exc}") from None
+        control_path = cfg.control_path
+        with contextlib.suppress(FileNotFoundError):
+            control_path.unlink()  # stale: the state-dir lock proves no daemon owns it
+        try:
+            self.transport.bind_ipc(str(control_path))
+        except zmq.ZMQError as exc:
+            raise StartupError(f"cannot create control socket {control_path}: {exc}") from None
+        os.chmod(control_path, 0o600)
+
+        self.probe = HardwareProbe(cfg.gpus, log=self.log.getChild("hardware"))
+        self.hardware = await asyncio.to_thread(self.probe.probe)
+        self.gossip = self._new_gossip(self.node_id, self.generation)
+        self.control = Control(self)
+        self._spawn(self._gossip_loop())
+        self._spawn(self._hardware_loop())
+        self._spawn(self._watchdog())
+        if cfg.mdns:
+            await self._start_discovery()
+        self.log.info(
+            "listening on %s as %s (%s); control socket %s; %s",
+            f"{cfg.bind}:{cfg.port}",
+            self.address,
+            cfg.name,
+            control_path,
+            f"mDNS on {', '.join(self.interfaces)}" if cfg.mdns else "mDNS off",
+        )
+
+    def _new_gossip(self, node_id: str, generation: int) -> Gossip:
+        cfg = self.config
+        gossip = Gossip(
+            node_id=node_id,
+            generation=generation,
+            boot=self.boot,
+            addr=self.address,
+            now=time.monotonic(),
+            config=cfg.gossip,
+            seeds=tuple(self.seeds),
+        )
+        gossip.set("name", cfg.name)
+        gossip.set("hw", msgspec.to_builtins(self.hardware))
+        gossip.set("models", [msgspec.to_builtins(p) for p in self.model_profiles()])
+        gossip.set("draining", False)
+        gossip.set("queue", 0)
+        return gossip
+
+    def model_profiles(self) -> list[ModelProfile]:
+        return [
+            ModelProfile(
+                name=m.name,
+                model=m.model,
+                endpoint=m.endpoint,
+                capabilities=list(m.capabilities),
+                max_concurrency=m.max_concurrency,
+                cost_per_mtok=m.cost_per_mtok,
+            )
+            for m in self.config.models
+        ]
+
+    async def _start_discovery(self) -> None:
+        self.discovery = Discovery(
+            node_id=self.node_id,
+            name=self.config.name,
+            port=self.config.port,
+            fingerprint=self.keys.fingerprint,
+            interfaces=self.interfaces,
+            on_sighting=self._on_sighting,
+            log=self.log.getChild("mdns"),
+        )
+        try:
+            await asyncio.wait_for(self.discovery.start(), 10.0)
+        except (TimeoutError, OSError) as exc:
+            self.log.warning("mDNS unavailable (%s); relying on --join seeds", exc)
+            self.discovery = None
+
+    async def _shutdown(self, announce: bool) -> None:
+        if announce and hasattr(self, "gossip"):
+            await self._leave()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(task, 1.0)
+        if self.discovery is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.discovery.stop(), 3.0)
+        if hasattr(self, "transport"):
+            await self.transport.close()
+            with contextlib.suppress(FileNotFoundError):
+                self.config.control_path.unlink()
+        if hasattr(self, "probe"):
+            self.probe.close()
+        if hasattr(self, "ctx"):
+            self.ctx.term()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    async def _leave(self) -> None:
+        """Tell every live peer we are leaving; wait (bounded) for them to hear it."""
+        sends = self.gossip.leave(time.monotonic())
+        self._send(sends)
+        seqs = [s.message.seq for s in sends if isinstance(s.message, Syn)]
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline and not all(self.gossip.answered(q) for q in seqs):
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # let the final Acks leave the socket queues
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("internal task failed", exc_info=task.exception())
+            self._stop.set()
+
+    # ------------------------------------------------------------ loops
+
+    async def _gossip_loop(self) -> None:
+        interval = self.config.gossip.interval_s
+        housekeeping = time.monotonic()
+        while True:
+            now = time.monotonic()
+            self._last_tick = now
+            self._send(self.gossip.tick(now, self.rng))
+            self._handle_events()
+            if now - housekeeping > 5.0:
+                housekeeping = now
+                keep = {m.state.get("addr") for m in self.gossip.members(now)}
+                self.transport.close_idle_links({a for a in keep if a})
+            await asyncio.sleep(interval * self.rng.uniform(0.9, 1.1))
+
+    async def _hardware_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.hardware_interval_s)
+            try:
+                self.hardware = await asyncio.wait_for(asyncio.to_thread(self.probe.probe), 30.0)
+            except TimeoutError:
+                self.log.warning("hardware probe took over 30 s; keeping the last values")
+                continue
+            self.gossip.set("hw", msgspec.to_builtins(self.hardware))
+
+    async def _watchdog(self) -> None:
+        limit = max(1.0, self.config.gossip.interval_s * WATCHDOG_FACTOR)
+        while True:
+            await asyncio.sleep(limit / 2)
+            late = time.monotonic() - self._last_tick
+            if late > limit:
+                self.counters["loop_stalls"] += 1
+                self.log.warning("gossip loop stalled: last tick %.1f s ago", late)
+
+    # ------------------------------------------------------------ messages
+
+    def _send(self, sends: list[Send], reply: Reply | None = None, link: str | None = None) -> None:
+        for send in sends:
+            if send.addr is not None:
+                self.transport.send(send.addr, send.message)
+            elif reply is not None:
+                reply(send.message)
+            elif link is not None:
+                self.transport.send(link, send.message)
+
+    def _on_server(self, message: AnyMessage, reply: Reply, local: bool) -> None:
+        if isinstance(message, Syn | Ack):
+            if local:
+                self.counters["dropped_gossip_on_control"] += 1
+                return
+            self._send(self.gossip.receive(message, time.monotonic(), self.rng), reply=reply)
+            self._handle_events()
+        elif self.control.handles(message):
+            try:
+                reply(self.control.handle(message, local))  # type: ignore[arg-type]
+            except Exception as exc:
+                self.log.exception("control request failed")
+                reply(ErrorReply(code="internal", message=str(exc)[:4000]))
+        else:
+            self.counters["dropped_unexpected"] += 1
+            reply(ErrorReply(code="bad_request", message=f"unexpected {type(message).__name__}"))
+
+    def _on_link(self, addr: str, message: AnyMessage) -> None:
+        if isinstance(message, SynAck):
+            self._send(self.gossip.receive(message, time.monotonic(), self.rng), link=addr)
+            self._handle_events()
+        else:
+            self.counters["dropped_unexpected"] += 1
+
+    def _on_sighting(self, sighting: Sighting) -> None:
+        if sighting.node_id != self.node_id:
+            self.gossip.add_contact(sighting.address)
+
+    # ------------------------------------------------------------ membership events
+
+    def _handle_events(self) -> None:
+        for event in self.gossip.drain_events():
+            self._log_event(event)
+
+    def _log_event(self, event: Event) -> None:
+        if isinstance(event, MemberChanged):
+            node = self.gossip.state.nodes.get(event.node_id)
+            name = node.get("name") if node else None
+            old = event.old.value if event.old else "new"
+            new = event.new.value if event.new else "forgotten"
+            level = logging.WARNING if event.new is Liveness.DEAD else logging.INFO
+            self.log.log(
+                level,
+                "peer %s (%s) at %s gen %d: %s -> %s",
+                name or "?",
+                event.node_id,
+                event.addr,
+                event.generation,
+                old,
+                new,
+            )
+        elif isinstance(event, IdentityConflict):
+            self._on_identity_conflict(event)
+
+    def _on_identity_conflict(self, event: IdentityConflict) -> None:
+        if event.other_addr == "?" or event.other_addr in self._handled_conflicts:
+            return
+        self._handled_conflicts.add(event.other_addr)
+        self.counters["identity_conflicts"] += 1
+        if keeps_identity(self.address, event.other_addr):
+            self.generation = next_generation(self.config.state_dir)
+            self.log.error(
+                "IDENTITY CONFLICT: the node at %s also uses node id %s (was a state dir "
+                "copied?). This node keeps the id with a new generation %d; the other "
+                "takes a new id.",
+                event.other_addr,
+                self.node_id,
+                self.generation,
+            )
+        else:
+            old = self.node_id
+            self.node_id = new_node_id()
+            write_node_id(self.config.state_dir, self.node_id)
+            self.generation = next_generation(self.config.state_dir)
+            self.log.error(
+                "IDENTITY CONFLICT: the node at %s also uses node id %s (was a state dir "
+                "copied?). This node takes the new id %s.",
+                event.other_addr,
+                old,
+                self.node_id,
+            )
+            if self.discovery is not None:
+                self._spawn(self._restart_discovery())
+        contacts = {m.state.get("addr") for m in self.gossip.members(time.monotonic())}
+        self.gossip = self._new_gossip(self.node_id, self.generation)
+        for addr in contacts:
+            if addr:
+                self.gossip.add_contact(addr)
+
+    async def _restart_discovery(self) -> None:
+        if self.discovery is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.discovery.stop(), 3.0)
+        await self._start_discovery()
+
+    # ------------------------------------------------------------ NodeFacade
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def members(self) -> list[Member]:
+        return self.gossip.members(time.monotonic())
+
+    def join_token(self) -> str:
+        alive = [
+            m.state.get("addr")
+            for m in self.members()
+            if not m.is_self and m.liveness is Liveness.ALIVE and m.state.get("addr")
+        ]
+        return make_join_token(self.keys.secret, [self.address, *alive[:4]])
+
+    def stats(self) -> dict[str, int]:
+        out: Counter[str] = Counter(self.counters)
+        out.update({f"gossip_{k}": v for k, v in self.gossip.counters.items()})
+        if self.discovery is not None:
+            out.update({f"mdns_{k}": v for k, v in self.discovery.counters.items()})
+        for m in self.members():
+            out[f"peers_{m.liveness.value}"] += 1
+        out["links"] = len(self.transport.links)
+        return dict(sorted(out.items()))

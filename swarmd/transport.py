@@ -1,0 +1,311 @@
+"""ZeroMQ transport: one CURVE ROUTER for everything that comes in, one DEALER per peer.
+
+Security (libzmq 4.3 facts, see DESIGN.md): a CURVE server with no ZAP handler accepts
+any client, so the server socket sets ``ZAP_DOMAIN`` *and* ``ZAP_ENFORCE_DOMAIN=1`` and
+the handler is registered under that same domain. It authorizes by the client's
+public key (the ZAP User-Id), which only holders of the cluster secret can prove.
+
+Robustness: every socket has ``MAXMSGSIZE`` (an oversized message disconnects its
+sender), bounded queues and ``LINGER=0``. Every received frame is decoded by the
+protocol codec; anything malformed is dropped and counted by reason in ``counters``.
+Handshake failures (garbage bytes, wrong keys) are counted from the socket monitor.
+
+I/O pattern: the asyncio socket is used only to *wait* (poll with a timeout, which
+also covers pyzmq's historical lost-wakeup bugs); reading and writing go through a
+synchronous shadow of the same socket with NOBLOCK, draining in batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import zmq
+import zmq.asyncio
+from zmq.auth.asyncio import AsyncioAuthenticator
+from zmq.utils.monitor import parse_monitor_message
+
+from protocol import MAX_FRAME_BYTES, ProtocolError, codec
+from protocol.messages import AnyMessage, Message
+
+from .identity import ClusterKeys
+
+ZAP_DOMAIN = "swarmd"
+POLL_MS = 250
+LINK_IDLE_S = 60.0
+
+Reply = Callable[[Message], bool]
+# (message, a function that answers its sender, whether it came over the local socket)
+ServerHandler = Callable[[AnyMessage, Reply, bool], None]
+LinkHandler = Callable[[str, AnyMessage], None]
+
+_HANDSHAKE_EVENTS = {
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake_failed",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "handshake_failed_protocol",
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "handshake_failed_auth",
+}
+
+
+def _common(sock: zmq.Socket[bytes]) -> None:
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+    sock.setsockopt(zmq.HANDSHAKE_IVL, 5000)
+
+
+def curve_client(sock: zmq.Socket[bytes], keys: ClusterKeys) -> None:
+    sock.curve_secretkey = keys.secret_z85
+    sock.curve_publickey = keys.public_z85
+    sock.curve_serverkey = keys.public_z85
+
+
+class _MemberCheck:
+    """ZAP credentials provider: admit exactly the cluster's public key."""
+
+    def __init__(self, keys: ClusterKeys, counters: Counter[str]) -> None:
+        self._key = keys.public_z85
+        self._counters = counters
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        ok = domain == ZAP_DOMAIN and key == self._key
+        if not ok:
+            self._counters["zap_denied"] += 1
+        return ok
+
+
+@dataclass
+class _Link:
+    addr: str
+    sock: zmq.asyncio.Socket
+    sync: zmq.Socket[bytes]
+    task: asyncio.Task[None] | None = None
+    last_used: float = field(default_factory=time.monotonic)
+
+
+class Transport:
+    def __init__(
+        self,
+        *,
+        ctx: zmq.asyncio.Context,
+        keys: ClusterKeys,
+        on_server: ServerHandler,
+        on_link: LinkHandler,
+        log: logging.Logger,
+        counters: Counter[str] | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.keys = keys
+        self.on_server = on_server
+        self.on_link = on_link
+        self.log = log
+        self.counters: Counter[str] = counters if counters is not None else Counter()
+        self._auth: AsyncioAuthenticator | None = None
+        self._servers: list[tuple[zmq.asyncio.Socket, zmq.Socket[bytes]]] = []
+        self._links: dict[str, _Link] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.endpoints: list[str] = []
+
+    # ------------------------------------------------------------ setup
+
+    def start_auth(self) -> None:
+        auth = AsyncioAuthenticator(self.ctx, log=self.log.getChild("zap"))
+        auth.start()
+        auth.configure_curve_callback(
+            domain=ZAP_DOMAIN, credentials_provider=_MemberCheck(self.keys, self.counters)
+        )
+        self._auth = auth
+
+    def bind_tcp(self, host: str, port: int) -> str:
+        """The cluster-facing socket: CURVE server, members only."""
+        sock = self.ctx.socket(zmq.ROUTER)
+        _common(sock)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.SNDHWM, 10000)
+        sock.setsockopt(zmq.RCVHWM, 10000)
+        sock.curve_server = True
+        sock.curve_secretkey = self.keys.secret_z85
+        sock.curve_publickey = self.keys.public_z85
+        sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN.encode())
+        sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
+        monitor = sock.get_monitor_socket(sum(_HANDSHAKE_EVENTS))
+        endpoint = f"tcp://{host}:{port}"
+        sock.bind(endpoint)
+        self._serve(sock, local=False)
+        self._spawn(self._watch_monitor(monitor))
+        self.endpoints.append(endpoint)
+        return endpoint
+
+    def bind_ipc(self, path: str) -> str:
+        """The local control socket: a unix socket the caller makes owner-only."""
+        sock = self.ctx.socket(zmq.ROUTER)
+        _common(sock)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        endpoint = f"ipc://{path}"
+        sock.bind(endpoint)
+        self._serve(sock, local=True)
+        self.endpoints.append(endpoint)
+        return endpoint
+
+    def _serve(self, sock: zmq.asyncio.Socket, local: bool) -> None:
+        sync: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
+        self._servers.append((sock, sync))
+        self._spawn(self._pump(sock, sync, self._server_frames(sync, local)))
+
+    def _spawn(self, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------ receiving
+
+    async def _pump(
+        self,
+        sock: zmq.asyncio.Socket,
+        sync: zmq.Socket[bytes],
+        handle: Callable[[list[bytes]], None],
+    ) -> None:
+        while True:
+            try:
+                if not await sock.poll(POLL_MS, zmq.POLLIN):
+                    continue
+                for _ in range(1000):  # a batch, then yield to the loop
+                    try:
+                        frames = sync.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    handle(frames)
+            except asyncio.CancelledError:
+                raise
+            except zmq.ZMQError as exc:
+                if exc.errno == zmq.ENOTSOCK:
+                    return
+                self.counters["socket_error"] += 1
+                self.log.warning("socket error while receiving: %s", exc)
+            except Exception:
+                self.counters["handler_error"] += 1
+                self.log.exception("error while handling a message (dropped)")
+
+    def _decode(self, frame: bytes) -> AnyMessage | None:
+        try:
+            return codec.decode(frame)
+        except ProtocolError as exc:
+            self.counters[f"dropped_{exc.reason}"] += 1
+            self.log.debug("dropped a message: %s", exc)
+            return None
+
+    def _server_frames(self, sync: zmq.Socket[bytes], local: bool) -> Callable[[list[bytes]], None]:
+        def handle(frames: list[bytes]) -> None:
+            if len(frames) != 2:
+                self.counters["dropped_frames"] += 1
+                return
+            route = frames[0]
+            message = self._decode(frames[1])
+            if message is None:
+                return
+            self.counters["received"] += 1
+
+            def reply(answer: Message) -> bool:
+                try:
+                    sync.send_multipart([route, codec.encode(answer)], zmq.NOBLOCK)
+                    return True
+                except zmq.ZMQError as exc:  # peer gone (ROUTER_MANDATORY) or queue full
+                    self.counters["reply_dropped"] += 1
+                    self.log.debug("reply dropped: %s", exc)
+                    return False
+
+            self.on_server(message, reply, local)
+
+        return handle
+
+    async def _watch_monitor(self, monitor: zmq.asyncio.Socket) -> None:
+        try:
+            while True:
+                if not await monitor.poll(1000, zmq.POLLIN):
+                    continue
+                event = parse_monitor_message(await monitor.recv_multipart())
+                reason = _HANDSHAKE_EVENTS.get(event["event"])
+                if reason:
+                    self.counters[reason] += 1
+                    self.log.debug("%s from %s", reason, event.get("endpoint"))
+        except (asyncio.CancelledError, zmq.ZMQError):
+            pass
+        finally:
+            monitor.close(linger=0)
+
+    # ------------------------------------------------------------ sending
+
+    def send(self, addr: str, message: Message) -> bool:
+        """Send to a peer's address over our link to it; drops (and counts) if full."""
+        link = self._links.get(addr) or self._open_link(addr)
+        link.last_used = time.monotonic()
+        try:
+            link.sync.send(codec.encode(message), zmq.NOBLOCK)
+            self.counters["sent"] += 1
+            return True
+        except zmq.Again:
+            self.counters["send_dropped"] += 1  # not connected yet or queue full
+            return False
+
+    def _open_link(self, addr: str) -> _Link:
+        sock = self.ctx.socket(zmq.DEALER)
+        _common(sock)
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.setsockopt(zmq.SNDHWM, 1000)
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        curve_client(sock, self.keys)
+        sock.connect(f"tcp://{addr}")
+        sync: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
+        link = _Link(addr, sock, sync)
+
+        def handle(frames: list[bytes]) -> None:
+            if len(frames) != 1:
+                self.counters["dropped_frames"] += 1
+                return
+            message = self._decode(frames[0])
+            if message is not None:
+                self.counters["received"] += 1
+                self.on_link(addr, message)
+
+        link.task = asyncio.ensure_future(self._pump(sock, sync, handle))
+        self._links[addr] = link
+        return link
+
+    def close_idle_links(self, keep: set[str]) -> None:
+        now = time.monotonic()
+        for addr, link in list(self._links.items()):
+            if addr not in keep and now - link.last_used > LINK_IDLE_S:
+                self._close_link(addr)
+
+    def _close_link(self, addr: str) -> None:
+        link = self._links.pop(addr, None)
+        if link is None:
+            return
+        if link.task:
+            link.task.cancel()
+        link.sock.close(linger=0)
+
+    @property
+    def links(self) -> list[str]:
+        return list(self._links)
+
+    # ------------------------------------------------------------ shutdown
+
+    async def close(self) -> None:
+        for addr in list(self._links):
+            self._close_link(addr)
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(task, 1.0)
+        for sock, _ in self._servers:
+            sock.close(linger=0)
+        self._servers.clear()
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None

@@ -1,0 +1,175 @@
+"""Real swarmd daemons as separate processes, for integration tests.
+
+Polling is always against a deadline (``wait_until``), never a bare sleep.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from protocol import codec
+from protocol.messages import PeersReply, PeersRequest, StatsReply, StatsRequest
+from swarmctl.client import Client, RequestFailed, Unreachable
+
+T = TypeVar("T")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_until(
+    fn: Callable[[], T | None], timeout: float, interval: float = 0.05, what: str = ""
+) -> T:
+    """Poll ``fn`` until it returns something truthy; fail with ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = fn()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or fn}: {last!r}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def new_secret() -> str:
+    return secrets.token_hex(32)
+
+
+class Daemon:
+    def __init__(
+        self,
+        root: Path,
+        name: str,
+        *,
+        secret: str | None = None,
+        port: int | None = None,
+        args: tuple[str, ...] = (),
+        config: str | None = None,
+    ) -> None:
+        self.name = name
+        self.state_dir = root / name
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.args = args
+        self.log_path = root / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        if secret is not None:
+            (self.state_dir / "cluster.secret").write_text(secret + "\n")
+            os.chmod(self.state_dir / "cluster.secret", 0o600)
+        self.config_path: Path | None = None
+        if config is not None:
+            self.config_path = root / f"{name}.toml"
+            self.config_path.write_text(config)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "swarmd", "run", "--state-dir", str(self.state_dir)]
+        cmd += ["--bind", "127.0.0.1", "--port", str(self.port), "--name", self.name]
+        if self.config_path:
+            cmd += ["--config", str(self.config_path)]
+        return cmd + list(self.args)
+
+    def start(self) -> Daemon:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env.pop("SWARMD_CONFIG", None)
+        self.proc = subprocess.Popen(self.command(), stderr=log, stdout=log, env=env, cwd=ROOT)
+        log.close()
+        return self
+
+    def wait_ready(self, timeout: float = 15.0) -> Daemon:
+        def answers() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.name} exited {self.proc.returncode}:\n{self.log()}")
+            return self.try_peers() is not None
+
+        wait_until(answers, timeout, what=f"{self.name} to answer on its control socket")
+        return self
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        self.wait_exit(10)
+
+    def term(self, timeout: float = 10.0) -> int:
+        self.signal(signal.SIGTERM)
+        return self.wait_exit(timeout)
+
+    def wait_exit(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    # ------------------------------------------------------------ in-process control client
+
+    def request(self, message: Any, timeout: float = 2.0) -> Any:
+        client = Client(self.state_dir, timeout_s=timeout)
+        try:
+            return client.request(message)
+        finally:
+            client.close()
+
+    def try_peers(self) -> list[dict[str, Any]] | None:
+        try:
+            reply = self.request(PeersRequest(), timeout=1.0)
+        except (Unreachable, RequestFailed):
+            return None
+        assert isinstance(reply, PeersReply)
+        result: list[dict[str, Any]] = codec.to_builtins(reply.peers)
+        return result
+
+    def peers(self) -> list[dict[str, Any]]:
+        result = self.try_peers()
+        assert result is not None, f"{self.name} did not answer:\n{self.log()}"
+        return result
+
+    def node_id(self) -> str:
+        return (self.state_dir / "node_id").read_text().strip()
+
+    def states(self) -> dict[str, str]:
+        """node name -> state, as this daemon sees the cluster."""
+        return {p["name"]: p["state"] for p in self.peers()}
+
+    def counters(self) -> dict[str, int]:
+        reply = self.request(StatsRequest())
+        assert isinstance(reply, StatsReply)
+        return reply.counters
+
+
+def swarmctl(
+    *args: str, state_dir: Path | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "swarmctl"]
+    if state_dir is not None:
+        cmd += ["--state-dir", str(state_dir)]
+    return subprocess.run(
+        cmd + list(args), capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )

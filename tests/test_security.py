@@ -1,0 +1,182 @@
+"""Members only, and bad input of every kind is dropped and counted, never a crash."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+import zmq
+
+from protocol import codec
+from protocol.messages import NodeRef, PeersRequest, Syn
+from swarmd.identity import ClusterKeys
+from swarmd.transport import curve_client
+from tests.harness import Daemon, new_secret, swarmctl, wait_until
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    started: list[Daemon] = []
+    yield started
+    for d in started:
+        d.stop()
+
+
+def test_another_cluster_never_appears_and_cannot_call_members(
+    tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    secret = new_secret()
+    n1 = Daemon(tmp_path, "n1", secret=secret)
+    n2 = Daemon(tmp_path, "n2", secret=secret)
+    # Same LAN (loopback mDNS), another cluster, and it even dials n1 directly.
+    foreign = Daemon(tmp_path, "foreign", secret=new_secret(), args=("--join", "127.0.0.1:1"))
+    foreign.args = ("--join", n1.address, "--join", n2.address)
+    daemons += [n1, n2, foreign]
+    for d in daemons:
+        d.start()
+    for d in daemons:
+        d.wait_ready()
+    wait_until(lambda: n1.states() == {"n1": "alive", "n2": "alive"}, 10, what="n1+n2")
+
+    # The foreign node keeps trying; every attempt fails the CURVE handshake (it encrypts
+    # for its own cluster's server key), and n1 saw its mDNS record and ignored it.
+    def refused() -> bool:
+        c = n1.counters()
+        return c.get("handshake_failed_protocol", 0) > 0 and c.get("mdns_foreign_cluster", 0) > 0
+
+    wait_until(refused, 10, what="n1 to refuse the foreign node (ZAP) and see its mDNS record")
+    for d in (n1, n2):
+        assert "foreign" not in d.states()
+    assert foreign.states() == {"foreign": "alive"}
+
+    # The foreign node's secret cannot call a member: exit code 3.
+    out = swarmctl("--node", n1.address, "peers", state_dir=foreign.state_dir)
+    assert out.returncode == 3, out
+    assert "n1" not in out.stdout
+    # A member's secret can.
+    out = swarmctl("--json", "--node", n1.address, "peers", state_dir=n2.state_dir)
+    assert out.returncode == 0, out.stderr
+
+
+def test_zap_denies_a_client_that_knows_the_server_key_but_not_the_secret(
+    tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """The DESIGN pitfall: a CURVE server without an enforced ZAP domain admits anyone."""
+    secret = new_secret()
+    d = Daemon(tmp_path, "guarded", secret=secret, args=("--no-mdns",))
+    daemons.append(d)
+    d.start().wait_ready()
+    ctx = zmq.Context()
+    try:
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        public, private = zmq.curve_keypair()
+        s.curve_publickey, s.curve_secretkey = public, private
+        s.curve_serverkey = ClusterKeys.from_secret(bytes.fromhex(secret)).public_z85
+        s.connect(f"tcp://{d.address}")
+        s.send(codec.encode(PeersRequest()))
+        wait_until(lambda: d.counters().get("zap_denied", 0) >= 1, 10, what="ZAP denial")
+        assert not s.poll(500), "a non-member got an answer"
+        s.close()
+    finally:
+        ctx.term()
+
+
+def _member_socket(ctx: zmq.Context[zmq.Socket[bytes]], d: Daemon, secret: str) -> zmq.Socket[bytes]:
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    curve_client(s, ClusterKeys.from_secret(bytes.fromhex(secret)))
+    s.connect(f"tcp://{d.address}")
+    return s
+
+
+def test_garbage_oversized_and_malformed_input_is_dropped_and_counted(
+    tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    secret = new_secret()
+    d = Daemon(tmp_path, "target", secret=secret, args=("--no-mdns",))
+    daemons.append(d)
+    d.start().wait_ready()
+
+    # 1. Random bytes and a fake ZMTP greeting straight onto the TCP port.
+    for payload in (os.urandom(4096), b"\xff" + b"\x00" * 8 + b"\x7f\x03\x00CURVE" + os.urandom(64)):
+        with socket.create_connection(("127.0.0.1", d.port), timeout=5) as raw:
+            raw.sendall(payload)
+            raw.settimeout(5)
+            try:
+                while raw.recv(65536):
+                    pass
+            except (ConnectionResetError, TimeoutError):
+                pass
+    wait_until(lambda: d.counters().get("handshake_failed_protocol", 0) >= 1, 10, what="count")
+
+    # 2. A member that misbehaves: every kind of bad frame.
+    ctx = zmq.Context()
+    try:
+        s = _member_socket(ctx, d, secret)
+        bad_frames = {
+            "dropped_malformed": [b"\xc1\xc1 not msgpack"],
+            "dropped_unknown_type": [msgspec.msgpack.encode({"t": "format_disk", "v": 1})],
+            "dropped_version": [msgspec.msgpack.encode({"t": "syn", "v": 99})],
+            "dropped_invalid": [msgspec.msgpack.encode({"t": "syn", "v": 1, "seq": -1})],
+            "dropped_frames": [b"a", b"b", b"c"],
+        }
+        for frames in bad_frames.values():
+            s.send_multipart(frames)
+        # A well-formed Syn whose gossiped state is garbage.
+        ref = NodeRef("intruder", 1, 1, "127.0.0.1:9")
+        s.send(codec.encode(Syn(sender=ref, seq=1, digest=[])))
+
+        def counted() -> dict[str, int] | None:
+            c = d.counters()
+            return c if all(c.get(k, 0) >= 1 for k in bad_frames) else None
+
+        counters = wait_until(counted, 10, what="every bad frame to be counted")
+        print({k: counters[k] for k in bad_frames})
+
+        # 3. An oversized frame (> MAXMSGSIZE): libzmq disconnects the sender.
+        s.send(b"\x00" * (codec.MAX_FRAME_BYTES + 1024))
+        # The node still answers a member over TCP, and locally.
+        s2 = _member_socket(ctx, d, secret)
+        s2.send(codec.encode(PeersRequest()))
+        assert s2.poll(5000), "no reply after oversized frame"
+        reply = codec.decode(s2.recv())
+        assert type(reply).__name__ == "PeersReply"
+        s.close()
+        s2.close()
+    finally:
+        ctx.term()
+    assert d.proc is not None and d.proc.poll() is None
+    assert d.states() == {"target": "alive"}
+
+
+def test_truncated_length_prefix_on_control_socket(tmp_path: Path, daemons: list[Daemon]) -> None:
+    """The local control socket is as strict as the network one."""
+    d = Daemon(tmp_path, "ctl", args=("--no-mdns",))
+    daemons.append(d)
+    d.start().wait_ready()
+    with socket.socket(socket.AF_UNIX) as raw:
+        raw.connect(str(d.state_dir / "control.sock"))
+        raw.sendall(struct.pack(">Q", 2**62) + os.urandom(256))
+    ctx = zmq.Context()
+    try:
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(f"ipc://{d.state_dir / 'control.sock'}")
+        s.send(b"\x92\x01\x02")  # msgpack, but an array
+        s.send(codec.encode(Syn(sender=NodeRef("x", 1, 1, "1.2.3.4:5"), seq=1, digest=[])))
+        wait_until(
+            lambda: d.counters().get("dropped_malformed", 0) >= 1
+            and d.counters().get("dropped_gossip_on_control", 0) >= 1,
+            10,
+            what="control socket drops",
+        )
+        s.close()
+    finally:
+        ctx.term()
+    assert d.states() == {"ctl": "alive"}
