@@ -1,0 +1,181 @@
+"""Accrual failure detection with suspicion before death.
+
+Each observed heartbeat arrival feeds a window of inter-arrival times. The suspicion
+level phi (Hayashibara et al.; the normal-approximation form Akka and Cassandra use)
+says how unlikely the current silence is given that history. The standard deviation
+has a floor and an acceptable pause is added to the mean, so a quiet, very regular
+peer is not declared suspect after a few milliseconds of jitter.
+
+A peer whose phi crosses the threshold becomes *suspect*; if no heartbeat arrives
+for ``suspicion_s`` more it is *dead*. A heartbeat from a suspect or dead peer makes
+it alive again. Time is always passed in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Final
+
+
+class Liveness(StrEnum):
+    ALIVE = "alive"
+    SUSPECT = "suspect"
+    DEAD = "dead"
+    LEFT = "left"
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorConfig:
+    phi_threshold: float = 8.0
+    window: int = 100
+    min_std_s: float = 0.1
+    acceptable_pause_s: float = 0.3
+    first_interval_s: float = 0.5  # assumed mean before any interval is measured
+    suspicion_s: float = 1.0
+
+
+@dataclass(slots=True)
+class _History:
+    last: float
+    intervals: deque[float]
+    total: float = 0.0
+    total_sq: float = 0.0
+
+    def arrival(self, now: float, window: int) -> None:
+        """A heartbeat arrived at ``now``: record the interval since the previous one."""
+        interval = now - self.last
+        if interval < 0.0:
+            interval = 0.0
+        self.last = now
+        intervals = self.intervals
+        if len(intervals) == window:
+            old = intervals.popleft()
+            self.total -= old
+            self.total_sq -= old * old
+        intervals.append(interval)
+        self.total += interval
+        self.total_sq += interval * interval
+
+    def mean_std(self, config: DetectorConfig) -> tuple[float, float]:
+        """Mean (plus the acceptable pause) and floored deviation of the intervals."""
+        n = len(self.intervals)
+        if n == 0:
+            mean, std = config.first_interval_s, config.first_interval_s / 4
+        else:
+            mean = self.total / n
+            variance = self.total_sq / n - mean * mean
+            std = math.sqrt(variance) if variance > 0.0 else 0.0
+        floor = config.min_std_s
+        return mean + config.acceptable_pause_s, std if std > floor else floor
+
+
+def phi(elapsed: float, mean: float, std: float) -> float:
+    """-log10 of the probability that a heartbeat is still to come after ``elapsed``."""
+    y = (elapsed - mean) / std
+    e = math.exp(-y * (1.5976 + 0.070566 * y * y))
+    if elapsed > mean:
+        return -math.log10(e / (1.0 + e)) if e > 0 else math.inf
+    return -math.log10(1.0 - 1.0 / (1.0 + e))
+
+
+# Module-level aliases: an enum member looked up through its class costs a lot more than
+# a global, and these comparisons run for every peer on every heartbeat and tick.
+_ALIVE: Final = Liveness.ALIVE
+_SUSPECT: Final = Liveness.SUSPECT
+_DEAD: Final = Liveness.DEAD
+_LEFT: Final = Liveness.LEFT
+
+
+@dataclass(slots=True)
+class _Peer:
+    history: _History
+    state: Liveness = Liveness.ALIVE
+    since: float = 0.0  # when the current state began
+
+
+@dataclass
+class FailureDetector:
+    config: DetectorConfig = field(default_factory=DetectorConfig)
+    _peers: dict[str, _Peer] = field(default_factory=dict)
+
+    def heartbeat(self, node_id: str, now: float) -> Liveness | None:
+        """Record a heartbeat arrival. Returns the previous state if this revived the peer."""
+        peer = self._peers.get(node_id)
+        if peer is None:
+            self._peers[node_id] = _Peer(_History(now, deque()), _ALIVE, now)
+            return None
+        state = peer.state
+        if state is _LEFT:
+            return None
+        if state is _DEAD:
+            # A fresh start: the silence of the outage is not a normal interval.
+            peer.history = _History(now, deque())
+            peer.state, peer.since = _ALIVE, now
+            return _DEAD
+        peer.history.arrival(now, self.config.window)
+        if state is _SUSPECT:
+            peer.state, peer.since = _ALIVE, now
+            return _SUSPECT
+        return None
+
+    def phi(self, node_id: str, now: float) -> float:
+        peer = self._peers.get(node_id)
+        if peer is None:
+            return 0.0
+        h = peer.history
+        mean, std = h.mean_std(self.config)
+        return phi(now - h.last, mean, std)
+
+    def state(self, node_id: str) -> Liveness | None:
+        peer = self._peers.get(node_id)
+        return None if peer is None else peer.state
+
+    def since(self, node_id: str) -> float | None:
+        peer = self._peers.get(node_id)
+        return None if peer is None else peer.since
+
+    def last_heartbeat(self, node_id: str) -> float | None:
+        peer = self._peers.get(node_id)
+        return None if peer is None else peer.history.last
+
+    def mark_left(self, node_id: str, now: float) -> bool:
+        peer = self._peers.get(node_id)
+        if peer is None:
+            self._peers[node_id] = _Peer(_History(now, deque()), _LEFT, now)
+            return True
+        if peer.state is _LEFT:
+            return False
+        peer.state, peer.since = _LEFT, now
+        return True
+
+    def update(self, now: float) -> list[tuple[str, Liveness, Liveness]]:
+        """Advance suspicion; returns (node, old, new) for every transition."""
+        changes: list[tuple[str, Liveness, Liveness]] = []
+        config = self.config
+        quiet = config.acceptable_pause_s  # below this phi is negligible
+        threshold, suspicion_s = config.phi_threshold, config.suspicion_s
+        for node_id, peer in self._peers.items():
+            state = peer.state
+            if state is _ALIVE:
+                h = peer.history
+                elapsed = now - h.last
+                if elapsed < quiet:
+                    continue
+                mean, std = h.mean_std(config)
+                if phi(elapsed, mean, std) >= threshold:
+                    peer.state, peer.since = _SUSPECT, now
+                    changes.append((node_id, _ALIVE, _SUSPECT))
+            elif state is _SUSPECT and now - peer.since >= suspicion_s:
+                peer.state, peer.since = _DEAD, now
+                changes.append((node_id, _SUSPECT, _DEAD))
+        return changes
+
+    def remove(self, node_id: str) -> None:
+        self._peers.pop(node_id, None)
+
+    def reset(self, node_id: str, now: float) -> None:
+        """A new generation of the node: forget its history, alive from now."""
+        self._peers[node_id] = _Peer(_History(now, deque()), _ALIVE, now)
