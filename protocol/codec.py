@@ -38,7 +38,8 @@ def decode(frame: bytes, max_bytes: int = MAX_FRAME_BYTES) -> AnyMessage:
     if len(frame) > max_bytes:
         raise ProtocolError("oversized", f"{len(frame)} bytes > {max_bytes}")
     try:
-        return _decoder.decode(frame)
+        message: AnyMessage = _decoder.decode(frame)
+        return message
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise _classify(frame, exc) from None
 

@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 import zmq
 import zmq.asyncio
+from zeroconf import NonUniqueNameException
 
 from protocol.messages import (
     Ack,
@@ -155,6 +156,10 @@ class Node:
         self._prepare_state()
         self.interfaces = choose_interfaces(cfg.bind)
         self.address = cfg.advertise or advertise_address(cfg.bind, cfg.port, self.interfaces)
+        self.probe = HardwareProbe(cfg.gpus, log=self.log.getChild("hardware"))
+        self.hardware = await asyncio.to_thread(self.probe.probe)
+        self.gossip = self._new_gossip(self.node_id, self.generation)
+        self.control = Control(self)
         self.ctx = zmq.asyncio.Context()
         self.transport = Transport(
             ctx=self.ctx,
@@ -178,10 +183,6 @@ class Node:
             raise StartupError(f"cannot create control socket {control_path}: {exc}") from None
         os.chmod(control_path, 0o600)
 
-        self.probe = HardwareProbe(cfg.gpus, log=self.log.getChild("hardware"))
-        self.hardware = await asyncio.to_thread(self.probe.probe)
-        self.gossip = self._new_gossip(self.node_id, self.generation)
-        self.control = Control(self)
         self._spawn(self._gossip_loop())
         self._spawn(self._hardware_loop())
         self._spawn(self._watchdog())
@@ -239,8 +240,12 @@ class Node:
         )
         try:
             await asyncio.wait_for(self.discovery.start(), 10.0)
-        except (TimeoutError, OSError) as exc:
-            self.log.warning("mDNS unavailable (%s); relying on --join seeds", exc)
+        except NonUniqueNameException:
+            # Another live node advertises our name *and* node id: a copied state dir.
+            self.discovery = None
+            self._on_identity_conflict(IdentityConflict("(mDNS)", self.generation))
+        except Exception as exc:
+            self.log.warning("mDNS unavailable (%r); relying on --join seeds", exc)
             self.discovery = None
 
     async def _shutdown(self, announce: bool) -> None:
@@ -358,7 +363,8 @@ class Node:
             self.counters["dropped_unexpected"] += 1
 
     def _on_sighting(self, sighting: Sighting) -> None:
-        if sighting.node_id != self.node_id:
+        # Same node id at another address is a copied state dir: gossip detects it.
+        if sighting.address != self.address:
             self.gossip.add_contact(sighting.address)
 
     # ------------------------------------------------------------ membership events
@@ -392,7 +398,8 @@ class Node:
             return
         self._handled_conflicts.add(event.other_addr)
         self.counters["identity_conflicts"] += 1
-        if keeps_identity(self.address, event.other_addr):
+        newcomer = event.other_addr == "(mDNS)"  # our name was taken at startup
+        if not newcomer and keeps_identity(self.address, event.other_addr):
             self.generation = next_generation(self.config.state_dir)
             self.log.error(
                 "IDENTITY CONFLICT: the node at %s also uses node id %s (was a state dir "
@@ -414,7 +421,7 @@ class Node:
                 old,
                 self.node_id,
             )
-            if self.discovery is not None:
+            if self.config.mdns:
                 self._spawn(self._restart_discovery())
         contacts = {m.state.get("addr") for m in self.gossip.members(time.monotonic())}
         self.gossip = self._new_gossip(self.node_id, self.generation)
