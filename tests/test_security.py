@@ -87,7 +87,9 @@ def test_zap_denies_a_client_that_knows_the_server_key_but_not_the_secret(
         ctx.term()
 
 
-def _member_socket(ctx: zmq.Context[zmq.Socket[bytes]], d: Daemon, secret: str) -> zmq.Socket[bytes]:
+def _member_socket(
+    ctx: zmq.Context[zmq.Socket[bytes]], d: Daemon, secret: str
+) -> zmq.Socket[bytes]:
     s = ctx.socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
     curve_client(s, ClusterKeys.from_secret(bytes.fromhex(secret)))
@@ -104,7 +106,10 @@ def test_garbage_oversized_and_malformed_input_is_dropped_and_counted(
     d.start().wait_ready()
 
     # 1. Random bytes and a fake ZMTP greeting straight onto the TCP port.
-    for payload in (os.urandom(4096), b"\xff" + b"\x00" * 8 + b"\x7f\x03\x00CURVE" + os.urandom(64)):
+    for payload in (
+        os.urandom(4096),
+        b"\xff" + b"\x00" * 8 + b"\x7f\x03\x00CURVE" + os.urandom(64),
+    ):
         with socket.create_connection(("127.0.0.1", d.port), timeout=5) as raw:
             raw.sendall(payload)
             raw.settimeout(5)
@@ -171,8 +176,10 @@ def test_truncated_length_prefix_on_control_socket(tmp_path: Path, daemons: list
         s.send(b"\x92\x01\x02")  # msgpack, but an array
         s.send(codec.encode(Syn(sender=NodeRef("x", 1, 1, "1.2.3.4:5"), seq=1, digest=[])))
         wait_until(
-            lambda: d.counters().get("dropped_malformed", 0) >= 1
-            and d.counters().get("dropped_gossip_on_control", 0) >= 1,
+            lambda: (
+                d.counters().get("dropped_malformed", 0) >= 1
+                and d.counters().get("dropped_gossip_on_control", 0) >= 1
+            ),
             10,
             what="control socket drops",
         )
