@@ -39,16 +39,20 @@ def decode(frame: bytes, max_bytes: int = MAX_FRAME_BYTES) -> AnyMessage:
         raise ProtocolError("oversized", f"{len(frame)} bytes > {max_bytes}")
     try:
         message: AnyMessage = _decoder.decode(frame)
-        return message
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
         raise _classify(frame, exc) from None
+    if message.v != PROTOCOL_VERSION:
+        raise ProtocolError(
+            "version", f"protocol version {message.v!r}, expected {PROTOCOL_VERSION}"
+        )
+    return message
 
 
 def _classify(frame: bytes, exc: Exception) -> ProtocolError:
     """Say why a frame failed to decode: only on the error path, so the cost is fine."""
     try:
         raw: Any = msgspec.msgpack.decode(frame)
-    except msgspec.DecodeError as inner:
+    except (msgspec.DecodeError, UnicodeDecodeError) as inner:
         return ProtocolError("malformed", str(inner))
     if not isinstance(raw, dict):
         return ProtocolError("malformed", f"expected a map, got {type(raw).__name__}")
@@ -58,7 +62,7 @@ def _classify(frame: bytes, exc: Exception) -> ProtocolError:
             "version", f"protocol version {version!r}, expected {PROTOCOL_VERSION}"
         )
     tag = raw.get("t")
-    if tag not in _KNOWN_TAGS:
+    if not isinstance(tag, str) or tag not in _KNOWN_TAGS:
         return ProtocolError("unknown_type", f"message type {tag!r}")
     return ProtocolError("invalid", f"{tag}: {exc}")
 

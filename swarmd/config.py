@@ -6,6 +6,8 @@ Errors name the file, the table and the key (``ConfigError``); the CLI exits 2 o
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import re
 import socket
@@ -13,6 +15,10 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import msgspec
+
+from protocol.messages import ModelProfile
 
 from .core.failure import DetectorConfig
 from .core.gossip import GossipConfig
@@ -90,6 +96,8 @@ def default_config_path(env: dict[str, str] | None = None) -> Path | None:
 def parse_duration(text: str | int | float) -> float:
     """'500ms', '2s', '10m', '1h', or a number of seconds."""
     if isinstance(text, int | float) and not isinstance(text, bool):
+        if not math.isfinite(text) or text < 0:
+            raise ValueError(f"bad duration {text!r}: expected a finite number >= 0")
         return float(text)
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h)?\s*", str(text))
     if not m:
@@ -146,9 +154,13 @@ def load(path: Path | None, overrides: dict[str, Any], state_dir: Path | None = 
     label = str(path) if path else "defaults"
     if path is not None:
         try:
-            raw = tomllib.loads(path.read_text())
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such config file") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a UTF-8 text file") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: {exc}") from None
     top = _Table(label, raw)
@@ -170,6 +182,8 @@ def load(path: Path | None, overrides: dict[str, Any], state_dir: Path | None = 
         if (value := node.get(key, kind)) is not None:
             values[key] = value
     if (join := node.get("join", list)) is not None:
+        if not all(isinstance(seed, str) for seed in join):
+            raise ConfigError(f'{node.where} join: expected a list of "HOST:PORT" strings')
         values["join"] = tuple(join)
     node.check_unknown()
 
@@ -184,7 +198,10 @@ def load(path: Path | None, overrides: dict[str, Any], state_dir: Path | None = 
         if vram is None:
             raise ConfigError(f'{gpu.where}: vram is required (e.g. "24GiB")')
         gpu.check_unknown()
-        gpus.append(DeclaredGpu(name, vram))
+        try:
+            gpus.append(DeclaredGpu(name, vram))
+        except ValueError as exc:
+            raise ConfigError(f"{gpu.where}: {exc}") from None
     hardware.check_unknown()
 
     models = []
@@ -196,17 +213,20 @@ def load(path: Path | None, overrides: dict[str, Any], state_dir: Path | None = 
         caps = m.get("capabilities", list, [])
         if not all(isinstance(c, str) for c in caps):
             raise ConfigError(f"{m.where} capabilities: expected a list of strings")
-        models.append(
-            ModelConfig(
-                name=name,
-                endpoint=endpoint,
-                model=model,
-                capabilities=tuple(caps),
-                max_concurrency=m.get("max_concurrency", int, 1),
-                cost_per_mtok=float(m.get("cost_per_mtok", (int, float), 0.0)),
-            )
+        model_config = ModelConfig(
+            name=name,
+            endpoint=endpoint,
+            model=model,
+            capabilities=tuple(caps),
+            max_concurrency=m.get("max_concurrency", int, 1),
+            cost_per_mtok=float(m.get("cost_per_mtok", (int, float), 0.0)),
         )
         m.check_unknown()
+        try:  # the same limits peers will check when it is gossiped
+            msgspec.convert(dataclasses.asdict(model_config), ModelProfile)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"{m.where}: {exc}") from None
+        models.append(model_config)
 
     g = _Table(f"{label} [gossip]", top.get("gossip", dict, {}))
     gossip = _gossip_config(g)
@@ -226,7 +246,10 @@ def load(path: Path | None, overrides: dict[str, Any], state_dir: Path | None = 
         source=path,
         **values,
     )
-    _validate(cfg)
+    try:
+        _validate(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{label}: {exc}") from None
     return cfg
 
 

@@ -52,7 +52,8 @@ def ensure_state_dir(state_dir: Path) -> None:
 
 def _write_private(path: Path, data: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    os.fchmod(fd, 0o600)  # a leftover tmp file keeps its old mode otherwise
     with os.fdopen(fd, "w") as f:
         f.write(data)
         f.flush()
@@ -69,7 +70,7 @@ def load_or_create_node_id(state_dir: Path) -> tuple[str, bool]:
     path = state_dir / "node_id"
     if path.is_file():
         text = path.read_text().strip()
-        if text and len(text) <= 64 and text.isalnum():
+        if text and len(text) <= 64 and text.isascii() and text.isalnum():
             return text, False
     node_id = new_node_id()
     write_node_id(state_dir, node_id)
@@ -116,9 +117,15 @@ def create_cluster_secret(state_dir: Path) -> bytes:
     return secret
 
 
+def _token_checksum(body: bytes) -> bytes:
+    return hashlib.blake2b(body, digest_size=4, person=b"swarmd-token").digest()
+
+
 def make_join_token(secret: bytes, seeds: list[str]) -> str:
+    """The secret and up to 8 seeds, with a checksum so a mistyped token is refused."""
     body = msgspec.msgpack.encode([secret, seeds[:8]])
-    return TOKEN_PREFIX + base64.urlsafe_b64encode(body).decode().rstrip("=")
+    raw = body + _token_checksum(body)
+    return TOKEN_PREFIX + base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def parse_join_token(token: str) -> tuple[bytes, list[str]]:
@@ -128,7 +135,10 @@ def parse_join_token(token: str) -> tuple[bytes, list[str]]:
     body = token[len(TOKEN_PREFIX) :]
     try:
         raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
-        secret, seeds = msgspec.msgpack.decode(raw, type=tuple[bytes, list[str]])
+        payload, checksum = raw[:-4], raw[-4:]
+        if len(raw) < 5 or _token_checksum(payload) != checksum:
+            raise ValueError("checksum")
+        secret, seeds = msgspec.msgpack.decode(payload, type=tuple[bytes, list[str]])
     except (ValueError, msgspec.DecodeError, msgspec.ValidationError):
         raise ValueError(
             "join token is damaged (copy it again from `swarmctl join-token`)"

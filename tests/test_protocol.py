@@ -1,0 +1,494 @@
+"""The wire protocol: every message round-trips, and bad input only ever raises ProtocolError."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from protocol import codec
+from protocol.codec import DROP_REASONS, MAX_FRAME_BYTES, ProtocolError
+from protocol.messages import (
+    KV,
+    MESSAGE_TYPES,
+    PROTOCOL_VERSION,
+    STATE_SCHEMAS,
+    Ack,
+    Battery,
+    Cpu,
+    DigestEntry,
+    ErrorReply,
+    Gpu,
+    Hardware,
+    JoinTokenReply,
+    JoinTokenRequest,
+    Memory,
+    Message,
+    ModelProfile,
+    NodeDelta,
+    NodeRef,
+    PeersReply,
+    PeersRequest,
+    PeerView,
+    StatsReply,
+    StatsRequest,
+    Syn,
+    SynAck,
+    validate_state_value,
+)
+
+GiB = 1 << 30
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# ---------------------------------------------------------------- realistic values
+
+SENDER = NodeRef("3f9a1c0de4b25a77", 4, 1_718_000_123_456, "192.168.1.20:7946")
+DIGEST = [
+    DigestEntry("3f9a1c0de4b25a77", 4, 1201, 9),
+    DigestEntry("node-b.lan_2", 1, 77, 5),
+]
+HARDWARE = Hardware(
+    cpu=Cpu(cores=16, model="AMD Ryzen 9 7950X", load=0.25),
+    memory=Memory(total=64 * GiB, available=40 * GiB),
+    battery=Battery(percent=87.5, plugged=True),
+    gpus=[
+        Gpu(
+            "NVIDIA GeForce RTX 4090", 24 * GiB, 20 * GiB, "nvml", utilization=37.0, temperature=61
+        ),
+        Gpu("Radeon RX 7900 XTX", 24 * GiB, 24 * GiB, "declared"),
+    ],
+    nvml=True,
+)
+MODELS = [
+    ModelProfile(
+        name="fast",
+        model="Qwen/Qwen3.5-1.5B",
+        endpoint="http://localhost:8001/v1",
+        capabilities=["syntax", "format", "lint"],
+        max_concurrency=8,
+        latency_ms=41.5,
+    )
+]
+DELTA = [
+    NodeDelta(
+        "node-b.lan_2",
+        1,
+        77,
+        [
+            KV("addr", "192.168.1.21:7946", 1),
+            KV("status", "alive", 2),
+            KV("name", "laptop", 3),
+            KV("hw", msgspec.to_builtins(HARDWARE), 4),
+            KV("models", msgspec.to_builtins(MODELS), 5),
+            KV("draining", False, 6),
+            KV("queue", 3, 7),
+        ],
+    )
+]
+PEER = PeerView(
+    id="3f9a1c0de4b25a77",
+    name="desk",
+    address="192.168.1.20:7946",
+    state="alive",
+    is_self=True,
+    generation=4,
+    draining=False,
+    rtt_ms=None,
+    last_seen_s=0.0,
+    cpu={"cores": 16, "load": 0.25},
+    memory={"total": 64 * GiB, "available": 40 * GiB},
+    gpus=[{"name": "RTX 4090", "vram_total": 24 * GiB, "vram_free": 20 * GiB, "source": "nvml"}],
+    models=[{"name": "fast", "model": "m", "endpoint": "http://x/v1", "capabilities": ["lint"]}],
+    battery={"percent": 87.5, "plugged": True},
+)
+
+EXAMPLES: dict[type[Message], Message] = {
+    Syn: Syn(sender=SENDER, seq=17, digest=DIGEST),
+    SynAck: SynAck(sender=SENDER, seq=17, digest=DIGEST, delta=DELTA),
+    Ack: Ack(sender=SENDER, delta=DELTA),
+    PeersRequest: PeersRequest(),
+    PeersReply: PeersReply(peers=[PEER]),
+    JoinTokenRequest: JoinTokenRequest(),
+    JoinTokenReply: JoinTokenReply(token="swarmd1-kSDEIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAkA"),
+    StatsRequest: StatsRequest(),
+    StatsReply: StatsReply(node="3f9a1c0de4b25a77", name="desk", counters={"received": 12}),
+    ErrorReply: ErrorReply(code="bad_request", message="job file line 3: unknown key 'runn'"),
+}
+TAGS = {t: t.__struct_config__.tag for t in MESSAGE_TYPES}
+
+
+def syn_map(**changes: Any) -> dict[str, Any]:
+    """A valid Syn as a plain msgpack-able map, with some fields changed."""
+    raw: dict[str, Any] = msgspec.to_builtins(EXAMPLES[Syn])
+    raw.update(changes)
+    return raw
+
+
+def reason_of(frame: bytes, max_bytes: int = MAX_FRAME_BYTES) -> ProtocolError:
+    with pytest.raises(ProtocolError) as info:
+        codec.decode(frame, max_bytes)
+    assert info.value.reason in DROP_REASONS
+    return info.value
+
+
+# ---------------------------------------------------------------- round trips
+
+
+def test_every_message_type_has_an_example() -> None:
+    assert set(EXAMPLES) == set(MESSAGE_TYPES)
+    assert len(set(TAGS.values())) == len(MESSAGE_TYPES), "tags must be unique"
+
+
+@pytest.mark.parametrize("kind", MESSAGE_TYPES, ids=lambda t: TAGS[t])
+def test_round_trip(kind: type[Message]) -> None:
+    message = EXAMPLES[kind]
+    frame = codec.encode(message)
+    decoded = codec.decode(frame)
+    assert type(decoded) is kind
+    assert decoded == message
+    assert codec.encode(decoded) == frame
+    raw = msgspec.msgpack.decode(frame)
+    assert isinstance(raw, dict)
+    assert raw["t"] == TAGS[kind]
+    assert raw["v"] == PROTOCOL_VERSION
+
+
+def test_missing_version_means_current_version() -> None:
+    raw = syn_map()
+    del raw["v"]
+    assert codec.decode(msgspec.msgpack.encode(raw)) == EXAMPLES[Syn]
+
+
+def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
+    frame = msgspec.msgpack.encode(syn_map(future_field={"x": [1, 2]}))
+    assert codec.decode(frame) == EXAMPLES[Syn]
+
+
+def test_gossip_structs_are_compact_arrays() -> None:
+    raw = msgspec.msgpack.decode(codec.encode(EXAMPLES[Syn]))
+    assert raw["sender"] == ["3f9a1c0de4b25a77", 4, 1_718_000_123_456, "192.168.1.20:7946"]
+    assert raw["digest"][1] == ["node-b.lan_2", 1, 77, 5]
+
+
+def test_peer_view_self_field_is_serialised_as_self() -> None:
+    as_json = msgspec.json.decode(msgspec.json.encode(PEER))
+    assert as_json["self"] is True
+    assert "is_self" not in as_json
+    builtins = codec.to_builtins(PEER)
+    assert builtins["self"] is True and "is_self" not in builtins
+    raw = msgspec.msgpack.decode(codec.encode(PeersReply(peers=[PEER])))
+    assert raw["peers"][0]["self"] is True
+    assert "is_self" not in raw["peers"][0]
+
+
+# ---------------------------------------------------------------- drop reasons
+
+
+def test_oversized_frame() -> None:
+    error = reason_of(b"\x00" * (MAX_FRAME_BYTES + 1))
+    assert error.reason == "oversized"
+    assert str(MAX_FRAME_BYTES) in error.detail
+
+
+def test_oversized_is_checked_before_decoding_with_a_custom_limit() -> None:
+    frame = codec.encode(EXAMPLES[SynAck])
+    assert codec.decode(frame, max_bytes=len(frame)) == EXAMPLES[SynAck]
+    assert reason_of(frame, max_bytes=len(frame) - 1).reason == "oversized"
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [b"", b"\xc1", b"\x92\x01", b"not msgpack at all", msgspec.msgpack.encode(syn_map())[:-3]],
+    ids=["empty", "reserved-byte", "truncated-array", "text", "truncated-syn"],
+)
+def test_not_msgpack_is_malformed(frame: bytes) -> None:
+    assert reason_of(frame).reason == "malformed"
+
+
+@pytest.mark.parametrize("value", [[1, "syn"], "syn", 7, None, b"\x81\xa1t\xa3syn"])
+def test_msgpack_that_is_not_a_map_is_malformed(value: Any) -> None:
+    assert reason_of(msgspec.msgpack.encode(value)).reason == "malformed"
+
+
+def test_trailing_bytes_after_a_message_are_malformed() -> None:
+    assert reason_of(codec.encode(EXAMPLES[Syn]) + b"\x00").reason == "malformed"
+
+
+@pytest.mark.parametrize("version", [0, 2, 99, "1", None])
+def test_other_version_of_a_broken_message(version: Any) -> None:
+    raw = syn_map(v=version)
+    del raw["seq"]
+    error = reason_of(msgspec.msgpack.encode(raw))
+    assert error.reason == "version"
+    assert repr(version) in error.detail
+
+
+@pytest.mark.parametrize("kind", [Syn, PeersRequest], ids=["syn", "peers"])
+def test_well_formed_message_of_version_2_is_rejected(kind: type[Message]) -> None:
+    raw: dict[str, Any] = msgspec.to_builtins(EXAMPLES[kind])
+    raw["v"] = 2
+    assert reason_of(msgspec.msgpack.encode(raw)).reason == "version"
+
+
+@pytest.mark.parametrize("tag", ["bogus", "SYN", "", 5, None, b"syn"])
+def test_unknown_tag(tag: Any) -> None:
+    error = reason_of(msgspec.msgpack.encode(syn_map(t=tag)))
+    assert error.reason == "unknown_type"
+    assert repr(tag) in error.detail
+
+
+def test_missing_tag_is_unknown_type() -> None:
+    raw = syn_map()
+    del raw["t"]
+    assert reason_of(msgspec.msgpack.encode(raw)).reason == "unknown_type"
+
+
+@pytest.mark.parametrize(
+    "tag", [[1], {"a": 1}, msgspec.msgpack.Ext(1, b"x")], ids=["list", "map", "ext"]
+)
+def test_unhashable_tag_is_unknown_type(tag: Any) -> None:
+    assert reason_of(msgspec.msgpack.encode({"t": tag})).reason == "unknown_type"
+
+
+@pytest.mark.parametrize(
+    ("changes", "path"),
+    [
+        ({"seq": "seventeen"}, "$.seq"),
+        ({"seq": -1}, "$.seq"),
+        ({"sender": ["bad id!", 4, 1, "h:1"]}, "$.sender[0]"),
+        ({"sender": ["a", 4, 1]}, "$.sender"),
+        ({"digest": [["a", 1, 2, "three"]]}, "$.digest[0][3]"),
+        ({"digest": {"a": 1}}, "$.digest"),
+    ],
+)
+def test_wrong_field_is_invalid_and_says_where(changes: dict[str, Any], path: str) -> None:
+    error = reason_of(msgspec.msgpack.encode(syn_map(**changes)))
+    assert error.reason == "invalid"
+    assert error.detail.startswith("syn: ")
+    assert f"`{path}`" in error.detail
+
+
+def test_missing_required_field_is_invalid() -> None:
+    raw = syn_map()
+    del raw["digest"]
+    error = reason_of(msgspec.msgpack.encode(raw))
+    assert error.reason == "invalid"
+    assert "digest" in error.detail
+
+
+def test_control_message_with_bad_literal_is_invalid() -> None:
+    raw = {"t": "error", "v": 1, "code": "teapot", "message": "x"}
+    error = reason_of(msgspec.msgpack.encode(raw))
+    assert error.reason == "invalid"
+    assert "$.code" in error.detail
+
+
+def test_list_limits_are_enforced() -> None:
+    digest = [["n", 0, 0, 0]] * 65537
+    frame = msgspec.msgpack.encode(syn_map(digest=digest))
+    assert len(frame) < MAX_FRAME_BYTES
+    assert reason_of(frame).reason == "invalid"
+    codec.decode(msgspec.msgpack.encode(syn_map(digest=digest[:65536])))
+
+    kvs = [["k", 1, i + 1] for i in range(257)]
+    ack = {"t": "ack", "sender": syn_map()["sender"], "delta": [["n", 0, 0, kvs]]}
+    error = reason_of(msgspec.msgpack.encode(ack))
+    assert error.reason == "invalid"
+    assert "$.delta[0][3]" in error.detail
+    ack["delta"] = [["n", 0, 0, kvs[:256]]]
+    decoded = codec.decode(msgspec.msgpack.encode(ack))
+    assert isinstance(decoded, Ack) and len(decoded.delta[0].kvs) == 256
+
+
+def test_kv_version_must_be_positive() -> None:
+    ack = {"t": "ack", "sender": syn_map()["sender"], "delta": [["n", 0, 0, [["k", 1, 0]]]]}
+    assert reason_of(msgspec.msgpack.encode(ack)).reason == "invalid"
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [b"\xa2\x00\x80", b"\x81\xa1t\xa1\x80", b"\x82\xa1t\xa3syn\xa3seq\xa1\x80"],
+    ids=["top-level-str", "tag", "field"],
+)
+def test_invalid_utf8_is_malformed(frame: bytes) -> None:
+    assert reason_of(frame).reason == "malformed"
+
+
+# ---------------------------------------------------------------- fuzz
+
+
+def decode_or_drop(frame: bytes) -> Message | None:
+    """decode(), asserting that anything but a message is a ProtocolError with a reason."""
+    try:
+        message = codec.decode(frame)
+    except ProtocolError as exc:
+        assert exc.reason in DROP_REASONS
+        assert str(exc).startswith(f"{exc.reason}: ")
+        return None
+    assert isinstance(message, MESSAGE_TYPES)
+    return message
+
+
+msgpack_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=True)
+    | st.text(max_size=20)
+    | st.binary(max_size=20)
+    | st.builds(msgspec.msgpack.Ext, st.integers(-128, 127), st.binary(max_size=4))
+)
+msgpack_values = st.recursive(
+    msgpack_scalars,
+    lambda children: (
+        st.lists(children, max_size=5)
+        | st.dictionaries(st.text(max_size=8) | st.integers(-5, 5), children, max_size=5)
+    ),
+    max_leaves=25,
+)
+
+
+@FUZZ
+@given(st.binary(max_size=512))
+def test_fuzz_random_bytes_only_raise_protocol_error(frame: bytes) -> None:
+    decode_or_drop(frame)
+
+
+@FUZZ
+@given(st.data())
+def test_fuzz_tagged_maps_give_a_message_or_a_drop_reason(data: st.DataObject) -> None:
+    kind = data.draw(st.sampled_from(MESSAGE_TYPES))
+    field_names = [f for f in kind.__struct_fields__ if f != "v"]
+    known = data.draw(
+        st.dictionaries(st.sampled_from(field_names), msgpack_values, max_size=len(field_names))
+        if field_names
+        else st.just({})
+    )
+    extra = data.draw(st.dictionaries(st.text(max_size=8), msgpack_values, max_size=3))
+    raw: dict[Any, Any] = {**extra, **known, "t": TAGS[kind]}
+    if data.draw(st.booleans()):
+        raw["v"] = data.draw(st.sampled_from([PROTOCOL_VERSION]) | msgpack_values)
+    frame = msgspec.msgpack.encode(raw)
+    try:
+        message = codec.decode(frame)
+    except ProtocolError as exc:
+        assert exc.reason in DROP_REASONS
+        if exc.reason == "invalid":
+            assert exc.detail.startswith(f"{TAGS[kind]}: ")
+    else:
+        assert type(message) is kind
+        assert codec.decode(codec.encode(message)) == message
+
+
+@FUZZ
+@given(
+    st.dictionaries(
+        st.text(max_size=4) | st.integers(-3, 3),
+        msgpack_values,
+        max_size=6,
+    ).map(lambda d: {k: v for k, v in d.items() if k != "t"}),
+    st.sampled_from(sorted(str(tag) for tag in TAGS.values())) | msgpack_values,
+)
+def test_fuzz_any_tag(raw: dict[Any, Any], tag: Any) -> None:
+    raw["t"] = tag
+    decode_or_drop(msgspec.msgpack.encode(raw))
+
+
+@FUZZ
+@given(st.sampled_from(MESSAGE_TYPES), st.data())
+def test_fuzz_mutated_valid_frames(kind: type[Message], data: st.DataObject) -> None:
+    frame = bytearray(codec.encode(EXAMPLES[kind]))
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(frame) - 1))
+        frame[i] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(frame)))
+    decode_or_drop(bytes(frame[:cut]))
+
+
+# ---------------------------------------------------------------- gossiped state values
+
+
+def test_state_schemas_cover_the_keys_a_node_publishes() -> None:
+    assert set(STATE_SCHEMAS) == {"name", "addr", "status", "hw", "models", "draining", "queue"}
+
+
+def test_validate_state_value_accepts_a_proper_hardware_dict() -> None:
+    value = msgspec.to_builtins(HARDWARE)
+    assert validate_state_value("hw", value) == HARDWARE
+    minimal = {"cpu": {"cores": 1}, "memory": {"total": 1, "available": 0}}
+    hw = validate_state_value("hw", minimal)
+    assert hw.gpus == [] and hw.battery is None and hw.nvml is False
+
+
+def _hw(**changes: Any) -> dict[str, Any]:
+    value: dict[str, Any] = msgspec.to_builtins(HARDWARE)
+    value.update(changes)
+    return value
+
+
+GPU = {"name": "g", "vram_total": 1, "vram_free": 1, "source": "nvml"}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        _hw(memory={"total": -1, "available": 0}),
+        _hw(memory={"total": 1}),
+        _hw(cpu={"cores": -2}),
+        _hw(cpu={"cores": "16"}),
+        _hw(gpus=[{**GPU, "vram_free": -5}]),
+        _hw(gpus=[{**GPU, "source": "rocm"}]),
+        _hw(gpus=[{**GPU, "name": "x" * 129}]),
+        _hw(gpus=[GPU] * 65),
+        _hw(battery={"percent": "full", "plugged": True}),
+        "not a table",
+        None,
+    ],
+    ids=[
+        "negative-memory",
+        "missing-available",
+        "negative-cores",
+        "string-cores",
+        "negative-vram",
+        "bad-source",
+        "long-gpu-name",
+        "65-gpus",
+        "bad-battery",
+        "string",
+        "none",
+    ],
+)
+def test_validate_state_value_rejects_bad_hardware(value: Any) -> None:
+    with pytest.raises(msgspec.ValidationError):
+        validate_state_value("hw", value)
+
+
+def test_validate_state_value_gpu_list_limit_is_inclusive() -> None:
+    assert len(validate_state_value("hw", _hw(gpus=[GPU] * 64)).gpus) == 64
+
+
+@pytest.mark.parametrize(
+    ("key", "good", "bad"),
+    [
+        ("name", "desk", "x" * 129),
+        ("addr", "10.0.0.1:7946", "h:"),
+        ("status", "left", "dead"),
+        ("draining", True, "yes"),
+        ("queue", 0, -1),
+        ("models", msgspec.to_builtins(MODELS), [{"name": "fast"}]),
+        ("models", [], [{**msgspec.to_builtins(MODELS[0]), "max_concurrency": 0}]),
+        ("models", [], [msgspec.to_builtins(MODELS[0])] * 65),
+    ],
+)
+def test_validate_state_value_other_keys(key: str, good: Any, bad: Any) -> None:
+    validate_state_value(key, good)
+    with pytest.raises(msgspec.ValidationError):
+        validate_state_value(key, bad)
+
+
+@pytest.mark.parametrize("value", [{"anything": [1, 2]}, -1, None, "x" * 10_000])
+def test_unknown_state_keys_pass_through(value: Any) -> None:
+    assert validate_state_value("future_key", value) is value
