@@ -7,7 +7,6 @@ Errors name the file, the table and the key (``ConfigError``); the CLI exits 2 o
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
 import socket
@@ -22,7 +21,8 @@ from protocol.messages import ModelProfile
 
 from .core.failure import DetectorConfig
 from .core.gossip import GossipConfig
-from .hardware import DeclaredGpu, parse_size
+from .core.units import parse_duration, parse_size
+from .hardware import DeclaredGpu
 
 DEFAULT_PORT = 7946
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -91,19 +91,6 @@ def default_config_path(env: dict[str, str] | None = None) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
-
-
-def parse_duration(text: str | int | float) -> float:
-    """'500ms', '2s', '10m', '1h', or a number of seconds."""
-    if isinstance(text, int | float) and not isinstance(text, bool):
-        if not math.isfinite(text) or text < 0:
-            raise ValueError(f"bad duration {text!r}: expected a finite number >= 0")
-        return float(text)
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h)?\s*", str(text))
-    if not m:
-        raise ValueError(f"bad duration {text!r}: expected e.g. 500ms, 30s, 10m, 1h")
-    unit = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[m.group(2) or "s"]
-    return float(m.group(1)) * unit
 
 
 def split_host_port(text: str) -> tuple[str, int]:
