@@ -1,0 +1,579 @@
+"""Where a ready subtask should run: feasibility first, then an estimated-finish score.
+
+:func:`price` looks at one :class:`Demand` (what the subtask needs) against every known
+:class:`PeerCapacity` (what each node offers right now, from gossip) and returns a
+:class:`Placement`: the winner and the whole candidate table, so that every decision can
+be shown by ``swarmctl explain``.
+
+Feasibility — a peer is a candidate only if all of these hold; every failed check is
+written into the candidate's ``why_not`` (several joined with ``"; "``):
+
+* it is alive (suspect, dead and left peers are not candidates) and not draining;
+* it is not on battery with ``battery_policy == "pause"``;
+* it is the pinned node, when the demand pins one (by name or by id);
+* it is not in ``exclude`` (peers that refused or failed this subtask already);
+* some single GPU has ``min_vram`` free, and ``ram_available >= min_ram``;
+* llm: it offers a model profile with the requested capability (and/or the named
+  profile); among several, the one with the lowest score is chosen;
+* shell/python: it has slots (``slots_total > 0``). A full peer stays feasible with a
+  queue wait unless ``max_queue`` subtasks or more already wait there
+  (``slots_busy + queue - slots_total``; for an llm profile ``in_flight -
+  max_concurrency``): "queue full".
+
+Score (seconds; lower is better) = ``wait_s + rtt_s + run_s + cost_weight * cost``:
+
+* ``rtt_s``: the measured round trip to the peer, 0 for this node itself.
+* shell/python: ``run_s = (est_seconds or default_shell_s) * max(1, load)``, where
+  ``load`` is the 1-minute load average per core: an overloaded machine runs slower.
+  ``ahead = slots_busy + queue - slots_total + 1``; when ``ahead > 0``
+  ``wait_s = queue_slot_wait_s * ahead / slots_total`` (each subtask ahead holds a slot
+  for about ``queue_slot_wait_s``), else 0. ``cost = cost_per_hour * run_s / 3600``.
+* llm: ``run_s = est_tokens / tokens_per_s + latency_s``. Throughput and latency are
+  taken, in this order, from the coordinator's own :class:`ThroughputTracker` (EWMA per
+  peer and model profile), from the peer's gossiped measurement (``ModelOffer
+  .tokens_per_s`` / ``latency_ms``), or estimated from advertised hardware (latency 0):
+  with GPUs ``gpu_tokens_per_s_per_gib * (largest GPU's total VRAM in GiB)``, else with
+  CPU cores ``cpu_tokens_per_s_per_core * cores / max(1, load)``, else
+  ``default_tokens_per_s``; hardware estimates are clamped to
+  ``[min_tokens_per_s, max_tokens_per_s]``. With the defaults a 24 GiB GPU is taken as
+  60 tokens/s, an 8 GiB GPU as 20, an idle 8-core CPU as 8. The candidate's ``basis``
+  says which source was used. ``ahead = in_flight - max_concurrency + 1``; when
+  ``ahead > 0`` ``wait_s = run_s * ahead / max_concurrency`` (requests ahead take about
+  as long as this one). ``cost = cost_per_mtok * est_tokens / 1e6``.
+
+Ties are broken by node id, so the result is deterministic. An infeasible candidate
+never wins; with no feasible peer the winner is ``None`` and ``reason`` says why.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+__all__ = [
+    "Candidate",
+    "Demand",
+    "GiB",
+    "ModelOffer",
+    "PeerCapacity",
+    "Placement",
+    "PricingConfig",
+    "ThroughputTracker",
+    "estimate_llm_tokens",
+    "explain_table",
+    "peer_from_gossip",
+    "price",
+]
+
+GiB = 1 << 30
+
+Kind = Literal["shell", "llm", "python"]
+BatteryPolicy = Literal["pause", "run"]
+
+# ---------------------------------------------------------------- the cluster view
+
+
+@dataclass(frozen=True, slots=True)
+class ModelOffer:
+    """One model profile a peer serves (``[models.NAME]`` in its config)."""
+
+    name: str  # profile name, e.g. "fast"
+    model: str
+    capabilities: frozenset[str]
+    max_concurrency: int
+    cost_per_mtok: float
+    latency_ms: float | None  # measured, None until measured
+    tokens_per_s: float | None  # measured, None until measured
+    in_flight: int = 0  # requests running on this profile, as far as the coordinator knows
+
+
+@dataclass(frozen=True, slots=True)
+class PeerCapacity:
+    """What one node offers right now, as the coordinator sees it."""
+
+    node_id: str
+    name: str
+    alive: bool  # liveness == alive (suspect/dead/left are not candidates)
+    draining: bool
+    on_battery: bool  # battery present and not plugged
+    battery_policy: BatteryPolicy
+    cores: int
+    load: float  # 1-minute load average per core
+    ram_available: int
+    gpus_vram_free: tuple[int, ...]
+    gpus_vram_total: tuple[int, ...]
+    slots_total: int  # shell/python slots (max_concurrency)
+    slots_busy: int
+    queue: int  # shell/python subtasks waiting on that peer
+    rtt_s: float | None  # None for self -> 0
+    cost_per_hour: float
+    models: tuple[ModelOffer, ...]
+
+
+# ---------------------------------------------------------------- the question
+
+
+@dataclass(frozen=True, slots=True)
+class Demand:
+    """What one ready subtask needs, reduced to what pricing looks at."""
+
+    kind: Kind
+    capability: str | None = None
+    model: str | None = None  # a model profile name (or the served model's name)
+    min_vram: int = 0  # bytes, on one GPU
+    min_ram: int = 0  # bytes
+    node: str | None = None  # pin: node name or id
+    est_tokens: int = 0  # llm: prompt + max_tokens estimate (see estimate_llm_tokens)
+    est_seconds: float | None = None  # shell/python: a hint; None = unknown
+
+
+def estimate_llm_tokens(prompt: str, max_tokens: int, system: str | None = None) -> int:
+    """Tokens an llm subtask will use: about 4 characters per prompt token + max_tokens."""
+    chars = len(prompt) + (len(system) if system else 0)
+    return math.ceil(chars / 4) + max(0, max_tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class PricingConfig:
+    cost_weight: float = 0.0  # seconds of estimated finish per unit of cost
+    default_shell_s: float = 1.0  # run estimate for shell/python without est_seconds
+    queue_slot_wait_s: float = 5.0  # how long each shell/python subtask ahead holds a slot
+    max_queue: int = 64  # more subtasks ahead than this: "queue full", not a candidate
+    default_tokens_per_s: float = 20.0  # llm, when the peer advertises no hardware at all
+    gpu_tokens_per_s_per_gib: float = 2.5  # x the largest GPU's total VRAM in GiB
+    cpu_tokens_per_s_per_core: float = 1.0  # x cores / max(1, load), when no GPU
+    min_tokens_per_s: float = 1.0  # clamp for hardware estimates
+    max_tokens_per_s: float = 200.0
+
+
+# ---------------------------------------------------------------- the answer
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One row of the placement table. Estimates are None when the peer is infeasible."""
+
+    node_id: str
+    name: str
+    feasible: bool
+    why_not: str | None
+    wait_s: float | None
+    rtt_s: float
+    run_s: float | None
+    cost: float | None
+    score: float | None  # None if infeasible
+    model: str | None = None  # the model profile chosen on that peer (llm)
+    basis: str | None = None  # where the run estimate came from, e.g. "measured 41.2 tok/s"
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    winner: Candidate | None
+    candidates: tuple[Candidate, ...]  # feasible by score, then infeasible by name
+    reason: str | None = None  # why there is no winner
+
+
+# ---------------------------------------------------------------- measured throughput
+
+
+@dataclass(slots=True)
+class _Ewma:
+    tokens_per_s: float | None = None
+    latency_s: float | None = None
+    samples: int = 0
+
+
+class ThroughputTracker:
+    """Measured LLM throughput and latency per (node id, model profile), as EWMAs.
+
+    ``observe`` one finished request: ``tokens`` generated (or prompt + generated, as
+    long as it matches how ``Demand.est_tokens`` is counted) in ``seconds`` of wall time.
+    Pass ``latency_s`` (time to the first token) when known: it is tracked on its own and
+    taken out of the throughput, so pricing does not count it twice. The first sample
+    sets the value; each later one moves it by ``alpha``.
+    """
+
+    def __init__(self, alpha: float = 0.3) -> None:
+        if not 0.0 < alpha <= 1.0:
+            raise ValueError(f"alpha must be in (0, 1], got {alpha!r}")
+        self.alpha = alpha
+        self._stats: dict[tuple[str, str], _Ewma] = {}
+
+    def _mix(self, old: float | None, sample: float) -> float:
+        return sample if old is None else old + self.alpha * (sample - old)
+
+    def observe(
+        self,
+        node_id: str,
+        model: str,
+        tokens: int,
+        seconds: float,
+        *,
+        latency_s: float | None = None,
+    ) -> None:
+        stats = self._stats.setdefault((node_id, model), _Ewma())
+        generating = seconds
+        if latency_s is not None and math.isfinite(latency_s) and latency_s >= 0.0:
+            stats.latency_s = self._mix(stats.latency_s, latency_s)
+            generating = seconds - latency_s
+        if tokens > 0 and math.isfinite(generating) and generating > 0.0:
+            stats.tokens_per_s = self._mix(stats.tokens_per_s, tokens / generating)
+            stats.samples += 1
+
+    def tokens_per_s(self, node_id: str, model: str) -> float | None:
+        stats = self._stats.get((node_id, model))
+        return None if stats is None else stats.tokens_per_s
+
+    def latency_s(self, node_id: str, model: str) -> float | None:
+        stats = self._stats.get((node_id, model))
+        return None if stats is None else stats.latency_s
+
+    def samples(self, node_id: str, model: str) -> int:
+        stats = self._stats.get((node_id, model))
+        return 0 if stats is None else stats.samples
+
+    def forget(self, node_id: str) -> None:
+        """Drop everything measured on a node (it left, or restarted as a new generation)."""
+        for key in [k for k in self._stats if k[0] == node_id]:
+            del self._stats[key]
+
+
+# ---------------------------------------------------------------- pricing
+
+
+def _gib(size: int) -> str:
+    return f"{size / GiB:.1f} GiB"
+
+
+def _names(items: Iterable[str]) -> str:
+    found = sorted(set(items))
+    return ", ".join(found) if found else "none"
+
+
+@dataclass(frozen=True, slots=True)
+class _Estimate:
+    wait_s: float
+    run_s: float
+    cost: float
+    score: float
+    model: str | None
+    basis: str
+
+
+def _hardware_tokens_per_s(peer: PeerCapacity, config: PricingConfig) -> tuple[float, str]:
+    if peer.gpus_vram_total:
+        largest = max(peer.gpus_vram_total)
+        raw = config.gpu_tokens_per_s_per_gib * largest / GiB
+        source = f"{_gib(largest)} GPU"
+    elif peer.cores > 0:
+        raw = config.cpu_tokens_per_s_per_core * peer.cores / max(1.0, peer.load)
+        source = f"{peer.cores} CPU cores"
+    else:
+        return config.default_tokens_per_s, "default"
+    return min(config.max_tokens_per_s, max(config.min_tokens_per_s, raw)), source
+
+
+def _llm_estimate(
+    demand: Demand,
+    peer: PeerCapacity,
+    offer: ModelOffer,
+    rtt_s: float,
+    config: PricingConfig,
+    throughput: ThroughputTracker | None,
+) -> _Estimate:
+    measured = throughput.tokens_per_s(peer.node_id, offer.name) if throughput else None
+    latency = throughput.latency_s(peer.node_id, offer.name) if throughput else None
+    if measured is not None and measured > 0.0:
+        tps, basis = measured, f"measured {measured:.1f} tok/s"
+    elif offer.tokens_per_s is not None and offer.tokens_per_s > 0.0:
+        tps, basis = offer.tokens_per_s, f"advertised {offer.tokens_per_s:.1f} tok/s"
+    else:
+        tps, source = _hardware_tokens_per_s(peer, config)
+        basis = f"estimated {tps:.1f} tok/s from {source}"
+    if latency is None and offer.latency_ms is not None and offer.latency_ms >= 0.0:
+        latency = offer.latency_ms / 1000.0
+    if latency is not None:
+        basis += f", latency {latency * 1000.0:.0f} ms"
+    run_s = max(0, demand.est_tokens) / tps + (latency or 0.0)
+    concurrency = max(1, offer.max_concurrency)
+    ahead = offer.in_flight - concurrency + 1
+    wait_s = run_s * ahead / concurrency if ahead > 0 else 0.0
+    cost = offer.cost_per_mtok * max(0, demand.est_tokens) / 1e6
+    score = wait_s + rtt_s + run_s + config.cost_weight * cost
+    return _Estimate(wait_s, run_s, cost, score, offer.name, basis)
+
+
+def _offer_matches(demand: Demand, offer: ModelOffer) -> bool:
+    if demand.model is not None and demand.model not in (offer.name, offer.model):
+        return False
+    return demand.capability is None or demand.capability in offer.capabilities
+
+
+def _llm_why_not(demand: Demand, peer: PeerCapacity) -> str:
+    if not peer.models:
+        return "serves no models"
+    if demand.model is not None:
+        named = [o for o in peer.models if demand.model in (o.name, o.model)]
+        if not named:
+            return f'no model profile "{demand.model}" (has: {_names(o.name for o in peer.models)})'
+        caps = _names(c for o in named for c in o.capabilities)
+        return f'model "{demand.model}" lacks capability "{demand.capability}" (has: {caps})'
+    caps = _names(c for o in peer.models for c in o.capabilities)
+    return f'no model with capability "{demand.capability}" (has: {caps})'
+
+
+def _shell_estimate(
+    demand: Demand, peer: PeerCapacity, rtt_s: float, config: PricingConfig
+) -> _Estimate:
+    hint = demand.est_seconds
+    hinted = hint is not None and math.isfinite(hint)
+    base = max(0.0, hint) if hint is not None and hinted else config.default_shell_s
+    run_s = base * max(1.0, peer.load)
+    ahead = peer.slots_busy + peer.queue - peer.slots_total + 1
+    wait_s = config.queue_slot_wait_s * ahead / peer.slots_total if ahead > 0 else 0.0
+    cost = peer.cost_per_hour * run_s / 3600.0
+    score = wait_s + rtt_s + run_s + config.cost_weight * cost
+    basis = f"{'hint' if hinted else 'default'} {base:g} s"
+    if peer.load > 1.0:
+        basis += f" x load {peer.load:.2f}"
+    return _Estimate(wait_s, run_s, cost, score, None, basis)
+
+
+def _candidate(
+    demand: Demand,
+    peer: PeerCapacity,
+    config: PricingConfig,
+    exclude: frozenset[str],
+    throughput: ThroughputTracker | None,
+) -> Candidate:
+    rtt_s = peer.rtt_s if peer.rtt_s is not None and peer.rtt_s > 0.0 else 0.0
+    why: list[str] = []
+    if not peer.alive:
+        why.append("not alive")
+    if peer.node_id in exclude:
+        why.append("excluded: refused earlier")
+    if demand.node is not None and demand.node not in (peer.name, peer.node_id):
+        why.append(f'pinned to node "{demand.node}"')
+    if peer.draining:
+        why.append("draining")
+    if peer.on_battery and peer.battery_policy == "pause":
+        why.append("on battery (policy pause)")
+    if demand.min_vram > 0:
+        largest = max(peer.gpus_vram_free, default=None)
+        if largest is None:
+            why.append(f"needs {_gib(demand.min_vram)} VRAM, no GPU")
+        elif largest < demand.min_vram:
+            why.append(f"needs {_gib(demand.min_vram)} VRAM, largest free {_gib(largest)}")
+    if demand.min_ram > 0 and peer.ram_available < demand.min_ram:
+        why.append(f"needs {_gib(demand.min_ram)} RAM, {_gib(peer.ram_available)} available")
+
+    best: _Estimate | None = None
+    if demand.kind == "llm":
+        for offer in peer.models:
+            if not _offer_matches(demand, offer):
+                continue
+            if offer.in_flight - max(1, offer.max_concurrency) >= config.max_queue:
+                continue
+            est = _llm_estimate(demand, peer, offer, rtt_s, config, throughput)
+            if best is None or (est.score, est.model or "") < (best.score, best.model or ""):
+                best = est
+        if best is None:
+            offers = [o for o in peer.models if _offer_matches(demand, o)]
+            if offers:
+                why.append(f"model queue full (limit {config.max_queue} waiting)")
+            else:
+                why.append(_llm_why_not(demand, peer))
+    elif peer.slots_total <= 0:
+        why.append(f"runs no {demand.kind} subtasks (0 slots)")
+    else:
+        waiting = peer.slots_busy + peer.queue - peer.slots_total
+        if waiting >= config.max_queue:
+            why.append(f"queue full: {waiting} waiting (limit {config.max_queue})")
+        else:
+            best = _shell_estimate(demand, peer, rtt_s, config)
+
+    if why or best is None:
+        return Candidate(
+            node_id=peer.node_id,
+            name=peer.name,
+            feasible=False,
+            why_not="; ".join(why) if why else "not feasible",
+            wait_s=None,
+            rtt_s=rtt_s,
+            run_s=None,
+            cost=None,
+            score=None,
+            model=None,
+            basis=None,
+        )
+    return Candidate(
+        node_id=peer.node_id,
+        name=peer.name,
+        feasible=True,
+        why_not=None,
+        wait_s=best.wait_s,
+        rtt_s=rtt_s,
+        run_s=best.run_s,
+        cost=best.cost,
+        score=best.score,
+        model=best.model,
+        basis=best.basis,
+    )
+
+
+_REASON_PEERS = 8  # peers listed by name in Placement.reason
+
+
+def price(
+    demand: Demand,
+    peers: Sequence[PeerCapacity],
+    config: PricingConfig,
+    exclude: frozenset[str] = frozenset(),
+    *,
+    throughput: ThroughputTracker | None = None,
+) -> Placement:
+    """Price one demand against every peer; the lowest score among feasible peers wins."""
+    rows = [_candidate(demand, peer, config, exclude, throughput) for peer in peers]
+    feasible = sorted((c for c in rows if c.feasible), key=lambda c: (c.score or 0.0, c.node_id))
+    infeasible = sorted((c for c in rows if not c.feasible), key=lambda c: (c.name, c.node_id))
+    candidates = (*feasible, *infeasible)
+    if feasible:
+        return Placement(winner=feasible[0], candidates=candidates, reason=None)
+    if not rows:
+        return Placement(winner=None, candidates=(), reason="no peers known")
+    shown = [f"{c.name}: {c.why_not}" for c in infeasible[:_REASON_PEERS]]
+    more = len(infeasible) - len(shown)
+    if more > 0:
+        shown.append(f"and {more} more")
+    return Placement(
+        winner=None,
+        candidates=candidates,
+        reason=f"no feasible peer among {len(rows)}: " + " | ".join(shown),
+    )
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def explain_table(placement: Placement) -> list[dict[str, Any]]:
+    """The candidate table as JSON-able rows, winner first (``swarmctl explain``)."""
+    winner = placement.winner
+    return [
+        {
+            "peer": c.name,
+            "node_id": c.node_id,
+            "chosen": winner is not None and c.node_id == winner.node_id,
+            "feasible": c.feasible,
+            "why_not": c.why_not,
+            "model": c.model,
+            "wait_s": _round(c.wait_s, 3),
+            "rtt_s": _round(c.rtt_s, 3),
+            "run_s": _round(c.run_s, 3),
+            "cost": _round(c.cost, 6),
+            "score": _round(c.score, 3),
+            "basis": c.basis,
+        }
+        for c in placement.candidates
+    ]
+
+
+# ---------------------------------------------------------------- from gossip
+
+
+def _int(value: Any, default: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return default
+    if not math.isfinite(value):
+        return default
+    return int(value)
+
+
+def _float(value: Any, default: float = 0.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return default
+    return float(value) if math.isfinite(value) else default
+
+
+def _opt_float(value: Any) -> float | None:
+    """A measurement: a finite number >= 0, else None (not measured)."""
+    number = _float(value, -1.0)
+    return number if number >= 0.0 else None
+
+
+def _list(value: Any) -> list[Any] | tuple[Any, ...]:
+    return value if isinstance(value, (list, tuple)) else ()
+
+
+def _dict(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def peer_from_gossip(
+    node_id: str,
+    values: Mapping[str, Any],
+    *,
+    alive: bool,
+    rtt_s: float | None,
+    slots_busy: int | None = None,
+    model_in_flight: Mapping[str, int] | None = None,
+) -> PeerCapacity:
+    """Build a :class:`PeerCapacity` from a node's gossiped key-values (as builtins).
+
+    Reads ``name``, ``hw`` ({cpu {cores, load}, memory {available}, battery {plugged} |
+    None, gpus [{vram_total, vram_free}]}), ``models`` ([{name, model, capabilities,
+    max_concurrency, cost_per_mtok, latency_ms, tokens_per_s?}]), ``draining`` and
+    ``queue``. Optional keys, with these defaults when a node does not gossip them:
+    ``slots`` (shell/python slots, default ``cores``), ``busy`` (slots in use, default 0;
+    ``slots_busy`` overrides it with what the coordinator knows), ``cost_per_hour``
+    (0.0) and ``on_battery`` (the battery policy, "pause"). Malformed parts read as
+    absent. ``model_in_flight`` maps a profile name to requests known to be running.
+    """
+    hw = _dict(values.get("hw"))
+    cpu = _dict(hw.get("cpu"))
+    memory = _dict(hw.get("memory"))
+    battery = hw.get("battery")
+    on_battery = isinstance(battery, Mapping) and battery.get("plugged") is False
+    gpus = [g for g in _list(hw.get("gpus")) if isinstance(g, Mapping)]
+    cores = max(0, _int(cpu.get("cores")))
+    in_flight = model_in_flight or {}
+    offers: list[ModelOffer] = []
+    for m in _list(values.get("models")):
+        if not isinstance(m, Mapping) or not isinstance(m.get("name"), str):
+            continue
+        caps = _list(m.get("capabilities"))
+        offers.append(
+            ModelOffer(
+                name=m["name"],
+                model=str(m.get("model", "")),
+                capabilities=frozenset(c for c in caps if isinstance(c, str)),
+                max_concurrency=max(1, _int(m.get("max_concurrency"), 1)),
+                cost_per_mtok=max(0.0, _float(m.get("cost_per_mtok"))),
+                latency_ms=_opt_float(m.get("latency_ms")),
+                tokens_per_s=_opt_float(m.get("tokens_per_s")),
+                in_flight=in_flight.get(m["name"], 0),
+            )
+        )
+    policy = values.get("on_battery")
+    name = values.get("name")
+    return PeerCapacity(
+        node_id=node_id,
+        name=name if isinstance(name, str) and name else node_id,
+        alive=alive,
+        draining=values.get("draining") is True,
+        on_battery=on_battery,
+        battery_policy="run" if policy == "run" else "pause",
+        cores=cores,
+        load=max(0.0, _float(cpu.get("load"))),
+        ram_available=max(0, _int(memory.get("available"))),
+        gpus_vram_free=tuple(max(0, _int(g.get("vram_free"))) for g in gpus),
+        gpus_vram_total=tuple(max(0, _int(g.get("vram_total"))) for g in gpus),
+        slots_total=max(0, _int(values.get("slots"), cores)),
+        slots_busy=max(0, slots_busy if slots_busy is not None else _int(values.get("busy"))),
+        queue=max(0, _int(values.get("queue"))),
+        rtt_s=rtt_s,
+        cost_per_hour=max(0.0, _float(values.get("cost_per_hour"))),
+        models=tuple(offers),
+    )
