@@ -58,13 +58,22 @@ class KV(Struct, array_like=True, frozen=True):
     version: Annotated[int, Meta(ge=1)]
 
 
+MAX_NODE_KVS = 256
+
+
 class NodeDelta(Struct, array_like=True, frozen=True):
-    """Key-values of one node newer than the receiver's digest said it had."""
+    """Key-values of one node newer than ``since``, the version the receiver had.
+
+    ``since`` lets the receiver refuse a delta that would leave a gap (it holds less
+    than ``since``), e.g. a late reply to an old digest: applying it would advance its
+    max version past values it never received.
+    """
 
     id: NodeId
     gen: Count
     hb: Count
-    kvs: Annotated[list[KV], Meta(max_length=256)]
+    kvs: Annotated[list[KV], Meta(max_length=MAX_NODE_KVS)]
+    since: Count = 0
 
 
 Digest = Annotated[list[DigestEntry], Meta(max_length=65536)]
@@ -213,10 +222,117 @@ class ErrorReply(Message, tag="error"):
     message: Text
 
 
+# ---------------------------------------------------------------- tasks (swarmctl -> node)
+
+TaskId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+Files = Annotated[dict[str, bytes], Meta(max_length=10000)]
+
+
+class SubmitRequest(Message, tag="submit"):
+    """A job (the JSON-able form of a job file) and the input files it ships."""
+
+    job: dict[str, Any]
+    files: Files = {}
+
+
+class SubmitReply(Message, tag="submit_reply"):
+    task: TaskId
+
+
+class TaskRequest(Message, tag="task"):
+    """status / result / cancel / explain of one task."""
+
+    task: TaskId
+    what: Literal["status", "result", "cancel", "explain"]
+    artifacts: bool = False  # result: include artifact contents
+
+
+class TaskReply(Message, tag="task_reply"):
+    body: dict[str, Any]
+    artifacts: dict[str, Files] = {}  # subtask id -> name -> bytes
+
+
+class TasksRequest(Message, tag="tasks"):
+    pass
+
+
+class TasksReply(Message, tag="tasks_reply"):
+    tasks: list[dict[str, Any]]
+
+
+# ---------------------------------------------------------------- work (node <-> node)
+
+
+class Dispatch(Message, tag="dispatch"):
+    """Coordinator -> worker: run this attempt (templates already rendered)."""
+
+    task: TaskId
+    subtask: Annotated[str, Meta(max_length=64)]
+    attempt: Annotated[int, Meta(ge=1)]
+    coordinator: NodeRef
+    lease_s: Annotated[float, Meta(gt=0)]
+    spec: dict[str, Any]
+    inputs: Files = {}
+    model: Name | None = None
+
+
+class DispatchReply(Message, tag="dispatch_reply"):
+    task: TaskId
+    subtask: Annotated[str, Meta(max_length=64)]
+    attempt: Annotated[int, Meta(ge=1)]
+    accepted: bool
+    reason: Text = ""
+
+
+class Progress(Message, tag="progress"):
+    """Worker -> coordinator while an attempt runs (extends its lease)."""
+
+    task: TaskId
+    subtask: Annotated[str, Meta(max_length=64)]
+    attempt: Annotated[int, Meta(ge=1)]
+    node: NodeId
+    note: Text = ""
+
+
+class AttemptResult(Message, tag="result"):
+    """Worker -> coordinator; kept in the worker's outbox until acknowledged."""
+
+    task: TaskId
+    subtask: Annotated[str, Meta(max_length=64)]
+    attempt: Annotated[int, Meta(ge=1)]
+    node: NodeId
+    exit_code: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    output: str | None = None
+    usage: dict[str, Any] | None = None
+    artifacts: Files = {}
+    error: str | None = None
+    app_failed: bool = False
+
+
+class ResultAck(Message, tag="result_ack"):
+    task: TaskId
+    subtask: Annotated[str, Meta(max_length=64)]
+    attempt: Annotated[int, Meta(ge=1)]
+    committed: bool  # False: a stale attempt, fenced off
+
+
+class CancelAttempt(Message, tag="cancel_attempt"):
+    task: TaskId
+    subtask: Annotated[str, Meta(max_length=64)]
+    attempt: Annotated[int, Meta(ge=1)]
+
+
 GossipMessage = Syn | SynAck | Ack
-ControlRequest = PeersRequest | JoinTokenRequest | StatsRequest
-ControlReply = PeersReply | JoinTokenReply | StatsReply | ErrorReply
-AnyMessage = GossipMessage | ControlRequest | ControlReply
+ControlRequest = (
+    PeersRequest | JoinTokenRequest | StatsRequest | SubmitRequest | TaskRequest | TasksRequest
+)
+ControlReply = (
+    PeersReply | JoinTokenReply | StatsReply | ErrorReply | SubmitReply | TaskReply | TasksReply
+)
+WorkMessage = Dispatch | DispatchReply | Progress | AttemptResult | ResultAck | CancelAttempt
+AnyMessage = GossipMessage | ControlRequest | ControlReply | WorkMessage
 
 MESSAGE_TYPES: tuple[type[Message], ...] = (
     Syn,
@@ -229,4 +345,16 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (
     StatsRequest,
     StatsReply,
     ErrorReply,
+    SubmitRequest,
+    SubmitReply,
+    TaskRequest,
+    TaskReply,
+    TasksRequest,
+    TasksReply,
+    Dispatch,
+    DispatchReply,
+    Progress,
+    AttemptResult,
+    ResultAck,
+    CancelAttempt,
 )

@@ -376,7 +376,7 @@ class Node:
     def _log_event(self, event: Event) -> None:
         if isinstance(event, MemberChanged):
             node = self.gossip.state.nodes.get(event.node_id)
-            name = node.get("name") if node else None
+            name = event.name or (node.get("name") if node else None)
             old = event.old.value if event.old else "new"
             new = event.new.value if event.new else "forgotten"
             level = logging.WARNING if event.new is Liveness.DEAD else logging.INFO

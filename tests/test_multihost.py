@@ -240,13 +240,6 @@ def test_three_hosts_discover_by_mdns_detect_partition_and_heal(
 FORGET_AFTER_S = 3.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="swarmd bug: a peer forgotten after forget_after_s dead is tombstoned for its "
-    "generation (ClusterState.forgotten), and the tombstone also refuses the live node "
-    "itself when it talks again, so a partition longer than forget_after (60 s by "
-    "default) never heals until a node restarts",
-)
 def test_heals_after_a_partition_longer_than_forget_after(netns_ok: None, tmp_path: Path) -> None:
     config = f'[gossip]\nforget_after = "{FORGET_AFTER_S}s"\n'
     with three_hosts(tmp_path, config) as nodes:

@@ -17,9 +17,13 @@ from protocol.messages import (
     PROTOCOL_VERSION,
     STATE_SCHEMAS,
     Ack,
+    AttemptResult,
     Battery,
+    CancelAttempt,
     Cpu,
     DigestEntry,
+    Dispatch,
+    DispatchReply,
     ErrorReply,
     Gpu,
     Hardware,
@@ -33,10 +37,18 @@ from protocol.messages import (
     PeersReply,
     PeersRequest,
     PeerView,
+    Progress,
+    ResultAck,
     StatsReply,
     StatsRequest,
+    SubmitReply,
+    SubmitRequest,
     Syn,
     SynAck,
+    TaskReply,
+    TaskRequest,
+    TasksReply,
+    TasksRequest,
     validate_state_value,
 )
 
@@ -116,6 +128,41 @@ EXAMPLES: dict[type[Message], Message] = {
     StatsRequest: StatsRequest(),
     StatsReply: StatsReply(node="3f9a1c0de4b25a77", name="desk", counters={"received": 12}),
     ErrorReply: ErrorReply(code="bad_request", message="job file line 3: unknown key 'runn'"),
+    SubmitRequest: SubmitRequest(
+        job={"name": "review", "subtasks": [{"id": "lint", "kind": "shell", "run": ["ruff"]}]},
+        files={"pyproject.toml": b"[project]\n"},
+    ),
+    SubmitReply: SubmitReply(task="3f9a1c-000001"),
+    TaskRequest: TaskRequest(task="3f9a1c-000001", what="result", artifacts=True),
+    TaskReply: TaskReply(body={"id": "3f9a1c-000001"}, artifacts={"lint": {"r.txt": b"ok"}}),
+    TasksRequest: TasksRequest(),
+    TasksReply: TasksReply(tasks=[{"id": "3f9a1c-000001", "state": "done"}]),
+    Dispatch: Dispatch(
+        task="3f9a1c-000001",
+        subtask="lint",
+        attempt=2,
+        coordinator=SENDER,
+        lease_s=30.0,
+        spec={"id": "lint", "kind": "shell", "run": ["ruff", "check", "."]},
+        inputs={"src/a.py": b"x = 1\n"},
+    ),
+    DispatchReply: DispatchReply(
+        task="3f9a1c-000001", subtask="lint", attempt=2, accepted=False, reason="full"
+    ),
+    Progress: Progress(
+        task="3f9a1c-000001", subtask="lint", attempt=2, node="3f9a1c0de4b25a77", note="1.2s"
+    ),
+    AttemptResult: AttemptResult(
+        task="3f9a1c-000001",
+        subtask="lint",
+        attempt=2,
+        node="3f9a1c0de4b25a77",
+        exit_code=0,
+        stdout="All checks passed!\n",
+        artifacts={"report.txt": b"ok"},
+    ),
+    ResultAck: ResultAck(task="3f9a1c-000001", subtask="lint", attempt=2, committed=True),
+    CancelAttempt: CancelAttempt(task="3f9a1c-000001", subtask="lint", attempt=2),
 }
 TAGS = {t: t.__struct_config__.tag for t in MESSAGE_TYPES}
 

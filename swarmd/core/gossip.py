@@ -66,6 +66,7 @@ class MemberChanged:
     generation: int
     old: Liveness | None  # None: first seen
     new: Liveness | None  # None: forgotten
+    name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +218,14 @@ class Gossip:
                 self.detector.remove(node.node_id)
                 self._rtt.pop(node.node_id, None)
                 self._events.append(
-                    MemberChanged(node.node_id, node.get("addr"), node.generation, liveness, None)
+                    MemberChanged(
+                        node.node_id,
+                        node.get("addr"),
+                        node.generation,
+                        liveness,
+                        None,
+                        node.get("name"),
+                    )
                 )
 
     # ------------------------------------------------------------ messages arrive
@@ -245,6 +253,12 @@ class Gossip:
 
     def _accept_sender(self, sender: NodeRef) -> bool:
         if sender.id != self.me.id:
+            if self.state.forgotten.get(sender.id) == sender.gen:
+                # It talks to us itself, so it is alive (a partition longer than
+                # forget_after healed). Tombstones stop third parties resurrecting
+                # stale state, not the node in person: its full state comes next.
+                self.state.forgotten[sender.id] = sender.gen - 1
+                self.counters["tombstone_lifted"] += 1
             return True
         if sender.boot == self.me.boot:
             self.counters["self_loop"] += 1  # a seed or mDNS record that is this node
@@ -318,7 +332,7 @@ class Gossip:
                 self.counters["invalid_state"] += 1
                 continue
             good.append(kv)
-        return nd if len(good) == len(nd.kvs) else NodeDelta(nd.id, nd.gen, nd.hb, good)
+        return nd if len(good) == len(nd.kvs) else NodeDelta(nd.id, nd.gen, nd.hb, good, nd.since)
 
     def _beat(self, node_id: str, now: float) -> None:
         revived_from = self.detector.heartbeat(node_id, now)
