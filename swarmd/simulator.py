@@ -175,14 +175,15 @@ class Simulation:
         alive = Liveness.ALIVE
         for g in self.nodes.values():
             known = g.state.nodes.keys()
-            if not expected <= known:
+            if not expected <= known or g.liveness(g.node_id) is not alive:
                 return False
-            liveness = g.liveness
+            # g.liveness() of the others, inlined: the detector's verdict.
+            state_of = g.detector.state
             for node_id in expected:
-                if liveness(node_id) is not alive:
+                if state_of(node_id) is not alive and node_id != g.node_id:
                     return False
             for node_id in known - expected:
-                if liveness(node_id) is alive:
+                if state_of(node_id) is alive:
                     return False
         return True
 
@@ -191,9 +192,11 @@ class Simulation:
         subjects = set(among) if among is not None else {g.node_id for g in self.nodes.values()}
         total = 0
         for g in self.nodes.values():
-            of = g.liveness
+            # g.liveness(), inlined: the detector's verdict, except on itself.
+            me, state_of = g.node_id, g.detector.state
             for node_id in subjects & g.state.nodes.keys():
-                if of(node_id) is liveness:
+                observed = g.liveness(node_id) if node_id == me else state_of(node_id)
+                if observed is liveness:
                     total += 1
         return total
 

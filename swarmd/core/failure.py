@@ -72,10 +72,18 @@ class _History:
         return mean + config.acceptable_pause_s, std if std > floor else floor
 
 
+_MAX_EXPONENT: Final = 700.0  # math.exp overflows just above 709
+
+
 def phi(elapsed: float, mean: float, std: float) -> float:
     """-log10 of the probability that a heartbeat is still to come after ``elapsed``."""
     y = (elapsed - mean) / std
-    e = math.exp(-y * (1.5976 + 0.070566 * y * y))
+    exponent = -y * (1.5976 + 0.070566 * y * y)
+    if exponent > _MAX_EXPONENT:
+        # Far earlier than the mean (a peer with long, regular intervals): math.exp would
+        # overflow, and the exact value below already rounds to 0 long before this.
+        return 0.0
+    e = math.exp(exponent)
     if elapsed > mean:
         return -math.log10(e / (1.0 + e)) if e > 0 else math.inf
     return -math.log10(1.0 - 1.0 / (1.0 + e))

@@ -39,6 +39,13 @@ from protocol.messages import (
 from .failure import DetectorConfig, FailureDetector, Liveness
 from .membership import ClusterState, NodeState
 
+# Enum members looked up through their class are slow on Python 3.11 (EnumType has a
+# __getattr__): aliases for the comparisons made for every peer on every tick.
+_ALIVE = Liveness.ALIVE
+_SUSPECT = Liveness.SUSPECT
+_DEAD = Liveness.DEAD
+_LEFT = Liveness.LEFT
+
 
 @dataclass(frozen=True, slots=True)
 class GossipConfig:
@@ -192,28 +199,29 @@ class Gossip:
     def _targets(self) -> tuple[list[str], list[str]]:
         live: list[str] = []
         dead: list[str] = []
-        for node in self.state:
+        own, state_of = self.own, self.detector.state
+        for node_id, node in self.state.nodes.items():
             addr = node.get("addr")
-            if node is self.own or addr is None:
+            if node is own or addr is None:
                 continue
-            liveness = self.detector.state(node.node_id)
-            if liveness in (Liveness.ALIVE, Liveness.SUSPECT):
+            liveness = state_of(node_id)
+            if liveness is _ALIVE or liveness is _SUSPECT:
                 live.append(addr)
-            elif liveness is Liveness.DEAD:
+            elif liveness is _DEAD:
                 dead.append(addr)
         return live, dead
 
     def _forget_expired(self, now: float) -> None:
+        own, state_of, since_of = self.own, self.detector.state, self.detector.since
+        forget_after_s = self.config.forget_after_s
         for node in list(self.state):
-            if node is self.own:
+            if node is own:
                 continue
-            liveness = self.detector.state(node.node_id)
-            since = self.detector.since(node.node_id)
-            if (
-                liveness in (Liveness.DEAD, Liveness.LEFT)
-                and since is not None
-                and now - since >= self.config.forget_after_s
-            ):
+            liveness = state_of(node.node_id)
+            if liveness is not _DEAD and liveness is not _LEFT:
+                continue
+            since = since_of(node.node_id)
+            if since is not None and now - since >= forget_after_s:
                 self.state.forget(node.node_id)
                 self.detector.remove(node.node_id)
                 self._rtt.pop(node.node_id, None)
@@ -231,7 +239,7 @@ class Gossip:
     # ------------------------------------------------------------ messages arrive
 
     def receive(self, message: GossipMessage, now: float, rng: random.Random) -> list[Send]:
-        if not self._accept_sender(message.sender):
+        if not self._accept_sender(message):
             return []
         if isinstance(message, Syn):
             self._take_digest(message.digest, now)
@@ -251,7 +259,8 @@ class Gossip:
         self._take_delta(message.delta, now)
         return []
 
-    def _accept_sender(self, sender: NodeRef) -> bool:
+    def _accept_sender(self, message: GossipMessage) -> bool:
+        sender = message.sender
         if sender.id != self.me.id:
             if self.state.forgotten.get(sender.id) == sender.gen:
                 # It talks to us itself, so it is alive (a partition longer than
@@ -262,7 +271,11 @@ class Gossip:
             return True
         if sender.boot == self.me.boot:
             self.counters["self_loop"] += 1  # a seed or mDNS record that is this node
-            self._contacts.discard(sender.addr)
+            if isinstance(message, Syn):
+                # Our own Syn came back: the address we dialed it at is an alias of ours.
+                dialed = self._pending.pop(message.seq, None)
+                if dialed is not None:
+                    self._contacts.discard(dialed[0])
             return False
         self._conflict(sender.addr, sender.gen)
         return False
@@ -279,23 +292,28 @@ class Gossip:
         self._rtt[node_id] = sample if old is None else (1 - a) * old + a * sample
 
     def _take_digest(self, digest: list[DigestEntry], now: float) -> None:
-        nodes, me = self.state.nodes, self.me
+        get, own = self.state.nodes.get, self.own
+        my_id, my_gen = self.me.id, self.me.gen
+        heartbeat = self.detector.heartbeat
         for entry in digest:
-            node = nodes.get(entry.id)
+            node = get(entry.id)
             if node is None or entry.hb <= node.heartbeat or node.generation != entry.gen:
-                if entry.id == me.id and entry.gen > me.gen:
+                if entry.gen > my_gen and entry.id == my_id:
                     self._conflict("?", entry.gen)
                 continue
-            if node is self.own:
+            if node is own:
                 continue
             node.heartbeat = entry.hb
-            self._beat(entry.id, now)
+            revived_from = heartbeat(entry.id, now)  # self._beat(), inlined
+            if revived_from is not None:
+                self._changed(entry.id, revived_from, _ALIVE)
 
     def _take_delta(self, delta: list[NodeDelta], now: float) -> None:
         for nd in delta:
             if nd.id == self.me.id:
                 self._check_own_delta(nd)
                 continue
+            offered = nd
             nd = self._valid(nd)
             before = self.state.nodes.get(nd.id)
             before_gen = None if before is None else before.generation
@@ -303,6 +321,9 @@ class Gossip:
             node, advanced = self.state.apply_delta(nd)
             if node is None:
                 continue
+            if nd is not offered and offered.kvs:
+                # Refused values count as seen, or the sender offers them in every exchange.
+                node.max_version = max(node.max_version, max(kv.version for kv in offered.kvs))
             if before_gen is None or node.generation > before_gen:
                 self.detector.reset(nd.id, now)
                 old = None if before_gen is None else before_liveness

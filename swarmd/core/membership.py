@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol.messages import KV, DigestEntry, NodeDelta
+from protocol.messages import KV, MAX_NODE_KVS, DigestEntry, NodeDelta
 
 
 @dataclass(slots=True, frozen=True)
@@ -97,6 +97,9 @@ class ClusterState:
     nodes: dict[str, NodeState] = field(default_factory=dict)
     # node id -> highest forgotten generation; state of that generation or older is refused
     forgotten: dict[str, int] = field(default_factory=dict)
+    # node id -> its heartbeat when forgotten: the same generation beating past it is alive
+    # after all (a partition or a sleep longer than forget_after_s), and comes back
+    forgotten_heartbeat: dict[str, int] = field(default_factory=dict)
 
     def __iter__(self) -> Iterator[NodeState]:
         return iter(self.nodes.values())
@@ -107,7 +110,15 @@ class ClusterState:
     def forget(self, node_id: str) -> None:
         state = self.nodes.pop(node_id, None)
         if state is not None:
+            if state.generation >= self.forgotten.get(node_id, -1):
+                self.forgotten_heartbeat[node_id] = state.heartbeat
             self.forgotten[node_id] = max(self.forgotten.get(node_id, -1), state.generation)
+
+    def outlived(self, node_id: str, generation: int, heartbeat: int) -> bool:
+        """Whether a tombstoned generation has beaten since: it was alive all along."""
+        return generation == self.forgotten.get(node_id) and heartbeat > (
+            self.forgotten_heartbeat.get(node_id, heartbeat)
+        )
 
     def digest(self) -> list[DigestEntry]:
         # NodeState.digest inlined: this runs for every node in every gossip message.
@@ -128,17 +139,20 @@ class ClusterState:
         lets every node's state through over successive rounds.
         """
         nodes = self.nodes
+        get = nodes.get
         stale: list[tuple[NodeState, int]] = []
         matched = 0
         for theirs in digest:
-            node = nodes.get(theirs.id)
+            node = get(theirs.id)
             if node is None:
                 continue
             matched += 1
-            if theirs.gen < node.generation:
-                stale.append((node, 0))
-            elif theirs.gen == node.generation and theirs.maxv < node.max_version:
-                stale.append((node, theirs.maxv))
+            # Most entries are in sync: one combined test lets them through quickly.
+            if theirs.maxv < node.max_version or theirs.gen != node.generation:
+                if theirs.gen < node.generation:
+                    stale.append((node, 0))
+                elif theirs.gen == node.generation:
+                    stale.append((node, theirs.maxv))
             # else: they are as new or newer; heartbeats travel in digests
         if matched < len(nodes):
             seen = {d.id for d in digest}
@@ -147,23 +161,27 @@ class ClusterState:
         out: list[NodeDelta] = []
         budget = max_kvs
         for node, since in stale:
-            kvs = node.newer_than(since)[:budget]
+            kvs = node.newer_than(since)[: min(budget, MAX_NODE_KVS)]
             budget -= len(kvs)
-            out.append(NodeDelta(node.node_id, node.generation, node.heartbeat, kvs))
+            out.append(NodeDelta(node.node_id, node.generation, node.heartbeat, kvs, since))
             if budget <= 0:
                 break
         return out
 
     def apply_delta(self, delta: NodeDelta) -> tuple[NodeState | None, bool]:
         """Merge one node's delta. Returns (state or None if refused, heartbeat advanced)."""
-        if self.is_forgotten(delta.id, delta.gen):
+        if self.is_forgotten(delta.id, delta.gen) and not self.outlived(
+            delta.id, delta.gen, delta.hb
+        ):
             return None, False
         node = self.nodes.get(delta.id)
         if node is None or node.generation < delta.gen:
+            if delta.since > 0:
+                return None, False  # a partial delta cannot start a node: it would leave a gap
             node = NodeState(delta.id, delta.gen)
             self.nodes[delta.id] = node
-        elif node.generation > delta.gen:
-            return None, False
+        elif node.generation > delta.gen or delta.since > node.max_version:
+            return None, False  # older generation, or values between would be missing
         advanced = delta.hb > node.heartbeat
         if advanced:
             node.heartbeat = delta.hb
