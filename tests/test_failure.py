@@ -107,14 +107,14 @@ def test_silence_makes_a_peer_suspect_then_dead_on_schedule() -> None:
 def test_only_the_silent_peer_is_suspected() -> None:
     detector = FailureDetector()
     transitions = []
-    for i in range(30):  # a gossip tick every 0.2 s
+    for i in range(27):  # a gossip tick every 0.2 s, up to 5.2 s
         now = i * 0.2
         if i < 20:
             detector.heartbeat("quiet", now)  # last heartbeat at 3.8 s
         detector.heartbeat("chatty", now)
         transitions += [(now, *change) for change in detector.update(now)]
     # 1.02 s of silence needed: at 4.8 s (1.0 s) not yet, at 5.0 s (1.2 s) suspect;
-    # dead at 6.0 s, after the last tick.
+    # dead suspicion_s (0.6 s) later at 5.6 s, after the last tick.
     assert len(transitions) == 1
     when, node, old, new = transitions[0]
     assert math.isclose(when, 5.0) and (node, old, new) == (

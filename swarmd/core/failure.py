@@ -34,7 +34,7 @@ class DetectorConfig:
     min_std_s: float = 0.1
     acceptable_pause_s: float = 0.3
     first_interval_s: float = 0.5  # assumed mean before any interval is measured
-    suspicion_s: float = 1.0
+    suspicion_s: float = 0.6
 
 
 @dataclass(slots=True)
