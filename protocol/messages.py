@@ -155,6 +155,11 @@ STATE_SCHEMAS: dict[str, Any] = {
     "models": Models,
     "draining": bool,
     "queue": Count,
+    "slots": Count,  # shell/python attempts this node runs at once
+    "busy": Count,  # of which in use
+    "allow_shell": bool,
+    "cost_per_hour": Annotated[float, Meta(ge=0)],
+    "on_battery": Literal["pause", "run"],
 }
 
 

@@ -27,9 +27,25 @@ from protocol.messages import (
     PeerView,
     StatsReply,
     StatsRequest,
+    SubmitReply,
+    SubmitRequest,
+    TaskReply,
+    TaskRequest,
+    TasksReply,
+    TasksRequest,
 )
 from swarmd import __version__
 from swarmd.config import default_state_dir
+from swarmd.core.jobspec import (
+    JobError,
+    JobSpec,
+    check_input_sizes,
+    job_format,
+    job_to_data,
+    load_job_text,
+    single_command_job,
+    single_prompt_job,
+)
 
 from .client import Client, RequestFailed, Unreachable, UsageError
 
@@ -64,7 +80,10 @@ class Ctx:
             except Unreachable as exc:
                 self.fail(EXIT_UNREACHABLE, str(exc))
             except RequestFailed as exc:
-                self.fail(EXIT_FAILED, str(exc))
+                message = str(exc)
+                if message.startswith("bad_request: "):
+                    self.fail(EXIT_USAGE, message.removeprefix("bad_request: "))
+                self.fail(EXIT_FAILED, message)
 
     def emit_json(self, value: Any) -> None:
         click.echo(json.dumps(codec.to_builtins(value), indent=2, sort_keys=False))
@@ -206,6 +225,236 @@ def stats(obj: Ctx) -> None:
     click.echo(f"node {reply.name} ({reply.node})")
     for key, value in reply.counters.items():
         click.echo(f"  {key:32} {value}")
+
+
+# ---------------------------------------------------------------- tasks
+
+MAX_INPUT_BYTES = 12 * 1024 * 1024  # all shipped files of a job: they travel in one frame
+MAX_INPUT_FILE_BYTES = 12 * 1024 * 1024
+
+
+def _collect_inputs(job: JobSpec, root: Path) -> dict[str, bytes]:
+    """Read every ``inputs`` path of the job from ``root``; exit 2 naming what's wrong."""
+    sizes: dict[str, int | None] = {}
+    paths: dict[str, Path] = {}
+    for spec in job.subtasks:
+        for rel in spec.inputs:
+            full = root / rel
+            if full.is_dir():
+                found = False
+                for f in sorted(full.rglob("*")):
+                    if f.is_file():
+                        key = f.relative_to(root).as_posix()
+                        sizes[key], paths[key] = f.stat().st_size, f
+                        found = True
+                if not found:
+                    sizes[rel] = 0
+            elif full.is_file():
+                sizes[rel], paths[rel] = full.stat().st_size, full
+            else:
+                sizes[rel] = None
+    check_input_sizes(job, sizes, MAX_INPUT_BYTES, MAX_INPUT_FILE_BYTES)
+    return {key: path.read_bytes() for key, path in paths.items()}
+
+
+def _build_job(
+    job_file: Path | None, prompt: str | None, command: tuple[str, ...], options: dict[str, Any]
+) -> JobSpec:
+    given = sum(x is not None and x != () for x in (job_file, prompt, command or None))
+    if given != 1:
+        raise click.UsageError("give exactly one of -f JOBFILE, --prompt TEXT or -- CMD [ARG]...")
+    if job_file is not None:
+        try:
+            text = job_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise JobError(f"cannot read {job_file}: {exc}") from None
+        return load_job_text(text, job_format(job_file.name), str(job_file))
+    opts = {k: v for k, v in options.items() if v is not None}
+    if prompt is not None:
+        capability = opts.pop("capability", None)
+        return single_prompt_job(prompt, capability, **opts)
+    return single_command_job(list(command), **opts)
+
+
+def _progress_line(status: dict[str, Any]) -> str:
+    counts: dict[str, int] = {}
+    peers: dict[str, int] = {}
+    for sub in status.get("subtasks", []):
+        counts[sub["state"]] = counts.get(sub["state"], 0) + 1
+        if sub["state"] in ("running", "dispatched") and sub.get("peer"):
+            peers[sub["peer"]] = peers.get(sub["peer"], 0) + 1
+    total = len(status.get("subtasks", []))
+    queued = counts.get("waiting", 0) + counts.get("ready", 0)
+    running = counts.get("running", 0) + counts.get("dispatched", 0)
+    on = ", ".join(f"{p}: {n}" for p, n in sorted(peers.items()))
+    return (
+        f"{status['id']} {status['state']}: {counts.get('done', 0)}/{total} done, "
+        f"{running} running, {queued} queued, {counts.get('failed', 0)} failed"
+        + (f"  [{on}]" if on else "")
+    )
+
+
+@main.command(context_settings={"ignore_unknown_options": False})
+@click.option("-f", "job_file", type=click.Path(path_type=Path, dir_okay=False), help="job file")
+@click.option("--prompt", help="one LLM subtask with this prompt")
+@click.option("--wait", is_flag=True, help="show progress and wait for the end")
+@click.option("--name")
+@click.option("--priority", type=click.Choice(["critical", "high", "normal", "low"]))
+@click.option("--deadline", help="e.g. 10m")
+@click.option("--capability")
+@click.option("--min-vram", help="e.g. 16GiB")
+@click.option("--timeout", "subtask_timeout", help="per subtask, e.g. 2m")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.pass_obj
+def submit(
+    obj: Ctx,
+    job_file: Path | None,
+    prompt: str | None,
+    wait: bool,
+    name: str | None,
+    priority: str | None,
+    deadline: str | None,
+    capability: str | None,
+    min_vram: str | None,
+    subtask_timeout: str | None,
+    command: tuple[str, ...],
+) -> None:
+    """Submit a task: -f JOBFILE, --prompt TEXT --capability CAP, or -- CMD [ARG]..."""
+    options = {
+        "name": name,
+        "priority": priority,
+        "deadline": deadline,
+        "capability": capability,
+        "min_vram": min_vram,
+        "timeout": subtask_timeout,
+    }
+    try:
+        job = _build_job(job_file, prompt, command, options)
+        files = _collect_inputs(job, Path.cwd())
+    except JobError as exc:
+        obj.fail(EXIT_USAGE, str(exc))
+    reply = obj.call(SubmitRequest(job=job_to_data(job), files=files))
+    assert isinstance(reply, SubmitReply)
+    if not wait:
+        if obj.as_json:
+            obj.emit_json({"task": reply.task})
+        else:
+            click.echo(reply.task)
+        return
+    status = _wait(obj, reply.task)
+    if obj.as_json:
+        obj.emit_json(status)
+    else:
+        _print_status(status)
+    sys.exit(0 if status["state"] == "done" else EXIT_FAILED)
+
+
+def _wait(obj: Ctx, task: str) -> dict[str, Any]:
+    tty = sys.stderr.isatty() and not obj.as_json
+    last = ""
+    while True:
+        reply = obj.call(TaskRequest(task=task, what="status"))
+        assert isinstance(reply, TaskReply)
+        status = reply.body
+        line = _progress_line(status)
+        if tty:
+            click.echo("\r\x1b[K" + line, nl=False, err=True)
+        elif line != last and not obj.as_json:
+            click.echo(line, err=True)
+        last = line
+        if status["state"] in ("done", "failed", "cancelled"):
+            if tty:
+                click.echo("", err=True)
+            return status
+        time.sleep(0.2)
+
+
+def _print_status(status: dict[str, Any]) -> None:
+    click.echo(f"task {status['id']} ({status.get('name')}): {status['state']}")
+    for sub in status.get("subtasks", []):
+        extra = f" exit {sub['exit_code']}" if sub.get("exit_code") is not None else ""
+        error = f"  error: {sub['error']}" if sub.get("error") else ""
+        click.echo(
+            f"  {sub['id']:16} {sub['state']:10} peer={sub.get('peer') or '-'} "
+            f"attempts={sub.get('attempts', 0)}{extra}{error}"
+        )
+
+
+def _task(obj: Ctx, task: str, what: str, artifacts: bool = False) -> TaskReply:
+    reply = obj.call(TaskRequest(task=task, what=what, artifacts=artifacts))  # type: ignore[arg-type]
+    assert isinstance(reply, TaskReply)
+    return reply
+
+
+@main.command()
+@click.argument("task")
+@click.pass_obj
+def status(obj: Ctx, task: str) -> None:
+    """State of a task and of each of its subtasks."""
+    body = _task(obj, task, "status").body
+    obj.emit_json(body) if obj.as_json else _print_status(body)
+
+
+@main.command()
+@click.argument("task")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), help="write artifacts")
+@click.pass_obj
+def result(obj: Ctx, task: str, out: Path | None) -> None:
+    """Outputs of a task's subtasks (stdout, LLM text, artifacts)."""
+    reply = _task(obj, task, "result", artifacts=out is not None)
+    if out is not None:
+        for subtask, files in reply.artifacts.items():
+            for name, data in files.items():
+                target = (out / subtask / name).resolve()
+                if not target.is_relative_to(out.resolve()):
+                    obj.fail(EXIT_FAILED, f"refusing artifact path {name!r}")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+    if obj.as_json:
+        obj.emit_json(reply.body)
+        return
+    click.echo(f"task {reply.body['id']}: {reply.body['state']}")
+    for sid, sub in reply.body.get("subtasks", {}).items():
+        click.echo(f"--- {sid} ({sub.get('state')}, peer {sub.get('peer') or '-'})")
+        text = sub.get("output") if sub.get("output") is not None else sub.get("stdout")
+        if text:
+            click.echo(text.rstrip("\n"))
+        if sub.get("stderr"):
+            click.echo(sub["stderr"].rstrip("\n"), err=True)
+
+
+@main.command()
+@click.pass_obj
+def tasks(obj: Ctx) -> None:
+    """The tasks this node coordinates."""
+    reply = obj.call(TasksRequest())
+    assert isinstance(reply, TasksReply)
+    if obj.as_json:
+        obj.emit_json(reply.tasks)
+        return
+    for t in reply.tasks:
+        click.echo("  ".join(str(t.get(k, "")) for k in ("id", "name", "state", "priority")))
+
+
+@main.command()
+@click.argument("task")
+@click.pass_obj
+def cancel(obj: Ctx, task: str) -> None:
+    """Cancel a task; running attempts are stopped on their peers."""
+    body = _task(obj, task, "cancel").body
+    obj.emit_json(body) if obj.as_json else _print_status(body)
+
+
+@main.command()
+@click.argument("task")
+@click.pass_obj
+def explain(obj: Ctx, task: str) -> None:
+    """Why each subtask went where it went: every peer, feasible or why not, scores."""
+    body = _task(obj, task, "explain").body
+    if obj.as_json:
+        obj.emit_json(body)
+        return
+    click.echo(json.dumps(body, indent=2))
 
 
 if __name__ == "__main__":  # pragma: no cover

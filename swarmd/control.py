@@ -24,15 +24,27 @@ from protocol.messages import (
     PeerView,
     StatsReply,
     StatsRequest,
+    SubmitReply,
+    SubmitRequest,
+    TaskReply,
+    TaskRequest,
+    TasksReply,
+    TasksRequest,
 )
 
 from .core.gossip import Member
+from .core.jobspec import JobError, PeerFacts, check_feasible, parse_job
+from .core.tasks import UnknownTask
+from .work import Coordination
 
 
 class NodeFacade(Protocol):
     """What the control API needs from the running node."""
 
     def members(self) -> list[Member]: ...
+    def peer_facts(self) -> list[PeerFacts]: ...
+    @property
+    def coordination(self) -> Coordination: ...
     def join_token(self) -> str: ...
     def stats(self) -> dict[str, int]: ...
     @property
@@ -117,7 +129,41 @@ class Control:
             StatsRequest: lambda _r, _l: StatsReply(
                 node=self.node.node_id, name=self.node.name, counters=self.node.stats()
             ),
+            SubmitRequest: lambda r, _l: self.submit(r),
+            TaskRequest: lambda r, _l: self.task(r),
+            TasksRequest: lambda _r, _l: TasksReply(
+                tasks=self.node.coordination.coordinator.tasks()
+            ),
         }
+
+    def submit(self, request: SubmitRequest) -> ControlReply:
+        """Validate the job against the live cluster, then coordinate it here."""
+        try:
+            job = parse_job(request.job, source=str(request.job.get("name", "job")))
+            check_feasible(job, self.node.peer_facts())
+        except JobError as exc:
+            return ErrorReply(code="bad_request", message=str(exc)[:4000])
+        task_id = self.node.coordination.submit(job, request.files)
+        return SubmitReply(task=task_id)
+
+    def task(self, request: TaskRequest) -> ControlReply:
+        coordination = self.node.coordination
+        c = coordination.coordinator
+        try:
+            if request.what == "status":
+                return TaskReply(body=c.status(request.task))
+            if request.what == "result":
+                artifacts = coordination.store.artifacts(request.task) if request.artifacts else {}
+                return TaskReply(body=c.result(request.task), artifacts=artifacts)
+            if request.what == "explain":
+                return TaskReply(body=c.explain(request.task))
+            coordination.run(c.cancel(request.task, coordination.clock()))
+            return TaskReply(body=c.status(request.task))
+        except UnknownTask:
+            return ErrorReply(
+                code="bad_request",
+                message=f"unknown task {request.task!r} on this node (ask its coordinator)",
+            )
 
     def handles(self, request: object) -> bool:
         return type(request) in self._handlers

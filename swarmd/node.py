@@ -26,8 +26,14 @@ from zeroconf import NonUniqueNameException
 from protocol.messages import (
     Ack,
     AnyMessage,
+    AttemptResult,
+    CancelAttempt,
+    Dispatch,
+    DispatchReply,
     ErrorReply,
     ModelProfile,
+    Progress,
+    ResultAck,
     Syn,
     SynAck,
 )
@@ -44,6 +50,9 @@ from .core.gossip import (
     Send,
     keeps_identity,
 )
+from .core.jobspec import PeerFacts
+from .core.pricing import PeerCapacity, peer_from_gossip
+from .core.tasks import NodeLoad
 from .discovery import Discovery, Sighting, advertise_address, choose_interfaces
 from .hardware import HardwareProbe
 from .identity import (
@@ -59,9 +68,15 @@ from .identity import (
     store_cluster_secret,
     write_node_id,
 )
+from .store import Store
 from .transport import Reply, Transport
+from .work import Clock, Coordination, Worker
 
-WATCHDOG_FACTOR = 10  # a gossip tick this many intervals late is a stalled loop
+WATCHDOG_FACTOR = 10
+
+
+def _no_reply(_message: Any) -> bool:
+    return True  # a gossip tick this many intervals late is a stalled loop
 
 
 class StartupError(RuntimeError):
@@ -160,6 +175,31 @@ class Node:
         self.hardware = await asyncio.to_thread(self.probe.probe)
         self.gossip = self._new_gossip(self.node_id, self.generation)
         self.control = Control(self)
+        self.store = Store(cfg.state_dir / "swarmd.db")
+        self.clock = Clock()
+        self._known_generation: dict[str, int] = {}
+        self.coordination = Coordination(
+            node_id=self.node_id,
+            node_name=cfg.name,
+            store=self.store,
+            send=self._send_to,
+            address_of=self._address_of,
+            peers=self._capacities,
+            me=lambda: self.gossip.me,
+            clock=self.clock,
+            log=self.log.getChild("tasks"),
+        )
+        self.worker = Worker(
+            node_id=self.node_id,
+            store=self.store,
+            send=self._send_to,
+            workdir_root=cfg.state_dir / "work",
+            slots=cfg.max_concurrency,
+            allow_shell=cfg.allow_shell,
+            models={m.name: (m.endpoint, m.model, m.max_concurrency) for m in cfg.models},
+            log=self.log.getChild("worker"),
+        )
+        self.coordination.restore()
         self.ctx = zmq.asyncio.Context()
         self.transport = Transport(
             ctx=self.ctx,
@@ -186,6 +226,8 @@ class Node:
         self._spawn(self._gossip_loop())
         self._spawn(self._hardware_loop())
         self._spawn(self._watchdog())
+        self._spawn(self.coordination.loop())
+        self._spawn(self.worker.resend_loop())
         if cfg.mdns:
             await self._start_discovery()
         self.log.info(
@@ -213,6 +255,11 @@ class Node:
         gossip.set("models", [msgspec.to_builtins(p) for p in self.model_profiles()])
         gossip.set("draining", False)
         gossip.set("queue", 0)
+        gossip.set("slots", cfg.max_concurrency if cfg.allow_shell else 0)
+        gossip.set("busy", 0)
+        gossip.set("allow_shell", cfg.allow_shell)
+        gossip.set("cost_per_hour", float(cfg.cost_per_hour))
+        gossip.set("on_battery", cfg.on_battery)
         return gossip
 
     def model_profiles(self) -> list[ModelProfile]:
@@ -259,12 +306,16 @@ class Node:
         if self.discovery is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.discovery.stop(), 3.0)
+        if hasattr(self, "worker"):
+            await self.worker.close()
         if hasattr(self, "transport"):
             await self.transport.close()
             with contextlib.suppress(FileNotFoundError):
                 self.config.control_path.unlink()
         if hasattr(self, "probe"):
             self.probe.close()
+        if hasattr(self, "store"):
+            self.store.close()
         if hasattr(self, "ctx"):
             self.ctx.term()
         if self._lock_fd is not None:
@@ -345,6 +396,17 @@ class Node:
                 return
             self._send(self.gossip.receive(message, time.monotonic(), self.rng), reply=reply)
             self._handle_events()
+        elif isinstance(message, Dispatch):
+            self.worker.on_dispatch(message)
+            self.gossip.set("busy", self.worker.busy)
+        elif isinstance(message, CancelAttempt):
+            self.worker.on_cancel(message)
+        elif isinstance(message, ResultAck):
+            self.worker.on_ack(message)
+        elif isinstance(message, DispatchReply | Progress | AttemptResult):
+            self.coordination.on_message(message)
+            if isinstance(message, AttemptResult):
+                self.gossip.set("busy", self.worker.busy)
         elif self.control.handles(message):
             try:
                 reply(self.control.handle(message, local))  # type: ignore[arg-type]
@@ -379,6 +441,12 @@ class Node:
             name = event.name or (node.get("name") if node else None)
             old = event.old.value if event.old else "new"
             new = event.new.value if event.new else "forgotten"
+            gone = event.new in (Liveness.DEAD, Liveness.LEFT, None)
+            known = self._known_generation.get(event.node_id)
+            restarted = known is not None and event.generation > known
+            self._known_generation[event.node_id] = event.generation
+            if gone or restarted:
+                self.coordination.on_peer_gone(event.node_id)
             level = logging.WARNING if event.new is Liveness.DEAD else logging.INFO
             self.log.log(
                 level,
@@ -435,6 +503,63 @@ class Node:
                 await asyncio.wait_for(self.discovery.stop(), 3.0)
         await self._start_discovery()
 
+    # ------------------------------------------------------------ tasks
+
+    def _send_to(self, addr: str, message: Any) -> bool:
+        if addr == self.address:
+            # To ourselves: handle it on the next loop turn, as if it came in.
+            asyncio.get_running_loop().call_soon(self._on_server, message, _no_reply, False)
+            return True
+        return self.transport.send(addr, message)
+
+    def _address_of(self, node_id: str) -> str | None:
+        node = self.gossip.state.nodes.get(node_id)
+        if node is None or self.gossip.liveness(node_id) not in (Liveness.ALIVE, Liveness.SUSPECT):
+            return None
+        addr = node.get("addr")
+        return addr if isinstance(addr, str) else None
+
+    def _capacities(self, loads: dict[str, NodeLoad]) -> list[PeerCapacity]:
+        out = []
+        for m in self.members():
+            values = {k: v.value for k, v in m.state.kvs.items()}
+            load = loads.get(m.node_id)
+            if m.is_self:
+                values["busy"] = self.worker.busy
+            out.append(
+                peer_from_gossip(
+                    m.node_id,
+                    values,
+                    alive=m.liveness is Liveness.ALIVE,
+                    rtt_s=0.0 if m.is_self else m.rtt_s,
+                    slots_busy=None if load is None else load.slots,
+                    model_in_flight=None if load is None else load.models,
+                )
+            )
+        return out
+
+    def peer_facts(self) -> list[PeerFacts]:
+        facts = []
+        for m in self.members():
+            if m.liveness is not Liveness.ALIVE:
+                continue
+            state = m.state
+            hw = state.get("hw") or {}
+            gpus = hw.get("gpus") or []
+            models = state.get("models") or []
+            facts.append(
+                PeerFacts(
+                    name=state.get("name") or m.node_id,
+                    node_id=m.node_id,
+                    capabilities=frozenset(c for p in models for c in p.get("capabilities", [])),
+                    models=frozenset(p.get("name", "") for p in models),
+                    max_vram_total=max((g.get("vram_total", 0) for g in gpus), default=0),
+                    ram_total=(hw.get("memory") or {}).get("total", 0),
+                    allow_shell=bool(state.get("allow_shell", True)),
+                )
+            )
+        return facts
+
     # ------------------------------------------------------------ NodeFacade
 
     @property
@@ -457,6 +582,9 @@ class Node:
         out.update({f"gossip_{k}": v for k, v in self.gossip.counters.items()})
         if self.discovery is not None:
             out.update({f"mdns_{k}": v for k, v in self.discovery.counters.items()})
+        out.update({f"worker_{k}": v for k, v in self.worker.counters.items()})
+        out.update({f"tasks_{k}": v for k, v in self.coordination.counters.items()})
+        out["journal_writes"] = self.coordination.journal_writes
         for m in self.members():
             out[f"peers_{m.liveness.value}"] += 1
         out["links"] = len(self.transport.links)

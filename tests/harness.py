@@ -165,11 +165,12 @@ class Daemon:
 
 
 def swarmctl(
-    *args: str, state_dir: Path | None = None, timeout: float = 30
+    *args: str, state_dir: Path | None = None, timeout: float = 60, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "swarmctl"]
     if state_dir is not None:
         cmd += ["--state-dir", str(state_dir)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run(
-        cmd + list(args), capture_output=True, text=True, timeout=timeout, cwd=ROOT
+        cmd + list(args), capture_output=True, text=True, timeout=timeout, cwd=cwd or ROOT, env=env
     )

@@ -1,0 +1,453 @@
+"""Python subtasks: call ``module:function`` in a persistent pool of worker processes.
+
+Each worker is a ``spawn``-started process (nothing of the daemon's threads, sockets or
+event loop is inherited) in its own session, talking to the daemon over a pipe; it
+imports the module once and keeps it (a changed module is seen by new workers only).
+Arguments and the return value are JSON: the return value comes back as ``output``, the
+JSON text. A call runs in the attempt's private working directory (inputs written,
+outputs collected as for shell subtasks) with the spec's env set for its duration.
+
+A call that overruns its timeout, or is cancelled, takes its worker with it: the
+worker's process group gets SIGTERM, then SIGKILL, and the next call starts a fresh
+worker. Other calls in flight on other workers are not disturbed. A function that kills
+its own worker (``os._exit``, a segfault) fails only its own call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import inspect
+import io
+import json
+import multiprocessing
+import os
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.context import ForkServerContext, SpawnContext
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from swarmd.executors import ExecRequest, ExecResult, Limits, Progress, report, workdir
+
+KILL_GRACE_S: Final = 1.0
+PROGRESS_INTERVAL_S: Final = 1.0
+_ERROR_TAIL_LINES: Final = 6
+
+
+class PythonPool:
+    """Up to ``max_workers`` worker processes, started on demand and kept for reuse."""
+
+    def __init__(
+        self,
+        max_workers: int = 2,
+        *,
+        start_method: Literal["spawn", "forkserver"] = "spawn",
+        sys_path: Sequence[str] = (),
+        kill_grace_s: float = KILL_GRACE_S,
+    ) -> None:
+        if max_workers < 1:
+            raise ValueError("max_workers must be at least 1")
+        self.max_workers = max_workers
+        self.sys_path = tuple(str(p) for p in sys_path)
+        self.kill_grace_s = kill_grace_s
+        self._ctx: SpawnContext | ForkServerContext = (
+            multiprocessing.get_context("forkserver")
+            if start_method == "forkserver"
+            else multiprocessing.get_context("spawn")
+        )
+        self._idle: list[_Worker] = []
+        self._busy: set[_Worker] = set()
+        self._slots: asyncio.Semaphore | None = None
+        self._slots_loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self.started = 0  # workers started so far (tests and metrics)
+
+    @property
+    def size(self) -> int:
+        return len(self._idle) + len(self._busy)
+
+    async def run(
+        self,
+        req: ExecRequest,
+        *,
+        workdir_root: Path,
+        limits: Limits | None = None,
+        progress: Progress | None = None,
+        keep: bool = False,
+    ) -> ExecResult:
+        limits = limits or Limits()
+        started = time.monotonic()
+        if self._closed:
+            return ExecResult.failure("the python pool is closed", app_failed=False)
+        problem = _check_request(req)
+        if problem:
+            return ExecResult.failure(problem, app_failed=True)
+        prepared = await workdir.prepare(req, workdir_root, limits)
+        if isinstance(prepared, ExecResult):
+            return prepared
+        cwd = prepared
+        try:
+            message = _Call(
+                call=req.call or "",
+                args_json=json.dumps(list(req.args)),
+                kwargs_json=json.dumps(dict(req.kwargs)),
+                env=dict(req.env),
+                cwd=str(cwd),
+                limit=limits.max_output_bytes,
+            )
+            ticker = asyncio.create_task(_tick(progress, started)) if progress else None
+            try:
+                reply = await asyncio.wait_for(self._call(message), req.timeout_s)
+            except TimeoutError:
+                seconds = time.monotonic() - started
+                return ExecResult.failure(
+                    f"timed out after {req.timeout_s:g}s", app_failed=True, seconds=seconds
+                )
+            finally:
+                if ticker is not None:
+                    ticker.cancel()
+            return await self._result(reply, req, cwd, limits, started)
+        finally:
+            if not keep:
+                workdir.remove(cwd)
+
+    async def _result(
+        self, reply: _Reply, req: ExecRequest, cwd: Path, limits: Limits, started: float
+    ) -> ExecResult:
+        problems = [reply.error] if reply.error else []
+        collected = workdir.Collected()
+        if req.outputs:
+            try:
+                collected = await workdir.off_loop(
+                    workdir.collect_outputs, cwd, req.outputs, limits.max_artifact_bytes
+                )
+            except (workdir.WorkdirError, OSError) as exc:
+                problems.append(str(exc))
+            problems.extend(collected.problems(limits.max_artifact_bytes))
+        return ExecResult(
+            exit_code=None,
+            stdout=reply.stdout,
+            stderr=reply.stderr,
+            output=reply.output,
+            usage=None,
+            artifacts=collected.artifacts,
+            error="; ".join(problems) or None,
+            app_failed=bool(problems),
+            truncated=reply.truncated or bool(collected.over_limit),
+            seconds=time.monotonic() - started,
+        )
+
+    async def _call(self, message: _Call) -> _Reply:
+        loop = asyncio.get_running_loop()
+        if self._slots is None or self._slots_loop is not loop:
+            self._slots = asyncio.Semaphore(self.max_workers)  # bound to one event loop
+            self._slots_loop = loop
+        async with self._slots:
+            while self._idle and not self._idle[-1].process.is_alive():
+                await self._stop(self._idle.pop())  # died while idle (OOM killer, ...)
+            worker = self._idle.pop() if self._idle else self._start()
+            self._busy.add(worker)
+            healthy = False
+            try:
+                worker.conn.send(message)
+                reply = await _receive(worker.conn)
+                healthy = isinstance(reply, _Reply)
+            except Exception:  # EOF, a broken pipe, garbage on the pipe: the worker is gone
+                reply = None
+            finally:
+                self._busy.discard(worker)
+                if healthy and not self._closed:
+                    self._idle.append(worker)
+                else:
+                    await self._stop(worker)
+            if not isinstance(reply, _Reply):
+                code = worker.process.exitcode
+                return _Reply(error=f"the python worker process died (exit code {code})")
+            return reply
+
+    def prestart(self, count: int | None = None) -> None:
+        """Start idle workers now (up to ``max_workers``) so that the first calls do not
+        pay for the interpreter start-up."""
+        want = self.max_workers if count is None else min(count, self.max_workers)
+        while not self._closed and self.size < want:
+            self._idle.append(self._start())
+
+    def _start(self) -> _Worker:
+        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+        process = self._ctx.Process(
+            target=_worker_main,
+            args=(child_conn, self.sys_path),
+            name="swarmd-python-worker",
+            daemon=True,
+        )
+        process.start()
+        child_conn.close()
+        self.started += 1
+        return _Worker(process, parent_conn)
+
+    async def _stop(self, worker: _Worker) -> None:
+        """Stop a worker and whatever it started; SIGKILL after the grace period."""
+        worker.conn.close()
+        pid = worker.process.pid
+        if pid is None:
+            return
+        _signal_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.kill_grace_s
+        try:
+            while worker.process.exitcode is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+        finally:
+            _signal_group(pid, signal.SIGKILL)
+            worker.process.join(timeout=0.5)
+
+    def close(self) -> None:
+        """Stop all workers (idle ones are asked, busy ones killed); bounded to ~2 s."""
+        self._closed = True
+        workers = [*self._idle, *self._busy]
+        self._idle.clear()
+        for worker in workers:
+            with contextlib.suppress(OSError):
+                worker.conn.send(None)
+            worker.conn.close()
+        deadline = time.monotonic() + self.kill_grace_s
+        for worker in workers:
+            worker.process.join(timeout=max(0.0, deadline - time.monotonic()))
+        for worker in workers:
+            if worker.process.exitcode is None and worker.process.pid is not None:
+                _signal_group(worker.process.pid, signal.SIGKILL)
+                worker.process.join(timeout=0.5)
+
+
+@dataclass(eq=False)
+class _Worker:
+    process: BaseProcess
+    conn: Connection
+
+
+@dataclass(frozen=True)
+class _Call:
+    call: str
+    args_json: str
+    kwargs_json: str
+    env: dict[str, str]
+    cwd: str | None
+    limit: int
+
+
+@dataclass(frozen=True)
+class _Reply:
+    output: str | None = None
+    error: str | None = None
+    stdout: str = ""
+    stderr: str = ""
+    truncated: bool = False
+
+
+def _check_request(req: ExecRequest) -> str | None:
+    call = req.call or ""
+    module, sep, func = call.partition(":")
+    if not sep or not module or not func:
+        return f"call {call!r}: expected 'module:function'"
+    try:
+        json.dumps(list(req.args))
+        json.dumps(dict(req.kwargs))
+    except (TypeError, ValueError) as exc:
+        return f"args/kwargs are not JSON-able: {exc}"
+    for key, value in req.env.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            return f"env: {key!r}: names and values must be strings"
+    return None
+
+
+async def _receive(conn: Connection) -> object:
+    """Wait until the worker answers (or its end of the pipe closes), then read."""
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+
+    def on_readable() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    fd = conn.fileno()
+    loop.add_reader(fd, on_readable)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+    return conn.recv()
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    # Workers call setsid(), so their pid is their process group; before that runs
+    # (a fresh worker) the group does not exist yet: signal the process itself.
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+async def _tick(progress: Progress | None, started: float) -> None:
+    while True:
+        await asyncio.sleep(PROGRESS_INTERVAL_S)
+        report(progress, f"running {time.monotonic() - started:.0f}s")
+
+
+# ---- inside the worker process -------------------------------------------------------
+
+
+def _worker_main(conn: Connection, sys_path: Sequence[str]) -> None:
+    with contextlib.suppress(OSError):
+        os.setsid()  # its own process group: stopping the worker stops its children
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when workers stop
+    with contextlib.suppress(AssertionError, ValueError):
+        # started as a daemon process (so that it dies with the daemon), but the functions
+        # it runs may start processes of their own with multiprocessing
+        multiprocessing.current_process().daemon = False
+    sys.path[:0] = [p for p in sys_path if p not in sys.path]
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        reply = _invoke(message)
+        try:
+            conn.send(reply)
+        except (OSError, ValueError):
+            return
+
+
+class _TailText(io.TextIOBase):
+    """A text stream keeping only its last ``limit`` characters (roughly bytes)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.total = 0
+        self._parts: list[str] = []
+        self._size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        self.total += len(s)
+        self._parts.append(s)
+        self._size += len(s)
+        if self._size > 2 * self.limit + 4096:
+            self._compact()
+        return len(s)
+
+    def _compact(self) -> None:
+        text = "".join(self._parts)[-self.limit :] if self.limit else ""
+        self._parts = [text]
+        self._size = len(text)
+
+    @property
+    def truncated(self) -> bool:
+        return self.total > self.limit
+
+    def text(self) -> str:
+        self._compact()
+        body = self._parts[0] if self._parts else ""
+        if not self.truncated:
+            return body
+        return (
+            f"[swarmd: output truncated, {self.total - len(body)} of {self.total} characters "
+            f"dropped; the last {len(body)} follow]\n{body}"
+        )
+
+
+def _resolve(call: str) -> Any:
+    module_name, _, qualname = call.partition(":")
+    target: Any = importlib.import_module(module_name)
+    for attr in qualname.split("."):
+        target = getattr(target, attr)
+    if not callable(target):
+        raise TypeError(f"{call} is not callable")
+    return target
+
+
+def _invoke(message: _Call) -> _Reply:
+    out, err = _TailText(message.limit), _TailText(message.limit)
+    saved_env = {k: os.environ.get(k) for k in message.env}
+    saved_cwd = os.getcwd()
+    saved_path = list(sys.path)
+    try:
+        os.environ.update(message.env)
+        extra = [p for p in message.env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        sys.path[:0] = extra
+        if message.cwd:
+            os.chdir(message.cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                value = _resolve(message.call)(
+                    *json.loads(message.args_json), **json.loads(message.kwargs_json)
+                )
+                if inspect.isawaitable(value):
+                    value = asyncio.run(_awaited(value))
+            except BaseException as exc:  # SystemExit and KeyboardInterrupt are failures too
+                traceback.print_exc(file=err)
+                return _failed(f"{message.call} raised {_describe(exc)}", out, err)
+        try:
+            text = json.dumps(value)
+        except (TypeError, ValueError) as exc:
+            return _failed(f"the return value of {message.call} is not JSON-able: {exc}", out, err)
+        if len(text.encode()) > message.limit:
+            return _failed(
+                f"the return value of {message.call} is {len(text.encode())} bytes as JSON, "
+                f"over this node's limit of {message.limit}",
+                out,
+                err,
+            )
+        return _Reply(
+            output=text,
+            stdout=out.text(),
+            stderr=err.text(),
+            truncated=out.truncated or err.truncated,
+        )
+    finally:
+        sys.path[:] = saved_path
+        with contextlib.suppress(OSError):
+            os.chdir(saved_cwd)
+        for key, old in saved_env.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
+async def _awaited(value: Any) -> Any:
+    return await value
+
+
+def _describe(exc: BaseException) -> str:
+    text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    frames = traceback.extract_tb(exc.__traceback__)
+    if frames:
+        last = frames[-1]
+        text += f" (at {os.path.basename(last.filename)}:{last.lineno} in {last.name})"
+    lines = text.splitlines()
+    return "\n".join(lines[-_ERROR_TAIL_LINES:])
+
+
+def _failed(error: str, out: _TailText, err: _TailText) -> _Reply:
+    return _Reply(
+        error=error,
+        stdout=out.text(),
+        stderr=err.text(),
+        truncated=out.truncated or err.truncated,
+    )

@@ -1,0 +1,152 @@
+"""The node's SQLite file (WAL) in its state dir: what must survive a SIGKILL.
+
+- ``journal``: the coordinator's task snapshots (:class:`swarmd.core.tasks.Journal`),
+  one row per (kind, task, subtask), upserted; replayed by ``Coordinator.restore``.
+- ``inputs``: the files a task shipped with it, sent along with each dispatch.
+- ``artifacts``: committed results' output files.
+- ``outbox``: a worker's finished results until their coordinator acknowledges them.
+
+Writes are grouped: the shell hands over all the records one scheduling pass produced
+and they go in one transaction, so journaling does not limit dispatch throughput.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS journal (
+    kind TEXT NOT NULL, task TEXT NOT NULL, subtask TEXT NOT NULL, data BLOB NOT NULL,
+    seq INTEGER NOT NULL, PRIMARY KEY (kind, task, subtask));
+CREATE TABLE IF NOT EXISTS inputs (
+    task TEXT NOT NULL, path TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (task, path));
+CREATE TABLE IF NOT EXISTS artifacts (
+    task TEXT NOT NULL, subtask TEXT NOT NULL, name TEXT NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (task, subtask, name));
+CREATE TABLE IF NOT EXISTS outbox (
+    task TEXT NOT NULL, subtask TEXT NOT NULL, attempt INTEGER NOT NULL,
+    coordinator TEXT NOT NULL, message BLOB NOT NULL, PRIMARY KEY (task, subtask, attempt));
+"""
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes
+        self.db.executescript(_SCHEMA)
+        row = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM journal").fetchone()
+        self._seq = int(row[0])
+
+    def close(self) -> None:
+        self.db.close()
+
+    # ------------------------------------------------------------ coordinator journal
+
+    def write_journal(self, records: Iterable[tuple[str, str, str, Mapping[str, Any]]]) -> int:
+        """Upsert (kind, task, subtask, data) records in one transaction."""
+        rows = []
+        for kind, task, subtask, data in records:
+            self._seq += 1
+            rows.append((kind, task, subtask, msgspec.msgpack.encode(data), self._seq))
+        if not rows:
+            return 0
+        with self._transaction():
+            self.db.executemany(
+                "INSERT INTO journal (kind, task, subtask, data, seq) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (kind, task, subtask) DO UPDATE SET data = excluded.data, "
+                "seq = excluded.seq",
+                rows,
+            )
+            for kind, task, _, _, _ in rows:
+                if kind == "forget":
+                    self._forget(task)
+        return len(rows)
+
+    def _forget(self, task: str) -> None:
+        for table in ("journal", "inputs", "artifacts"):
+            self.db.execute(f"DELETE FROM {table} WHERE task = ?", (task,))
+
+    def journal(self) -> list[tuple[str, dict[str, Any]]]:
+        """(kind, data) in write order, for ``Coordinator.restore``."""
+        out = []
+        for kind, data in self.db.execute("SELECT kind, data FROM journal ORDER BY seq"):
+            out.append((kind, msgspec.msgpack.decode(data)))
+        return out
+
+    # ------------------------------------------------------------ task files
+
+    def put_inputs(self, task: str, files: Mapping[str, bytes]) -> None:
+        with self._transaction():
+            self.db.executemany(
+                "INSERT OR REPLACE INTO inputs (task, path, data) VALUES (?, ?, ?)",
+                [(task, path, data) for path, data in files.items()],
+            )
+
+    def inputs(self, task: str) -> dict[str, bytes]:
+        rows = self.db.execute("SELECT path, data FROM inputs WHERE task = ?", (task,))
+        return {path: bytes(data) for path, data in rows}
+
+    def put_artifacts(self, task: str, subtask: str, files: Mapping[str, bytes]) -> None:
+        with self._transaction():
+            self.db.execute("DELETE FROM artifacts WHERE task = ? AND subtask = ?", (task, subtask))
+            self.db.executemany(
+                "INSERT INTO artifacts (task, subtask, name, data) VALUES (?, ?, ?, ?)",
+                [(task, subtask, name, data) for name, data in files.items()],
+            )
+
+    def artifacts(self, task: str) -> dict[str, dict[str, bytes]]:
+        out: dict[str, dict[str, bytes]] = {}
+        rows = self.db.execute(
+            "SELECT subtask, name, data FROM artifacts WHERE task = ? ORDER BY subtask, name",
+            (task,),
+        )
+        for subtask, name, data in rows:
+            out.setdefault(subtask, {})[name] = bytes(data)
+        return out
+
+    # ------------------------------------------------------------ worker outbox
+
+    def put_outbox(
+        self, task: str, subtask: str, attempt: int, coordinator: str, message: bytes
+    ) -> None:
+        with self._transaction():
+            self.db.execute(
+                "INSERT OR REPLACE INTO outbox (task, subtask, attempt, coordinator, message) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (task, subtask, attempt, coordinator, message),
+            )
+
+    def drop_outbox(self, task: str, subtask: str, attempt: int) -> None:
+        with self._transaction():
+            self.db.execute(
+                "DELETE FROM outbox WHERE task = ? AND subtask = ? AND attempt = ?",
+                (task, subtask, attempt),
+            )
+
+    def outbox(self) -> list[tuple[str, bytes]]:
+        """(coordinator address, encoded AttemptResult) of every unacknowledged result."""
+        rows = self.db.execute("SELECT coordinator, message FROM outbox")
+        return [(coordinator, bytes(message)) for coordinator, message in rows]
+
+    # ------------------------------------------------------------
+
+    def _transaction(self) -> _Tx:
+        return _Tx(self.db)
+
+
+class _Tx:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
