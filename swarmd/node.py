@@ -73,6 +73,8 @@ from .transport import Reply, Transport
 from .work import Clock, Coordination, Worker
 
 WATCHDOG_FACTOR = 10
+MODEL_PROBE_INTERVAL_S = 15.0
+MODEL_PROBE_TIMEOUT_S = 10.0
 
 
 def _no_reply(_message: Any) -> bool:
@@ -227,6 +229,8 @@ class Node:
         self._spawn(self._hardware_loop())
         self._spawn(self._watchdog())
         self._spawn(self.coordination.loop())
+        if cfg.models:
+            self._spawn(self._model_loop())
         self._spawn(self.worker.resend_loop())
         if cfg.mdns:
             await self._start_discovery()
@@ -263,6 +267,7 @@ class Node:
         return gossip
 
     def model_profiles(self) -> list[ModelProfile]:
+        latency = getattr(self, "model_latency_ms", {})
         return [
             ModelProfile(
                 name=m.name,
@@ -271,9 +276,26 @@ class Node:
                 capabilities=list(m.capabilities),
                 max_concurrency=m.max_concurrency,
                 cost_per_mtok=m.cost_per_mtok,
+                latency_ms=latency.get(m.name),
             )
             for m in self.config.models
         ]
+
+    async def _model_loop(self) -> None:
+        """Measure each local model endpoint (a 1-token completion) and publish it."""
+        from .executors.llm import measure_latency
+
+        self.model_latency_ms: dict[str, float | None] = {}
+        while True:
+            for m in self.config.models:
+                seconds = await measure_latency(m.endpoint, m.model, timeout=MODEL_PROBE_TIMEOUT_S)
+                if seconds is None and self.model_latency_ms.get(m.name) is not None:
+                    self.log.warning("model %s at %s is not answering", m.name, m.endpoint)
+                self.model_latency_ms[m.name] = (
+                    None if seconds is None else round(seconds * 1000, 1)
+                )
+            self.gossip.set("models", [msgspec.to_builtins(p) for p in self.model_profiles()])
+            await asyncio.sleep(MODEL_PROBE_INTERVAL_S)
 
     async def _start_discovery(self) -> None:
         self.discovery = Discovery(

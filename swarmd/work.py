@@ -326,6 +326,7 @@ class _Running:
     dispatch: Dispatch
     task: asyncio.Task[None] | None = None
     started: float = field(default_factory=time.monotonic)
+    cancelled: bool = False  # by its coordinator (else: this worker is shutting down)
 
 
 class Worker:
@@ -396,6 +397,7 @@ class Worker:
         run = self.running.get((m.task, m.subtask, m.attempt))
         if run is not None and run.task is not None:
             self.counters["cancelled"] += 1
+            run.cancelled = True
             run.task.cancel()
 
     def on_ack(self, m: ResultAck) -> None:
@@ -440,8 +442,11 @@ class Worker:
                 pool=await self._python_pool() if d.spec.get("kind") == "python" else None,
             )
         except asyncio.CancelledError:
-            self.log.info("attempt %s/%s#%d cancelled", d.task, d.subtask, d.attempt)
-            return
+            # Still report how it ended: the coordinator fences it off if it moved on,
+            # and on shutdown it re-dispatches at once instead of waiting for the lease.
+            why = "cancelled by the coordinator" if run.cancelled else "worker shutting down"
+            self.log.info("attempt %s/%s#%d: %s", d.task, d.subtask, d.attempt, why)
+            result = ExecResult.failure(why, app_failed=False)
         except Exception as exc:  # an executor bug must not lose the attempt
             self.log.exception("executor failed")
             result = ExecResult.failure(f"executor error: {exc}", app_failed=False)
@@ -501,9 +506,11 @@ class Worker:
                 self.send(addr, message)
 
     async def close(self) -> None:
-        for run in list(self.running.values()):
-            if run.task is not None:
-                run.task.cancel()
+        tasks = [run.task for run in self.running.values() if run.task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
         if self._pool is not None:
             with contextlib.suppress(Exception):
                 close = self._pool.close()

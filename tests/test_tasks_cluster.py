@@ -152,6 +152,31 @@ def test_sigkill_of_the_worker_redispatches(cluster: list[Daemon]) -> None:
     assert json.loads(result.stdout)["subtasks"]["main"]["stdout"] == "finished\n"
 
 
+def test_a_stopped_worker_s_late_result_is_fenced_off(cluster: list[Daemon]) -> None:
+    n1, n2, n3 = cluster
+    task = submit(n1, "--", "sh", "-c", "sleep 1; echo done")
+    running = wait_until(
+        lambda: (s := status(n1, task))["subtasks"][0]["state"] == "running" and s,
+        15,
+        what="the subtask to run",
+    )
+    victim = {"n2": n2, "n3": n3}[running["subtasks"][0]["peer"]]
+    victim.signal(signal.SIGSTOP)
+    try:
+        final = wait_state(n1, task, ("done", "failed"), timeout=30)
+    finally:
+        victim.signal(signal.SIGCONT)
+    assert final["state"] == "done", final
+    assert final["subtasks"][0]["attempts"] == 2
+    assert final["subtasks"][0]["peer"] != victim.name
+    # The stopped worker wakes up and reports attempt 1: dropped and counted.
+    wait_until(lambda: n1.counters().get("tasks_stale_results", 0) >= 1, 20, what="a fenced result")
+    wait_until(lambda: n1.states()[victim.name] == "alive", 20, what="victim alive again")
+    assert status(n1, task)["subtasks"][0]["attempts"] == 2
+    result = swarmctl("--json", "result", task, state_dir=n1.state_dir)
+    assert json.loads(result.stdout)["subtasks"]["main"]["stdout"] == "done\n"
+
+
 def test_sigkill_of_the_coordinator_loses_nothing(cluster: list[Daemon]) -> None:
     n1 = cluster[0]
     task = submit(n1, "--", "sh", "-c", "sleep 2; echo survived")
