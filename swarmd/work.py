@@ -36,7 +36,7 @@ from protocol.messages import (
 from .core import tasks as core
 from .core import template
 from .core.jobspec import JobSpec, SubtaskSpec
-from .core.pricing import PeerCapacity
+from .core.pricing import PeerCapacity, PricingConfig
 from .executors import ExecRequest, ExecResult, Limits, execute
 from .store import Store
 
@@ -134,7 +134,12 @@ class Coordination:
         self.clock = clock
         self.log = log
         self.coordinator = core.Coordinator(
-            node_id=node_id, node_name=node_name, config=config or core.CoordinatorConfig()
+            node_id=node_id,
+            node_name=node_name,
+            config=config or core.CoordinatorConfig(),
+            # Workers refuse when their slots are full (they do not queue), so a full
+            # peer is not a candidate: dispatching to it would only earn a refusal.
+            pricing=PricingConfig(max_queue=0),
         )
         self._inputs: dict[str, dict[str, bytes]] = {}
         self._finished: dict[str, asyncio.Event] = {}

@@ -9,6 +9,10 @@ Usage comes from the server's final chunk (``stream_options.include_usage``) whe
 sends one, else it is counted (one content chunk = one token) and estimated
 (prompt tokens ≈ characters / 4), and marked ``estimated``.
 
+A server that refuses ``stream_options`` (a 4xx naming it) is asked again without it.
+The client made here ignores proxy variables (``trust_env=False``): endpoints are
+normally on the LAN; pass your own ``httpx.AsyncClient`` to change that.
+
 Failures: HTTP 429, 5xx, connection errors and stalls are retried with exponential
 backoff (0.5 s, ×2, 3 tries; ``Retry-After`` honoured up to 10 s) and, when the tries
 are used up, reported as a node failure (``app_failed=False``: another node may do
@@ -149,7 +153,7 @@ async def run(
     try:
         async with contextlib.AsyncExitStack() as stack:
             if client is None:
-                client = await stack.enter_async_context(httpx.AsyncClient())
+                client = await stack.enter_async_context(httpx.AsyncClient(trust_env=False))
             async with asyncio.timeout(total_s):
                 result = await call.tries(client)
     except TimeoutError:
@@ -183,6 +187,13 @@ class _Completion:
             self.tried += 1
             self.state = _Progress(sent_at=time.monotonic())
             outcome = await self.attempt(client)
+            if (
+                isinstance(outcome, ExecResult)
+                and "stream_options" in (outcome.error or "")
+                and self.body.pop("stream_options", None) is not None
+            ):
+                self.tried -= 1  # a server that does not know stream_options: ask without
+                continue
             if not isinstance(outcome, _Retry):
                 return outcome
             if self.tried >= self.retry.tries:
@@ -439,7 +450,7 @@ async def measure_latency(
     try:
         async with contextlib.AsyncExitStack() as stack:
             if client is None:
-                client = await stack.enter_async_context(httpx.AsyncClient())
+                client = await stack.enter_async_context(httpx.AsyncClient(trust_env=False))
             async with asyncio.timeout(timeout):
                 started = time.monotonic()
                 resp = await client.post(
@@ -467,7 +478,7 @@ async def list_models(
     try:
         async with contextlib.AsyncExitStack() as stack:
             if client is None:
-                client = await stack.enter_async_context(httpx.AsyncClient())
+                client = await stack.enter_async_context(httpx.AsyncClient(trust_env=False))
             async with asyncio.timeout(timeout):
                 resp = await client.get(
                     url, headers=_headers(api_key), timeout=_timeout(timeout, timeout)
