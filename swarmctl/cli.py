@@ -454,7 +454,32 @@ def explain(obj: Ctx, task: str) -> None:
     if obj.as_json:
         obj.emit_json(body)
         return
-    click.echo(json.dumps(body, indent=2))
+    click.echo(f"task {body.get('id')} ({body.get('name')}): {body.get('state')}")
+    for sub in body.get("subtasks", []):
+        click.echo(f"\n{sub['id']} ({sub.get('state')}): priced {sub.get('priced', 0)} time(s)")
+        if sub.get("reason"):
+            click.echo(f"  {sub['reason']}")
+        rows = [["", "PEER", "FEASIBLE", "WAIT", "RTT", "RUN", "COST", "SCORE", "WHY NOT / BASIS"]]
+        for c in sub.get("candidates", []):
+            num = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+            rows.append(
+                [
+                    "*" if c.get("chosen") else "",
+                    c.get("peer") or c.get("node_id", "?")[:8],
+                    "yes" if c.get("feasible") else "no",
+                    num(c.get("wait_s")),
+                    num(c.get("rtt_s")),
+                    num(c.get("run_s")),
+                    num(c.get("cost")),
+                    num(c.get("score")),
+                    c.get("why_not") or c.get("basis") or "",
+                ]
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for r in rows:
+            click.echo(
+                "  " + "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
+            )
 
 
 if __name__ == "__main__":  # pragma: no cover
