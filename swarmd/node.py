@@ -514,6 +514,7 @@ class Node:
             if self.config.mdns:
                 self._spawn(self._restart_discovery())
         contacts = {m.state.get("addr") for m in self.gossip.members(time.monotonic())}
+        self.worker.node_id = self.coordination.node_id = self.node_id
         self.gossip = self._new_gossip(self.node_id, self.generation)
         for addr in contacts:
             if addr:
