@@ -499,9 +499,9 @@ class Worker:
         return self._pool
 
     async def resend_loop(self) -> None:
-        """Unacknowledged results go out again until their coordinator says so."""
+        """Unacknowledged results go out again until their coordinator says so (at once
+        after a restart: the coordinator may be waiting for them)."""
         while True:
-            await asyncio.sleep(RESEND_S)
             for addr, encoded in self.store.outbox():
                 try:
                     message = codec.decode(encoded)
@@ -509,6 +509,7 @@ class Worker:
                     continue
                 self.counters["resent"] += 1
                 self.send(addr, message)
+            await asyncio.sleep(RESEND_S)
 
     async def close(self) -> None:
         tasks = [run.task for run in self.running.values() if run.task is not None]
