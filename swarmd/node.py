@@ -36,6 +36,7 @@ from protocol.messages import (
     ResultAck,
     Syn,
     SynAck,
+    WorkMessage,
 )
 
 from .config import Config
@@ -373,6 +374,7 @@ class Node:
         while True:
             now = time.monotonic()
             self._last_tick = now
+            self.gossip.set("busy", self.worker.busy)  # a no-op while it is unchanged
             self._send(self.gossip.tick(now, self.rng))
             self._handle_events()
             if now - housekeeping > 5.0:
@@ -418,6 +420,8 @@ class Node:
                 return
             self._send(self.gossip.receive(message, time.monotonic(), self.rng), reply=reply)
             self._handle_events()
+        elif local and isinstance(message, WorkMessage):
+            self.counters["dropped_work_on_control"] += 1  # node-to-node only
         elif isinstance(message, Dispatch):
             self.worker.on_dispatch(message)
             self.gossip.set("busy", self.worker.busy)
@@ -427,8 +431,6 @@ class Node:
             self.worker.on_ack(message)
         elif isinstance(message, DispatchReply | Progress | AttemptResult):
             self.coordination.on_message(message)
-            if isinstance(message, AttemptResult):
-                self.gossip.set("busy", self.worker.busy)
         elif self.control.handles(message):
             try:
                 reply(self.control.handle(message, local))  # type: ignore[arg-type]
