@@ -13,7 +13,7 @@ import pytest
 import zmq
 
 from protocol import codec
-from protocol.messages import NodeRef, PeersRequest, Syn
+from protocol.messages import Dispatch, NodeRef, PeersRequest, Syn
 from swarmd.identity import ClusterKeys
 from swarmd.transport import curve_client
 from tests.harness import Daemon, new_secret, swarmctl, wait_until
@@ -175,10 +175,21 @@ def test_truncated_length_prefix_on_control_socket(tmp_path: Path, daemons: list
         s.connect(f"ipc://{d.state_dir / 'control.sock'}")
         s.send(b"\x92\x01\x02")  # msgpack, but an array
         s.send(codec.encode(Syn(sender=NodeRef("x", 1, 1, "1.2.3.4:5"), seq=1, digest=[])))
+        # Work is node-to-node: a dispatch on the local socket runs nothing.
+        dispatch = Dispatch(
+            task="t-1",
+            subtask="a",
+            attempt=1,
+            coordinator=NodeRef("x", 1, 1, "1.2.3.4:5"),
+            lease_s=10.0,
+            spec={"kind": "shell", "run": ["true"]},
+        )
+        s.send(codec.encode(dispatch))
         wait_until(
             lambda: (
                 d.counters().get("dropped_malformed", 0) >= 1
                 and d.counters().get("dropped_gossip_on_control", 0) >= 1
+                and d.counters().get("dropped_work_on_control", 0) >= 1
             ),
             10,
             what="control socket drops",
