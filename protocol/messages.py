@@ -222,6 +222,22 @@ class StatsReply(Message, tag="stats_reply"):
     counters: dict[str, int]
 
 
+class DrainRequest(Message, tag="drain"):
+    """``swarmctl drain`` / ``undrain``: stop (or resume) taking new work on this node.
+
+    Running attempts finish; the node gossips ``draining`` so coordinators stop
+    placing work on it."""
+
+    draining: bool = True
+
+
+class DrainReply(Message, tag="drain_reply"):
+    node: str  # id
+    name: str
+    draining: bool
+    running: Count  # attempts still running on the node
+
+
 class ErrorReply(Message, tag="error"):
     code: Literal["bad_request", "not_allowed", "unsupported", "internal"]
     message: Text
@@ -331,10 +347,23 @@ class CancelAttempt(Message, tag="cancel_attempt"):
 
 GossipMessage = Syn | SynAck | Ack
 ControlRequest = (
-    PeersRequest | JoinTokenRequest | StatsRequest | SubmitRequest | TaskRequest | TasksRequest
+    PeersRequest
+    | JoinTokenRequest
+    | StatsRequest
+    | SubmitRequest
+    | TaskRequest
+    | TasksRequest
+    | DrainRequest
 )
 ControlReply = (
-    PeersReply | JoinTokenReply | StatsReply | ErrorReply | SubmitReply | TaskReply | TasksReply
+    PeersReply
+    | JoinTokenReply
+    | StatsReply
+    | ErrorReply
+    | SubmitReply
+    | TaskReply
+    | TasksReply
+    | DrainReply
 )
 WorkMessage = Dispatch | DispatchReply | Progress | AttemptResult | ResultAck | CancelAttempt
 AnyMessage = GossipMessage | ControlRequest | ControlReply | WorkMessage
@@ -349,6 +378,8 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (
     JoinTokenReply,
     StatsRequest,
     StatsReply,
+    DrainRequest,
+    DrainReply,
     ErrorReply,
     SubmitRequest,
     SubmitReply,

@@ -20,6 +20,8 @@ from protocol import codec
 from protocol.messages import (
     ControlReply,
     ControlRequest,
+    DrainReply,
+    DrainRequest,
     JoinTokenReply,
     JoinTokenRequest,
     PeersReply,
@@ -107,7 +109,21 @@ def main(
     ctx: click.Context, state_dir: Path | None, node: str | None, as_json: bool, timeout: float
 ) -> None:
     """Control a swarmd cluster."""
-    ctx.obj = Ctx(state_dir or default_state_dir(), node, as_json, timeout)
+    ctx.obj = Ctx(state_dir or _local_state_dir(), node, as_json, timeout)
+
+
+SERVICE_STATE_DIRS = (Path("/var/lib/swarmd"), Path("/var/lib/private/swarmd"))
+
+
+def _local_state_dir() -> Path:
+    """The default state dir, or the system service's when only that one has a daemon
+    (``sudo swarmctl peers`` after install.sh, with no flags)."""
+    default = default_state_dir()
+    if not (default / "control.sock").exists():
+        for service in SERVICE_STATE_DIRS:
+            if (service / "control.sock").exists():
+                return service
+    return default
 
 
 # ---------------------------------------------------------------- peers
@@ -225,6 +241,53 @@ def stats(obj: Ctx) -> None:
     click.echo(f"node {reply.name} ({reply.node})")
     for key, value in reply.counters.items():
         click.echo(f"  {key:32} {value}")
+
+
+def _resolve(peers: list[PeerView], wanted: str) -> PeerView:
+    """A member by exact name, else by unique id prefix."""
+    found = [p for p in peers if p.name == wanted] or [p for p in peers if p.id.startswith(wanted)]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise click.UsageError(f"no member named {wanted!r} or with an id starting so")
+    ids = ", ".join(f"{p.name} ({p.id[:8]})" for p in found)
+    raise click.UsageError(f"{wanted!r} matches several members: {ids}")
+
+
+def _drain(obj: Ctx, node: str | None, draining: bool) -> None:
+    target = obj
+    if node is not None:
+        peer = _resolve(_peers(obj), node)
+        if not peer.is_self:
+            if peer.state not in ("alive", "suspect"):
+                obj.fail(EXIT_UNREACHABLE, f"{peer.name} is {peer.state}")
+            target = Ctx(obj.state_dir, peer.address, obj.as_json, obj.timeout)
+    reply = target.call(DrainRequest(draining=draining))
+    assert isinstance(reply, DrainReply)
+    if obj.as_json:
+        keys = ("node", "name", "draining", "running")
+        obj.emit_json({k: getattr(reply, k) for k in keys})
+    elif draining:
+        click.echo(f"{reply.name}: draining, no new work; {reply.running} attempt(s) still running")
+    else:
+        click.echo(f"{reply.name}: taking work again")
+
+
+@main.command()
+@click.argument("node", required=False)
+@click.pass_obj
+def drain(obj: Ctx, node: str | None) -> None:
+    """Stop placing new work on NODE (a name or id prefix; default this node);
+    running work finishes."""
+    _drain(obj, node, True)
+
+
+@main.command()
+@click.argument("node", required=False)
+@click.pass_obj
+def undrain(obj: Ctx, node: str | None) -> None:
+    """Let NODE (default this node) take new work again."""
+    _drain(obj, node, False)
 
 
 # ---------------------------------------------------------------- tasks
@@ -480,6 +543,20 @@ def explain(obj: Ctx, task: str) -> None:
             click.echo(
                 "  " + "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
             )
+
+
+# ---------------------------------------------------------------- agents
+
+
+@main.command("mcp")
+@click.pass_obj
+def mcp_command(obj: Ctx) -> None:
+    """Serve the Model Context Protocol on stdio: tools for coding agents (MCP clients)."""
+    try:
+        from .mcp_server import serve
+    except ImportError as exc:  # the mcp package is a dependency; say so if it is missing
+        obj.fail(EXIT_USAGE, f"swarmctl mcp needs the mcp package (pip install mcp): {exc}")
+    serve(obj.state_dir, obj.node, obj.timeout)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -58,6 +58,12 @@ class Config:
     cost_per_hour: float = 0.0
     on_battery: str = "pause"
     hardware_interval_s: float = 5.0
+    metrics_port: int | None = None  # /metrics and /healthz over HTTP; off unless set
+    metrics_bind: str = "127.0.0.1"
+    drain_grace_s: float = 20.0  # on SIGTERM: how long running work may finish
+    dashboard_port: int | None = None  # the web dashboard (swarmd/dashboard.py); off unless set
+    dashboard_bind: str = "127.0.0.1"
+    dashboard_token: str | None = None  # required when dashboard_bind is not loopback
     gpus: tuple[DeclaredGpu, ...] = ()
     models: tuple[ModelConfig, ...] = ()
     gossip: GossipConfig = field(default_factory=GossipConfig)
@@ -165,9 +171,16 @@ def load(path: Path | None, overrides: dict[str, Any], state_dir: Path | None = 
         ("cost_per_hour", (int, float)),
         ("on_battery", str),
         ("state_dir", str),
+        ("metrics_port", int),
+        ("metrics_bind", str),
+        ("dashboard_port", int),
+        ("dashboard_bind", str),
+        ("dashboard_token", str),
     ):
         if (value := node.get(key, kind)) is not None:
             values[key] = value
+    if (grace := node.convert("drain_grace", parse_duration)) is not None:
+        values["drain_grace_s"] = grace
     if (join := node.get("join", list)) is not None:
         if not all(isinstance(seed, str) for seed in join):
             raise ConfigError(f'{node.where} join: expected a list of "HOST:PORT" strings')
@@ -276,6 +289,17 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"on_battery {cfg.on_battery!r}: expected pause or run")
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level {cfg.log_level!r}: expected debug, info, warning or error")
+    if cfg.metrics_port is not None and not 0 < cfg.metrics_port < 65536:
+        raise ConfigError(f"metrics_port {cfg.metrics_port}: expected 1-65535")
+    if cfg.dashboard_port is not None:
+        if not 0 < cfg.dashboard_port < 65536:
+            raise ConfigError(f"dashboard_port {cfg.dashboard_port}: expected 1-65535")
+        from .dashboard import DashboardError, check_settings  # only when it is on
+
+        try:
+            check_settings(cfg.dashboard_bind, cfg.dashboard_token)
+        except DashboardError as exc:
+            raise ConfigError(str(exc)) from None
     if cfg.max_concurrency < 1:
         raise ConfigError("max_concurrency: expected at least 1")
     if cfg.gossip.interval_s <= 0 or cfg.gossip.fanout < 1:

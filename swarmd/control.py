@@ -14,6 +14,8 @@ import msgspec
 from protocol.messages import (
     ControlReply,
     ControlRequest,
+    DrainReply,
+    DrainRequest,
     ErrorReply,
     Hardware,
     JoinTokenReply,
@@ -51,6 +53,7 @@ class NodeFacade(Protocol):
     def node_id(self) -> str: ...
     @property
     def name(self) -> str: ...
+    def set_draining(self, draining: bool) -> int: ...
 
 
 def _hardware(value: Any) -> Hardware | None:
@@ -134,7 +137,14 @@ class Control:
             TasksRequest: lambda _r, _l: TasksReply(
                 tasks=self.node.coordination.coordinator.tasks()
             ),
+            DrainRequest: lambda r, _l: self.drain(r),
         }
+
+    def drain(self, request: DrainRequest) -> ControlReply:
+        running = self.node.set_draining(request.draining)
+        return DrainReply(
+            node=self.node.node_id, name=self.node.name, draining=request.draining, running=running
+        )
 
     def submit(self, request: SubmitRequest) -> ControlReply:
         """Validate the job against the live cluster, then coordinate it here."""

@@ -39,6 +39,7 @@ from protocol.messages import (
     WorkMessage,
 )
 
+from . import sdnotify
 from .config import Config
 from .control import Control
 from .core.failure import Liveness
@@ -94,12 +95,17 @@ class Node:
         self.rng = random.Random()
         self.boot = secrets.randbits(48)
         self._stop = asyncio.Event()
+        self._crashed = False
         self._lock_fd: int | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._handled_conflicts: set[str] = set()
         self._last_tick = time.monotonic()
         self.discovery: Discovery | None = None
         self.ready = asyncio.Event()
+        self.draining = False  # swarmctl drain, or SIGTERM: no new work
+        self._hurry = asyncio.Event()  # a second signal: stop draining, exit now
+        self.http: Any = None  # swarmd.httpapi.HttpApi with [node] metrics_port
+        self.dashboard: Any = None  # swarmd.dashboard.Dashboard with [node] dashboard_port
 
     # ------------------------------------------------------------ identity
 
@@ -147,27 +153,76 @@ class Node:
     # ------------------------------------------------------------ start / stop
 
     async def run(self) -> int:
+        # Handlers first: a SIGTERM during start-up stops the node cleanly once it is up.
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal)
         try:
             await self._start()
         except StartupError as exc:
             self.log.error("%s", exc)
             await self._shutdown(announce=False)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
             return 1
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
         self.ready.set()
+        sdnotify.notify(READY=1, STATUS=self._sd_status())
         try:
             await self._stop.wait()
+            sdnotify.notify(STOPPING=1, STATUS=self._sd_status())
+            await self._drain_before_exit()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
         self.log.info("stopping: announcing left")
         await self._shutdown(announce=True)
-        return 0
+        return 1 if self._crashed else 0
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _on_signal(self) -> None:
+        if self._stop.is_set():
+            self._hurry.set()
+        self._stop.set()
+
+    def set_draining(self, draining: bool) -> int:
+        """Stop (or resume) taking new work; returns the attempts still running here."""
+        if draining != self.draining:
+            self.log.info("draining: no new work" if draining else "undrained: taking work")
+        self.draining = self.worker.draining = draining
+        self.gossip.set("draining", draining)
+        return len(self.worker.running)
+
+    async def _drain_before_exit(self) -> None:
+        """SIGTERM: take no new work, let running attempts finish within drain_grace
+        (a second signal cuts it short), hand back the rest, and let their results
+        reach the coordinators before we announce left (else they rerun them)."""
+        if not hasattr(self, "worker"):
+            return
+        self.set_draining(True)
+        deadline = time.monotonic() + self.config.drain_grace_s
+        if self.worker.running:
+            self.log.info(
+                "draining: up to %gs for %d running attempt(s); signal again to skip",
+                self.config.drain_grace_s,
+                len(self.worker.running),
+            )
+        while self.worker.running and time.monotonic() < deadline and not self._hurry.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._hurry.wait(), 0.05)
+        tasks = [r.task for r in self.worker.running.values() if r.task is not None]
+        if tasks:
+            self.log.warning("handing back %d unfinished attempt(s)", len(tasks))
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks, timeout=5)
+        live = {m.state.get("addr") for m in self.members() if m.liveness is Liveness.ALIVE}
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline and not self._hurry.is_set():
+            if not any(addr in live for addr, _ in self.store.outbox()):
+                break
+            await asyncio.sleep(0.05)
 
     async def _start(self) -> None:
         cfg = self.config
@@ -225,14 +280,26 @@ class Node:
         except zmq.ZMQError as exc:
             raise StartupError(f"cannot create control socket {control_path}: {exc}") from None
         os.chmod(control_path, 0o600)
+        if cfg.metrics_port is not None:
+            from .httpapi import HttpApi
+
+            self.http = HttpApi(self, log=self.log.getChild("http"))
+            try:
+                await self.http.start(cfg.metrics_bind, cfg.metrics_port)
+            except OSError as exc:
+                where = f"{cfg.metrics_bind}:{cfg.metrics_port}"
+                raise StartupError(f"cannot serve metrics on {where}: {exc}") from None
 
         self._spawn(self._gossip_loop())
         self._spawn(self._hardware_loop())
         self._spawn(self._watchdog())
+        self._spawn(sdnotify.supervise(self._sd_status, self._loop_healthy))
         self._spawn(self.coordination.loop())
         if cfg.models:
             self._spawn(self._model_loop())
         self._spawn(self.worker.resend_loop())
+        if cfg.dashboard_port is not None:
+            await self._start_dashboard()
         if cfg.mdns:
             await self._start_discovery()
         self.log.info(
@@ -258,7 +325,7 @@ class Node:
         gossip.set("name", cfg.name)
         gossip.set("hw", msgspec.to_builtins(self.hardware))
         gossip.set("models", [msgspec.to_builtins(p) for p in self.model_profiles()])
-        gossip.set("draining", False)
+        gossip.set("draining", self.draining)
         gossip.set("queue", 0)
         gossip.set("slots", cfg.max_concurrency if cfg.allow_shell else 0)
         gossip.set("busy", 0)
@@ -298,6 +365,26 @@ class Node:
             self.gossip.set("models", [msgspec.to_builtins(p) for p in self.model_profiles()])
             await asyncio.sleep(MODEL_PROBE_INTERVAL_S)
 
+    async def _start_dashboard(self) -> None:
+        from .dashboard import Dashboard, DashboardError
+
+        cfg = self.config
+        try:
+            self.dashboard = Dashboard(
+                self,
+                bind=cfg.dashboard_bind,
+                port=cfg.dashboard_port or 0,
+                token=cfg.dashboard_token,
+                log=self.log.getChild("dashboard"),
+            )
+            await self.dashboard.start()
+        except DashboardError as exc:
+            raise StartupError(str(exc)) from None
+        except OSError as exc:
+            where = f"{cfg.dashboard_bind}:{cfg.dashboard_port}"
+            raise StartupError(f"cannot serve the dashboard on {where}: {exc}") from None
+        self.log.info("dashboard on %s", self.dashboard.url)
+
     async def _start_discovery(self) -> None:
         self.discovery = Discovery(
             node_id=self.node_id,
@@ -319,6 +406,7 @@ class Node:
             self.discovery = None
 
     async def _shutdown(self, announce: bool) -> None:
+        sdnotify.notify(STOPPING=1, STATUS="stopping")
         if announce and hasattr(self, "gossip"):
             await self._leave()
         for task in list(self._tasks):
@@ -326,6 +414,10 @@ class Node:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(task, 1.0)
+        if self.http is not None:
+            await self.http.close()
+        if self.dashboard is not None:
+            await self.dashboard.close()
         if self.discovery is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.discovery.stop(), 3.0)
@@ -364,6 +456,7 @@ class Node:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             self.log.error("internal task failed", exc_info=task.exception())
+            self._crashed = True  # exit non-zero: systemd's Restart=on-failure restarts it
             self._stop.set()
 
     # ------------------------------------------------------------ loops
@@ -392,6 +485,15 @@ class Node:
                 self.log.warning("hardware probe took over 30 s; keeping the last values")
                 continue
             self.gossip.set("hw", msgspec.to_builtins(self.hardware))
+
+    def _sd_status(self) -> str:
+        alive = sum(1 for m in self.members() if not m.is_self and m.liveness is Liveness.ALIVE)
+        status = f"{alive} peers alive, {len(self.worker.running)} subtasks running"
+        return f"stopping: {status}" if self._stop.is_set() else status
+
+    def _loop_healthy(self) -> bool:  # systemd's watchdog: the gossip loop ticks
+        limit = max(1.0, self.config.gossip.interval_s * WATCHDOG_FACTOR)
+        return time.monotonic() - self._last_tick < limit
 
     async def _watchdog(self) -> None:
         limit = max(1.0, self.config.gossip.interval_s * WATCHDOG_FACTOR)

@@ -145,6 +145,9 @@ class Coordination:
         self._finished: dict[str, asyncio.Event] = {}
         self._wake = asyncio.Event()
         self.journal_writes = 0
+        # Metrics: seconds from sending a Dispatch to its "accepted" (None: not measured).
+        self.on_dispatch_latency: Callable[[float], None] | None = None
+        self._dispatched_at: dict[tuple[str, str, int], float] = {}
 
     @property
     def counters(self) -> Counter[str]:
@@ -243,6 +246,10 @@ class Coordination:
             inputs=files,
             model=d.model,
         )
+        if self.on_dispatch_latency is not None:
+            self._dispatched_at[(d.task_id, d.subtask_id, d.attempt)] = time.monotonic()
+            while len(self._dispatched_at) > 4096:  # replies that never came
+                del self._dispatched_at[next(iter(self._dispatched_at))]
         if not self._to(d.node_id, message):
             now = self.clock()
             self.run(
@@ -260,6 +267,9 @@ class Coordination:
             node = self._sender_of(message.task, message.subtask, message.attempt)
             if node is None:
                 return
+            sent = self._dispatched_at.pop((message.task, message.subtask, message.attempt), None)
+            if message.accepted and sent is not None and self.on_dispatch_latency is not None:
+                self.on_dispatch_latency(time.monotonic() - sent)
             if message.accepted:
                 self.run(c.on_accepted(message.task, message.subtask, message.attempt, node, now))
             else:
@@ -360,6 +370,7 @@ class Worker:
         self.running: dict[tuple[str, str, int], _Running] = {}
         self.counters: Counter[str] = Counter()
         self._pool: Any = None
+        self.draining = False  # refuse new dispatches; running attempts finish
 
     @property
     def busy(self) -> int:
@@ -379,7 +390,7 @@ class Worker:
         if key in self.running:
             self._reply(d, True)  # a duplicate: still accepted
             return
-        reason = self._full(d)
+        reason = "draining" if self.draining else self._full(d)
         if reason is not None:
             self.counters["refused"] += 1
             self._reply(d, False, reason)
@@ -450,11 +461,16 @@ class Worker:
             # Still report how it ended: the coordinator fences it off if it moved on,
             # and on shutdown it re-dispatches at once instead of waiting for the lease.
             why = "cancelled by the coordinator" if run.cancelled else "worker shutting down"
+            self.counters["outcome_cancelled" if run.cancelled else "outcome_handed_back"] += 1
             self.log.info("attempt %s/%s#%d: %s", d.task, d.subtask, d.attempt, why)
             result = ExecResult.failure(why, app_failed=False)
         except Exception as exc:  # an executor bug must not lose the attempt
             self.log.exception("executor failed")
             result = ExecResult.failure(f"executor error: {exc}", app_failed=False)
+            self.counters["outcome_error"] += 1
+        else:
+            outcome = "ok" if result.ok else "app_failed" if result.app_failed else "error"
+            self.counters[f"outcome_{outcome}"] += 1
         finally:
             beat.cancel()
             self.running.pop(key, None)

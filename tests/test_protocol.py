@@ -24,6 +24,8 @@ from protocol.messages import (
     DigestEntry,
     Dispatch,
     DispatchReply,
+    DrainReply,
+    DrainRequest,
     ErrorReply,
     Gpu,
     Hardware,
@@ -127,6 +129,8 @@ EXAMPLES: dict[type[Message], Message] = {
     JoinTokenReply: JoinTokenReply(token="swarmd1-kSDEIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAkA"),
     StatsRequest: StatsRequest(),
     StatsReply: StatsReply(node="3f9a1c0de4b25a77", name="desk", counters={"received": 12}),
+    DrainRequest: DrainRequest(draining=False),
+    DrainReply: DrainReply(node="3f9a1c0de4b25a77", name="desk", draining=True, running=2),
     ErrorReply: ErrorReply(code="bad_request", message="job file line 3: unknown key 'runn'"),
     SubmitRequest: SubmitRequest(
         job={"name": "review", "subtasks": [{"id": "lint", "kind": "shell", "run": ["ruff"]}]},

@@ -1,0 +1,533 @@
+"""The web dashboard: a small read-only HTTP server in the daemon's event loop.
+
+Opt-in (``[node] dashboard_port``), bound to loopback by default. Routes:
+
+* ``GET /``                   the page (``dashboard.html``, static, no external assets)
+* ``GET /api/state``          ``{node, peers, tasks, ...}``: the peers as ``swarmctl peers
+  --json`` shows them, the recent tasks with their status (newest first)
+* ``GET /api/explain/TASK``   ``swarmctl explain TASK --json``: per subtask the candidates
+* ``GET /api/events``         server-sent events: the state, once a second
+
+Access: with ``dashboard_token`` set every request carries it (``?token=`` or
+``Authorization: Bearer``), else 401. Without a token the server must be bound to a
+loopback address (the config refuses otherwise) and it answers only requests whose
+``Host`` is a loopback name, so a web page cannot reach it through DNS rebinding.
+
+Nothing secret is served: no cluster secret, no join token, model endpoints without
+credentials or query. As a last guard every response is checked for the secret in the
+encodings it is stored and carried in, and withheld (500) if it contains it.
+
+The handler is deliberately tiny: one request per connection (``Connection: close``),
+a bounded request head, no request bodies, a read deadline, a cap on connections. A
+bad request gets 400 and never reaches the node; an error in a handler gets 500 and is
+logged; nothing here can stop the node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hmac
+import ipaddress
+import json
+import logging
+import re
+import time
+from collections import Counter
+from collections.abc import Callable
+from importlib import resources
+from typing import Any, Protocol
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
+
+import msgspec
+
+from . import __version__
+from .control import peers as peer_views
+from .core.gossip import Member
+from .core.tasks import UnknownTask
+from .work import Coordination
+
+MAX_HEAD = 8192  # request line + headers, bytes
+MAX_HEADERS = 64
+READ_TIMEOUT_S = 10.0
+WRITE_TIMEOUT_S = 10.0
+MAX_CONNECTIONS = 64
+EVENT_INTERVAL_S = 1.0
+RECENT_TASKS = 25
+STATE_CACHE_S = 0.2  # several viewers share one rendering of the state
+
+_TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_TASK_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+_LOOPBACK_NAMES = {"localhost", "localhost.", "ip6-localhost"}
+
+_REASONS = {
+    200: "OK",
+    204: "No Content",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    413: "Content Too Large",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+    505: "HTTP Version Not Supported",
+}
+
+_SECURITY_HEADERS = (
+    ("Cache-Control", "no-store"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "no-referrer"),
+    (
+        "Content-Security-Policy",
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+        "img-src data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'",
+    ),
+)
+
+
+class DashboardError(ValueError):
+    """A dashboard setting the node cannot start with (the message says which)."""
+
+
+class _Keys(Protocol):
+    @property
+    def secret(self) -> bytes: ...
+
+
+class DashboardNode(Protocol):
+    """What the dashboard reads from the running node."""
+
+    def members(self) -> list[Member]: ...
+    @property
+    def coordination(self) -> Coordination: ...
+    @property
+    def node_id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def address(self) -> str: ...
+    @property
+    def generation(self) -> int: ...
+    @property
+    def keys(self) -> _Keys: ...
+
+
+def is_loopback(host: str) -> bool:
+    """True for a loopback address or ``localhost``; False for anything else."""
+    host = host.strip("[]").lower()
+    if host in _LOOPBACK_NAMES or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_settings(bind: str, token: str | None) -> None:
+    """Refuse a bind address beyond loopback without a token; refuse a weak token."""
+    if token is not None and (len(token) < 16 or not token.isprintable() or " " in token):
+        raise DashboardError(
+            "dashboard_token: use at least 16 printable characters without spaces "
+            "(for example the output of `openssl rand -hex 16`)"
+        )
+    if token is None and not is_loopback(bind):
+        raise DashboardError(
+            f"dashboard_bind {bind!r} is not a loopback address: set dashboard_token too "
+            "(every request must then carry it, as ?token= or Authorization: Bearer)"
+        )
+
+
+def safe_endpoint(url: str) -> str:
+    """A model endpoint without user:password, query or fragment (they may hold keys)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = host if parts.port is None else f"{host}:{parts.port}"
+    except ValueError:
+        return ""
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Request(msgspec.Struct):
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+
+
+def parse_head(head: bytes) -> Request:
+    """Parse a request line and headers (up to and including the blank line)."""
+    try:
+        text = head.decode("latin-1")
+    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes any byte
+        raise BadRequest(400, "undecodable request") from None
+    lines = text.split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3:
+        raise BadRequest(400, "malformed request line")
+    method, target, version = parts
+    if not _TOKEN_RE.match(method):
+        raise BadRequest(400, "malformed method")
+    if not re.fullmatch(r"HTTP/\d\.\d", version):
+        raise BadRequest(400, "malformed HTTP version")
+    if version not in ("HTTP/1.0", "HTTP/1.1"):
+        raise BadRequest(505, f"{version} is not supported")
+    if not target.startswith("/") or any(c <= " " or c == "\x7f" for c in target):
+        raise BadRequest(400, "malformed request target")
+    headers: dict[str, str] = {}
+    fields = [line for line in lines[1:] if line]
+    if len(fields) > MAX_HEADERS:
+        raise BadRequest(431, "too many header fields")
+    for line in fields:
+        name, sep, value = line.partition(":")
+        if not sep or not _TOKEN_RE.match(name):
+            raise BadRequest(400, "malformed header field")
+        key = name.lower()
+        value = value.strip(" \t")
+        if key in headers and key in ("host", "authorization", "content-length"):
+            raise BadRequest(400, f"repeated {name} header")
+        headers[key] = f"{headers[key]}, {value}" if key in headers else value
+    if version == "HTTP/1.1" and "host" not in headers:
+        raise BadRequest(400, "missing Host header")
+    if "transfer-encoding" in headers:
+        raise BadRequest(400, "request bodies are not accepted")
+    length = headers.get("content-length", "0")
+    if not length.isdigit():
+        raise BadRequest(400, "malformed Content-Length")
+    if int(length) > 0:
+        raise BadRequest(413, "request bodies are not accepted")
+    split = urlsplit(target)
+    try:
+        query = parse_qs(split.query, keep_blank_values=True, max_num_fields=32)
+    except ValueError:
+        raise BadRequest(400, "malformed query") from None
+    return Request(method=method, path=unquote(split.path), query=query, headers=headers)
+
+
+class Dashboard:
+    def __init__(
+        self,
+        node: DashboardNode,
+        *,
+        bind: str = "127.0.0.1",
+        port: int = 0,
+        token: str | None = None,
+        log: logging.Logger | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        check_settings(bind, token)
+        self.node = node
+        self.bind = bind
+        self.requested_port = port
+        self.token = token
+        self.log = log or logging.getLogger("swarmd.dashboard")
+        self.clock = clock
+        self.counters: Counter[str] = Counter()
+        self.page = resources.files("swarmd").joinpath("dashboard.html").read_bytes()
+        self._server: asyncio.Server | None = None
+        self._conns: set[asyncio.Task[Any]] = set()
+        self._closing = asyncio.Event()
+        self._cache: tuple[float, bytes] | None = None
+        secret = node.keys.secret
+        # The secret as stored (hex) and as carried in a join token (base64 after a
+        # 3-byte msgpack header, so aligned): not even half of it may leave this server.
+        self._forbidden = [
+            secret.hex()[:32].encode(),
+            secret.hex()[:32].upper().encode(),
+            base64.urlsafe_b64encode(secret)[:24],
+            base64.b64encode(secret)[:24],
+        ]
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._on_connection, self.bind, self.requested_port, limit=MAX_HEAD
+        )
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None and self._server.sockets
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.bind}]" if ":" in self.bind else self.bind
+        if host in ("0.0.0.0", "[::]"):
+            host = "127.0.0.1"
+        return f"http://{host}:{self.port}/"
+
+    async def close(self) -> None:
+        self._closing.set()
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._conns):
+            task.cancel()
+        for task in list(self._conns):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(task, 1.0)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+            self._server = None
+
+    # ------------------------------------------------------------ state
+
+    def state(self) -> dict[str, Any]:
+        node = self.node
+        members = node.members()
+        rows: list[dict[str, Any]] = msgspec.to_builtins(peer_views(members))
+        raw_models = {m.node_id: m.state.get("models") or [] for m in members}
+        coordinator = node.coordination.coordinator
+        throughput = getattr(coordinator, "throughput", None)
+        for row in rows:
+            gossiped = {
+                m.get("name"): m for m in raw_models.get(row["id"], []) if isinstance(m, dict)
+            }
+            for model in row["models"]:
+                model["endpoint"] = safe_endpoint(str(model.get("endpoint") or ""))
+                tps = throughput.tokens_per_s(row["id"], model["name"]) if throughput else None
+                if tps is None:
+                    advertised = gossiped.get(model["name"], {}).get("tokens_per_s")
+                    ok = isinstance(advertised, int | float) and not isinstance(advertised, bool)
+                    tps = advertised if ok else None
+                model["tokens_per_s"] = None if tps is None else round(float(tps), 1)
+        summaries = coordinator.tasks()
+        recent = summaries[-RECENT_TASKS:][::-1]
+        for summary in recent:
+            try:
+                summary["status"] = coordinator.status(summary["id"])
+            except UnknownTask:
+                summary["status"] = None
+        return {
+            "node": {
+                "id": node.node_id,
+                "name": node.name,
+                "address": node.address,
+                "generation": node.generation,
+                "version": __version__,
+            },
+            "time": self.clock(),
+            "peers": rows,
+            "tasks": recent,
+            "task_count": len(summaries),
+        }
+
+    def _state_bytes(self) -> bytes:
+        now = time.monotonic()
+        if self._cache is not None and now - self._cache[0] < STATE_CACHE_S:
+            return self._cache[1]
+        body = self._encode(self.state())
+        self._cache = (now, body)
+        return body
+
+    def _encode(self, value: Any) -> bytes:
+        body = msgspec.json.encode(value)
+        if any(f in body for f in self._forbidden):
+            self.counters["dashboard_withheld"] += 1
+            self.log.error("dashboard: a response contained the cluster secret; withheld")
+            raise RuntimeError("response withheld: it contained a secret")
+        return body
+
+    # ------------------------------------------------------------ HTTP
+
+    async def _on_connection(self, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        try:
+            if task is not None:
+                self._conns.add(task)
+            if len(self._conns) > MAX_CONNECTIONS:
+                self.counters["dashboard_busy"] += 1
+                await self._respond(w, 503, _error("too many connections"), head_only=False)
+                return
+            await self._serve(reader, w)
+        except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
+            pass
+        except asyncio.CancelledError:
+            pass  # the server is closing; end quietly (3.11 logs a cancelled handler)
+        except Exception:
+            self.counters["dashboard_errors"] += 1
+            self.log.exception("dashboard: request failed")
+        finally:
+            if task is not None:
+                self._conns.discard(task)
+            w.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(w.wait_closed(), 1.0)
+
+    async def _serve(self, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT_S)
+        except asyncio.LimitOverrunError:
+            self.counters["dashboard_bad_requests"] += 1
+            await self._respond(w, 431, _error("request head too large"))
+            await _linger(reader, w)
+            return
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial.strip():
+                self.counters["dashboard_bad_requests"] += 1
+                await self._respond(w, 400, _error("incomplete request"))
+            return
+        except TimeoutError:
+            await self._respond(w, 408, _error("request timeout"))
+            return
+        try:
+            request = parse_head(head)
+        except BadRequest as exc:
+            self.counters["dashboard_bad_requests"] += 1
+            await self._respond(w, exc.status, _error(exc.message))
+            await _linger(reader, w)
+            return
+        self.counters["dashboard_requests"] += 1
+        head_only = request.method == "HEAD"
+        denied = self._access(request)
+        if denied is not None:
+            status, message, extra = denied
+            await self._respond(w, status, _error(message), headers=extra, head_only=head_only)
+            return
+        if request.method not in ("GET", "HEAD"):
+            await self._respond(
+                w, 405, _error("only GET"), headers=[("Allow", "GET, HEAD")], head_only=head_only
+            )
+            return
+        path = request.path
+        if path in ("/", "/index.html"):
+            await self._respond(w, 200, self.page, "text/html; charset=utf-8", head_only=head_only)
+        elif path == "/api/state":
+            try:
+                body = self._state_bytes()
+            except Exception:
+                self.counters["dashboard_errors"] += 1
+                self.log.exception("dashboard: cannot render the state")
+                await self._respond(w, 500, _error("cannot render the state"))
+                return
+            await self._respond(w, 200, body, head_only=head_only)
+        elif path.startswith("/api/explain/"):
+            await self._explain(w, path.removeprefix("/api/explain/"), head_only)
+        elif path == "/api/events":
+            await self._events(w, head_only)
+        elif path == "/favicon.ico":
+            await self._respond(w, 204, b"", "image/x-icon", head_only=head_only)
+        else:
+            await self._respond(w, 404, _error(f"no such page: {path[:200]}"), head_only=head_only)
+
+    def _access(self, request: Request) -> tuple[int, str, list[tuple[str, str]]] | None:
+        if self.token is not None:
+            given = request.query.get("token", [""])[-1]
+            auth = request.headers.get("authorization", "")
+            scheme, _, value = auth.partition(" ")
+            if scheme.lower() == "bearer":
+                given = value.strip()
+            if not hmac.compare_digest(given.encode(), self.token.encode()):
+                self.counters["dashboard_unauthorized"] += 1
+                return 401, "a dashboard token is required", [("WWW-Authenticate", "Bearer")]
+            return None
+        # No token: loopback only. A browser sends the name it resolved in Host; a
+        # rebinding attacker's page would send its own name, so refuse that.
+        host = request.headers.get("host")
+        if host is not None and not is_loopback(_host_name(host)):
+            self.counters["dashboard_forbidden_host"] += 1
+            return 403, "open the dashboard as http://127.0.0.1 or http://localhost", []
+        return None
+
+    async def _explain(self, w: asyncio.StreamWriter, task: str, head_only: bool) -> None:
+        if not _TASK_RE.match(task):
+            await self._respond(w, 400, _error("malformed task id"), head_only=head_only)
+            return
+        try:
+            body = self._encode(self.node.coordination.coordinator.explain(task))
+        except UnknownTask:
+            await self._respond(
+                w, 404, _error(f"unknown task {task} on this node"), head_only=head_only
+            )
+            return
+        await self._respond(w, 200, body, head_only=head_only)
+
+    async def _events(self, w: asyncio.StreamWriter, head_only: bool) -> None:
+        head = _head(200, "text/event-stream", None)
+        w.write(head)
+        if head_only:
+            await asyncio.wait_for(w.drain(), WRITE_TIMEOUT_S)
+            return
+        w.write(b"retry: 1000\n\n")
+        while not self._closing.is_set():
+            try:
+                w.write(b"data: " + self._state_bytes() + b"\n\n")
+            except Exception:
+                self.counters["dashboard_errors"] += 1
+                self.log.exception("dashboard: cannot render the state")
+                w.write(b": state unavailable\n\n")
+            await asyncio.wait_for(w.drain(), WRITE_TIMEOUT_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), EVENT_INTERVAL_S)
+
+    async def _respond(
+        self,
+        w: asyncio.StreamWriter,
+        status: int,
+        body: bytes,
+        content_type: str = "application/json",
+        *,
+        headers: list[tuple[str, str]] | None = None,
+        head_only: bool = False,
+    ) -> None:
+        w.write(_head(status, content_type, len(body), headers))
+        if not head_only:
+            w.write(body)
+        await asyncio.wait_for(w.drain(), WRITE_TIMEOUT_S)
+
+
+async def _linger(reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    """After an error answer to a request we did not read to its end: stop writing and
+    discard what the client still sends (bounded), so that closing the socket does not
+    reset the connection before the client has read the answer."""
+    with contextlib.suppress(Exception):
+        if w.can_write_eof():
+            w.write_eof()
+        deadline = time.monotonic() + 1.0
+        discarded = 0
+        while discarded < (1 << 20) and (left := deadline - time.monotonic()) > 0:
+            chunk = await asyncio.wait_for(reader.read(65536), left)
+            if not chunk:
+                break
+            discarded += len(chunk)
+
+
+def _host_name(host: str) -> str:
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _error(message: str) -> bytes:
+    return json.dumps({"error": message}).encode()
+
+
+def _head(
+    status: int,
+    content_type: str,
+    length: int | None,
+    headers: list[tuple[str, str]] | None = None,
+) -> bytes:
+    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}"]
+    lines.append(f"Content-Type: {content_type}")
+    if length is not None:
+        lines.append(f"Content-Length: {length}")
+    lines.append("Connection: close")
+    lines += [f"{k}: {v}" for k, v in (*_SECURITY_HEADERS, *(headers or []))]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
