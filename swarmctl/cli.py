@@ -416,9 +416,7 @@ def _wait(obj: Ctx, task: str) -> dict[str, Any]:
     tty = sys.stderr.isatty() and not obj.as_json
     last = ""
     while True:
-        reply = obj.call(TaskRequest(task=task, what="status"))
-        assert isinstance(reply, TaskReply)
-        status = reply.body
+        status = _task(obj, task, "status").body
         line = _progress_line(status)
         if tty:
             click.echo("\r\x1b[K" + line, nl=False, err=True)

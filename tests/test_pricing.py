@@ -27,6 +27,7 @@ from swarmd.core.pricing import (
     peer_from_gossip,
     price,
 )
+from tests.capacity import peer
 
 CONFIG = PricingConfig()
 
@@ -42,29 +43,6 @@ def offer(name: str = "fast", **kw: Any) -> ModelOffer:
     }
     fields.update(kw)
     return ModelOffer(name=name, **fields)
-
-
-def peer(node_id: str, **kw: Any) -> PeerCapacity:
-    fields: dict[str, Any] = {
-        "name": node_id,
-        "alive": True,
-        "draining": False,
-        "on_battery": False,
-        "battery_policy": "pause",
-        "cores": 8,
-        "load": 0.1,
-        "ram_available": 16 * GiB,
-        "gpus_vram_free": (),
-        "gpus_vram_total": (),
-        "slots_total": 4,
-        "slots_busy": 0,
-        "queue": 0,
-        "rtt_s": 0.001,
-        "cost_per_hour": 0.0,
-        "models": (),
-    }
-    fields.update(kw)
-    return PeerCapacity(node_id=node_id, **fields)
 
 
 def by_name(placement: Placement) -> dict[str, Candidate]:

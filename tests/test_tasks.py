@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from swarmd.core.jobspec import JobSpec, parse_job
-from swarmd.core.pricing import GiB, ModelOffer, PeerCapacity, PricingConfig, ThroughputTracker
+from swarmd.core.pricing import ModelOffer, PricingConfig, ThroughputTracker
 from swarmd.core.tasks import (
     Ack,
     CancelAttempt,
@@ -26,6 +26,7 @@ from swarmd.core.tasks import (
     TaskFinished,
     UnknownTask,
 )
+from tests.capacity import peer
 
 E = TypeVar("E")
 
@@ -43,30 +44,6 @@ def offer(name: str = "fast", caps: Sequence[str] = ("lint",), **kw: Any) -> Mod
     }
     fields.update(kw)
     return ModelOffer(name=name, **fields)
-
-
-def peer(node_id: str, **kw: Any) -> PeerCapacity:
-    """A healthy peer with 4 shell slots; ``rtt_s`` orders otherwise equal peers."""
-    fields: dict[str, Any] = {
-        "name": node_id,
-        "alive": True,
-        "draining": False,
-        "on_battery": False,
-        "battery_policy": "pause",
-        "cores": 8,
-        "load": 0.1,
-        "ram_available": 16 * GiB,
-        "gpus_vram_free": (),
-        "gpus_vram_total": (),
-        "slots_total": 4,
-        "slots_busy": 0,
-        "queue": 0,
-        "rtt_s": 0.001,
-        "cost_per_hour": 0.0,
-        "models": (),
-    }
-    fields.update(kw)
-    return PeerCapacity(node_id=node_id, **fields)
 
 
 A = peer("A", rtt_s=0.001)
