@@ -15,12 +15,14 @@ fails on a later probe, one warning is logged (again only after NVML has recover
 the GPUs of the last good probe are reported, with ``nvml=False`` meaning "NVML did not
 answer this time".
 
-Declared GPUs never override measured ones: a declared GPU whose name matches an NVML
-GPU's name (ignoring case and surrounding blanks) is ignored with one warning; every
-other declared GPU is appended after the NVML GPUs with ``vram_free = vram_total``
-(its free memory cannot be measured). Note that NVML names are long
-("NVIDIA GeForce RTX 4090"), so declare an NVIDIA GPU under that exact name if it is
-meant as a fallback for when NVML is missing.
+Declared GPUs never override measured ones: a declared GPU that names an NVML GPU is
+ignored with one warning; every other declared GPU is appended after the NVML GPUs with
+``vram_free = vram_total`` (its free memory cannot be measured). "Names" means the
+declared name's words appear, in order and together, among the measured name's words,
+ignoring case, punctuation and the vendor words NVIDIA/GeForce/Tesla/Quadro — so
+``"RTX 4090"`` names ``"NVIDIA GeForce RTX 4090"`` and ``"H100"`` names ``"NVIDIA H100
+80GB HBM3"``, but ``"RTX 40"`` names neither. Matching is one to one: two declared
+RTX 4090s on a machine where NVML sees one leave one declared GPU standing.
 
 All sizes are bytes. A probe makes a handful of cheap system calls and is meant to be
 called every few seconds; the daemon may run it in a worker thread.
@@ -31,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import platform
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -90,8 +93,22 @@ def _round_down(value: int, granularity: int = FREE_GRANULARITY) -> int:
     return max(0, value - value % granularity)
 
 
-def _gpu_key(name: str) -> str:
-    return name.strip().casefold()
+_VENDOR_WORDS = frozenset({"nvidia", "geforce", "tesla", "quadro"})
+
+
+def _gpu_words(name: str) -> tuple[str, ...]:
+    """A GPU name as comparable words: lower case, split on anything not a letter or a
+    digit, without vendor words."""
+    words = re.split(r"[^0-9a-z]+", name.casefold())
+    return tuple(w for w in words if w and w not in _VENDOR_WORDS)
+
+
+def _names_same_gpu(declared: str, measured: str) -> bool:
+    """Whether a declared GPU name refers to a measured one (see the module docstring)."""
+    want, have = _gpu_words(declared), _gpu_words(measured)
+    if not want:
+        return False
+    return any(have[i : i + len(want)] == want for i in range(len(have) - len(want) + 1))
 
 
 def _clip(text: str) -> str:
@@ -281,10 +298,12 @@ class HardwareProbe:
     # -------------------------------------------------------------- declared
 
     def _declared_gpus(self, nvml_gpus: Sequence[Gpu]) -> list[Gpu]:
-        measured = {_gpu_key(g.name) for g in nvml_gpus}
+        unmatched = [g.name for g in nvml_gpus]
         out: list[Gpu] = []
         for d in self._declared:
-            if _gpu_key(d.name) in measured:
+            same = next((m for m in unmatched if _names_same_gpu(d.name, m)), None)
+            if same is not None:
+                unmatched.remove(same)
                 if d.name not in self._shadowed_warned:
                     self._shadowed_warned.add(d.name)
                     self._log.warning(

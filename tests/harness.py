@@ -59,8 +59,10 @@ class Daemon:
         port: int | None = None,
         args: tuple[str, ...] = (),
         config: str | None = None,
+        real_gpus: bool = False,
     ) -> None:
         self.name = name
+        self.real_gpus = real_gpus
         self.state_dir = root / name
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -90,6 +92,9 @@ class Daemon:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env.pop("SWARMD_CONFIG", None)
+        if not self.real_gpus:  # GPU-less unless asked: tests declare the GPUs they need
+            path = [str(ROOT / "tests" / "nonvml"), *filter(None, [env.get("PYTHONPATH")])]
+            env["PYTHONPATH"] = os.pathsep.join(path)
         self.proc = subprocess.Popen(self.command(), stderr=log, stdout=log, env=env, cwd=ROOT)
         log.close()
         return self
@@ -170,7 +175,8 @@ def swarmctl(
     cmd = [sys.executable, "-m", "swarmctl"]
     if state_dir is not None:
         cmd += ["--state-dir", str(state_dir)]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    path = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
     return subprocess.run(
         cmd + list(args), capture_output=True, text=True, timeout=timeout, cwd=cwd or ROOT, env=env
     )

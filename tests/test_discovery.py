@@ -374,7 +374,12 @@ def test_discovery_across_processes() -> None:
         fp = secrets.token_hex(4)
         child_id = uuid.uuid4().hex
         here = Node("parent", 17051, fp)
-        env = {**os.environ, "PYTHONPATH": os.getcwd()}
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])
+            ),
+        }
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-c",

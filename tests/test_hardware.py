@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import shutil
+import subprocess
 import sys
 from collections import namedtuple
 from types import SimpleNamespace
@@ -14,7 +16,13 @@ import pytest
 
 from protocol.messages import Battery, Hardware, validate_state_value
 from swarmd import hardware
-from swarmd.hardware import FREE_GRANULARITY, DeclaredGpu, HardwareProbe, parse_size
+from swarmd.hardware import (
+    FREE_GRANULARITY,
+    DeclaredGpu,
+    HardwareProbe,
+    _names_same_gpu,
+    parse_size,
+)
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -121,10 +129,14 @@ def test_real_probe_on_this_machine(caplog: pytest.LogCaptureFixture) -> None:
         assert isinstance(hw.cpu.model, str)
         assert hw.memory.total > hw.memory.available > 0
         assert hw.memory.available % FREE_GRANULARITY == 0
-        assert hw.nvml is False
-        assert hw.gpus == []
         assert_wire_roundtrip(hw)
-    assert len(unavailable_lines(caplog)) == 1
+    if _real_nvml() is None:  # a machine without an NVIDIA driver (CI): GPU-less, said once
+        assert (first.nvml, first.gpus, second.nvml, second.gpus) == (False, [], False, [])
+        assert len(unavailable_lines(caplog)) == 1
+    else:  # a GPU machine: test_real_nvml_matches_nvidia_smi checks the GPUs themselves
+        assert first.nvml is second.nvml is True
+        assert [g.name for g in first.gpus] == [g.name for g in second.gpus] != []
+        assert unavailable_lines(caplog) == []
 
 
 def test_missing_pynvml_module_is_gpu_less(
@@ -188,6 +200,42 @@ def test_declared_gpu_matching_nvml_name_is_ignored_with_one_warning(
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "also seen by NVML" in warnings[0].getMessage()
+
+
+def test_declared_short_name_names_the_measured_gpu_once() -> None:
+    # CONTRACT.md's example declares "RTX 4090"; NVML says "NVIDIA GeForce RTX 4090".
+    # The declared one must not count the same card twice, and one measured card can
+    # shadow only one declared card.
+    declared = [
+        DeclaredGpu("RTX 4090", 24 * GiB),
+        DeclaredGpu("RTX 4090", 24 * GiB),
+        DeclaredGpu("A100", 40 * GiB),
+        DeclaredGpu("RTX 40", 8 * GiB),  # a prefix of a word is not the same GPU
+    ]
+    hw = HardwareProbe(declared=declared, nvml=FakeNvml()).probe()
+    assert [(g.name, g.source) for g in hw.gpus] == [
+        ("NVIDIA GeForce RTX 4090", "nvml"),
+        ("NVIDIA A100-SXM4-80GB", "nvml"),
+        ("RTX 4090", "declared"),
+        ("RTX 40", "declared"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("declared", "measured", "same"),
+    [
+        ("RTX 4090", "NVIDIA GeForce RTX 4090", True),
+        ("rtx-4090", "NVIDIA GeForce RTX 4090", True),
+        ("H100", "NVIDIA H100 80GB HBM3", True),
+        ("NVIDIA H100 80GB HBM3", "NVIDIA H100 80GB HBM3", True),
+        ("RTX 4090", "NVIDIA GeForce RTX 4080", False),
+        ("4090 RTX", "NVIDIA GeForce RTX 4090", False),
+        ("NVIDIA", "NVIDIA GeForce RTX 4090", False),
+        ("A100 80GB", "NVIDIA A100-SXM4-80GB", False),
+    ],
+)
+def test_gpu_name_matching(declared: str, measured: str, same: bool) -> None:
+    assert _names_same_gpu(declared, measured) is same
 
 
 @pytest.mark.parametrize(
@@ -450,3 +498,50 @@ def test_cpu_model_reads_proc_cpuinfo_or_falls_back(monkeypatch: pytest.MonkeyPa
 
 def _raise_oserror(*_a: Any, **_k: Any) -> Any:
     raise OSError("no /proc here")
+
+
+# ---------------------------------------------------------------- real NVML
+
+
+def _real_nvml() -> Any:
+    """pynvml with a working driver, or None (the test then skips)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:
+        return None
+    return pynvml
+
+
+def test_real_nvml_matches_nvidia_smi() -> None:
+    """Where a real NVIDIA driver is present, the probe reports every GPU with the name
+    and total VRAM that nvidia-smi reports, and free VRAM no larger than total."""
+    nvml = _real_nvml()
+    smi = shutil.which("nvidia-smi")
+    if nvml is None or smi is None:
+        pytest.skip("no NVIDIA driver here (NVML does not initialise or nvidia-smi missing)")
+    out = subprocess.run(
+        [smi, "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    rows = [line.rsplit(",", 1) for line in out.splitlines() if line.strip()]
+    expected = [(name.strip(), int(mib) * MiB) for name, mib in rows]
+    probe = HardwareProbe(declared=[DeclaredGpu(expected[0][0].removeprefix("NVIDIA "), GiB)])
+    try:
+        hw = probe.probe()
+    finally:
+        probe.close()
+    assert hw.nvml is True
+    measured = [g for g in hw.gpus if g.source == "nvml"]
+    assert [g.name for g in measured] == [name for name, _ in expected]
+    for g, (_, total) in zip(measured, expected, strict=True):
+        assert abs(g.vram_total - total) < MiB  # nvidia-smi rounds to MiB
+    for g in measured:
+        assert 0 < g.vram_free <= g.vram_total
+        assert g.temperature is None or 0 < g.temperature < 120
+    # a declared GPU naming the real one (without the vendor word) is not counted twice
+    assert [g.source for g in hw.gpus].count("declared") == 0
