@@ -160,6 +160,7 @@ STATE_SCHEMAS: dict[str, Any] = {
     "allow_shell": bool,
     "cost_per_hour": Annotated[float, Meta(ge=0)],
     "on_battery": Literal["pause", "run"],
+    "speed": Annotated[float, Meta(gt=0, le=1000)],  # [hardware] speed, for shell/python
 }
 
 

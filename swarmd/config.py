@@ -7,6 +7,7 @@ Errors name the file, the table and the key (``ConfigError``); the CLI exits 2 o
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import socket
@@ -65,6 +66,7 @@ class Config:
     dashboard_bind: str = "127.0.0.1"
     dashboard_token: str | None = None  # required when dashboard_bind is not loopback
     gpus: tuple[DeclaredGpu, ...] = ()
+    speed: float = 1.0  # [hardware] speed: relative speed for shell/python run estimates
     models: tuple[ModelConfig, ...] = ()
     gossip: GossipConfig = field(default_factory=GossipConfig)
     source: Path | None = None  # the file it was read from
@@ -202,6 +204,10 @@ def load(path: Path | None, overrides: dict[str, Any], state_dir: Path | None = 
             gpus.append(DeclaredGpu(name, vram))
         except ValueError as exc:
             raise ConfigError(f"{gpu.where}: {exc}") from None
+    if (speed := hardware.get("speed", (int, float))) is not None:
+        if not math.isfinite(speed) or not 0.0 < speed <= 1000.0:
+            raise ConfigError(f"{hardware.where} speed: expected a number > 0 and <= 1000")
+        values["speed"] = float(speed)
     hardware.check_unknown()
 
     models = []

@@ -332,6 +332,7 @@ class Node:
         gossip.set("allow_shell", cfg.allow_shell)
         gossip.set("cost_per_hour", float(cfg.cost_per_hour))
         gossip.set("on_battery", cfg.on_battery)
+        gossip.set("speed", float(cfg.speed))
         return gossip
 
     def model_profiles(self) -> list[ModelProfile]:

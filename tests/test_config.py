@@ -527,3 +527,12 @@ def test_split_host_port(text: str, host: str, port: int) -> None:
 def test_split_host_port_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="HOST:PORT"):
         split_host_port(text)
+
+
+def test_hardware_speed(tmp_path: Path) -> None:
+    assert load_text(tmp_path, "").speed == 1.0
+    assert load_text(tmp_path, "[hardware]\nspeed = 2").speed == 2.0
+    assert load_text(tmp_path, "[hardware]\nspeed = 0.5").speed == 0.5
+    for bad in ("0", "-1.5", "inf", "nan", "2000"):
+        assert "[hardware] speed" in config_error(tmp_path, f"[hardware]\nspeed = {bad}")
+    assert "expected int or float" in config_error(tmp_path, "[hardware]\nspeed = '2x'")

@@ -619,3 +619,58 @@ def test_price_matches_brute_force(seed: int) -> None:
         (c.score or math.inf, c.node_id) for c in feasible
     )
     assert winner is feasible[0]
+
+
+# ---------------------------------------------------------------- declared speed
+
+
+def test_declared_speed_divides_shell_run_estimates() -> None:
+    slow, fast = peer("slow", rtt_s=None), peer("fast", speed=2.0, rtt_s=None)
+    placement = price(Demand("shell", est_seconds=4.0), [slow, fast], CONFIG)
+    rows = by_name(placement)
+    assert rows["fast"].run_s == pytest.approx(2.0) and rows["slow"].run_s == pytest.approx(4.0)
+    assert placement.winner is not None and placement.winner.name == "fast"
+    assert rows["fast"].basis == "hint 4 s / speed 2" and rows["slow"].basis == "hint 4 s"
+    # Load still multiplies; a nonsensical speed reads as 1.
+    loaded = peer("loaded", speed=2.0, load=3.0)
+    assert by_name(price(Demand("python", est_seconds=4.0), [loaded], CONFIG))[
+        "loaded"
+    ].run_s == pytest.approx(6.0)
+    for bad in (0.0, -1.0, math.nan, math.inf):
+        odd = peer("odd", speed=bad)
+        assert by_name(price(Demand("shell", est_seconds=4.0), [odd], CONFIG))[
+            "odd"
+        ].run_s == pytest.approx(4.0)
+
+
+def test_declared_speed_does_not_change_llm_estimates() -> None:
+    fast = peer("fast", speed=4.0, models=(offer(tokens_per_s=50.0),))
+    placement = price(Demand("llm", capability="lint", est_tokens=100), [fast], CONFIG)
+    assert placement.winner is not None and placement.winner.run_s == pytest.approx(2.0)
+
+
+def test_peer_from_gossip_reads_speed() -> None:
+    base = {"name": "n", "hw": {"cpu": {"cores": 2}}}
+    assert peer_from_gossip("a", base, alive=True, rtt_s=None).speed == 1.0
+    assert peer_from_gossip("a", {**base, "speed": 2.5}, alive=True, rtt_s=None).speed == 2.5
+    for bad in (0, -2.0, "fast", True, None, math.inf):
+        assert peer_from_gossip("a", {**base, "speed": bad}, alive=True, rtt_s=None).speed == 1.0
+
+
+def test_input_s_adds_transfer_time_per_node() -> None:
+    near, far = peer("near", rtt_s=None), peer("far", rtt_s=None, speed=1.5)
+    demand = Demand("shell", est_seconds=3.0, input_s=(("far", 2.0), ("near", 0.0)))
+    placement = price(demand, [near, far], CONFIG)
+    rows = by_name(placement)
+    assert rows["far"].score == pytest.approx(2.0 + 2.0) and rows["near"].score == 3.0
+    assert placement.winner is not None and placement.winner.name == "near"
+    assert rows["far"].basis == "hint 3 s / speed 1.5, inputs 2 s"
+    assert rows["near"].basis == "hint 3 s"
+    # Without the term the faster node wins; unlisted or nonsensical entries count 0.
+    assert price(Demand("shell", est_seconds=3.0), [near, far], CONFIG).winner.name == "far"  # type: ignore[union-attr]
+    odd = Demand("shell", est_seconds=3.0, input_s=(("far", math.nan), ("near", -1.0)))
+    assert by_name(price(odd, [near, far], CONFIG))["far"].score == pytest.approx(2.0)
+    # llm too: the transfer is added to the best profile's score.
+    llm = peer("gpu", models=(offer(tokens_per_s=100.0),))
+    ask = Demand("llm", capability="lint", est_tokens=100, input_s=(("gpu", 0.5),))
+    assert by_name(price(ask, [llm], CONFIG))["gpu"].score == pytest.approx(1.0 + 0.5 + 0.001)

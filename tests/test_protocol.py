@@ -465,7 +465,7 @@ def test_fuzz_mutated_valid_frames(kind: type[Message], data: st.DataObject) -> 
 def test_state_schemas_cover_the_keys_a_node_publishes() -> None:
     assert set(STATE_SCHEMAS) == {
         *("name", "addr", "status", "hw", "models", "draining", "queue"),
-        *("slots", "busy", "allow_shell", "cost_per_hour", "on_battery"),
+        *("slots", "busy", "allow_shell", "cost_per_hour", "on_battery", "speed"),
     }
 
 

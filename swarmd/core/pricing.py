@@ -20,11 +20,17 @@ written into the candidate's ``why_not`` (several joined with ``"; "``):
   (``slots_busy + queue - slots_total``; for an llm profile ``in_flight -
   max_concurrency``): "queue full".
 
-Score (seconds; lower is better) = ``wait_s + rtt_s + run_s + cost_weight * cost``:
+Score (seconds; lower is better) = ``wait_s + rtt_s + input_s + run_s + cost_weight *
+cost``:
 
 * ``rtt_s``: the measured round trip to the peer, 0 for this node itself.
-* shell/python: ``run_s = (est_seconds or default_shell_s) * max(1, load)``, where
-  ``load`` is the 1-minute load average per core: an overloaded machine runs slower.
+* ``input_s``: the demand's ``input_s`` entry for the peer (how long until the subtask's
+  inputs would be there), 0 when the demand lists none for it; the basis then says
+  ``inputs N s``.
+* shell/python: ``run_s = (est_seconds or default_shell_s) / speed * max(1, load)``,
+  where ``speed`` is the node's declared relative speed (``[hardware] speed``, 1.0 by
+  default: ``est_seconds`` are seconds on a speed-1 node) and ``load`` is the 1-minute
+  load average per core: an overloaded machine runs slower.
   ``ahead = slots_busy + queue - slots_total + 1``; when ``ahead > 0``
   ``wait_s = queue_slot_wait_s * ahead / slots_total`` (each subtask ahead holds a slot
   for about ``queue_slot_wait_s``), else 0. ``cost = cost_per_hour * run_s / 3600``.
@@ -49,7 +55,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 __all__ = [
@@ -110,6 +116,7 @@ class PeerCapacity:
     rtt_s: float | None  # None for self -> 0
     cost_per_hour: float
     models: tuple[ModelOffer, ...]
+    speed: float = 1.0  # declared relative speed for shell/python work (> 0)
 
 
 # ---------------------------------------------------------------- the question
@@ -127,6 +134,9 @@ class Demand:
     node: str | None = None  # pin: node name or id
     est_tokens: int = 0  # llm: prompt + max_tokens estimate (see estimate_llm_tokens)
     est_seconds: float | None = None  # shell/python: a hint; None = unknown
+    # (node id, seconds until this subtask's inputs would be on that node); a node not
+    # listed has them at once. Added to the score: data locality.
+    input_s: tuple[tuple[str, float], ...] = ()
 
 
 def estimate_llm_tokens(prompt: str, max_tokens: int, system: str | None = None) -> int:
@@ -330,15 +340,25 @@ def _shell_estimate(
     hint = demand.est_seconds
     hinted = hint is not None and math.isfinite(hint)
     base = max(0.0, hint) if hint is not None and hinted else config.default_shell_s
-    run_s = base * max(1.0, peer.load)
+    speed = peer.speed if math.isfinite(peer.speed) and peer.speed > 0.0 else 1.0
+    run_s = base / speed * max(1.0, peer.load)
     ahead = peer.slots_busy + peer.queue - peer.slots_total + 1
     wait_s = config.queue_slot_wait_s * ahead / peer.slots_total if ahead > 0 else 0.0
     cost = peer.cost_per_hour * run_s / 3600.0
     score = wait_s + rtt_s + run_s + config.cost_weight * cost
     basis = f"{'hint' if hinted else 'default'} {base:g} s"
+    if speed != 1.0:
+        basis += f" / speed {speed:g}"
     if peer.load > 1.0:
         basis += f" x load {peer.load:.2f}"
     return _Estimate(wait_s, run_s, cost, score, None, basis)
+
+
+def _input_s(demand: Demand, node_id: str) -> float:
+    for node, seconds in demand.input_s:
+        if node == node_id:
+            return seconds if math.isfinite(seconds) and seconds > 0.0 else 0.0
+    return 0.0
 
 
 def _candidate(
@@ -394,6 +414,12 @@ def _candidate(
         else:
             best = _shell_estimate(demand, peer, rtt_s, config)
 
+    if best is not None and demand.input_s:
+        input_s = _input_s(demand, peer.node_id)
+        if input_s > 0.0:
+            best = replace(
+                best, score=best.score + input_s, basis=f"{best.basis}, inputs {input_s:.3g} s"
+            )
     if why or best is None:
         return Candidate(
             node_id=peer.node_id,
@@ -528,7 +554,8 @@ def peer_from_gossip(
     ``queue``. Optional keys, with these defaults when a node does not gossip them:
     ``slots`` (shell/python slots, default ``cores``), ``busy`` (slots in use, default 0;
     ``slots_busy`` overrides it with what the coordinator knows), ``cost_per_hour``
-    (0.0) and ``on_battery`` (the battery policy, "pause"). Malformed parts read as
+    (0.0), ``on_battery`` (the battery policy, "pause") and ``speed`` (the declared
+    relative speed, 1.0; anything not a finite number > 0 reads as 1.0). Malformed parts read as
     absent. ``model_in_flight`` maps a profile name to requests known to be running.
     """
     hw = _dict(values.get("hw"))
@@ -558,6 +585,7 @@ def peer_from_gossip(
         )
     policy = values.get("on_battery")
     name = values.get("name")
+    speed = _float(values.get("speed"), 1.0)
     return PeerCapacity(
         node_id=node_id,
         name=name if isinstance(name, str) and name else node_id,
@@ -576,4 +604,5 @@ def peer_from_gossip(
         rtt_s=rtt_s,
         cost_per_hour=max(0.0, _float(values.get("cost_per_hour"))),
         models=tuple(offers),
+        speed=speed if speed > 0.0 else 1.0,
     )
