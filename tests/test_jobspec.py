@@ -295,7 +295,7 @@ BAD_SUBTASKS: list[tuple[str, list[dict[str, Any]], list[str]]] = [
         [shell("a", timout="1m")],
         [
             'subtask "a": unknown key "timout"; did you mean "timeout"?',
-            "(allowed for shell: after, capability, env, id, inputs, kind, min_ram, min_vram,",
+            "(allowed for shell: after, capability, env, estimate, id, inputs, kind, min_ram,",
         ],
     ),
     (
@@ -307,6 +307,16 @@ BAD_SUBTASKS: list[tuple[str, list[dict[str, Any]], list[str]]] = [
         "outputs on llm",
         [llm("a", outputs=["x"])],
         ['subtask "a": key "outputs" is for shell and python subtasks, not llm'],
+    ),
+    (
+        "estimate on llm",
+        [llm("a", estimate="10s")],
+        ['subtask "a": key "estimate" is for shell and python subtasks, not llm'],
+    ),
+    (
+        "estimate not a duration",
+        [shell("a", estimate="soon")],
+        ['subtask "a": estimate:'],
     ),
     (
         "timeout of wrong type",
@@ -898,6 +908,8 @@ def subtask_tables(draw: st.DrawFn, sid: str) -> dict[str, Any]:
             )
         )
         table["outputs"] = draw(_paths)
+    if kind != "llm" and draw(st.booleans()):
+        table["estimate"] = draw(st.sampled_from(["2s", "1.5m", 30, 0.25]))
     return table
 
 

@@ -142,13 +142,16 @@ def test_now_going_backwards_is_clamped() -> None:
 # ---------------------------------------------------------------- against a model
 
 
-def model_order(
-    model: dict[Key, tuple[int, float | None, float, int]], now: float, aging_s: float
-) -> list[Key]:
-    def sort_key(item: tuple[Key, tuple[int, float | None, float, int]]) -> tuple[int, float, int]:
-        _, (rank, deadline, since, seq) = item
+Model = dict[Key, tuple[int, float | None, float, int, float]]
+
+
+def model_order(model: Model, now: float, aging_s: float) -> list[Key]:
+    def sort_key(
+        item: tuple[Key, tuple[int, float | None, float, int, float]],
+    ) -> tuple[int, float, float, int]:
+        _, (rank, deadline, since, seq, urgency) = item
         levels = max(0, math.floor((now - since) / aging_s))
-        return (rank - levels, math.inf if deadline is None else deadline, seq)
+        return (rank - levels, math.inf if deadline is None else deadline, -urgency, seq)
 
     return [key for key, _ in sorted(model.items(), key=sort_key)]
 
@@ -160,6 +163,7 @@ ops = st.lists(
         st.integers(0, 3),  # rank
         st.none() | st.integers(0, 40).map(float),  # deadline
         st.sampled_from([0.0, 0.0, 0.5, 1.0, 2.5, 7.0]),  # time step
+        st.sampled_from([0.0, 0.0, 1.0, 2.5, 9.0]),  # urgency
     ),
     max_size=300,
 )
@@ -168,19 +172,19 @@ ops = st.lists(
 @settings(max_examples=150, deadline=None)
 @given(ops=ops, aging_s=st.sampled_from([1.0, 2.0, 5.0]))
 def test_matches_a_brute_force_model(
-    ops: list[tuple[str, int, int, float | None, float]], aging_s: float
+    ops: list[tuple[str, int, int, float | None, float, float]], aging_s: float
 ) -> None:
     q = ReadyQueue(aging_s=aging_s)
-    model: dict[Key, tuple[int, float | None, float, int]] = {}
+    model: Model = {}
     now, seq = 0.0, 0
-    for op, n, rank, deadline, step in ops:
+    for op, n, rank, deadline, step, urgency in ops:
         now += step
         key = ("t", str(n))
         if op == "push":
             if key in model:
                 continue
-            q.push(key, rank, deadline, now)
-            model[key] = (rank, deadline, now, seq)
+            q.push(key, rank, deadline, now, urgency)
+            model[key] = (rank, deadline, now, seq, urgency)
             seq += 1
         elif op == "pop":
             expected = model_order(model, now, aging_s)
@@ -202,6 +206,18 @@ def test_matches_a_brute_force_model(
         assert q.pop(now) == first
         del model[first]
     assert q.pop(now) is None
+
+
+def test_urgency_orders_after_deadline_before_submit_order() -> None:
+    q = ReadyQueue()
+    q.push(k("leaf"), NORMAL, None, now=0.0, urgency=1.0)
+    q.push(k("chain-head"), NORMAL, None, now=0.0, urgency=5.0)
+    q.push(k("plain"), NORMAL, None, now=0.0)
+    q.push(k("due"), NORMAL, 10.0, now=0.0)  # a deadline still comes first
+    q.push(k("high"), HIGH, None, now=0.0)  # and priority before that
+    assert [key[1] for key in q.ordered(0.0)] == ["high", "due", "chain-head", "leaf", "plain"]
+    with pytest.raises(ValueError, match="urgency"):
+        q.push(k("nan"), NORMAL, None, now=0.0, urgency=math.nan)
 
 
 def test_ten_thousand_items() -> None:

@@ -173,7 +173,7 @@ def test_alpha_shapes_the_graph() -> None:
 POLICIES = {
     "swarmd": swarmd,
     "swarmd+locality": lambda d: swarmd(d, locality=True),
-    "swarmd+cp_order": lambda d: swarmd(d, rank_order=True),
+    "swarmd_readiness_order": lambda d: swarmd(d, readiness_order=True),
     "round_robin": round_robin,
     "least_loaded": least_loaded,
 }

@@ -530,6 +530,40 @@ def test_priority_orders_the_ready_queue_and_a_pass_counts_its_own_dispatches() 
     assert c.load_by_node()["S"].slots == 1
 
 
+def test_critical_path_first_within_a_job() -> None:
+    """Ready subtasks of one job go longest-chain-first (upward rank from `estimate`,
+    1 s without one), not in file order; a slot that frees goes to the chain."""
+    solo = peer("S", slots_total=1)
+    c = Coordinator(node_id="me", pricing=PricingConfig(max_queue=0))
+    spec = job(
+        sh("leaf1"),
+        sh("leaf2", estimate="3s"),
+        sh("head"),
+        sh("mid", after=["head"]),
+        sh("tail", after=["mid"], estimate="2.5s"),
+    )
+    c.submit("t", spec, now=0.0)
+    # urgency: head 1+1+2.5 = 4.5; then mid 3.5 > leaf2 3 > tail 2.5 > leaf1 1
+    order = []
+    now = 1.0
+    while (fx := c.schedule([solo], now=now)) and (ds := of(fx, Dispatch)):
+        (d,) = ds
+        order.append(d.subtask_id)
+        accept(c, d, now)
+        answer(c, d, ok(), now + 0.1)
+        now += 1.0
+    assert order == ["head", "mid", "leaf2", "tail", "leaf1"], order
+    assert states(c, "t") == dict.fromkeys(["leaf1", "leaf2", "head", "mid", "tail"], "done")
+
+
+def test_estimate_is_the_shell_pricing_hint() -> None:
+    c = Coordinator(node_id="me", pricing=PricingConfig(max_queue=0))
+    c.submit("t", job(sh("a", estimate="90s")), now=0.0)
+    c.schedule([peer("S", speed=3.0)], now=1.0)
+    (row,) = c.explain("t")["subtasks"][0]["candidates"]
+    assert row["run_s"] == pytest.approx(30.0) and "hint 90 s / speed 3" in row["basis"], row
+
+
 def test_load_by_node_counts_llm_requests_per_profile() -> None:
     gpu = peer("G", models=(offer("fast"),), slots_total=0)
     c = coordinator()

@@ -35,15 +35,15 @@ from .policies import least_loaded, round_robin, swarmd
 
 __all__ = ["markdown", "run"]
 
-# The policies of the comparison; "swarmd+…" rows are what-ifs (see policies.py).
+# The policies of the comparison. "swarmd_readiness_order" is swarmd before ready
+# subtasks were ordered by upward rank; "swarmd+…" rows are what-ifs (see policies.py).
 DAG_POLICIES: dict[str, Callable[[Dag], Schedule]] = {
     "heft": heft,
     "swarmd": swarmd,
     "round_robin": round_robin,
     "least_loaded": least_loaded,
+    "swarmd_readiness_order": lambda d: swarmd(d, readiness_order=True),
     "swarmd+locality": lambda d: swarmd(d, locality=True),
-    "swarmd+cp_order": lambda d: swarmd(d, rank_order=True),
-    "swarmd+both": lambda d: swarmd(d, locality=True, rank_order=True),
 }
 AGENT_POLICIES = ("swarmd", "swarmd_no_aging", "round_robin", "least_loaded")
 
@@ -223,7 +223,8 @@ def markdown(result: dict[str, Any]) -> str:
     parts.append(
         f"Grid: v {grid['v']}, CCR {grid['ccr']}, alpha {grid['alpha']}, beta {grid['beta']},"
         f" processors {grid['procs']}, out-degree {grid['out_degree']}, {grid['seeds']} "
-        "seed(s) per point. `swarmd+…` columns are what-ifs, not swarmd today."
+        "seed(s) per point. `swarmd_readiness_order` is swarmd before it ordered a job's ready "
+        "subtasks by upward rank; `swarmd+…` columns are what-ifs, not swarmd today."
     )
     for name, model in dag["models"].items():
         what = (

@@ -10,7 +10,10 @@ while the data travel — the slot is taken at dispatch, as a swarmd worker's is
 
 * :func:`swarmd` — the real coordinator logic: whenever a processor frees or a task
   becomes ready, the ready tasks are walked in :class:`swarmd.core.queue.ReadyQueue`
-  order (all subtasks of one job share its priority, so this is readiness order), and
+  order (all subtasks of one job share its priority; among them the greater urgency —
+  the upward rank from the run estimates, as :class:`swarmd.core.tasks.Coordinator`
+  computes it — goes first; ``readiness_order=True`` gives every task urgency 0, which
+  is what swarmd did before, so ready tasks go in the order they became ready), and
   each is placed by :func:`swarmd.core.pricing.price` against :class:`PeerCapacity`
   values that mirror the simulated state: one slot per processor, busy or not, the
   declared ``speed`` (related model) or 1.0 (unrelated: a node has no speed that holds
@@ -119,15 +122,12 @@ class _Sim:
         return Schedule(tuple(self.proc), tuple(self.start), tuple(self.finish))
 
 
-def swarmd(dag: Dag, *, locality: bool = False, rank_order: bool = False) -> Schedule:
+def swarmd(dag: Dag, *, locality: bool = False, readiness_order: bool = False) -> Schedule:
     sim = _Sim(dag)
-    # rank_order (a what-if): ready subtasks ordered by their upward rank from the run
-    # estimates instead of readiness, through the queue's deadline key (earliest first).
-    order = _estimated_upward_rank(dag) if rank_order else [0.0] * dag.n
+    urgency = [0.0] * dag.n if readiness_order else _estimated_upward_rank(dag)
 
     def push(task: int, now: float) -> None:
-        deadline = -order[task] if rank_order else None
-        queue.push(("job", str(task)), NORMAL, deadline, now)
+        queue.push(("job", str(task)), NORMAL, None, now, urgency[task])
 
     config = PricingConfig(max_queue=0)  # as swarmd.work.Coordination sets it
     speeds = dag.speeds or (1.0,) * dag.procs
@@ -163,7 +163,7 @@ def swarmd(dag: Dag, *, locality: bool = False, rank_order: bool = False) -> Sch
 
 def _estimated_upward_rank(dag: Dag) -> list[float]:
     """Upward rank from what the coordinator knows: one estimate per task (edges not
-    counted: swarmd has no transfer estimate)."""
+    counted: swarmd has no transfer estimate), as Coordinator's urgency."""
     succ = dag.succ
     rank = [0.0] * dag.n
     for i in reversed(range(dag.n)):

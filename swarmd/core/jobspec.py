@@ -63,9 +63,9 @@ _COMMON_KEYS: Final = (
     "env",
 )
 _KIND_KEYS: Final[Mapping[str, tuple[str, ...]]] = {
-    "shell": ("run", "inputs", "outputs"),
+    "shell": ("run", "inputs", "outputs", "estimate"),
     "llm": ("prompt", "model", "max_tokens", "system"),
-    "python": ("call", "args", "kwargs", "inputs", "outputs"),
+    "python": ("call", "args", "kwargs", "inputs", "outputs", "estimate"),
 }
 _ALL_KEYS: Final = frozenset(_COMMON_KEYS).union(*_KIND_KEYS.values())
 _JOB_KEYS: Final = ("name", "priority", "deadline", "subtask", "subtasks")
@@ -88,6 +88,9 @@ class SubtaskSpec:
     after: tuple[str, ...] = ()
     priority: Priority = "normal"  # the job's priority unless the subtask sets one
     timeout_s: float | None = None
+    # shell/python: about how long it runs on a speed-1 node (a pricing hint); None:
+    # unknown (pricing then takes 1 s). An llm subtask is estimated from its tokens.
+    estimate_s: float | None = None
     retries: int = DEFAULT_RETRIES  # re-dispatches after node failures (not app errors)
     retry_on_error: bool = False
     min_vram: int = 0  # bytes
@@ -470,6 +473,9 @@ class _SubtaskReader:
                 self.error("priority", _bad_priority(value))
         if "timeout" in raw and (seconds := self.duration("timeout")) is not None:
             values["timeout_s"] = seconds
+        estimated = "estimate" in raw and "estimate" in allowed
+        if estimated and (seconds := self.duration("estimate")) is not None:
+            values["estimate_s"] = seconds
         if "retries" in raw and (retries := self.integer("retries", 0, MAX_RETRIES)) is not None:
             values["retries"] = retries
         if "retry_on_error" in raw:
@@ -994,6 +1000,8 @@ def job_to_data(job: JobSpec) -> dict[str, Any]:
         entry["priority"] = s.priority
         if s.timeout_s is not None:
             entry["timeout"] = s.timeout_s
+        if s.estimate_s is not None:
+            entry["estimate"] = s.estimate_s
         entry["retries"] = s.retries
         if s.retry_on_error:
             entry["retry_on_error"] = True

@@ -11,7 +11,10 @@ They are ordered by
    deadline or, both without one, by submit order), after 90 s with a fresh critical
    one;
 2. **deadline** — earliest first, none last (absolute, on the same clock as ``now``);
-3. **submit order** — first pushed, first out.
+3. **urgency** — greater first: the coordinator passes a subtask's upward rank (the
+   estimated seconds of the longest chain from it to the end of its job), so that
+   within a job the critical path goes first, as in list scheduling (HEFT);
+4. **submit order** — first pushed, first out.
 
 ``aging_s = math.inf`` switches aging off. ``now`` must not go backwards between
 pushes; an earlier ``now`` is taken as the latest one seen.
@@ -37,8 +40,9 @@ Key = tuple[str, str]  # (task id, subtask id)
 
 DEFAULT_AGING_S: Final = 30.0
 
-_Leaf = tuple[float, int, int]  # (deadline or inf, submit order, position in the lane)
-_EMPTY: Final[_Leaf] = (math.inf, sys.maxsize, -1)
+# (deadline or inf, -urgency, submit order, position in the lane)
+_Leaf = tuple[float, float, int, int]
+_EMPTY: Final[_Leaf] = (math.inf, math.inf, sys.maxsize, -1)
 _MIN_SIZE: Final = 16
 
 
@@ -49,18 +53,22 @@ class _Entry:
     deadline: float | None
     since: float  # when it was pushed
     seq: int  # submit order
+    urgency: float = 0.0  # greater first, after the deadline
     pos: int = -1  # index in its lane
 
     @property
     def deadline_key(self) -> float:
         return math.inf if self.deadline is None else self.deadline
 
+    def leaf(self) -> _Leaf:
+        return (self.deadline_key, -self.urgency, self.seq, self.pos)
+
 
 class _Lane:
     """The entries of one priority rank, in push order (so ``since`` never decreases).
 
     Removed entries leave a hole (None) until the next compaction. ``tree`` is a segment
-    tree of (deadline, seq, pos) minima over the positions, for "best entry among the
+    tree of (deadline, -urgency, seq, pos) minima over the positions, for "best entry among the
     oldest k" queries.
     """
 
@@ -83,7 +91,7 @@ class _Lane:
         tree = [_EMPTY] * (2 * size)
         for i, entry in enumerate(live):
             entry.pos = i
-            tree[size + i] = (entry.deadline_key, entry.seq, i)
+            tree[size + i] = entry.leaf()
         for i in range(size - 1, 0, -1):
             left, right = tree[2 * i], tree[2 * i + 1]
             tree[i] = left if left < right else right
@@ -109,7 +117,7 @@ class _Lane:
         entry.pos = len(self.entries)
         self.entries.append(entry)
         self.times.append(entry.since)
-        self._set(entry.pos, (entry.deadline_key, entry.seq, entry.pos))
+        self._set(entry.pos, entry.leaf())
         self.live += 1
 
     def delete(self, entry: _Entry) -> None:
@@ -126,7 +134,7 @@ class _Lane:
         return self.entries[self.head] if self.head < len(self.entries) else None
 
     def best(self, lo: int, hi: int) -> _Entry | None:
-        """The entry with the least (deadline, seq) among positions [lo, hi)."""
+        """The entry with the least (deadline, -urgency, seq) among positions [lo, hi)."""
         tree = self.tree
         found = _EMPTY
         left, right = lo + self.size, hi + self.size
@@ -141,11 +149,12 @@ class _Lane:
                     found = tree[right]
             left >>= 1
             right >>= 1
-        return None if found[2] < 0 else self.entries[found[2]]
+        return None if found[3] < 0 else self.entries[found[3]]
 
 
 class ReadyQueue:
-    """Ready subtasks by effective rank (priority with aging), deadline, submit order."""
+    """Ready subtasks by effective rank (priority with aging), deadline, urgency, submit
+    order."""
 
     def __init__(self, aging_s: float = DEFAULT_AGING_S) -> None:
         if not aging_s > 0.0:
@@ -175,7 +184,14 @@ class ReadyQueue:
         entry = self._entries[key]
         return entry.rank - self._level(entry.since, now)
 
-    def push(self, key: Key, priority_rank: int, deadline: float | None, now: float) -> None:
+    def push(
+        self,
+        key: Key,
+        priority_rank: int,
+        deadline: float | None,
+        now: float,
+        urgency: float = 0.0,
+    ) -> None:
         """Queue a ready subtask. Raises ValueError if it is already queued."""
         if key in self._entries:
             raise ValueError(f"subtask {key!r} is already in the ready queue")
@@ -185,9 +201,11 @@ class ReadyQueue:
             raise ValueError(f"priority rank must be >= 0, got {priority_rank!r}")
         if deadline is not None and math.isnan(deadline):
             raise ValueError("deadline must be a time or None, got NaN")
+        if not math.isfinite(urgency):
+            raise ValueError(f"urgency must be a finite number, got {urgency!r}")
         if now > self._clock:
             self._clock = now
-        entry = _Entry(key, priority_rank, deadline, self._clock, self._seq)
+        entry = _Entry(key, priority_rank, deadline, self._clock, self._seq, urgency)
         self._seq += 1
         lane = self._lanes.get(priority_rank)
         if lane is None:
@@ -218,9 +236,7 @@ class ReadyQueue:
             # entries at this effective rank are the prefix [head, end) of the lane.
             end = bisect_right(lane.times, -levels, lane.head, key=minus_level)
             entry = lane.best(lane.head, end)
-            if entry is not None and (
-                best is None or (entry.deadline_key, entry.seq) < (best.deadline_key, best.seq)
-            ):
+            if entry is not None and (best is None or entry.leaf()[:3] < best.leaf()[:3]):
                 best = entry
         return best
 
@@ -254,6 +270,6 @@ class ReadyQueue:
         level = self._level
         entries = sorted(
             self._entries.values(),
-            key=lambda e: (e.rank - level(e.since, now), e.deadline_key, e.seq),
+            key=lambda e: (e.rank - level(e.since, now), e.deadline_key, -e.urgency, e.seq),
         )
         return [e.key for e in entries]

@@ -344,6 +344,9 @@ class TaskRecord:
     dependants: dict[str, tuple[str, ...]]
     error: str | None = None
     remaining: int = 0  # subtasks not final yet
+    # subtask id -> upward rank: estimated seconds from its start to the end of the job
+    # along the longest chain through it; the ready queue's urgency (critical path first)
+    urgency: dict[str, float] = field(default_factory=dict)
 
     @property
     def final(self) -> bool:
@@ -422,6 +425,9 @@ class NodeLoad:
     models: Mapping[str, int]  # llm attempts per model profile
 
 
+_Kind: TypeAlias = tuple[Demand | None, frozenset[str]]  # a queued demand, failed nodes
+
+
 class UnknownTask(KeyError):
     pass
 
@@ -478,6 +484,10 @@ class Coordinator:
         self._in_flight: dict[Key, SubtaskRecord] = {}  # subtasks with an attempt out
         self._open: dict[str, TaskRecord] = {}  # unfinished tasks
         self._backoff: dict[Key, float] = {}  # ready subtasks waiting until a time
+        # What each queued subtask asks of a peer, and how many queued ask each: lets a
+        # schedule pass stop once every kind of queued demand has found no peer.
+        self._queued_kind: dict[Key, _Kind] = {}
+        self._queued_kinds: Counter[_Kind] = Counter()
 
     # ------------------------------------------------------------ bookkeeping
 
@@ -519,11 +529,16 @@ class Coordinator:
     def _new_task(self, task_id: str, job: JobSpec, submitted: float) -> TaskRecord:
         if len(set(job.ids)) != len(job.subtasks):
             raise JobError("subtask ids must be unique")
-        topological_order(job)  # JobError on unknown deps or a cycle
+        order = topological_order(job)  # JobError on unknown deps or a cycle
         dependants: dict[str, list[str]] = {s.id: [] for s in job.subtasks}
         for s in job.subtasks:
             for dep in dict.fromkeys(s.after):
                 dependants[dep].append(s.id)
+        specs = {s.id: s for s in job.subtasks}
+        urgency: dict[str, float] = {}
+        for sid in reversed(order):  # every dependant first
+            below = max((urgency[d] for d in dependants[sid]), default=0.0)
+            urgency[sid] = self._estimate_s(specs[sid]) + below
         deadline = None if job.deadline_s is None else submitted + job.deadline_s
         return TaskRecord(
             id=task_id,
@@ -535,7 +550,19 @@ class Coordinator:
             subtasks={s.id: SubtaskRecord(task_id, s) for s in job.subtasks},
             dependants={k: tuple(v) for k, v in dependants.items()},
             remaining=len(job.subtasks),
+            urgency=urgency,
         )
+
+    def _estimate_s(self, spec: SubtaskSpec) -> float:
+        """A subtask's run estimate before anything is known of where it runs: its
+        ``estimate`` (or the default) for shell/python, its token budget at the default
+        rate for llm. Only the ratios matter: it orders a job's ready subtasks."""
+        if spec.kind == "llm":
+            max_tokens = spec.max_tokens if spec.max_tokens is not None else DEFAULT_MAX_TOKENS
+            return max_tokens / self.pricing.default_tokens_per_s
+        if spec.estimate_s is not None:
+            return spec.estimate_s
+        return self.pricing.default_shell_s
 
     # ------------------------------------------------------------ submit
 
@@ -619,6 +646,7 @@ class Coordinator:
             min_ram=spec.min_ram,
             node=spec.node,
             est_tokens=est_tokens,
+            est_seconds=spec.estimate_s,
         )
         return None
 
@@ -634,8 +662,22 @@ class Coordinator:
             self._backoff[key] = not_before
         if key not in self._queue:
             rank = PRIORITY_RANK.get(rec.spec.priority, PRIORITY_RANK["normal"])
-            self._queue.push(key, rank, task.deadline, now)
+            self._queue.push(key, rank, task.deadline, now, task.urgency.get(rec.id, 0.0))
+        self._unkind(key)
+        kind = self._queued_kind[key] = (rec.demand, rec.failed_nodes())
+        self._queued_kinds[kind] += 1
         self._touch(batch, task, rec)
+
+    def _unkind(self, key: Key) -> None:
+        kind = self._queued_kind.pop(key, None)
+        if kind is not None:
+            self._queued_kinds[kind] -= 1
+            if not self._queued_kinds[kind]:
+                del self._queued_kinds[kind]
+
+    def _unqueue(self, key: Key) -> None:
+        self._queue.remove(key)
+        self._unkind(key)
 
     # ------------------------------------------------------------ schedule
 
@@ -643,12 +685,18 @@ class Coordinator:
         """One placement pass: walk the ready queue in order, price each subtask that
         is not backing off against ``peers`` and dispatch it to the winner. What cannot
         be placed now stays ready (its placement is kept for explain). Within the pass
-        each dispatch counts as one more busy slot (or model request) on its node."""
+        each dispatch counts as one more busy slot (or model request) on its node.
+
+        The pass stops early once every kind of queued demand (demand and failed
+        nodes) has found no peer: dispatches only make peers busier, so nothing after
+        that could be placed in this pass (and a queue of 10,000 subtasks costs a walk
+        of the few first ones, not of all of them, each time a slot frees)."""
         batch = _Batch()
         if not len(self._queue):
             return []
         view = {p.node_id: p for p in peers}
         infeasible: dict[tuple[Demand, frozenset[str]], Placement] = {}
+        blocked: set[_Kind] = set()
         for key in self._queue.ordered(now):
             task = self._tasks[key[0]]
             rec = task.subtasks[key[1]]
@@ -657,8 +705,11 @@ class Coordinator:
             placement = self._price(rec, list(view.values()), infeasible)
             winner = placement.winner
             if winner is None:
+                blocked.add(self._queued_kind[key])
+                if len(blocked) == len(self._queued_kinds):
+                    break
                 continue
-            self._queue.remove(key)
+            self._unqueue(key)
             rest = tuple(
                 c for c in placement.candidates if c.feasible and c.node_id != winner.node_id
             )
@@ -1007,7 +1058,7 @@ class Coordinator:
         rec.round = ()
         rec.refused_by.clear()
         key = (task.id, rec.id)
-        self._queue.remove(key)
+        self._unqueue(key)
         self._in_flight.pop(key, None)
         self._backoff.pop(key, None)
         self._touch(batch, task, rec)
