@@ -18,18 +18,27 @@ The prefix is ``swt<pid>n<seq>``: unique per process and per ``Lan`` within a pr
 is gone (an aborted pytest), and is called before a new ``Lan`` is built.
 
 A partition is an nftables table in the host's namespace that drops everything in and out
-except on ``lo``; healing deletes the table. (``tc netem`` is not available on the
-machines this runs on; nft is.)
+except on ``lo``; healing deletes the table. Packet loss is another table that drops a
+random share of the packets (``numgen random mod 100 < N drop``) in and out of the host,
+again sparing ``lo``. (``tc netem`` is not available on the machines this runs on; nft
+is. Delay is a userspace forwarder: ``tests/delay.py``.)
+
+:meth:`Lan.new_socket` makes a socket *inside* a host's namespace from this process (a
+thread that has ``setns``-ed into it creates it; a socket stays in the namespace it was
+created in), so a test can listen and dial on the LAN without a helper process.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import ctypes
 import itertools
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 from collections.abc import Sequence
 from typing import Any
@@ -37,6 +46,8 @@ from typing import Any
 SUBNET = "10.77.0"
 PREFIX_LEN = 24
 PARTITION_TABLE = "swarmt_partition"
+LOSS_TABLE = "swarmt_loss"
+CLONE_NEWNET = 0x40000000
 _NAME = re.compile(r"^swt(\d+)n(\d+)-(br|h\d+)$")
 _seq = itertools.count(1)
 
@@ -52,6 +63,39 @@ table inet {PARTITION_TABLE} {{
     }}
 }}
 """
+
+
+def loss_rules(percent: int) -> str:
+    """An nft table dropping ``percent`` % of the packets in and out (not on ``lo``)."""
+    if not 0 <= percent <= 100:
+        raise ValueError("percent must be 0..100")
+    drop = f"numgen random mod 100 < {percent} drop"
+    return f"""
+table inet {LOSS_TABLE} {{
+    chain input {{
+        type filter hook input priority -200; policy accept;
+        iifname "lo" accept
+        {drop}
+    }}
+    chain output {{
+        type filter hook output priority -200; policy accept;
+        oifname "lo" accept
+        {drop}
+    }}
+}}
+"""
+
+
+def _enter_namespace(name: str) -> None:
+    """Move the calling thread into network namespace ``name`` (``setns(2)``)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns({name}): {os.strerror(err)}")
+    finally:
+        os.close(fd)
 
 
 class NetnsError(RuntimeError):
@@ -140,6 +184,8 @@ class Lan:
         self.bridge_ns = f"{self.prefix}-br"
         self.created: list[str] = []
         self.partitioned: set[int] = set()
+        self.lossy: dict[int, int] = {}  # host -> percent of packets dropped
+        self._threads: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
         try:
             self._build()
         except BaseException:
@@ -217,6 +263,53 @@ class Lan:
         self.run(host, ["nft", "delete", "table", "inet", PARTITION_TABLE])
         self.partitioned.discard(host)
 
+    def add_loss(self, host: int, percent: int) -> None:
+        """Drop ``percent`` % of the packets in and out of ``host`` (not on ``lo``)."""
+        self.run(host, ["nft", "-f", "-"], stdin=loss_rules(percent))
+        self.lossy[host] = percent
+
+    def remove_loss(self, host: int) -> None:
+        """Undo :meth:`add_loss`."""
+        self.run(host, ["nft", "delete", "table", "inet", LOSS_TABLE])
+        self.lossy.pop(host, None)
+
+    def heal_all(self) -> None:
+        """Remove every partition and loss table this Lan may have added (idempotent)."""
+        for host in self.hosts:
+            for table in (PARTITION_TABLE, LOSS_TABLE):
+                _run(self.command(host, ["nft", "delete", "table", "inet", table]), check=False)
+        self.partitioned.clear()
+        self.lossy.clear()
+
+    def new_socket(self, host: int, kind: socket.SocketKind = socket.SOCK_STREAM) -> socket.socket:
+        """A new IPv4 socket in ``host``'s namespace (bind, listen or connect it anywhere)."""
+        pool = self._threads.get(host)
+        if pool is None:
+            pool = concurrent.futures.ThreadPoolExecutor(
+                1,
+                thread_name_prefix=f"netns-h{host}",
+                initializer=_enter_namespace,
+                initargs=(self.ns(host),),
+            )
+            self._threads[host] = pool
+        return pool.submit(socket.socket, socket.AF_INET, kind).result(timeout=20)
+
+    def pids(self, host: int) -> list[int]:
+        """Processes running in ``host``'s namespace."""
+        out = _run(["ip", "netns", "pids", self.ns(host)], check=False)
+        return [int(p) for p in out.split() if p.isdigit()]
+
+    def kill_all(self) -> list[int]:
+        """SIGKILL every process left in this Lan's namespaces (orphaned subtask processes,
+        pool workers of a killed daemon); returns their pids."""
+        killed = []
+        for name in self.created:
+            for pid_text in _run(["ip", "netns", "pids", name], check=False).split():
+                with contextlib.suppress(OSError, ValueError):
+                    os.kill(int(pid_text), signal.SIGKILL)
+                    killed.append(int(pid_text))
+        return killed
+
     # ------------------------------------------------------------------ teardown
 
     def close(self) -> None:
@@ -226,6 +319,9 @@ class Lan:
         processes still in it loses its name here and disappears when they exit.
         """
         errors: list[str] = []
+        for pool in self._threads.values():
+            pool.shutdown(wait=True, cancel_futures=True)
+        self._threads.clear()
         for name in reversed(self.created):
             try:
                 _run(["ip", "netns", "del", name])
