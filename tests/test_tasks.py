@@ -258,10 +258,9 @@ def test_redispatch_after_peer_death_goes_to_another_peer() -> None:
     fx = c.on_peer_dead("A", now=1.0)
     assert of(fx, Dispatch) == []
     assert states(c, "t1")["a"] == "ready"
-    assert c.next_wakeup(1.0) == 1.5  # backoff base 0.5 s
-    assert c.schedule(PEERS, now=1.4) == []  # still backing off
-    # A is back (alive in the view) but it failed this subtask: B is preferred.
-    second = one(c.schedule(PEERS, now=1.5), Dispatch)
+    # A first loss is retried at once (no backoff). A is back (alive in the view) but
+    # it failed this subtask: B is preferred.
+    second = one(c.schedule(PEERS, now=1.0), Dispatch)
     assert (second.node_id, second.attempt) == ("B", 2)
     assert c.counters["redispatched"] == 1 and c.counters["lost"] == 1
 
@@ -275,6 +274,21 @@ def test_redispatch_after_peer_death_goes_to_another_peer() -> None:
     assert row["attempts"] == 2 and row["peer"] == "B" and row["state"] == "done"
     assert c.result("t1")["subtasks"]["a"]["stdout"] == "from B"
     assert c.explain("t1")["subtasks"][0]["reasons"] == ["attempt 1 on A: node lost"]
+
+
+def test_only_the_first_loss_skips_the_backoff() -> None:
+    c = coordinator()
+    c.submit("t1", job(sh("a", retries=5)), now=0.0)
+    first = one(c.schedule(PEERS, now=0.0), Dispatch)
+    c.on_peer_dead(first.node_id, now=1.0)
+    second = one(c.schedule(PEERS, now=1.0), Dispatch)  # at once
+    c.on_peer_dead(second.node_id, now=2.0)
+    assert c.schedule(PEERS, now=2.0) == []
+    assert c.next_wakeup(2.0) == 3.0  # the second failure: backoff(2) = 1 s
+    assert c.schedule(PEERS, now=2.9) == []
+    # a wait that ended a hair early: the expired backoff asks for a pass now
+    assert c.next_wakeup(3.01) == 3.01
+    assert one(c.schedule(PEERS, now=3.01), Dispatch).attempt == 3
 
 
 def test_failed_node_is_reused_when_it_is_the_only_feasible_one() -> None:
@@ -693,7 +707,8 @@ def test_restore_keeps_backoff_deadline_and_counts_bad_records() -> None:
     fx = store.apply(c.schedule([A], now=0.0))
     x = one([d for d in of(fx, Dispatch) if d.task_id == "t2"], Dispatch)
     store.apply(answer(c, x, ok(), 0.5))
-    store.apply(c.on_peer_dead("A", now=1.0))
+    a1 = one([d for d in of(fx, Dispatch) if d.task_id == "t1"], Dispatch)
+    store.apply(answer(c, a1, Result(error="executor crashed"), 1.0))  # backs off 0.5 s
     store.apply(c.forget("t2"))
     records = [
         *store.records(),

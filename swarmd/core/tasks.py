@@ -30,10 +30,11 @@ Rules:
 * **Node failures** end the attempt: ``on_peer_dead`` and a lapsed lease mark it
   "lost"; a result that carries an ``error`` but is not an application failure
   (endpoint down, executor crashed) marks it "failed" and is never committed. The
-  subtask is retried after an exponential backoff
-  (``backoff_base_s * backoff_factor ** (n - 1)``, at most ``backoff_max_s``, for the
-  n-th failure) up to ``spec.retries`` times, on another peer while another is
-  feasible; then it fails with every reason kept.
+  subtask is retried up to ``spec.retries`` times, on another peer while another is
+  feasible, after an exponential backoff (``backoff_base_s * backoff_factor ** (n - 1)``,
+  at most ``backoff_max_s``, for the n-th failure) — except when the first failure is
+  a lost attempt: that retry goes at once (the peer is gone, not the subtask at fault).
+  Then it fails with every reason kept.
 * **Application failures** (``Result.app_failed``: non-zero exit, HTTP 4xx, an
   exception in a python call) are committed as the subtask's failed result, unless
   ``retry_on_error``: then they are retried like node failures.
@@ -969,8 +970,12 @@ class Coordinator:
         for key, not_before in list(self._backoff.items()):
             if not_before > now and key in self._queue:
                 times.append(not_before)
-            else:
-                del self._backoff[key]
+                continue
+            if key in self._queue:
+                # Ended since the last pass looked (a wait that woke a little early):
+                # a pass is due now, not at the caller's idle interval.
+                times.append(now)
+            del self._backoff[key]
         return min(times, default=None)
 
     # ------------------------------------------------------------ transitions
@@ -999,7 +1004,10 @@ class Coordinator:
         if rec.failures <= rec.spec.retries:
             self.counters["retries"] += 1
             rec.retrying = True
-            delay = self.config.backoff(rec.failures)
+            # A peer lost with the attempt is not the subtask's fault and that peer is
+            # now excluded: the first such retry goes at once. Every later one backs off.
+            first_loss = state == "lost" and rec.failures == 1
+            delay = 0.0 if first_loss else self.config.backoff(rec.failures)
             self._requeue(batch, task, rec, now, now + delay)
             return
         self.counters["retries_exhausted"] += 1
