@@ -46,6 +46,33 @@ _SUSPECT = Liveness.SUSPECT
 _DEAD = Liveness.DEAD
 _LEFT = Liveness.LEFT
 
+# Gossiped values are checked on every receipt, and most are scalars that arrive again
+# and again (addresses, names, status, counts): a scalar's verdict is remembered. The
+# check is a pure function of (key, value), so this changes nothing but the time taken.
+_SCALARS: frozenset[type] = frozenset({str, int, float, bool, type(None)})
+_SCALAR_VERDICTS_MAX = 65536
+_scalar_verdicts: dict[tuple[str, type, Any], bool] = {}
+
+
+def _valid_value(key: str, value: Any) -> bool:
+    """Whether ``validate_state_value(key, value)`` accepts the value."""
+    kind = type(value)
+    if kind in _SCALARS:
+        cache_key = (key, kind, value)
+        verdict = _scalar_verdicts.get(cache_key)
+        if verdict is not None:
+            return verdict
+    try:
+        validate_state_value(key, value)
+        verdict = True
+    except msgspec.ValidationError:
+        verdict = False
+    if kind in _SCALARS:
+        if len(_scalar_verdicts) >= _SCALAR_VERDICTS_MAX:
+            _scalar_verdicts.clear()
+        _scalar_verdicts[cache_key] = verdict
+    return verdict
+
 
 @dataclass(frozen=True, slots=True)
 class GossipConfig:
@@ -347,9 +374,7 @@ class Gossip:
     def _valid(self, nd: NodeDelta) -> NodeDelta:
         good: list[KV] = []
         for kv in nd.kvs:
-            try:
-                validate_state_value(kv.key, kv.value)
-            except msgspec.ValidationError:
+            if not _valid_value(kv.key, kv.value):
                 self.counters["invalid_state"] += 1
                 continue
             good.append(kv)

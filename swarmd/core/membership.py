@@ -43,7 +43,8 @@ class NodeState:
 
     def __post_init__(self) -> None:
         if self.max_version < 0:
-            self.max_version = max((v.version for v in self.kvs.values()), default=0)
+            kvs = self.kvs
+            self.max_version = max(v.version for v in kvs.values()) if kvs else 0
 
     def get(self, key: str, default: Any = None) -> Any:
         item = self.kvs.get(key)
