@@ -7,8 +7,11 @@ One coordinator (it runs no work itself) and two worker daemons, each with
 (``operator:truth``), from submit until the task is done. Latency: single-subtask
 tasks submitted one after another, each timed from submit until its status says
 done (polled every millisecond over the local control socket; the throughput run polls
-every 50 ms so the measuring client does not load the coordinator).
-Writes bench/results/dispatch.json.
+the task list, a summary, every 50 ms so the measuring client does not load the
+coordinator). Writes bench/results/dispatch.json.
+
+Importable: :func:`measure` runs both and returns the result dict (``bench/compare.py``
+uses it); :class:`Swarm` starts and stops the three daemons.
 """
 
 from __future__ import annotations
@@ -20,111 +23,205 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-from protocol.messages import SubmitReply, SubmitRequest, TaskReply, TaskRequest  # noqa: E402
+from protocol.messages import (  # noqa: E402
+    SubmitReply,
+    SubmitRequest,
+    TaskReply,
+    TaskRequest,
+    TasksReply,
+    TasksRequest,
+)
 from swarmctl.client import Client  # noqa: E402
 from tests.harness import Daemon, new_secret, wait_until  # noqa: E402
 
 NOOP = {"kind": "python", "call": "operator:truth", "args": [1]}
+FINAL = ("done", "failed", "cancelled")
 
 
 def job(n: int) -> dict[str, Any]:
     return {"name": f"noop-{n}", "subtasks": [{"id": f"s{i}", **NOOP} for i in range(n)]}
 
 
+def percentile(sorted_values: list[float], q: float) -> float:
+    """The nearest-rank ``q`` quantile (0..1) of an already sorted list."""
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
 def wait_done(client: Client, task: str, poll_s: float, timeout: float) -> dict[str, Any]:
+    """Poll the task's full status until it is final (cheap for small tasks only)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         reply = client.request(TaskRequest(task=task, what="status"))
         assert isinstance(reply, TaskReply)
-        if reply.body["state"] in ("done", "failed", "cancelled"):
+        if reply.body["state"] in FINAL:
             return reply.body
         time.sleep(poll_s)
     raise TimeoutError(task)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--subtasks", type=int, default=2000)
-    parser.add_argument("--sequential", type=int, default=100)
-    parser.add_argument("--slots", type=int, default=4)
-    args = parser.parse_args()
-    secret = new_secret()
-    with tempfile.TemporaryDirectory(prefix="swarmd-bench-") as tmp:
-        root = Path(tmp)
-        worker_cfg = f"[node]\nmax_concurrency = {args.slots}\n"
-        nodes = [
+def wait_final(client: Client, task: str, poll_s: float, timeout: float) -> str:
+    """Poll the task list (one summary row per task) until ``task`` is final; its state.
+
+    The full status of a 10,000-subtask task is a 10,000-row reply: polling it every
+    50 ms would cost the coordinator more than the dispatching it measures.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reply = client.request(TasksRequest())
+        assert isinstance(reply, TasksReply)
+        for row in reply.tasks:
+            if row["id"] == task and row["state"] in FINAL:
+                return str(row["state"])
+        time.sleep(poll_s)
+    raise TimeoutError(task)
+
+
+class Swarm:
+    """A coordinator that runs no work and two workers with ``slots`` slots each."""
+
+    def __init__(self, root: Path, slots: int = 4) -> None:
+        secret = new_secret()
+        worker_cfg = f"[node]\nmax_concurrency = {slots}\n"
+        self.slots = slots
+        self.nodes = [
             Daemon(root, "coord", secret=secret, config="[node]\nallow_shell = false\n"),
             Daemon(root, "w1", secret=secret, config=worker_cfg),
             Daemon(root, "w2", secret=secret, config=worker_cfg),
         ]
+        self.client: Client | None = None
+
+    @property
+    def coord(self) -> Daemon:
+        return self.nodes[0]
+
+    def start(self) -> Client:
+        for d in self.nodes:
+            d.start()
+        for d in self.nodes:
+            d.wait_ready()
+        names = {d.name: "alive" for d in self.nodes}
+        wait_until(lambda: all(d.states() == names for d in self.nodes), 15, what="membership")
+        self.client = Client(self.coord.state_dir, timeout_s=60)
+        return self.client
+
+    def stop(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+        for d in self.nodes:
+            d.stop()
+
+    def __enter__(self) -> Client:
         try:
-            for d in nodes:
-                d.start()
-            for d in nodes:
-                d.wait_ready()
-            names = {"coord": "alive", "w1": "alive", "w2": "alive"}
-            wait_until(lambda: all(d.states() == names for d in nodes), 15)
-            coord = nodes[0]
-            client = Client(coord.state_dir, timeout_s=30)
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
 
-            # warm up: start the python worker processes on both workers
-            reply = client.request(SubmitRequest(job=job(2 * args.slots * 2)))
-            assert isinstance(reply, SubmitReply)
-            wait_done(client, reply.task, 0.05, 120)
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
 
-            started = time.perf_counter()
-            reply = client.request(SubmitRequest(job=job(args.subtasks)))
-            assert isinstance(reply, SubmitReply)
-            submitted = time.perf_counter()
-            status = wait_done(client, reply.task, 0.05, 600)
-            elapsed = time.perf_counter() - started
-            assert status["state"] == "done", status
-            per_peer: dict[str, int] = {}
-            for sub in status["subtasks"]:
-                per_peer[sub["peer"]] = per_peer.get(sub["peer"], 0) + 1
-            throughput = args.subtasks / elapsed
-            print(
-                f"throughput: {args.subtasks} python no-op subtasks in {elapsed:.2f} s = "
-                f"{throughput:.0f}/s (submit took {submitted - started:.3f} s; per worker "
-                f"{per_peer})"
-            )
 
-            latencies = []
-            for _ in range(args.sequential):
-                t0 = time.perf_counter()
-                reply = client.request(SubmitRequest(job=job(1)))
-                assert isinstance(reply, SubmitReply)
-                status = wait_done(client, reply.task, 0.001, 60)
-                latencies.append(time.perf_counter() - t0)
-                assert status["state"] == "done"
-            latencies.sort()
-            median = statistics.median(latencies)
-            p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
-            print(
-                f"sequential submit-to-result: median {median * 1000:.1f} ms, "
-                f"p99 {p99 * 1000:.1f} ms (n={len(latencies)})"
-            )
-            counters = coord.counters()
-            client.close()
-        finally:
-            for d in nodes:
-                d.stop()
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    result = {
-        "subtasks": args.subtasks,
-        "slots_per_worker": args.slots,
-        "throughput_per_s": round(throughput, 1),
-        "elapsed_s": round(elapsed, 3),
+def submit(client: Client, n: int) -> str:
+    reply = client.request(SubmitRequest(job=job(n)))
+    assert isinstance(reply, SubmitReply), reply
+    return reply.task
+
+
+def warm_up(client: Client, slots: int) -> None:
+    """Start the python worker processes on both workers."""
+    wait_done(client, submit(client, 2 * slots * 2), 0.05, 120)
+
+
+def throughput(client: Client, subtasks: int, timeout: float = 1800) -> dict[str, Any]:
+    """One job of ``subtasks`` no-ops, from submit until done."""
+    started = time.perf_counter()
+    task = submit(client, subtasks)
+    submitted = time.perf_counter()
+    state = wait_final(client, task, 0.05, timeout)
+    elapsed = time.perf_counter() - started
+    assert state == "done", state
+    status = wait_done(client, task, 0, 60)
+    per_peer: dict[str, int] = {}
+    for sub in status["subtasks"]:
+        per_peer[sub["peer"]] = per_peer.get(sub["peer"], 0) + 1
+    return {
+        "subtasks": subtasks,
+        "elapsed_s": elapsed,
+        "submit_s": submitted - started,
+        "throughput_per_s": subtasks / elapsed,
+        "per_peer": per_peer,
+    }
+
+
+def latencies(client: Client, n: int) -> list[float]:
+    """``n`` one-subtask tasks one after another, seconds from submit to done, sorted
+    (after one that is not counted)."""
+    wait_done(client, submit(client, 1), 0.001, 60)
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        status = wait_done(client, submit(client, 1), 0.001, 60)
+        out.append(time.perf_counter() - t0)
+        assert status["state"] == "done", status
+    return sorted(out)
+
+
+def measure(subtasks: int, sequential: int, slots: int = 4, log: bool = True) -> dict[str, Any]:
+    """Start the three daemons, measure throughput and latency, stop them."""
+    with tempfile.TemporaryDirectory(prefix="swarmd-bench-") as tmp:
+        swarm = Swarm(Path(tmp), slots)
+        with swarm as client:
+            warm_up(client, slots)
+            tp = throughput(client, subtasks)
+            if log:
+                print(
+                    f"throughput: {subtasks} python no-op subtasks in {tp['elapsed_s']:.2f} s = "
+                    f"{tp['throughput_per_s']:.0f}/s (submit took {tp['submit_s']:.3f} s; per "
+                    f"worker {tp['per_peer']})",
+                    flush=True,
+                )
+            lat = latencies(client, sequential)
+            counters = swarm.coord.counters()
+    median = statistics.median(lat)
+    p99 = percentile(lat, 0.99)
+    if log:
+        print(
+            f"sequential submit-to-result: median {median * 1000:.1f} ms, "
+            f"p99 {p99 * 1000:.1f} ms (n={len(lat)})",
+            flush=True,
+        )
+    return {
+        "subtasks": subtasks,
+        "slots_per_worker": slots,
+        "throughput_per_s": round(tp["throughput_per_s"], 1),
+        "elapsed_s": round(tp["elapsed_s"], 3),
+        "submit_s": round(tp["submit_s"], 3),
         "latency_median_ms": round(median * 1000, 2),
         "latency_p99_ms": round(p99 * 1000, 2),
+        "sequential": len(lat),
         "journal_writes": counters.get("journal_writes"),
     }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--subtasks", type=int, default=2000)
+    parser.add_argument("--sequential", type=int, default=100)
+    parser.add_argument("--slots", type=int, default=4)
+    args = parser.parse_args()
+    result = measure(args.subtasks, args.sequential, args.slots)
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
     (out / "dispatch.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out / 'dispatch.json'}")
 
