@@ -220,6 +220,49 @@ def test_urgency_orders_after_deadline_before_submit_order() -> None:
         q.push(k("nan"), NORMAL, None, now=0.0, urgency=math.nan)
 
 
+@settings(max_examples=100, deadline=None)
+@given(
+    items=st.lists(
+        st.tuples(st.integers(0, 3), st.none() | st.integers(0, 5).map(float), st.integers(0, 3)),
+        min_size=1,
+        max_size=60,
+    ),
+    drop=st.sets(st.integers(0, 59)),
+    now=st.sampled_from([0.0, 3.0, 100.0]),
+)
+def test_walk_while_removing_matches_the_order_without_the_removed(
+    items: list[tuple[int, float | None, int]], drop: set[int], now: float
+) -> None:
+    """A scheduling pass removes what it places (yielded keys) and a cancel may remove
+    keys not yet reached: the walk yields the rest, in order, each once."""
+    q = ReadyQueue(aging_s=2.0)
+    for i, (rank, deadline, urgency) in enumerate(items):
+        q.push(k(str(i)), rank, deadline, now=float(i) * 0.5, urgency=float(urgency))
+    full = q.ordered(now)
+    dropped = {k(str(i)) for i in drop if i < len(items)}
+    seen = []
+    for n, key in enumerate(q.walk(now)):
+        seen.append(key)
+        if n % 2 == 0:
+            q.remove(key)  # placed
+        if n == 1:
+            for d in dropped:  # cancelled mid-walk
+                q.remove(d)
+    late = set(dropped) - set(seen[:2])
+    assert seen == [key for key in full if key not in late]
+
+
+def test_pushing_during_a_walk_is_refused() -> None:
+    q = ReadyQueue()
+    q.push(k("a"), NORMAL, None, now=0.0)
+    q.push(k("b"), NORMAL, None, now=0.0)
+    walk = q.walk(0.0)
+    assert next(walk) == k("a")
+    q.push(k("c"), NORMAL, None, now=0.0)
+    with pytest.raises(RuntimeError, match="during a walk"):
+        next(walk)
+
+
 def test_ten_thousand_items() -> None:
     rng = random.Random(7)
     q = ReadyQueue(aging_s=30.0)

@@ -257,7 +257,7 @@ def _swarmd(jobs: Sequence[Job], nodes: Sequence[Node], aging_s: float) -> list[
             job = by_id[arrivals.popleft()[1]]
             queue.push(("agent", str(job.id)), job.rank, job.deadline, now)
         infeasible: set[tuple[str, int]] = set()
-        for key in queue.ordered(now):
+        for key in queue.walk(now):
             if not any(cluster.free(n, p) for n, p in cluster.in_flight):
                 break
             job = by_id[int(key[1])]

@@ -137,7 +137,7 @@ def swarmd(dag: Dag, *, locality: bool = False, readiness_order: bool = False) -
         push(task, now)
     while True:
         if any(sim.free):
-            for key in queue.ordered(now):
+            for key in queue.walk(now):
                 if not any(sim.free):
                     break  # every peer is full: nothing else is feasible this pass
                 task = int(key[1])

@@ -19,18 +19,21 @@ They are ordered by
 ``aging_s = math.inf`` switches aging off. ``now`` must not go backwards between
 pushes; an earlier ``now`` is taken as the latest one seen.
 
-:meth:`ReadyQueue.ordered` gives the whole order for one scheduling pass (the
-coordinator walks it and may skip what it cannot place now); :meth:`ReadyQueue.pop`
-takes the first. Costs: push, pop, peek and remove are O(log n) amortised (one lane per
-rank in push order, with a min-tree over (deadline, submit order)); ``ordered`` is
-O(n log n).
+:meth:`ReadyQueue.walk` yields the order lazily for one scheduling pass (the
+coordinator walks it, may skip what it cannot place now and stops when nothing more
+fits); :meth:`ReadyQueue.ordered` is the whole list; :meth:`ReadyQueue.pop` takes the
+first. Costs: push, pop, peek and remove are O(log n) amortised (one lane per rank in
+push order, with a min-tree over (deadline, -urgency, submit order)); a walk costs
+O(log n) per subtask it yields.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 import sys
 from bisect import bisect_right
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
 
@@ -266,10 +269,51 @@ class ReadyQueue:
         self._lanes[entry.rank].delete(entry)
 
     def ordered(self, now: float) -> list[Key]:
-        """Every queued subtask, first to last at ``now`` (one scheduling pass)."""
+        """Every queued subtask, first to last at ``now`` (one sort: cheaper than a
+        whole :meth:`walk` when every entry is wanted)."""
         level = self._level
         entries = sorted(
             self._entries.values(),
             key=lambda e: (e.rank - level(e.since, now), e.deadline_key, -e.urgency, e.seq),
         )
         return [e.key for e in entries]
+
+    def walk(self, now: float) -> Iterator[Key]:
+        """The queued subtasks, first to last at ``now``, produced lazily: a scheduling
+        pass that stops after k subtasks costs O(k log n), not a sort of the queue.
+
+        The caller may :meth:`remove` keys while walking (those yielded or not: a
+        removed key is not yielded); pushing during a walk ends it with RuntimeError.
+        Each lane splits into runs of equal effective rank (levels only fall along a
+        lane); a heap holds the best entry of each run's unvisited ranges, found with
+        the lane's (deadline, -urgency, seq) segment tree.
+        """
+        pushes = self._seq
+        heap: list[tuple[int, float, float, int, _Lane, int, int, _Entry]] = []
+
+        def add(effective: int, lane: _Lane, lo: int, hi: int) -> None:
+            if lo < hi and (entry := lane.best(lo, hi)) is not None:
+                leaf = (effective, entry.deadline_key, -entry.urgency, entry.seq)
+                heapq.heappush(heap, (*leaf, lane, lo, hi, entry))
+
+        def minus_level(since: float) -> int:
+            return -self._level(since, now)
+
+        for rank, lane in self._lanes.items():
+            lo, end = lane.head, len(lane.entries)
+            while lo < end:
+                levels = self._level(lane.times[lo], now)
+                hi = bisect_right(lane.times, -levels, lo, end, key=minus_level)
+                add(rank - levels, lane, lo, hi)
+                lo = hi
+        while heap:
+            effective, _, _, _, lane, lo, hi, entry = heapq.heappop(heap)
+            if self._seq != pushes:
+                raise RuntimeError("the ready queue was pushed to during a walk")
+            if self._entries.get(entry.key) is not entry:  # removed since it was found
+                add(effective, lane, lo, hi)
+                continue
+            pos = entry.pos
+            yield entry.key
+            add(effective, lane, lo, pos)
+            add(effective, lane, pos + 1, hi)

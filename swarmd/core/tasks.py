@@ -698,7 +698,7 @@ class Coordinator:
         view = {p.node_id: p for p in peers}
         infeasible: dict[tuple[Demand, frozenset[str]], Placement] = {}
         blocked: set[_Kind] = set()
-        for key in self._queue.ordered(now):
+        for key in self._queue.walk(now):
             task = self._tasks[key[0]]
             rec = task.subtasks[key[1]]
             if rec.not_before > now or rec.demand is None:
