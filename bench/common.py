@@ -9,6 +9,7 @@ network namespaces the bench creates), never to a real interface.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import signal
@@ -74,6 +75,15 @@ def fmt_summary(s: dict[str, Any] | None, digits: int = 2) -> str:
         f"{s['median']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f}, "
         f"p90 {s['p90']:.{digits}f})"
     )
+
+
+def save(name: str, result: dict[str, Any]) -> Path:
+    """Write one section's result to bench/results/NAME.json; the path."""
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
 
 
 def table(head: Sequence[str], rows: Iterable[Sequence[object]]) -> str:

@@ -24,7 +24,6 @@ its resolution is one polling sweep (recorded as ``sweep_ms``).
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import tempfile
@@ -35,7 +34,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ROOT, Poller, daemons, fmt_summary, load, summary, table
+from bench.common import Poller, daemons, fmt_summary, load, save, summary, table
 from tests.harness import Daemon, new_secret
 
 FORM_TIMEOUT_S = 120.0
@@ -318,9 +317,7 @@ def main() -> None:
         return None if text is None else tuple(int(x) for x in text.split(",") if x)
 
     result = run(args.quick, ints(args.sizes), ints(args.mdns_sizes), args.trials)
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "discovery.json").write_text(json.dumps(result, indent=2) + "\n")
+    save("discovery", result)
     print(markdown(result))
 
 

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import random
 import sys
@@ -54,13 +53,13 @@ if __package__ in (None, ""):
 
 from bench.common import (
     REFERENCES,
-    ROOT,
     Poller,
     daemons,
     descendants,
     fmt_summary,
     load,
     poll_until,
+    save,
     summary,
     table,
 )
@@ -392,9 +391,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int)
     args = parser.parse_args()
     result = run(args.quick, args.trials)
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "failover.json").write_text(json.dumps(result, indent=2) + "\n")
+    save("failover", result)
     print(markdown(result))
 
 

@@ -24,10 +24,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
-import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -41,8 +39,8 @@ import psutil
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ROOT, Poller, daemons, load, table
-from tests.harness import Daemon, new_secret
+from bench.common import ROOT, Poller, daemons, load, save, table
+from tests.harness import BinaryDaemon, Daemon, build_onefile, new_secret
 
 RAY_HEAD_IDLE_MIB = 480  # DESIGN.md, "Verified platform facts"
 BUILD_TIMEOUT_S = 600
@@ -188,55 +186,11 @@ def start_times() -> dict[str, Any]:
 
 
 def build_binary(dest: Path) -> tuple[Path, float]:
-    work = dest / "build"
-    cmd = [sys.executable, "-m", "PyInstaller", "--noconfirm", "--log-level", "WARN"]
-    cmd += ["--distpath", str(dest / "dist"), "--workpath", str(work)]
-    cmd += [str(ROOT / "pyinstaller.spec")]
     t = time.monotonic()
-    proc = subprocess.run(
-        cmd,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=BUILD_TIMEOUT_S,
-        env=dict(os.environ, SWARMD_BUILD="onefile"),
-    )
+    built = build_onefile(dest / "dist", dest / "build", timeout=BUILD_TIMEOUT_S)
     took = time.monotonic() - t
-    if proc.returncode != 0:
-        raise RuntimeError(f"pyinstaller failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    shutil.rmtree(work, ignore_errors=True)
-    return dest / "dist" / "swarmd", took
-
-
-class BinaryDaemon(Daemon):
-    """A node run by the built binary (its own session: the onefile bootloader runs the
-    daemon as a child, and a SIGKILL of the bootloader alone would leave it running)."""
-
-    def __init__(self, binary: Path, root: Path, name: str, **kwargs: Any) -> None:
-        super().__init__(root, name, **kwargs)
-        self.binary = binary
-
-    def command(self) -> list[str]:
-        cmd = [str(self.binary), "run", "--state-dir", str(self.state_dir)]
-        cmd += ["--bind", "127.0.0.1", "--port", str(self.port), "--name", self.name]
-        return cmd + list(self.args)
-
-    def start(self) -> BinaryDaemon:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SWARMD_", "PYTHON"))}
-        self.proc = subprocess.Popen(
-            self.command(), stdout=log, stderr=log, env=env, start_new_session=True
-        )
-        log.close()
-        return self
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(Exception):
-            self.proc.wait(10)
+    shutil.rmtree(dest / "build", ignore_errors=True)
+    return built, took
 
 
 def measure_binary(binary: Path, settle_s: float, seconds: float) -> dict[str, Any]:
@@ -371,9 +325,7 @@ def main() -> None:
     parser.add_argument("--no-build", action="store_true", help="do not build the binary")
     args = parser.parse_args()
     result = run(args.quick, args.seconds, args.binary, False if args.no_build else None)
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "footprint.json").write_text(json.dumps(result, indent=2) + "\n")
+    save("footprint", result)
     print(markdown(result))
 
 

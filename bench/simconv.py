@@ -22,7 +22,6 @@ work in total.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -32,7 +31,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ROOT, load, table
+from bench.common import load, save, table
 from swarmd.core.failure import Liveness
 from swarmd.simulator import Simulation
 
@@ -177,9 +176,7 @@ def main() -> None:
     args = parser.parse_args()
     sizes = None if args.sizes is None else tuple(int(x) for x in args.sizes.split(","))
     result = run(args.quick, sizes, args.detect_max)
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "simconv.json").write_text(json.dumps(result, indent=2) + "\n")
+    save("simconv", result)
     print(markdown(result))
 
 

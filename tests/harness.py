@@ -5,6 +5,7 @@ Polling is always against a deadline (``wait_until``), never a bare sleep.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -180,3 +181,73 @@ def swarmctl(
     return subprocess.run(
         cmd + list(args), capture_output=True, text=True, timeout=timeout, cwd=cwd or ROOT, env=env
     )
+
+
+# ---------------------------------------------------------------- the one-file binary
+
+
+def build_onefile(
+    dist: Path, work: Path, env: dict[str, str] | None = None, timeout: float = 600
+) -> Path:
+    """Build dist/swarmd from pyinstaller.spec with this interpreter's PyInstaller;
+    RuntimeError with PyInstaller's output if it fails."""
+    cmd = [sys.executable, "-m", "PyInstaller", "--noconfirm", "--log-level", "WARN"]
+    cmd += ["--distpath", str(dist), "--workpath", str(work), str(ROOT / "pyinstaller.spec")]
+    proc = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ, SWARMD_BUILD="onefile", **(env or {})),
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"pyinstaller failed:\n{proc.stdout}\n{proc.stderr}")
+    return dist / "swarmd"
+
+
+class BinaryDaemon(Daemon):
+    """A node run by the built binary instead of this checkout's interpreter, in a
+    session of its own, without this process's SWARMD_* and PYTHON* variables."""
+
+    def __init__(self, binary: Path, root: Path, name: str, **kwargs: Any) -> None:
+        super().__init__(root, name, **kwargs)
+        self.binary = binary
+
+    def command(self) -> list[str]:
+        cmd = [str(self.binary), "run", "--state-dir", str(self.state_dir)]
+        cmd += ["--bind", "127.0.0.1", "--port", str(self.port), "--name", self.name]
+        return cmd + list(self.args)
+
+    def start(self) -> BinaryDaemon:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SWARMD_", "PYTHON"))}
+        self.proc = subprocess.Popen(
+            self.command(), stdout=log, stderr=log, env=env, start_new_session=True
+        )
+        log.close()
+        return self
+
+    def stop(self) -> None:
+        """Stop the whole process group: the onefile bootloader forwards SIGTERM to the
+        daemon, its child, but a SIGKILL of the bootloader alone leaves the daemon running."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(15)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def processes(self) -> list[int]:
+        """The bootloader and everything under it."""
+        assert self.proc is not None
+        found, todo = [], [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            with contextlib.suppress(OSError):
+                todo += map(int, Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
+        return found

@@ -11,15 +11,12 @@ binary starts by re-running itself). Skipped, with the reason, without PyInstall
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,29 +26,14 @@ import pytest
 
 from swarmd import __version__
 from swarmd.entry import choose
-from tests.harness import ROOT, Daemon, new_secret, wait_until
+from tests import harness
+from tests.harness import build_onefile, new_secret, wait_until
 
 pytestmark = pytest.mark.timeout(600)
 
 BUILD_TIMEOUT_S = 480
 CLUSTER_WITHIN_S = 30.0
 TASK_WITHIN_S = 60.0
-
-
-def build_onefile(dist: Path, work: Path, env: dict[str, str] | None = None) -> Path:
-    """Build dist/swarmd from pyinstaller.spec with this interpreter's PyInstaller."""
-    cmd = [sys.executable, "-m", "PyInstaller", "--noconfirm", "--log-level", "WARN"]
-    cmd += ["--distpath", str(dist), "--workpath", str(work), str(ROOT / "pyinstaller.spec")]
-    proc = subprocess.run(
-        cmd,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=BUILD_TIMEOUT_S,
-        env=dict(os.environ, SWARMD_BUILD="onefile", **(env or {})),
-    )
-    assert proc.returncode == 0, f"pyinstaller failed:\n{proc.stdout}\n{proc.stderr}"
-    return dist / "swarmd"
 
 
 _BUILT: dict[str, Path] = {}
@@ -74,7 +56,7 @@ def built_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
             pytest.skip("PyInstaller is not installed (pip install -e '.[test]')")
         build = tmp_path_factory.mktemp("pyinstaller")
         t0 = time.monotonic()
-        built = build_onefile(build / "dist", build / "work")
+        built = build_onefile(build / "dist", build / "work", timeout=BUILD_TIMEOUT_S)
         seconds = time.monotonic() - t0
         shutil.copy(built, bindir / "swarmd")
         shutil.rmtree(build, ignore_errors=True)
@@ -139,50 +121,8 @@ def test_version_as_swarmd_and_through_the_swarmctl_symlink(binary: Path) -> Non
     )
 
 
-class BinaryDaemon(Daemon):
-    """A node run by the built binary instead of this checkout's interpreter."""
-
-    def __init__(self, binary: Path, root: Path, name: str, **kwargs: Any) -> None:
-        super().__init__(root, name, **kwargs)
-        self.binary = binary
-
-    def start(self) -> BinaryDaemon:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SWARMD_", "PYTHON"))}
-        self.proc = subprocess.Popen(
-            self.command(), stdout=log, stderr=log, env=env, start_new_session=True
-        )
-        log.close()
-        return self
-
-    def stop(self) -> None:
-        """Stop the whole process group: the onefile bootloader forwards SIGTERM to the
-        daemon, its child, but a SIGKILL of the bootloader alone leaves the daemon running."""
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(15)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def processes(self) -> list[int]:
-        """The bootloader and everything under it."""
-        assert self.proc is not None
-        found, todo = [], [self.proc.pid]
-        while todo:
-            pid = todo.pop()
-            found.append(pid)
-            with contextlib.suppress(OSError):
-                todo += map(int, Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
-        return found
-
-    def command(self) -> list[str]:
-        cmd = [str(self.binary), "run", "--state-dir", str(self.state_dir)]
-        cmd += ["--bind", "127.0.0.1", "--port", str(self.port), "--name", self.name]
-        return cmd + list(self.args)
+class BinaryDaemon(harness.BinaryDaemon):
+    """A binary node driven through the binary's own swarmctl symlink."""
 
     def ctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         swarmctl = self.binary.parent / "swarmctl"

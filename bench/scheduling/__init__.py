@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from bench.common import table
 from swarmd.core.pricing import GiB
 
 from . import agent
@@ -201,18 +202,12 @@ def run(quick: bool = False) -> dict[str, Any]:
 # ---------------------------------------------------------------- markdown
 
 
-def _table(head: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def _by(model: dict[str, Any], key: str, policies: list[str]) -> str:
     rows = [
         [value, *(f"{model[key][value][p]:.2f}" for p in policies)]
         for value in sorted(model[key], key=float)
     ]
-    return _table([key.removeprefix("by_"), *policies], rows)
+    return table([key.removeprefix("by_"), *policies], rows)
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -243,7 +238,7 @@ def markdown(result: dict[str, Any]) -> str:
             ]
             for p in policies
         ]
-        parts += [_table(["policy", "mean SLR", "makespan / HEFT", "<= HEFT"], rows), ""]
+        parts += [table(["policy", "mean SLR", "makespan / HEFT", "<= HEFT"], rows), ""]
         parts += [_by(model, "by_ccr", policies), "", _by(model, "by_v", policies)]
     ag = result["agent"]
     parts += [
@@ -276,7 +271,7 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{m['priority_inversions']} / {m['starts']}",
             ]
         )
-    parts += [_table(head, rows), ""]
+    parts += [table(head, rows), ""]
     rows = [
         [
             p,
@@ -284,5 +279,5 @@ def markdown(result: dict[str, Any]) -> str:
         ]
         for p, m in ag["policies"].items()
     ]
-    parts += [_table(["wait s (mean / p95)", *agent.CLASSES], rows)]
+    parts += [table(["wait s (mean / p95)", *agent.CLASSES], rows)]
     return "\n".join(parts) + "\n"
