@@ -81,13 +81,15 @@ def write_node_id(state_dir: Path, node_id: str) -> None:
     _write_private(state_dir / "node_id", node_id + "\n")
 
 
-def next_generation(state_dir: Path) -> int:
+def next_generation(state_dir: Path, above: int = 0) -> int:
+    """The next generation of this node, stored: one more than the last, and more than
+    ``above`` (a twin's generation, which a copied state dir shares)."""
     path = state_dir / "generation"
     try:
         current = int(path.read_text().strip())
     except (FileNotFoundError, ValueError):
         current = 0
-    gen = current + 1
+    gen = max(current, above) + 1
     _write_private(path, f"{gen}\n")
     return gen
 

@@ -595,7 +595,8 @@ class Node:
         self.counters["identity_conflicts"] += 1
         newcomer = event.other_addr == "(mDNS)"  # our name was taken at startup
         if not newcomer and keeps_identity(self.address, event.other_addr):
-            self.generation = next_generation(self.config.state_dir)
+            # Above the twin's generation: peers that merged its state drop it for ours.
+            self.generation = next_generation(self.config.state_dir, event.other_generation)
             self.log.error(
                 "IDENTITY CONFLICT: the node at %s also uses node id %s (was a state dir "
                 "copied?). This node keeps the id with a new generation %d; the other "

@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from protocol.messages import Cpu, GossipMessage, Hardware, Memory, Syn
+from protocol.messages import Cpu, GossipMessage, Hardware, Memory, Syn, SynAck
 from swarmd.core.failure import Liveness
 from swarmd.core.gossip import Event, Gossip, GossipConfig, IdentityConflict, MemberChanged, Send
 
@@ -264,9 +264,13 @@ def test_another_process_with_our_id_is_a_conflict() -> None:
     twin = Gossip(node_id="a", generation=1, boot=2222, addr=addr("twin"), now=0.0)
     rng = random.Random(0)
     syn = Syn(sender=twin.me, seq=1, digest=twin.state.digest())
-    assert a.receive(syn, 1.0, rng) == []
-    assert a.receive(syn, 1.2, rng) == []  # reported once
-    assert a.drain_events() == [IdentityConflict(addr("twin"), 1)]
+    bare = SynAck(sender=a.me, seq=1, digest=[], delta=[])
+    assert a.receive(syn, 1.0, rng) == [Send(None, bare)]
+    assert a.receive(syn, 1.2, rng) == [Send(None, bare)]  # answered every time
+    assert a.drain_events() == [IdentityConflict(addr("twin"), 1)]  # reported once
+    # The bare answer tells the twin too, whichever of the two noticed first.
+    assert twin.receive(bare, 1.3, rng) == []
+    assert twin.drain_events() == [IdentityConflict(addr("a"), 1)]
     # A restarted twin (new generation) is reported again.
     twin2 = Gossip(node_id="a", generation=5, boot=3333, addr=addr("twin"), now=0.0)
     a.receive(Syn(sender=twin2.me, seq=1, digest=[]), 1.4, rng)

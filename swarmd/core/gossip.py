@@ -267,6 +267,10 @@ class Gossip:
 
     def receive(self, message: GossipMessage, now: float, rng: random.Random) -> list[Send]:
         if not self._accept_sender(message):
+            if isinstance(message, Syn) and self._is_twin(message.sender):
+                # Answer a twin (our id, another process) with our bare identity, every
+                # time: it then sees the conflict too, whichever of us noticed first.
+                return [Send(None, SynAck(sender=self.me, seq=message.seq, digest=[], delta=[]))]
             return []
         if isinstance(message, Syn):
             self._take_digest(message.digest, now)
@@ -306,6 +310,9 @@ class Gossip:
             return False
         self._conflict(sender.addr, sender.gen)
         return False
+
+    def _is_twin(self, sender: NodeRef) -> bool:
+        return sender.id == self.me.id and sender.boot != self.me.boot
 
     def _conflict(self, other_addr: str, other_generation: int) -> None:
         key = (other_addr, other_generation)
