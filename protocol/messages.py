@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct, field
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 NodeId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 Address = Annotated[str, Meta(min_length=3, max_length=262)]  # host:port
@@ -154,8 +154,9 @@ STATE_SCHEMAS: dict[str, Any] = {
     "hw": Hardware,
     "models": Models,
     "draining": bool,
-    "queue": Count,
+    "queue": Count,  # shell/python attempts held here, queued for a slot
     "slots": Count,  # shell/python attempts this node runs at once
+    "queue_max": Count,  # shell/python attempts it holds beyond its slots, at most
     "busy": Count,  # of which in use
     "allow_shell": bool,
     "cost_per_hour": Annotated[float, Meta(ge=0)],
@@ -299,21 +300,27 @@ class Dispatch(Message, tag="dispatch"):
 
 
 class DispatchReply(Message, tag="dispatch_reply"):
+    """Worker -> coordinator: a refusal (full, draining, a kind it does not run). Since
+    version 2 an accepted attempt gets no reply: its first ``progress`` says it started."""
+
     task: TaskId
     subtask: Annotated[str, Meta(max_length=64)]
     attempt: Annotated[int, Meta(ge=1)]
     accepted: bool
     reason: Text = ""
+    load: Count | None = None  # the worker's attempts held (running + queued) when sent
 
 
 class Progress(Message, tag="progress"):
-    """Worker -> coordinator while an attempt runs (extends its lease)."""
+    """Worker -> coordinator when an attempt starts, then while it is held (queued or
+    running), every third of its lease: each one extends the lease."""
 
     task: TaskId
     subtask: Annotated[str, Meta(max_length=64)]
     attempt: Annotated[int, Meta(ge=1)]
     node: NodeId
     note: Text = ""
+    load: Count | None = None
 
 
 class AttemptResult(Message, tag="result"):
@@ -331,6 +338,7 @@ class AttemptResult(Message, tag="result"):
     artifacts: Files = {}
     error: str | None = None
     app_failed: bool = False
+    load: Count | None = None
 
 
 class ResultAck(Message, tag="result_ack"):
@@ -344,6 +352,16 @@ class CancelAttempt(Message, tag="cancel_attempt"):
     task: TaskId
     subtask: Annotated[str, Meta(max_length=64)]
     attempt: Annotated[int, Meta(ge=1)]
+
+
+WorkItem = Dispatch | DispatchReply | Progress | AttemptResult | ResultAck | CancelAttempt
+
+
+class Bundle(Message, tag="bundle"):
+    """Several work messages for one peer in one frame: what a node queued for that peer
+    in one turn of its event loop. Each item is handled as if it came alone."""
+
+    items: Annotated[list[WorkItem], Meta(min_length=1, max_length=4096)]
 
 
 GossipMessage = Syn | SynAck | Ack
@@ -366,7 +384,7 @@ ControlReply = (
     | TasksReply
     | DrainReply
 )
-WorkMessage = Dispatch | DispatchReply | Progress | AttemptResult | ResultAck | CancelAttempt
+WorkMessage = WorkItem | Bundle
 AnyMessage = GossipMessage | ControlRequest | ControlReply | WorkMessage
 
 MESSAGE_TYPES: tuple[type[Message], ...] = (
@@ -394,4 +412,5 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (
     AttemptResult,
     ResultAck,
     CancelAttempt,
+    Bundle,
 )

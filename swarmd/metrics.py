@@ -7,7 +7,7 @@ process-global one: several nodes in one process must not collide). It holds
   coordinator's subtasks by state, re-dispatches, fenced (stale) results, dropped
   messages by reason, worker attempts by outcome, model latency, GPU VRAM;
 * the dispatch latency histogram, observed by :class:`~swarmd.work.Coordination` when a
-  worker accepts a dispatch (``Coordination.on_dispatch_latency``);
+  worker first answers a dispatch: its start, or its result (``on_dispatch_latency``);
 * the standard process collector (CPU seconds, RSS, open fds of this process).
 
 Nothing here changes the node; a scrape costs one pass over members and tasks.
@@ -32,11 +32,12 @@ from . import __version__
 from .core.failure import Liveness
 from .core.gossip import Member
 from .core.tasks import SubtaskState, TaskState
-from .work import Coordination, Worker
+from .work import Coordination
+from .worker import Worker
 
 # What generate_latest writes (names here are all legacy-valid, no escaping needed).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-# Dispatch -> accepted is one network round trip plus the worker's bookkeeping.
+# Dispatch -> the worker says it started: one network round trip plus its bookkeeping.
 DISPATCH_BUCKETS = (
     0.0005,
     0.001,
@@ -201,7 +202,7 @@ class NodeMetrics:
         ProcessCollector(registry=self.registry)
         self.dispatch_latency = Histogram(
             "swarmd_dispatch_latency_seconds",
-            "Seconds from sending a dispatch to the worker's acceptance.",
+            "Seconds from sending a dispatch to the worker's first word on it (start or result).",
             buckets=DISPATCH_BUCKETS,
             registry=self.registry,
         )

@@ -26,16 +26,15 @@ from zeroconf import NonUniqueNameException
 from protocol.messages import (
     Ack,
     AnyMessage,
-    AttemptResult,
+    Bundle,
     CancelAttempt,
     Dispatch,
-    DispatchReply,
     ErrorReply,
     ModelProfile,
-    Progress,
     ResultAck,
     Syn,
     SynAck,
+    WorkItem,
     WorkMessage,
 )
 
@@ -72,11 +71,19 @@ from .identity import (
 )
 from .store import Store
 from .transport import Reply, Transport
-from .work import Clock, Coordination, Worker
+from .work import Clock, Coordination
+from .worker import Worker
 
 WATCHDOG_FACTOR = 10
 MODEL_PROBE_INTERVAL_S = 15.0
 MODEL_PROBE_TIMEOUT_S = 10.0
+
+
+REPORT_FRESH_S = 1.0  # a worker's own load report beats its gossip for this long
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and value >= 0 else 0
 
 
 def _no_reply(_message: Any) -> bool:
@@ -211,12 +218,16 @@ class Node:
         while self.worker.running and time.monotonic() < deadline and not self._hurry.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._hurry.wait(), 0.05)
-        tasks = [r.task for r in self.worker.running.values() if r.task is not None]
-        if tasks:
-            self.log.warning("handing back %d unfinished attempt(s)", len(tasks))
-            for task in tasks:
-                task.cancel()
-            await asyncio.wait(tasks, timeout=5)
+        if self.worker.running or self.worker.queued:
+            self.log.warning(
+                "handing back %d unfinished attempt(s)",
+                len(self.worker.running) + self.worker.queued,
+            )
+            tasks = list(self.worker.running.values())
+            self.worker.hand_back()
+            if tasks:
+                await asyncio.wait(tasks, timeout=5)
+        self.worker.flush()
         live = {m.state.get("addr") for m in self.members() if m.liveness is Liveness.ALIVE}
         deadline = time.monotonic() + 3.0
         while time.monotonic() < deadline and not self._hurry.is_set():
@@ -266,6 +277,7 @@ class Node:
             on_link=self._on_link,
             log=self.log.getChild("transport"),
             counters=self.counters,
+            on_undelivered=lambda _addr, messages: self.coordination.on_undelivered(messages),
         )
         self.transport.start_auth()
         try:
@@ -297,7 +309,7 @@ class Node:
         self._spawn(self.coordination.loop())
         if cfg.models:
             self._spawn(self._model_loop())
-        self._spawn(self.worker.resend_loop())
+        self._spawn(self.worker.timer_loop())
         if cfg.dashboard_port is not None:
             await self._start_dashboard()
         if cfg.mdns:
@@ -328,6 +340,7 @@ class Node:
         gossip.set("draining", self.draining)
         gossip.set("queue", 0)
         gossip.set("slots", cfg.max_concurrency if cfg.allow_shell else 0)
+        gossip.set("queue_max", cfg.max_concurrency)  # held beyond the slots, queued
         gossip.set("busy", 0)
         gossip.set("allow_shell", cfg.allow_shell)
         gossip.set("cost_per_hour", float(cfg.cost_per_hour))
@@ -468,7 +481,7 @@ class Node:
         while True:
             now = time.monotonic()
             self._last_tick = now
-            self.gossip.set("busy", self.worker.busy)  # a no-op while it is unchanged
+            self._publish_load()
             self._send(self.gossip.tick(now, self.rng))
             self._handle_events()
             if now - housekeeping > 5.0:
@@ -525,15 +538,11 @@ class Node:
             self._handle_events()
         elif local and isinstance(message, WorkMessage):
             self.counters["dropped_work_on_control"] += 1  # node-to-node only
-        elif isinstance(message, Dispatch):
-            self.worker.on_dispatch(message)
-            self.gossip.set("busy", self.worker.busy)
-        elif isinstance(message, CancelAttempt):
-            self.worker.on_cancel(message)
-        elif isinstance(message, ResultAck):
-            self.worker.on_ack(message)
-        elif isinstance(message, DispatchReply | Progress | AttemptResult):
-            self.coordination.on_message(message)
+        elif isinstance(message, Bundle):
+            for item in message.items:
+                self._on_work(item)
+        elif isinstance(message, WorkItem):
+            self._on_work(message)
         elif self.control.handles(message):
             try:
                 reply(self.control.handle(message, local))  # type: ignore[arg-type]
@@ -543,6 +552,20 @@ class Node:
         else:
             self.counters["dropped_unexpected"] += 1
             reply(ErrorReply(code="bad_request", message=f"unexpected {type(message).__name__}"))
+
+    def _on_work(self, message: WorkItem) -> None:
+        if isinstance(message, Dispatch):
+            self.worker.on_dispatch(message)
+        elif isinstance(message, CancelAttempt):
+            self.worker.on_cancel(message)
+        elif isinstance(message, ResultAck):
+            self.worker.on_ack(message)
+        else:
+            self.coordination.on_message(message)
+
+    def _publish_load(self) -> None:
+        self.gossip.set("busy", self.worker.busy)  # no-ops while unchanged
+        self.gossip.set("queue", self.worker.queued)
 
     def _on_link(self, addr: str, message: AnyMessage) -> None:
         if isinstance(message, SynAck):
@@ -649,19 +672,31 @@ class Node:
         return addr if isinstance(addr, str) else None
 
     def _capacities(self, loads: dict[str, NodeLoad]) -> list[PeerCapacity]:
+        """The peers as pricing sees them, with the freshest count of each one's
+        shell/python attempts held: our own exactly, for a peer that spoke in the last
+        REPORT_FRESH_S ours now plus what it held of others' then, else the larger of
+        ours and what it gossiped (up to a gossip round old)."""
         out = []
+        now = time.monotonic()
         for m in self.members():
             values = {k: v.value for k, v in m.state.kvs.items()}
             load = loads.get(m.node_id)
+            ours = 0 if load is None else load.slots
+            report = self.coordination.reports.get(m.node_id)
             if m.is_self:
-                values["busy"] = self.worker.busy
+                held = max(ours, self.worker.load)
+            elif report is not None and now - report.at < REPORT_FRESH_S:
+                held = ours + report.others()
+            else:
+                held = max(ours, _count(values.get("busy")) + _count(values.get("queue")))
+            values["queue"] = 0  # counted in held
             out.append(
                 peer_from_gossip(
                     m.node_id,
                     values,
                     alive=m.liveness is Liveness.ALIVE,
                     rtt_s=0.0 if m.is_self else m.rtt_s,
-                    slots_busy=None if load is None else load.slots,
+                    slots_busy=held,
                     model_in_flight=None if load is None else load.models,
                 )
             )

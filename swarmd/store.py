@@ -113,21 +113,21 @@ class Store:
 
     # ------------------------------------------------------------ worker outbox
 
-    def put_outbox(
-        self, task: str, subtask: str, attempt: int, coordinator: str, message: bytes
+    def update_outbox(
+        self,
+        puts: Iterable[tuple[str, str, int, str, bytes]],
+        drops: Iterable[tuple[str, str, int]],
     ) -> None:
+        """Add (task, subtask, attempt, coordinator, message) rows and remove acknowledged
+        ones, in one transaction."""
         with self._transaction():
-            self.db.execute(
+            self.db.executemany(
                 "INSERT OR REPLACE INTO outbox (task, subtask, attempt, coordinator, message) "
                 "VALUES (?, ?, ?, ?, ?)",
-                (task, subtask, attempt, coordinator, message),
+                list(puts),
             )
-
-    def drop_outbox(self, task: str, subtask: str, attempt: int) -> None:
-        with self._transaction():
-            self.db.execute(
-                "DELETE FROM outbox WHERE task = ? AND subtask = ? AND attempt = ?",
-                (task, subtask, attempt),
+            self.db.executemany(
+                "DELETE FROM outbox WHERE task = ? AND subtask = ? AND attempt = ?", list(drops)
             )
 
     def outbox(self) -> list[tuple[str, bytes]]:

@@ -31,7 +31,7 @@ from zmq.auth.asyncio import AsyncioAuthenticator
 from zmq.utils.monitor import parse_monitor_message
 
 from protocol import MAX_FRAME_BYTES, ProtocolError, codec
-from protocol.messages import AnyMessage, Message
+from protocol.messages import AnyMessage, Bundle, Message, WorkItem
 
 from .identity import ClusterKeys
 
@@ -43,6 +43,9 @@ Reply = Callable[[Message], bool]
 # (message, a function that answers its sender, whether it came over the local socket)
 ServerHandler = Callable[[AnyMessage, Reply, bool], None]
 LinkHandler = Callable[[str, AnyMessage], None]
+# (address, work messages that could not be sent there: not connected, or its queue full)
+UndeliveredHandler = Callable[[str, list[WorkItem]], None]
+BUNDLE_MAX = 4096  # items in one Bundle (the protocol's limit)
 
 _HANDSHAKE_EVENTS = {
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake_failed",
@@ -84,6 +87,7 @@ class _Link:
     sync: zmq.Socket[bytes]
     task: asyncio.Task[None] | None = None
     last_used: float = field(default_factory=time.monotonic)
+    pending: list[WorkItem] = field(default_factory=list)  # bundled at the end of the turn
 
 
 class Transport:
@@ -96,8 +100,11 @@ class Transport:
         on_link: LinkHandler,
         log: logging.Logger,
         counters: Counter[str] | None = None,
+        on_undelivered: UndeliveredHandler | None = None,
     ) -> None:
         self.ctx = ctx
+        self.on_undelivered = on_undelivered
+        self._flush_due = False
         self.keys = keys
         self.on_server = on_server
         self.on_link = on_link
@@ -239,16 +246,56 @@ class Transport:
     # ------------------------------------------------------------ sending
 
     def send(self, addr: str, message: Message) -> bool:
-        """Send to a peer's address over our link to it; drops (and counts) if full."""
+        """Send to a peer's address over our link to it; drops (and counts) if full.
+
+        Work messages are held until the end of this turn of the event loop, then all
+        of a turn's for one peer go as one :class:`Bundle` (one frame, one wake-up of
+        ZeroMQ's I/O thread and of the peer); what cannot go then is handed to
+        ``on_undelivered``."""
         link = self._links.get(addr) or self._open_link(addr)
         link.last_used = time.monotonic()
+        if isinstance(message, WorkItem):
+            link.pending.append(message)
+            if len(link.pending) >= BUNDLE_MAX:
+                self._flush_link(link)
+            elif not self._flush_due:
+                self._flush_due = True
+                asyncio.get_running_loop().call_soon(self.flush)
+            return True
+        return self._send_frame(link, codec.encode(message))
+
+    def _send_frame(self, link: _Link, frame: bytes) -> bool:
         try:
-            link.sync.send(codec.encode(message), zmq.NOBLOCK)
+            link.sync.send(frame, zmq.NOBLOCK)
             self.counters["sent"] += 1
             return True
         except zmq.Again:
             self.counters["send_dropped"] += 1  # not connected yet or queue full
             return False
+
+    def flush(self) -> None:
+        """Send every link's held work messages (bundled)."""
+        self._flush_due = False
+        for link in list(self._links.values()):
+            if link.pending:
+                self._flush_link(link)
+
+    def _flush_link(self, link: _Link) -> None:
+        items, link.pending = link.pending, []
+        undelivered = [m for part in _parts(items) for m in self._send_items(link, part)]
+        if undelivered and self.on_undelivered is not None:
+            self.on_undelivered(link.addr, undelivered)
+
+    def _send_items(self, link: _Link, items: list[WorkItem]) -> list[WorkItem]:
+        """Send ``items`` in one frame (halved until each part fits); what did not go."""
+        frame = codec.encode(items[0] if len(items) == 1 else Bundle(items=items))
+        if len(frame) > MAX_FRAME_BYTES and len(items) > 1:
+            half = len(items) // 2
+            return self._send_items(link, items[:half]) + self._send_items(link, items[half:])
+        if self._send_frame(link, frame):
+            self.counters["sent_items"] += len(items)
+            return []
+        return items
 
     def _open_link(self, addr: str) -> _Link:
         sock = self.ctx.socket(zmq.DEALER)
@@ -296,6 +343,7 @@ class Transport:
     # ------------------------------------------------------------ shutdown
 
     async def close(self) -> None:
+        self.flush()
         for addr in list(self._links):
             self._close_link(addr)
         for task in list(self._tasks):
@@ -309,3 +357,7 @@ class Transport:
         if self._auth is not None:
             self._auth.stop()
             self._auth = None
+
+
+def _parts(items: list[WorkItem]) -> list[list[WorkItem]]:
+    return [items[i : i + BUNDLE_MAX] for i in range(0, len(items), BUNDLE_MAX)]

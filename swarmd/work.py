@@ -17,11 +17,9 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-from protocol import codec
 from protocol.messages import (
     AttemptResult,
     CancelAttempt,
@@ -37,7 +35,6 @@ from .core import tasks as core
 from .core import template
 from .core.jobspec import JobSpec, SubtaskSpec
 from .core.pricing import PeerCapacity, PricingConfig
-from .executors import ExecRequest, ExecResult, Limits, execute
 from .store import Store
 
 RESEND_S = 2.0
@@ -110,6 +107,20 @@ def render_files(
 # ---------------------------------------------------------------- coordinator side
 
 
+@dataclass(frozen=True, slots=True)
+class LoadReport:
+    """A worker's load (attempts held) as it said in a message, how many of those were
+    this coordinator's when it arrived, and when (monotonic)."""
+
+    load: int
+    ours: int
+    at: float
+
+    def others(self) -> int:
+        """Attempts of other coordinators on that worker."""
+        return max(0, self.load - self.ours)
+
+
 class Coordination:
     def __init__(
         self,
@@ -144,7 +155,11 @@ class Coordination:
         self._inputs: dict[str, dict[str, bytes]] = {}
         self._finished: dict[str, asyncio.Event] = {}
         self._wake = asyncio.Event()
+        self._pending: list[core.Effect] = []  # this turn's effects, for flush()
+        self._flush_due = False
         self.journal_writes = 0
+        self.journal_commits = 0
+        self.reports: dict[str, LoadReport] = {}  # node id -> the latest load it reported
         # Metrics: seconds from sending a Dispatch to its "accepted" (None: not measured).
         self.on_dispatch_latency: Callable[[float], None] | None = None
         self._dispatched_at: dict[tuple[str, str, int], float] = {}
@@ -173,20 +188,24 @@ class Coordination:
             self._inputs[task_id] = dict(files)
         self.run(self.coordinator.submit(task_id, job, self.clock()))
         self.log.info("task %s (%s): %d subtask(s)", task_id, job.name, len(job.subtasks))
-        self.wake()
+        self.place()  # at once, not on the loop's next turn
+        self.flush()  # journaled before the caller hears of the task
         return task_id
 
     def wake(self) -> None:
         self._wake.set()
 
+    def place(self) -> None:
+        """One scheduling pass over the ready queue, with the live peer view."""
+        now = self.clock()
+        loads = self.coordinator.load_by_node()
+        self.run(self.coordinator.schedule(self.peers(loads), now))
+
     async def loop(self) -> None:
         """Price ready work and expire leases; wake early on news."""
         while True:
-            now = self.clock()
-            effects = self.coordinator.tick(now)
-            loads = self.coordinator.load_by_node()
-            effects += self.coordinator.schedule(self.peers(loads), now)
-            self.run(effects)
+            self.run(self.coordinator.tick(self.clock()))
+            self.place()
             wakeup = self.coordinator.next_wakeup(self.clock())
             delay = 0.5 if wakeup is None else min(0.5, max(0.01, wakeup - self.clock()))
             self._wake.clear()
@@ -194,12 +213,25 @@ class Coordination:
                 await asyncio.wait_for(self._wake.wait(), delay)
 
     def run(self, effects: Sequence[core.Effect]) -> None:
-        """Journal first (one transaction), then messages."""
+        """Journal first, then messages: both are held until the end of this turn of the
+        event loop, then the turn's journal records go in one transaction (a group
+        commit) and its messages after them."""
+        if not effects:
+            return
+        self._pending.extend(effects)
+        if not self._flush_due:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_due = False
+        effects, self._pending = self._pending, []
         journal = [e for e in effects if isinstance(e, core.Journal)]
         if journal:
             self.journal_writes += self.store.write_journal(
                 (e.kind, *e.key[1:], e.data) for e in journal
             )
+            self.journal_commits += 1
         for effect in effects:
             if isinstance(effect, core.Dispatch):
                 self._dispatch(effect)
@@ -267,12 +299,12 @@ class Coordination:
             node = self._sender_of(message.task, message.subtask, message.attempt)
             if node is None:
                 return
-            sent = self._dispatched_at.pop((message.task, message.subtask, message.attempt), None)
-            if message.accepted and sent is not None and self.on_dispatch_latency is not None:
-                self.on_dispatch_latency(time.monotonic() - sent)
-            if message.accepted:
+            self._reported(node, message.load)
+            if message.accepted:  # version 1 workers said so; a start now says it
+                self._first_word(message.task, message.subtask, message.attempt)
                 self.run(c.on_accepted(message.task, message.subtask, message.attempt, node, now))
             else:
+                self._dispatched_at.pop((message.task, message.subtask, message.attempt), None)
                 self.run(
                     c.on_refused(
                         message.task, message.subtask, message.attempt, node, message.reason, now
@@ -280,11 +312,29 @@ class Coordination:
                 )
                 self.wake()
         elif isinstance(message, Progress):
+            self._reported(message.node, message.load)
+            self._first_word(message.task, message.subtask, message.attempt)
             self.run(
                 c.on_progress(message.task, message.subtask, message.attempt, message.node, now)
             )
         elif isinstance(message, AttemptResult):
+            self._reported(message.node, message.load)
+            self._first_word(message.task, message.subtask, message.attempt)
             self._on_result(message, now)
+
+    def _first_word(self, task: str, subtask: str, attempt: int) -> None:
+        """Dispatch -> the worker's first word on it (its start, or its result)."""
+        sent = self._dispatched_at.pop((task, subtask, attempt), None)
+        if sent is not None and self.on_dispatch_latency is not None:
+            self.on_dispatch_latency(time.monotonic() - sent)
+
+    def _reported(self, node_id: str, load: int | None) -> None:
+        """A worker's own count of attempts it holds, with how many of them were ours."""
+        if load is not None:
+            ours = self.coordinator.load_by_node().get(node_id)
+            self.reports[node_id] = LoadReport(
+                load, 0 if ours is None else ours.slots, time.monotonic()
+            )
 
     def _sender_of(self, task: str, subtask: str, attempt: int) -> str | None:
         with contextlib.suppress(KeyError):
@@ -324,6 +374,21 @@ class Coordination:
         self.run(effects)
         self.wake()
 
+    def on_undelivered(self, messages: Sequence[Message]) -> None:
+        """Messages the transport could not send: a dispatch counts as refused."""
+        now = self.clock()
+        for m in messages:
+            if not isinstance(m, Dispatch):
+                continue  # results are sent again, acks answer them
+            node = self._sender_of(m.task, m.subtask, m.attempt)
+            if node is not None:
+                self._dispatched_at.pop((m.task, m.subtask, m.attempt), None)
+                refused = self.coordinator.on_refused(
+                    m.task, m.subtask, m.attempt, node, "not reachable", now
+                )
+                self.run(refused)
+        self.wake()
+
     def on_peer_gone(self, node_id: str) -> None:
         self.run(self.coordinator.on_peer_dead(node_id, self.clock()))
         self.wake()
@@ -331,210 +396,3 @@ class Coordination:
     async def wait_finished(self, task_id: str, timeout: float) -> None:
         event = self._finished.setdefault(task_id, asyncio.Event())
         await asyncio.wait_for(event.wait(), timeout)
-
-
-# ---------------------------------------------------------------- worker side
-
-
-@dataclass
-class _Running:
-    dispatch: Dispatch
-    task: asyncio.Task[None] | None = None
-    started: float = field(default_factory=time.monotonic)
-    cancelled: bool = False  # by its coordinator (else: this worker is shutting down)
-
-
-class Worker:
-    def __init__(
-        self,
-        *,
-        node_id: str,
-        store: Store,
-        send: Send,
-        workdir_root: Path,
-        slots: int,
-        allow_shell: bool,
-        models: Mapping[str, tuple[str, str, int]],  # profile -> (endpoint, model, max)
-        log: logging.Logger,
-        limits: Limits | None = None,
-    ) -> None:
-        self.node_id = node_id
-        self.store = store
-        self.send = send
-        self.workdir_root = workdir_root
-        self.slots = slots
-        self.allow_shell = allow_shell
-        self.models = models
-        self.log = log
-        self.limits = limits or Limits()
-        self.running: dict[tuple[str, str, int], _Running] = {}
-        self.counters: Counter[str] = Counter()
-        self._pool: Any = None
-        self.draining = False  # refuse new dispatches; running attempts finish
-
-    @property
-    def busy(self) -> int:
-        return sum(1 for r in self.running.values() if r.dispatch.spec.get("kind") != "llm")
-
-    def _full(self, d: Dispatch) -> str | None:
-        if d.spec.get("kind") == "llm":
-            profile = self.models.get(d.model or "")
-            if profile is None:
-                return f"no model profile {d.model!r} on this node"
-            in_use = sum(1 for r in self.running.values() if r.dispatch.model == d.model)
-            return "model busy" if in_use >= profile[2] else None
-        return "all slots busy" if self.busy >= self.slots else None
-
-    def on_dispatch(self, d: Dispatch) -> None:
-        key = (d.task, d.subtask, d.attempt)
-        if key in self.running:
-            self._reply(d, True)  # a duplicate: still accepted
-            return
-        reason = "draining" if self.draining else self._full(d)
-        if reason is not None:
-            self.counters["refused"] += 1
-            self._reply(d, False, reason)
-            return
-        run = _Running(d)
-        self.running[key] = run
-        run.task = asyncio.ensure_future(self._run(run))
-        self.counters["accepted"] += 1
-        self._reply(d, True)
-
-    def _reply(self, d: Dispatch, accepted: bool, reason: str = "") -> None:
-        self.send(
-            d.coordinator.addr,
-            DispatchReply(
-                task=d.task, subtask=d.subtask, attempt=d.attempt, accepted=accepted, reason=reason
-            ),
-        )
-
-    def on_cancel(self, m: CancelAttempt) -> None:
-        run = self.running.get((m.task, m.subtask, m.attempt))
-        if run is not None and run.task is not None:
-            self.counters["cancelled"] += 1
-            run.cancelled = True
-            run.task.cancel()
-
-    def on_ack(self, m: ResultAck) -> None:
-        self.store.drop_outbox(m.task, m.subtask, m.attempt)
-        self.counters["acked"] += 1
-
-    def _request(self, d: Dispatch) -> ExecRequest:
-        s = d.spec
-        endpoint = model = None
-        if s.get("kind") == "llm" and d.model in self.models:
-            endpoint, model, _ = self.models[d.model]
-        return ExecRequest(
-            task_id=d.task,
-            subtask_id=d.subtask,
-            attempt=d.attempt,
-            kind=s.get("kind", "shell"),
-            run=tuple(s.get("run") or ()),
-            env=dict(s.get("env") or {}),
-            timeout_s=s.get("timeout_s"),
-            inputs=d.inputs,
-            outputs=tuple(s.get("outputs") or ()),
-            prompt=s.get("prompt"),
-            system=s.get("system"),
-            max_tokens=int(s.get("max_tokens") or 256),
-            endpoint=endpoint,
-            model=model,
-            call=s.get("call"),
-            args=tuple(s.get("args") or ()),
-            kwargs=dict(s.get("kwargs") or {}),
-        )
-
-    async def _run(self, run: _Running) -> None:
-        d = run.dispatch
-        key = (d.task, d.subtask, d.attempt)
-        beat = asyncio.ensure_future(self._progress(d))
-        try:
-            result = await execute(
-                self._request(d),
-                workdir_root=self.workdir_root,
-                allow_shell=self.allow_shell,
-                limits=self.limits,
-                pool=await self._python_pool() if d.spec.get("kind") == "python" else None,
-            )
-        except asyncio.CancelledError:
-            # Still report how it ended: the coordinator fences it off if it moved on,
-            # and on shutdown it re-dispatches at once instead of waiting for the lease.
-            why = "cancelled by the coordinator" if run.cancelled else "worker shutting down"
-            self.counters["outcome_cancelled" if run.cancelled else "outcome_handed_back"] += 1
-            self.log.info("attempt %s/%s#%d: %s", d.task, d.subtask, d.attempt, why)
-            result = ExecResult.failure(why, app_failed=False)
-        except Exception as exc:  # an executor bug must not lose the attempt
-            self.log.exception("executor failed")
-            result = ExecResult.failure(f"executor error: {exc}", app_failed=False)
-            self.counters["outcome_error"] += 1
-        else:
-            outcome = "ok" if result.ok else "app_failed" if result.app_failed else "error"
-            self.counters[f"outcome_{outcome}"] += 1
-        finally:
-            beat.cancel()
-            self.running.pop(key, None)
-        self._finish(d, result)
-
-    def _finish(self, d: Dispatch, r: ExecResult) -> None:
-        usage = dict(r.usage or {})
-        usage.setdefault("seconds", r.seconds)
-        message = AttemptResult(
-            task=d.task,
-            subtask=d.subtask,
-            attempt=d.attempt,
-            node=self.node_id,
-            exit_code=r.exit_code,
-            stdout=r.stdout,
-            stderr=r.stderr,
-            output=r.output,
-            usage=usage,
-            artifacts=dict(r.artifacts),
-            error=r.error,
-            app_failed=r.app_failed,
-        )
-        encoded = codec.encode(message)
-        self.store.put_outbox(d.task, d.subtask, d.attempt, d.coordinator.addr, encoded)
-        self.counters["finished"] += 1
-        self.send(d.coordinator.addr, message)
-
-    async def _progress(self, d: Dispatch) -> None:
-        every = max(0.2, d.lease_s / 3)
-        while True:
-            await asyncio.sleep(every)
-            self.send(
-                d.coordinator.addr,
-                Progress(task=d.task, subtask=d.subtask, attempt=d.attempt, node=self.node_id),
-            )
-
-    async def _python_pool(self) -> Any:
-        if self._pool is None:
-            from .executors.python import PythonPool
-
-            self._pool = PythonPool(max_workers=max(1, self.slots))
-        return self._pool
-
-    async def resend_loop(self) -> None:
-        """Unacknowledged results go out again until their coordinator says so (at once
-        after a restart: the coordinator may be waiting for them)."""
-        while True:
-            for addr, encoded in self.store.outbox():
-                try:
-                    message = codec.decode(encoded)
-                except codec.ProtocolError:
-                    continue
-                self.counters["resent"] += 1
-                self.send(addr, message)
-            await asyncio.sleep(RESEND_S)
-
-    async def close(self) -> None:
-        tasks = [run.task for run in self.running.values() if run.task is not None]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=5)
-        if self._pool is not None:
-            with contextlib.suppress(Exception):
-                close = self._pool.close()
-                if asyncio.iscoroutine(close):
-                    await asyncio.wait_for(close, 5)

@@ -25,6 +25,7 @@ import pytest
 from zeroconf import NonUniqueNameException, ServiceInfo, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncZeroconf
 
+from protocol.messages import PROTOCOL_VERSION
 from swarmd.discovery import (
     SERVICE_TYPE,
     Discovery,
@@ -88,7 +89,7 @@ async def eventually(cond: Callable[[], bool], what: str, timeout: float = DEADL
 class Node:
     """A Discovery plus what it reported."""
 
-    def __init__(self, name: str, port: int, fingerprint: str, pv: int = 1) -> None:
+    def __init__(self, name: str, port: int, fingerprint: str, pv: int = PROTOCOL_VERSION) -> None:
         self.node_id = uuid.uuid4().hex
         self.seen: dict[str, Sighting] = {}
         self.log, self.cap = make_logger()
@@ -251,8 +252,8 @@ def test_foreign_cluster_is_never_reported() -> None:
 def test_other_protocol_version_is_ignored() -> None:
     async def main() -> None:
         fp = secrets.token_hex(4)
-        a = Node("alpha", 17021, fp, pv=1)
-        b = Node("beta", 17022, fp, pv=2)
+        a = Node("alpha", 17021, fp, pv=PROTOCOL_VERSION)
+        b = Node("beta", 17022, fp, pv=PROTOCOL_VERSION + 1)
         await asyncio.gather(a.disc.start(), b.disc.start())
         try:
             await eventually(

@@ -288,7 +288,8 @@ def test_python_function_from_a_module_on_pythonpath(pool: PythonPool, tmp_path:
         "    print('side note')\n"
         "    return {'sum': a + b, 'cwd': os.getcwd(), 'env': os.environ.get('X')}\n"
     )
-    req = py("swarmd_test_mod:f", 1, kwargs={"b": 2}, env={"PYTHONPATH": str(moddir), "X": "y"})
+    env = {"PYTHONPATH": str(moddir), "X": "y"}
+    req = py("swarmd_test_mod:f", 1, kwargs={"b": 2}, env=env, inputs={"in.txt": b"x"})
     res = run_py(pool, req, tmp_path / "w")
     assert res.ok, res.error
     assert res.stdout == "side note\n"
@@ -296,6 +297,11 @@ def test_python_function_from_a_module_on_pythonpath(pool: PythonPool, tmp_path:
 
     value = json.loads(res.output or "")
     assert value == {"sum": 3, "cwd": str(tmp_path / "w" / "t1" / "p1" / "1"), "env": "y"}
+    # Without inputs or outputs a call gets no working directory (none is made).
+    res = run_py(pool, py("swarmd_test_mod:f", 1, env=env), tmp_path / "bare")
+    assert res.ok, res.error
+    assert json.loads(res.output or "")["cwd"] != str(tmp_path / "bare" / "t1" / "p1" / "1")
+    assert not (tmp_path / "bare").exists()
     # the env was restored afterwards
     assert run_py(pool, py("tests.pyfuncs:getenv", "X"), tmp_path).output == "null"
 

@@ -19,6 +19,7 @@ from protocol.messages import (
     Ack,
     AttemptResult,
     Battery,
+    Bundle,
     CancelAttempt,
     Cpu,
     DigestEntry,
@@ -167,6 +168,12 @@ EXAMPLES: dict[type[Message], Message] = {
     ),
     ResultAck: ResultAck(task="3f9a1c-000001", subtask="lint", attempt=2, committed=True),
     CancelAttempt: CancelAttempt(task="3f9a1c-000001", subtask="lint", attempt=2),
+    Bundle: Bundle(
+        items=[
+            CancelAttempt(task="3f9a1c-000001", subtask="lint", attempt=2),
+            ResultAck(task="3f9a1c-000001", subtask="fmt", attempt=1, committed=True),
+        ]
+    ),
 }
 TAGS = {t: t.__struct_config__.tag for t in MESSAGE_TYPES}
 
@@ -268,7 +275,7 @@ def test_trailing_bytes_after_a_message_are_malformed() -> None:
     assert reason_of(codec.encode(EXAMPLES[Syn]) + b"\x00").reason == "malformed"
 
 
-@pytest.mark.parametrize("version", [0, 2, 99, "1", None])
+@pytest.mark.parametrize("version", [0, 1, 3, 99, "2", None])
 def test_other_version_of_a_broken_message(version: Any) -> None:
     raw = syn_map(v=version)
     del raw["seq"]
@@ -278,9 +285,9 @@ def test_other_version_of_a_broken_message(version: Any) -> None:
 
 
 @pytest.mark.parametrize("kind", [Syn, PeersRequest], ids=["syn", "peers"])
-def test_well_formed_message_of_version_2_is_rejected(kind: type[Message]) -> None:
+def test_well_formed_message_of_another_version_is_rejected(kind: type[Message]) -> None:
     raw: dict[str, Any] = msgspec.to_builtins(EXAMPLES[kind])
-    raw["v"] = 2
+    raw["v"] = 1  # version 1 nodes neither bundle nor expect accepts to be implicit
     assert reason_of(msgspec.msgpack.encode(raw)).reason == "version"
 
 
@@ -331,7 +338,7 @@ def test_missing_required_field_is_invalid() -> None:
 
 
 def test_control_message_with_bad_literal_is_invalid() -> None:
-    raw = {"t": "error", "v": 1, "code": "teapot", "message": "x"}
+    raw = {"t": "error", "v": PROTOCOL_VERSION, "code": "teapot", "message": "x"}
     error = reason_of(msgspec.msgpack.encode(raw))
     assert error.reason == "invalid"
     assert "$.code" in error.detail

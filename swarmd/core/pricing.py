@@ -117,6 +117,7 @@ class PeerCapacity:
     cost_per_hour: float
     models: tuple[ModelOffer, ...]
     speed: float = 1.0  # declared relative speed for shell/python work (> 0)
+    queue_max: int | None = None  # shell/python it holds beyond slots; None: max_queue
 
 
 # ---------------------------------------------------------------- the question
@@ -409,8 +410,9 @@ def _candidate(
         why.append(f"runs no {demand.kind} subtasks (0 slots)")
     else:
         waiting = peer.slots_busy + peer.queue - peer.slots_total
-        if waiting >= config.max_queue:
-            why.append(f"queue full: {waiting} waiting (limit {config.max_queue})")
+        limit = config.max_queue if peer.queue_max is None else peer.queue_max
+        if waiting >= limit:
+            why.append(f"queue full: {waiting} waiting (limit {limit})")
         else:
             best = _shell_estimate(demand, peer, rtt_s, config)
 
@@ -509,6 +511,10 @@ def explain_table(placement: Placement) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- from gossip
 
 
+def _opt_count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
 def _int(value: Any, default: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return default
@@ -554,9 +560,11 @@ def peer_from_gossip(
     ``queue``. Optional keys, with these defaults when a node does not gossip them:
     ``slots`` (shell/python slots, default ``cores``), ``busy`` (slots in use, default 0;
     ``slots_busy`` overrides it with what the coordinator knows), ``cost_per_hour``
-    (0.0), ``on_battery`` (the battery policy, "pause") and ``speed`` (the declared
-    relative speed, 1.0; anything not a finite number > 0 reads as 1.0). Malformed parts read as
-    absent. ``model_in_flight`` maps a profile name to requests known to be running.
+    (0.0), ``queue_max`` (shell/python subtasks it holds beyond its slots: the
+    worker's own limit; absent: ``PricingConfig.max_queue``), ``on_battery`` (the
+    battery policy, "pause") and ``speed`` (the declared relative speed, 1.0; anything
+    not a finite number > 0 reads as 1.0). Malformed parts read as absent.
+    ``model_in_flight`` maps a profile name to requests known to be running.
     """
     hw = _dict(values.get("hw"))
     cpu = _dict(hw.get("cpu"))
@@ -601,6 +609,7 @@ def peer_from_gossip(
         slots_total=max(0, _int(values.get("slots"), cores)),
         slots_busy=max(0, slots_busy if slots_busy is not None else _int(values.get("busy"))),
         queue=max(0, _int(values.get("queue"))),
+        queue_max=_opt_count(values.get("queue_max")),
         rtt_s=rtt_s,
         cost_per_hour=max(0.0, _float(values.get("cost_per_hour"))),
         models=tuple(offers),

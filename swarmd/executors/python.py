@@ -5,7 +5,9 @@ event loop is inherited) in its own session, talking to the daemon over a pipe; 
 imports the module once and keeps it (a changed module is seen by new workers only).
 Arguments and the return value are JSON: the return value comes back as ``output``, the
 JSON text. A call runs in the attempt's private working directory (inputs written,
-outputs collected as for shell subtasks) with the spec's env set for its duration.
+outputs collected as for shell subtasks) with the spec's env set for its duration; a
+call with neither inputs nor outputs gets no directory (it runs where the pool process
+is: making and removing one cost more than a small call itself).
 
 A call that overruns its timeout, or is cancelled, takes its worker with it: the
 worker's process group gets SIGTERM, then SIGKILL, and the next call starts a fresh
@@ -90,17 +92,19 @@ class PythonPool:
         problem = _check_request(req)
         if problem:
             return ExecResult.failure(problem, app_failed=True)
-        prepared = await workdir.prepare(req, workdir_root, limits)
-        if isinstance(prepared, ExecResult):
-            return prepared
-        cwd = prepared
+        cwd: Path | None = None
+        if req.inputs or req.outputs:  # else no files: no directory to make and remove
+            prepared = await workdir.prepare(req, workdir_root, limits)
+            if isinstance(prepared, ExecResult):
+                return prepared
+            cwd = prepared
         try:
             message = _Call(
                 call=req.call or "",
                 args_json=json.dumps(list(req.args)),
                 kwargs_json=json.dumps(dict(req.kwargs)),
                 env=dict(req.env),
-                cwd=str(cwd),
+                cwd=None if cwd is None else str(cwd),
                 limit=limits.max_output_bytes,
             )
             ticker = asyncio.create_task(_tick(progress, started)) if progress else None
@@ -116,15 +120,15 @@ class PythonPool:
                     ticker.cancel()
             return await self._result(reply, req, cwd, limits, started)
         finally:
-            if not keep:
+            if not keep and cwd is not None:
                 workdir.remove(cwd)
 
     async def _result(
-        self, reply: _Reply, req: ExecRequest, cwd: Path, limits: Limits, started: float
+        self, reply: _Reply, req: ExecRequest, cwd: Path | None, limits: Limits, started: float
     ) -> ExecResult:
         problems = [reply.error] if reply.error else []
         collected = workdir.Collected()
-        if req.outputs:
+        if req.outputs and cwd is not None:
             try:
                 collected = await workdir.off_loop(
                     workdir.collect_outputs, cwd, req.outputs, limits.max_artifact_bytes

@@ -1,0 +1,329 @@
+"""The worker's state machine: admission, held attempts, progress, the outbox.
+
+Sans-I/O, like the coordinator (:mod:`swarmd.core.tasks`): a :class:`WorkerCore` is fed
+the coordinators' messages (``on_dispatch``, ``on_cancel``, ``on_ack``), the end of an
+attempt (``on_finished``) and the time (``tick``), and returns effects for the asyncio
+shell to carry out: :class:`Start` and :class:`Stop` an executor, :class:`Send` a
+message, :class:`Persist` or :class:`Unpersist` a result in the durable outbox.
+
+Admission (every dispatch, whatever the coordinator believed):
+
+* ``shell`` and ``python`` subtasks need ``allow_shell`` (a python call such as
+  ``os:system`` is a shell); they share ``slots`` running attempts, and up to ``queue``
+  more are held, queued, so a worker never idles for a round trip between two;
+* ``llm`` subtasks need the named model profile, at most ``max_concurrency`` each;
+* a draining worker takes nothing new.
+
+A refused dispatch is answered with a refusal (``DispatchReply``); an accepted one gets
+no reply: a ``Progress`` when it starts says so, then one every third of its lease while
+it is held, queued or running. A finished attempt's result stays in the outbox, sent
+again with a doubling back-off (``resend_first_s`` .. ``resend_max_s``) until its
+coordinator acknowledges it, across restarts too (:meth:`WorkerCore.restore`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import msgspec
+
+from protocol.messages import (
+    AttemptResult,
+    CancelAttempt,
+    Dispatch,
+    DispatchReply,
+    Progress,
+    ResultAck,
+    WorkItem,
+)
+
+AttemptKey = tuple[str, str, int]  # (task, subtask, attempt)
+
+SHELL_DISABLED = "shell and python subtasks are disabled on this node (allow_shell = false)"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    slots: int = 4  # shell/python attempts running at once
+    queue: int | None = None  # shell/python attempts held beyond the slots; None: = slots
+    allow_shell: bool = True
+    models: Mapping[str, int] = field(default_factory=dict)  # profile -> max_concurrency
+    resend_first_s: float = 2.0
+    resend_max_s: float = 30.0
+    min_progress_s: float = 0.2
+
+    @property
+    def queue_limit(self) -> int:
+        return max(0, self.slots if self.queue is None else self.queue)
+
+
+# ---------------------------------------------------------------- effects
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """Run the attempt's executor now; call ``on_finished`` when it ends."""
+
+    key: AttemptKey
+    dispatch: Dispatch
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Cancel the attempt's executor; it still ends through ``on_finished``."""
+
+    key: AttemptKey
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    addr: str
+    message: WorkItem
+
+
+@dataclass(frozen=True, slots=True)
+class Persist:
+    """Keep this result durably until ``Unpersist`` (the outbox)."""
+
+    key: AttemptKey
+    addr: str
+    message: AttemptResult
+
+
+@dataclass(frozen=True, slots=True)
+class Unpersist:
+    key: AttemptKey
+
+
+Effect = Start | Stop | Send | Persist | Unpersist
+
+
+# ---------------------------------------------------------------- state
+
+
+@dataclass(slots=True)
+class _Held:
+    dispatch: Dispatch
+    model: str | None  # an llm attempt's profile; None: a shell/python slot
+    next_beat: float
+    running: bool = False
+    cancelled: bool = False  # by its coordinator
+
+
+@dataclass(slots=True)
+class _Outgoing:
+    addr: str
+    message: AttemptResult
+    next_send: float
+    backoff: float
+
+
+def key_of(m: Dispatch | CancelAttempt | ResultAck | AttemptResult) -> AttemptKey:
+    return (m.task, m.subtask, m.attempt)
+
+
+class WorkerCore:
+    def __init__(self, node_id: str, config: WorkerConfig | None = None) -> None:
+        self.node_id = node_id
+        self.config = config or WorkerConfig()
+        self.draining = False
+        self.counters: Counter[str] = Counter()
+        self.held: dict[AttemptKey, _Held] = {}
+        self._queued: deque[AttemptKey] = deque()  # shell/python, in arrival order
+        self._running_slots = 0
+        self._model_use: Counter[str] = Counter()
+        self.outbox: dict[AttemptKey, _Outgoing] = {}
+
+    # ------------------------------------------------------------ views
+
+    @property
+    def busy(self) -> int:
+        """Shell/python attempts running."""
+        return self._running_slots
+
+    @property
+    def queued(self) -> int:
+        return len(self._queued)
+
+    @property
+    def load(self) -> int:
+        """Shell/python attempts held, running or queued (what a coordinator prices)."""
+        return self._running_slots + len(self._queued)
+
+    def running_keys(self) -> list[AttemptKey]:
+        return [k for k, h in self.held.items() if h.running]
+
+    # ------------------------------------------------------------ coordinators' messages
+
+    def on_dispatch(self, d: Dispatch, now: float) -> list[Effect]:
+        key = key_of(d)
+        if key in self.held:
+            self.counters["duplicate_dispatches"] += 1
+            return []
+        done = self.outbox.get(key)
+        if done is not None:  # it ran already: the coordinator lacks the result
+            self.counters["duplicate_dispatches"] += 1
+            return [Send(done.addr, done.message)]
+        reason = self._refusal(d)
+        if reason is not None:
+            self.counters["refused"] += 1
+            reply = DispatchReply(
+                task=d.task,
+                subtask=d.subtask,
+                attempt=d.attempt,
+                accepted=False,
+                reason=reason,
+                load=self.load,
+            )
+            return [Send(d.coordinator.addr, reply)]
+        model = d.model if d.spec.get("kind") == "llm" else None
+        self.held[key] = _Held(d, model, now + self._beat_every(d))
+        self.counters["accepted"] += 1
+        if model is not None:
+            self._model_use[model] += 1
+            return self._start(key, now)
+        self._queued.append(key)
+        return self._start_queued(now)
+
+    def _refusal(self, d: Dispatch) -> str | None:
+        if self.draining:
+            return "draining"
+        kind = d.spec.get("kind", "shell")
+        if kind == "llm":
+            limit = self.config.models.get(d.model or "")
+            if limit is None:
+                return f"no model profile {d.model!r} on this node"
+            return "model busy" if self._model_use[d.model or ""] >= limit else None
+        if kind not in ("shell", "python"):
+            return f"unknown subtask kind {kind!r}"
+        if not self.config.allow_shell:
+            return SHELL_DISABLED
+        if self.config.slots <= 0:
+            return "no shell/python slots on this node"
+        if self.load >= self.config.slots + self.config.queue_limit:
+            return "all slots busy"
+        return None
+
+    def on_cancel(self, m: CancelAttempt, now: float) -> list[Effect]:
+        key = key_of(m)
+        held = self.held.get(key)
+        if held is None or held.cancelled:
+            return []
+        self.counters["cancelled"] += 1
+        held.cancelled = True
+        if held.running:
+            return [Stop(key)]
+        self._queued.remove(key)  # it never started: it ends here
+        ended = self.ended_early(key, "cancelled by the coordinator")
+        return self.on_finished(key, ended, now)
+
+    def on_ack(self, m: ResultAck) -> list[Effect]:
+        key = key_of(m)
+        self.counters["acked"] += 1
+        self.outbox.pop(key, None)
+        return [Unpersist(key)]  # also one from before a restart that restore missed
+
+    # ------------------------------------------------------------ attempts
+
+    def _beat_every(self, d: Dispatch) -> float:
+        return max(self.config.min_progress_s, d.lease_s / 3)
+
+    def _start(self, key: AttemptKey, now: float) -> list[Effect]:
+        held = self.held[key]
+        held.running = True
+        held.next_beat = now + self._beat_every(held.dispatch)
+        if held.model is None:
+            self._running_slots += 1
+        return [Start(key, held.dispatch), self._progress(held, "started")]
+
+    def _start_queued(self, now: float) -> list[Effect]:
+        effects: list[Effect] = []
+        while self._queued and self._running_slots < self.config.slots:
+            effects += self._start(self._queued.popleft(), now)
+        return effects
+
+    def _progress(self, held: _Held, note: str) -> Send:
+        d = held.dispatch
+        message = Progress(
+            task=d.task,
+            subtask=d.subtask,
+            attempt=d.attempt,
+            node=self.node_id,
+            note=note,
+            load=self.load,
+        )
+        return Send(d.coordinator.addr, message)
+
+    def ended_early(self, key: AttemptKey, why: str) -> AttemptResult:
+        """The result of an attempt that did not run to its end (not its own failure)."""
+        return AttemptResult(
+            task=key[0],
+            subtask=key[1],
+            attempt=key[2],
+            node=self.node_id,
+            usage={"seconds": 0.0},
+            error=why,
+            app_failed=False,
+        )
+
+    def was_cancelled(self, key: AttemptKey) -> bool:
+        held = self.held.get(key)
+        return held is not None and held.cancelled
+
+    def on_finished(self, key: AttemptKey, result: AttemptResult, now: float) -> list[Effect]:
+        """The attempt ended (ran, failed, was cancelled or handed back): keep its result
+        until acknowledged, send it, and start what waits for the slot it frees."""
+        held = self.held.pop(key, None)
+        if held is None:
+            return []
+        if held.model is not None:
+            self._model_use[held.model] -= 1
+        elif held.running:
+            self._running_slots -= 1
+        self.counters["finished"] += 1
+        message = msgspec.structs.replace(result, node=self.node_id, load=self.load)
+        addr = held.dispatch.coordinator.addr
+        first = self.config.resend_first_s
+        self.outbox[key] = _Outgoing(addr, message, now + first, first)
+        effects: list[Effect] = [Persist(key, addr, message), Send(addr, message)]
+        return effects + self._start_queued(now)
+
+    def hand_back(self, now: float) -> list[Effect]:
+        """Shutting down: queued attempts end at once, running ones are stopped."""
+        effects: list[Effect] = []
+        while self._queued:
+            key = self._queued.popleft()
+            self.counters["outcome_handed_back"] += 1
+            effects += self.on_finished(key, self.ended_early(key, "worker shutting down"), now)
+        effects += [Stop(k) for k in self.running_keys()]
+        return effects
+
+    # ------------------------------------------------------------ time
+
+    def tick(self, now: float) -> list[Effect]:
+        """Progress for held attempts and resends of unacknowledged results, when due."""
+        effects: list[Effect] = []
+        for held in self.held.values():
+            if held.next_beat <= now:
+                held.next_beat = now + self._beat_every(held.dispatch)
+                effects.append(self._progress(held, "running" if held.running else "queued"))
+        for out in self.outbox.values():
+            if out.next_send <= now:
+                self.counters["resent"] += 1
+                out.backoff = min(self.config.resend_max_s, out.backoff * 2)
+                out.next_send = now + out.backoff
+                effects.append(Send(out.addr, out.message))
+        return effects
+
+    def next_wakeup(self) -> float | None:
+        times = [h.next_beat for h in self.held.values()]
+        times += [o.next_send for o in self.outbox.values()]
+        return min(times, default=None)
+
+    def restore(self, entries: Iterable[tuple[str, AttemptResult]], now: float) -> None:
+        """Unacknowledged results kept from before a restart: due at once."""
+        first = self.config.resend_first_s
+        for addr, message in entries:
+            self.outbox[key_of(message)] = _Outgoing(addr, message, now, first / 2)

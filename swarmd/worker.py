@@ -1,0 +1,269 @@
+"""This node as a worker: the asyncio shell around :class:`swarmd.core.worker.WorkerCore`.
+
+The core decides (admission, queue, progress, outbox, resends); this shell carries its
+effects out: an executor task per started attempt, messages through ``send``, and the
+outbox in SQLite, written once per turn of the event loop for everything that turn
+produced (a group commit) — as is the acknowledged results' removal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from protocol import codec
+from protocol.messages import AttemptResult, CancelAttempt, Dispatch, Message, ResultAck
+
+from .core import worker as core
+from .core.worker import AttemptKey
+from .executors import ExecRequest, ExecResult, Limits, execute
+from .store import Store
+
+Send = Callable[[str, Message], bool]  # (node address, message) -> queued?
+TICK_S = 0.2  # the timer's longest sleep: WorkerConfig.min_progress_s
+
+
+def request_of(d: Dispatch, models: Mapping[str, tuple[str, str, int]]) -> ExecRequest:
+    s = d.spec
+    endpoint = model = None
+    if s.get("kind") == "llm" and d.model in models:
+        endpoint, model, _ = models[d.model]
+    return ExecRequest(
+        task_id=d.task,
+        subtask_id=d.subtask,
+        attempt=d.attempt,
+        kind=s.get("kind", "shell"),
+        run=tuple(s.get("run") or ()),
+        env=dict(s.get("env") or {}),
+        timeout_s=s.get("timeout_s"),
+        inputs=d.inputs,
+        outputs=tuple(s.get("outputs") or ()),
+        prompt=s.get("prompt"),
+        system=s.get("system"),
+        max_tokens=int(s.get("max_tokens") or 256),
+        endpoint=endpoint,
+        model=model,
+        call=s.get("call"),
+        args=tuple(s.get("args") or ()),
+        kwargs=dict(s.get("kwargs") or {}),
+    )
+
+
+def result_message(key: AttemptKey, node_id: str, r: ExecResult) -> AttemptResult:
+    usage = dict(r.usage or {})
+    usage.setdefault("seconds", r.seconds)
+    return AttemptResult(
+        task=key[0],
+        subtask=key[1],
+        attempt=key[2],
+        node=node_id,
+        exit_code=r.exit_code,
+        stdout=r.stdout,
+        stderr=r.stderr,
+        output=r.output,
+        usage=usage,
+        artifacts=dict(r.artifacts),
+        error=r.error,
+        app_failed=r.app_failed,
+    )
+
+
+class Worker:
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        store: Store,
+        send: Send,
+        workdir_root: Path,
+        slots: int,
+        allow_shell: bool,
+        models: Mapping[str, tuple[str, str, int]],  # profile -> (endpoint, model, max)
+        log: logging.Logger,
+        limits: Limits | None = None,
+        queue: int | None = None,
+    ) -> None:
+        self.store = store
+        self.send = send
+        self.workdir_root = workdir_root
+        self.allow_shell = allow_shell
+        self.models = models
+        self.log = log
+        self.limits = limits or Limits()
+        config = core.WorkerConfig(
+            slots=slots,
+            queue=queue,
+            allow_shell=allow_shell,
+            models={name: m[2] for name, m in models.items()},
+        )
+        self.core = core.WorkerCore(node_id, config)
+        self.running: dict[AttemptKey, asyncio.Task[None]] = {}
+        self._pool: Any = None
+        self._puts: dict[AttemptKey, tuple[str, bytes]] = {}  # outbox writes this turn
+        self._drops: set[AttemptKey] = set()
+        self._flush_due = False
+        self.core.restore(self._stored_outbox(), time.monotonic())
+
+    # ------------------------------------------------------------ views
+
+    @property
+    def node_id(self) -> str:
+        return self.core.node_id
+
+    @node_id.setter
+    def node_id(self, value: str) -> None:  # after an identity conflict
+        self.core.node_id = value
+
+    @property
+    def counters(self) -> Any:
+        return self.core.counters
+
+    @property
+    def busy(self) -> int:
+        return self.core.busy
+
+    @property
+    def load(self) -> int:
+        return self.core.load
+
+    @property
+    def queued(self) -> int:
+        return self.core.queued
+
+    @property
+    def queue_limit(self) -> int:
+        return self.core.config.queue_limit
+
+    @property
+    def draining(self) -> bool:
+        return self.core.draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self.core.draining = value
+
+    # ------------------------------------------------------------ messages in
+
+    def on_dispatch(self, d: Dispatch) -> None:
+        self._apply(self.core.on_dispatch(d, time.monotonic()))
+
+    def on_cancel(self, m: CancelAttempt) -> None:
+        self._apply(self.core.on_cancel(m, time.monotonic()))
+
+    def on_ack(self, m: ResultAck) -> None:
+        self._apply(self.core.on_ack(m))
+
+    # ------------------------------------------------------------ effects
+
+    def _apply(self, effects: list[core.Effect]) -> None:
+        for e in effects:
+            if isinstance(e, core.Send):
+                self.send(e.addr, e.message)
+            elif isinstance(e, core.Start):
+                self.running[e.key] = asyncio.ensure_future(self._run(e.key, e.dispatch))
+            elif isinstance(e, core.Stop):
+                task = self.running.get(e.key)
+                if task is not None:
+                    task.cancel()
+            elif isinstance(e, core.Persist):
+                self._drops.discard(e.key)
+                self._puts[e.key] = (e.addr, codec.encode(e.message))
+                self._flush_soon()
+            elif isinstance(e, core.Unpersist) and self._puts.pop(e.key, None) is None:
+                self._drops.add(e.key)
+                self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        if not self._flush_due:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write this turn's outbox changes in one transaction."""
+        self._flush_due = False
+        puts, drops = self._puts, self._drops
+        self._puts, self._drops = {}, set()
+        if puts or drops:
+            self.store.update_outbox(
+                [(*k, addr, data) for k, (addr, data) in puts.items()], list(drops)
+            )
+
+    def _stored_outbox(self) -> list[tuple[str, AttemptResult]]:
+        out = []
+        for addr, encoded in self.store.outbox():
+            try:
+                message = codec.decode(encoded)
+            except codec.ProtocolError:
+                continue  # written by another protocol version: its coordinator moved on
+            if isinstance(message, AttemptResult):
+                out.append((addr, message))
+        return out
+
+    # ------------------------------------------------------------ attempts
+
+    async def _run(self, key: AttemptKey, d: Dispatch) -> None:
+        try:
+            result = await execute(
+                request_of(d, self.models),
+                workdir_root=self.workdir_root,
+                allow_shell=self.allow_shell,
+                limits=self.limits,
+                pool=self._python_pool() if d.spec.get("kind") == "python" else None,
+            )
+        except asyncio.CancelledError:
+            # Still report how it ended: the coordinator fences it off if it moved on,
+            # and on shutdown it re-dispatches at once instead of waiting for the lease.
+            cancelled = self.core.was_cancelled(key)
+            why = "cancelled by the coordinator" if cancelled else "worker shutting down"
+            self.counters["outcome_cancelled" if cancelled else "outcome_handed_back"] += 1
+            self.log.info("attempt %s/%s#%d: %s", *key, why)
+            message = self.core.ended_early(key, why)
+        except Exception as exc:  # an executor bug must not lose the attempt
+            self.log.exception("executor failed")
+            failure = ExecResult.failure(f"executor error: {exc}", app_failed=False)
+            message = result_message(key, self.node_id, failure)
+            self.counters["outcome_error"] += 1
+        else:
+            outcome = "ok" if result.ok else "app_failed" if result.app_failed else "error"
+            self.counters[f"outcome_{outcome}"] += 1
+            message = result_message(key, self.node_id, result)
+        finally:
+            self.running.pop(key, None)
+        self._apply(self.core.on_finished(key, message, time.monotonic()))
+
+    def _python_pool(self) -> Any:
+        if self._pool is None:
+            from .executors.python import PythonPool
+
+            self._pool = PythonPool(max_workers=max(1, self.core.config.slots))
+        return self._pool
+
+    async def timer_loop(self) -> None:
+        """Progress and resends when the core says they are due."""
+        while True:
+            self._apply(self.core.tick(time.monotonic()))
+            wakeup = self.core.next_wakeup()
+            # At most TICK_S: what started since is due no sooner than min_progress_s.
+            delay = TICK_S if wakeup is None else min(TICK_S, max(0.005, wakeup - time.monotonic()))
+            await asyncio.sleep(delay)
+
+    def hand_back(self) -> None:
+        """Shutting down: queued attempts end at once, running ones are cancelled."""
+        self._apply(self.core.hand_back(time.monotonic()))
+
+    async def close(self) -> None:
+        self.hand_back()
+        tasks = list(self.running.values())
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+        self.flush()
+        if self._pool is not None:
+            with contextlib.suppress(Exception):
+                close = self._pool.close()
+                if asyncio.iscoroutine(close):
+                    await asyncio.wait_for(close, 5)

@@ -1,0 +1,171 @@
+"""The sans-I/O worker core: admission, the queue beyond the slots, progress, outbox."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from protocol.messages import (
+    AttemptResult,
+    CancelAttempt,
+    Dispatch,
+    DispatchReply,
+    NodeRef,
+    Progress,
+    ResultAck,
+)
+from swarmd.core.worker import (
+    SHELL_DISABLED,
+    Effect,
+    Persist,
+    Send,
+    Start,
+    Stop,
+    Unpersist,
+    WorkerConfig,
+    WorkerCore,
+)
+
+COORD = NodeRef("c1", 1, 7, "127.0.0.1:7001")
+
+
+def dispatch(sub: str, kind: str = "python", attempt: int = 1, **kw: Any) -> Dispatch:
+    spec = {"id": sub, "kind": kind, "call": "operator:truth", "run": ["true"]}
+    return Dispatch(
+        task="t1",
+        subtask=sub,
+        attempt=attempt,
+        coordinator=COORD,
+        lease_s=kw.pop("lease_s", 3.0),
+        spec=spec,
+        **kw,
+    )
+
+
+def result(sub: str, attempt: int = 1) -> AttemptResult:
+    return AttemptResult(task="t1", subtask=sub, attempt=attempt, node="w1", exit_code=0)
+
+
+def started(effects: list[Effect]) -> list[str]:
+    return [e.key[1] for e in effects if isinstance(e, Start)]
+
+
+def sent(effects: list[Effect], kind: type) -> list[Any]:
+    return [e.message for e in effects if isinstance(e, Send) and isinstance(e.message, kind)]
+
+
+def test_slots_then_a_bounded_queue_then_refusal() -> None:
+    w = WorkerCore("w1", WorkerConfig(slots=2, queue=1))
+    assert started(w.on_dispatch(dispatch("a"), 0.0)) == ["a"]
+    assert started(w.on_dispatch(dispatch("b"), 0.0)) == ["b"]
+    assert started(w.on_dispatch(dispatch("c"), 0.0)) == []  # held, queued
+    assert (w.busy, w.queued, w.load) == (2, 1, 3)
+    refused = sent(w.on_dispatch(dispatch("d"), 0.0), DispatchReply)
+    assert [(r.accepted, r.reason, r.load) for r in refused] == [(False, "all slots busy", 3)]
+    # A slot frees: the queued one starts, in the same call, and says so.
+    effects = w.on_finished(("t1", "a", 1), result("a"), 1.0)
+    assert started(effects) == ["c"]
+    assert [p.subtask for p in sent(effects, Progress)] == ["c"]
+    assert [r.load for r in sent(effects, AttemptResult)] == [2]
+    assert (w.busy, w.queued) == (2, 0)
+
+
+def test_an_accepted_dispatch_gets_no_reply_but_a_start_notice() -> None:
+    w = WorkerCore("w1", WorkerConfig(slots=1))
+    effects = w.on_dispatch(dispatch("a"), 0.0)
+    assert sent(effects, DispatchReply) == []
+    [notice] = sent(effects, Progress)
+    assert (notice.subtask, notice.note, notice.node, notice.load) == ("a", "started", "w1", 1)
+    assert w.on_dispatch(dispatch("a"), 0.1) == []  # a duplicate: nothing new
+    assert w.counters["duplicate_dispatches"] == 1
+
+
+def test_allow_shell_false_refuses_shell_and_python_whatever_the_coordinator_thought() -> None:
+    w = WorkerCore("w1", WorkerConfig(slots=4, allow_shell=False))
+    for kind in ("python", "shell"):
+        [reply] = sent(w.on_dispatch(dispatch(kind, kind=kind), 0.0), DispatchReply)
+        assert not reply.accepted and reply.reason == SHELL_DISABLED
+    assert w.load == 0 and w.counters["refused"] == 2
+
+
+def test_llm_needs_the_profile_and_a_free_request() -> None:
+    w = WorkerCore("w1", WorkerConfig(slots=0, models={"fast": 1}))
+    [r] = sent(w.on_dispatch(dispatch("x", kind="llm", model="deep"), 0.0), DispatchReply)
+    assert r.reason == "no model profile 'deep' on this node"
+    assert started(w.on_dispatch(dispatch("y", kind="llm", model="fast"), 0.0)) == ["y"]
+    [r] = sent(w.on_dispatch(dispatch("z", kind="llm", model="fast"), 0.0), DispatchReply)
+    assert r.reason == "model busy"
+    w.on_finished(("t1", "y", 1), result("y"), 1.0)
+    assert started(w.on_dispatch(dispatch("z", kind="llm", model="fast"), 1.0)) == ["z"]
+
+
+def test_draining_refuses() -> None:
+    w = WorkerCore("w1")
+    w.draining = True
+    [r] = sent(w.on_dispatch(dispatch("a"), 0.0), DispatchReply)
+    assert r.reason == "draining"
+
+
+def test_progress_every_third_of_the_lease_while_held_queued_or_running() -> None:
+    w = WorkerCore("w1", WorkerConfig(slots=1, queue=1))
+    w.on_dispatch(dispatch("a", lease_s=3.0), 0.0)
+    w.on_dispatch(dispatch("b", lease_s=3.0), 0.0)
+    assert w.next_wakeup() == 1.0
+    assert w.tick(0.5) == []
+    notes = {p.subtask: p.note for p in sent(w.tick(1.0), Progress)}
+    assert notes == {"a": "running", "b": "queued"}
+    assert w.next_wakeup() == 2.0
+
+
+def test_results_stay_in_the_outbox_until_acked_and_resends_back_off() -> None:
+    w = WorkerCore("w1", WorkerConfig(slots=1, resend_first_s=2.0, resend_max_s=5.0))
+    w.on_dispatch(dispatch("a"), 0.0)
+    effects = w.on_finished(("t1", "a", 1), result("a"), 0.5)
+    assert [type(e) for e in effects] == [Persist, Send]
+    assert w.tick(2.0) == []  # a fresh result is not sent twice at once
+    resends = [w.tick(t) for t in (2.5, 4.0, 6.5, 10.0, 11.5, 16.5)]
+    assert [len(r) for r in resends] == [1, 0, 1, 0, 1, 1]  # after 2, then 4, then 5, 5
+    assert w.on_ack(ResultAck(task="t1", subtask="a", attempt=1, committed=True)) == [
+        Unpersist(("t1", "a", 1))
+    ]
+    assert w.tick(100.0) == [] and w.next_wakeup() is None
+
+
+def test_a_dispatch_of_a_finished_attempt_resends_its_result() -> None:
+    w = WorkerCore("w1")
+    w.on_dispatch(dispatch("a"), 0.0)
+    w.on_finished(("t1", "a", 1), result("a"), 0.1)
+    assert [r.subtask for r in sent(w.on_dispatch(dispatch("a"), 0.2), AttemptResult)] == ["a"]
+
+
+def test_cancel_stops_a_running_attempt_and_ends_a_queued_one_at_once() -> None:
+    w = WorkerCore("w1", WorkerConfig(slots=1, queue=1))
+    w.on_dispatch(dispatch("a"), 0.0)
+    w.on_dispatch(dispatch("b"), 0.0)
+    assert w.on_cancel(CancelAttempt(task="t1", subtask="a", attempt=1), 0.1) == [
+        Stop(("t1", "a", 1))
+    ]
+    assert w.was_cancelled(("t1", "a", 1))
+    effects = w.on_cancel(CancelAttempt(task="t1", subtask="b", attempt=1), 0.1)
+    [ended] = sent(effects, AttemptResult)
+    assert ended.error == "cancelled by the coordinator" and not ended.app_failed
+    assert w.queued == 0 and w.busy == 1
+
+
+def test_hand_back_ends_the_queue_and_stops_the_running() -> None:
+    w = WorkerCore("w1", WorkerConfig(slots=1, queue=2))
+    for sub in "abc":
+        w.on_dispatch(dispatch(sub), 0.0)
+    effects = w.hand_back(1.0)
+    assert [e.key[1] for e in effects if isinstance(e, Stop)] == ["a"]
+    ended = sent(effects, AttemptResult)
+    assert [(r.subtask, r.error) for r in ended] == [
+        ("b", "worker shutting down"),
+        ("c", "worker shutting down"),
+    ]
+    assert started(effects) == []  # nothing new starts while handing back
+
+
+def test_restored_results_are_due_at_once() -> None:
+    w = WorkerCore("w1")
+    w.restore([("127.0.0.1:7001", result("a"))], 10.0)
+    assert [r.subtask for r in sent(w.tick(10.0), AttemptResult)] == ["a"]
