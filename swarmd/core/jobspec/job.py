@@ -12,7 +12,7 @@ from swarmd.core.units import parse_duration
 from .errors import Problems
 from .graph import check_graph
 from .spec import MAX_NAME_LENGTH, MAX_SUBTASKS, PRIORITY_RANK, JobSpec, Priority
-from .subtask import Draft, SubtaskReader
+from .subtask import Draft, read_subtask
 from .wording import bad_priority, quote, suggest, type_name
 
 _JOB_KEYS: Final = ("name", "priority", "deadline", "subtask", "subtasks")
@@ -101,7 +101,7 @@ def parse_job(data: Mapping[str, Any], *, source: str = "job") -> JobSpec:
                 if not isinstance(raw, Mapping):
                     problems.add(f"expected a table, got {type_name(raw)}", f"#{pos + 1}", pos=pos)
                     continue
-                drafts.append(SubtaskReader(pos, raw, priority, problems).read())
+                drafts.append(read_subtask(pos, raw, priority, problems))
 
     check_graph(drafts, problems)
     problems.raise_if_any()
