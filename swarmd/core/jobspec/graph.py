@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 from swarmd.core import template
 
@@ -14,8 +15,41 @@ from .subtask import Draft
 from .wording import cycle_text, listing, quote, suggest
 
 
+@dataclass(frozen=True)
+class _Known:
+    """The subtasks with a usable id, first of each id in file order."""
+
+    by_id: dict[str, Draft]
+    ids: list[str]
+    listing: str  # the ids as listed in messages
+
+    @classmethod
+    def of(cls, by_id: dict[str, Draft]) -> _Known:
+        ids = list(by_id)
+        return cls(by_id, ids, listing(ids))
+
+    def unknown(self, name: str) -> str:
+        """The message for a reference to a subtask that does not exist."""
+        return f"unknown subtask {quote(name)}{suggest(name, self.ids)} (known: {self.listing})"
+
+
 def check_graph(drafts: list[Draft], problems: Problems) -> None:
     """Ids, ``after`` edges, cycles and template references across subtasks."""
+    known = _Known.of(_unique_ids(drafts, problems))
+    deps = _after_edges(known, problems)
+    position = {i: d.pos for i, d in known.by_id.items()}
+    for cycle in find_cycles(known.ids, deps, position):
+        problems.add(
+            f"dependency cycle {cycle_text(cycle)} (each waits for the next)",
+            cycle[0],
+            "after",
+            position[cycle[0]],
+        )
+    _check_references(known, deps, problems)
+
+
+def _unique_ids(drafts: list[Draft], problems: Problems) -> dict[str, Draft]:
+    """The first subtask of each id; later ones with the same id are reported."""
     first: dict[str, Draft] = {}
     for d in drafts:
         if d.id is None:
@@ -30,74 +64,63 @@ def check_graph(drafts: list[Draft], problems: Problems) -> None:
             )
         else:
             first[d.id] = d
-    known = list(first)
-    known_listing = listing(known)
+    return first
 
+
+def _after_edges(known: _Known, problems: Problems) -> dict[str, list[str]]:
+    """Each subtask's usable ``after`` edges; edges to itself or to no subtask reported."""
     deps: dict[str, list[str]] = {}
-    for d in first.values():
+    for d in known.by_id.values():
         edges: list[str] = []
         for dep in d.after:
             if dep == d.id:
                 problems.add("a subtask cannot wait for itself", d.label, "after", d.pos)
-            elif dep not in first:
-                problems.add(
-                    f"unknown subtask {quote(dep)}{suggest(dep, known)} (known: {known_listing})",
-                    d.label,
-                    "after",
-                    d.pos,
-                )
+            elif dep not in known.by_id:
+                problems.add(known.unknown(dep), d.label, "after", d.pos)
             else:
                 edges.append(dep)
         deps[d.label] = edges
+    return deps
 
-    position = {i: first[i].pos for i in first}
-    for cycle in find_cycles(known, deps, position):
-        problems.add(
-            f"dependency cycle {cycle_text(cycle)} (each waits for the next)",
-            cycle[0],
-            "after",
-            position[cycle[0]],
-        )
 
+def _check_references(known: _Known, deps: Mapping[str, Sequence[str]], problems: Problems) -> None:
+    """Template placeholders must name a known field of an upstream subtask."""
     is_upstream = _upstream_test(deps)
-    for d in first.values():
+    for d in known.by_id.values():
         if d.kind is None:
             continue
         texts = [("run", a) for a in d.values.get("run", ())]
         texts += [(k, d.values[k]) for k in ("prompt", "system") if d.values.get(k) is not None]
         for key, text in texts:
             for ph in template.placeholders(text):
-                if not ph.known:
-                    if ph.subtask in first:
-                        problems.add(
-                            f"{ph.text}: unknown field {quote(ph.field)}"
-                            f"{suggest(ph.field, template.FIELDS)} "
-                            f"(expected one of {', '.join(template.FIELDS)})",
-                            d.label,
-                            key,
-                            d.pos,
-                        )
-                    continue
-                if ph.subtask == d.id:
-                    problems.add(
-                        f"{ph.text}: a subtask cannot use its own result", d.label, key, d.pos
-                    )
-                elif ph.subtask not in first:
-                    problems.add(
-                        f"{ph.text}: unknown subtask {quote(ph.subtask)}"
-                        f"{suggest(ph.subtask, known)} (known: {known_listing})",
-                        d.label,
-                        key,
-                        d.pos,
-                    )
-                elif not is_upstream(ph.subtask, d.label):
-                    problems.add(
-                        f"{ph.text}: subtask {quote(ph.subtask)} is not upstream of "
-                        f'{quote(d.label)}; add it to "after"',
-                        d.label,
-                        key,
-                        d.pos,
-                    )
+                why = _reference_problem(ph, d, known, is_upstream)
+                if why is not None:
+                    problems.add(why, d.label, key, d.pos)
+
+
+def _reference_problem(
+    ph: template.Placeholder, d: Draft, known: _Known, is_upstream: Callable[[str, str], bool]
+) -> str | None:
+    """What is wrong with placeholder ``ph`` in subtask ``d``, or None. An unknown field
+    is reported only when the placeholder names a subtask (else it is not a placeholder)."""
+    if not ph.known:
+        if ph.subtask not in known.by_id:
+            return None
+        return (
+            f"{ph.text}: unknown field {quote(ph.field)}"
+            f"{suggest(ph.field, template.FIELDS)} "
+            f"(expected one of {', '.join(template.FIELDS)})"
+        )
+    if ph.subtask == d.id:
+        return f"{ph.text}: a subtask cannot use its own result"
+    if ph.subtask not in known.by_id:
+        return f"{ph.text}: {known.unknown(ph.subtask)}"
+    if not is_upstream(ph.subtask, d.label):
+        return (
+            f"{ph.text}: subtask {quote(ph.subtask)} is not upstream of "
+            f'{quote(d.label)}; add it to "after"'
+        )
+    return None
 
 
 def _upstream_test(deps: Mapping[str, Sequence[str]]) -> Callable[[str, str], bool]:
