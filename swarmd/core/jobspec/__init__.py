@@ -15,13 +15,15 @@ One concern per module:
 - :mod:`.spec` the types (:class:`JobSpec`, :class:`SubtaskSpec`) and limits
 - :mod:`.errors` :class:`JobError` and the collector of problems
 - :mod:`.wording` how values appear in messages
-- :mod:`.subtask` the reader of one subtask table
+- :mod:`.subtask` the reader of one subtask table (common keys from a table)
+- :mod:`.fields` typed readers of its values (strings, durations, sizes, paths …)
+- :mod:`.kinds` each kind's keys and reader (shell, llm, python)
 - :mod:`.job` the job reader (:func:`parse_job`)
 - :mod:`.graph` ids, ``after`` edges, cycles, references; :func:`topological_order`
 - :mod:`.load` job files' text (:func:`load_job_text`, :func:`job_format`)
 - :mod:`.serialize` a spec back to data (:func:`job_to_data`)
 - :mod:`.single` one-subtask jobs from command-line options
-- :mod:`.admission` :class:`PeerFacts` and :func:`check_feasible`
+- :mod:`.admission` :class:`PeerFacts` and :func:`check_feasible` (a table of constraints)
 - :mod:`.inputs` :func:`check_input_sizes`
 """
 
