@@ -839,16 +839,15 @@ class Coordinator:
         live = self._live_attempt(task_id, subtask_id, attempt, node_id)
         if live is None:
             return self._stale(task_id, subtask_id, attempt, node_id)
-        task, rec, current = live
-        batch = _Batch()
+        _, rec, current = live
         current.lease_until = now + self.config.lease_s
         if current.state == "dispatched":
+            # Not journaled: a restarted coordinator treats dispatched and running alike.
             current.state = "running"
             rec.state = "running"
             rec.round = ()
             rec.refused_by.clear()
-            self._touch(batch, task, rec)
-        return self._finish(batch)
+        return []
 
     def on_progress(
         self, task_id: str, subtask_id: str, attempt: int, node_id: str, now: float
