@@ -5,10 +5,10 @@
 One coordinator (it runs no work itself) and two worker daemons, each with
 ``max_concurrency`` slots. Throughput: one job of N python no-op subtasks
 (``operator:truth``), from submit until the task is done. Latency: single-subtask
-tasks submitted one after another, each timed from submit until its status says
-done (polled every millisecond over the local control socket; the throughput run polls
-the task list, a summary, every 50 ms so the measuring client does not load the
-coordinator). Writes bench/results/dispatch.json.
+tasks submitted one after another, each timed from submit until the coordinator says
+it is done (a watch request over the local control socket, answered when the task
+changes: pushed, not polled; the full status is read once it is final, and that read
+is inside the timing). Writes bench/results/dispatch.json.
 
 Importable: :func:`measure` runs both and returns the result dict (``bench/compare.py``
 uses it); :class:`Swarm` starts and stops the three daemons.
@@ -35,8 +35,6 @@ from protocol.messages import (  # noqa: E402
     SubmitRequest,
     TaskReply,
     TaskRequest,
-    TasksReply,
-    TasksRequest,
 )
 from swarmctl.client import Client  # noqa: E402
 from tests.harness import Daemon, new_secret, wait_until  # noqa: E402
@@ -54,32 +52,19 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
-def wait_done(client: Client, task: str, poll_s: float, timeout: float) -> dict[str, Any]:
-    """Poll the task's full status until it is final (cheap for small tasks only)."""
+def wait_done(client: Client, task: str, timeout: float) -> dict[str, Any]:
+    """Wait (the coordinator pushes: a watch answered when the task changes) until the
+    task is final; its full status then."""
     deadline = time.monotonic() + timeout
+    seen = 0
     while time.monotonic() < deadline:
-        reply = client.request(TaskRequest(task=task, what="status"))
-        assert isinstance(reply, TaskReply)
-        if reply.body["state"] in FINAL:
+        left = max(0.0, deadline - time.monotonic())
+        row = client.watch(task, seen, min(10.0, left), final_only=True)
+        seen = row["version"]
+        if row["state"] in FINAL:
+            reply = client.request(TaskRequest(task=task, what="status"))
+            assert isinstance(reply, TaskReply)
             return reply.body
-        time.sleep(poll_s)
-    raise TimeoutError(task)
-
-
-def wait_final(client: Client, task: str, poll_s: float, timeout: float) -> str:
-    """Poll the task list (one summary row per task) until ``task`` is final; its state.
-
-    The full status of a 10,000-subtask task is a 10,000-row reply: polling it every
-    50 ms would cost the coordinator more than the dispatching it measures.
-    """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        reply = client.request(TasksRequest())
-        assert isinstance(reply, TasksReply)
-        for row in reply.tasks:
-            if row["id"] == task and row["state"] in FINAL:
-                return str(row["state"])
-        time.sleep(poll_s)
     raise TimeoutError(task)
 
 
@@ -139,7 +124,7 @@ def submit(client: Client, n: int) -> str:
 
 def warm_up(client: Client, slots: int) -> None:
     """Start the python worker processes on both workers."""
-    wait_done(client, submit(client, 2 * slots * 2), 0.05, 120)
+    wait_done(client, submit(client, 2 * slots * 2), 120)
 
 
 def throughput(client: Client, subtasks: int, timeout: float = 1800) -> dict[str, Any]:
@@ -147,10 +132,9 @@ def throughput(client: Client, subtasks: int, timeout: float = 1800) -> dict[str
     started = time.perf_counter()
     task = submit(client, subtasks)
     submitted = time.perf_counter()
-    state = wait_final(client, task, 0.05, timeout)
+    status = wait_done(client, task, timeout)
     elapsed = time.perf_counter() - started
-    assert state == "done", state
-    status = wait_done(client, task, 0, 60)
+    assert status["state"] == "done", status["state"]
     per_peer: dict[str, int] = {}
     for sub in status["subtasks"]:
         per_peer[sub["peer"]] = per_peer.get(sub["peer"], 0) + 1
@@ -166,11 +150,11 @@ def throughput(client: Client, subtasks: int, timeout: float = 1800) -> dict[str
 def latencies(client: Client, n: int) -> list[float]:
     """``n`` one-subtask tasks one after another, seconds from submit to done, sorted
     (after one that is not counted)."""
-    wait_done(client, submit(client, 1), 0.001, 60)
+    wait_done(client, submit(client, 1), 60)
     out = []
     for _ in range(n):
         t0 = time.perf_counter()
-        status = wait_done(client, submit(client, 1), 0.001, 60)
+        status = wait_done(client, submit(client, 1), 60)
         out.append(time.perf_counter() - t0)
         assert status["state"] == "done", status
     return sorted(out)

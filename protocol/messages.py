@@ -275,6 +275,22 @@ class TaskReply(Message, tag="task_reply"):
     artifacts: dict[str, Files] = {}  # subtask id -> name -> bytes
 
 
+class WatchRequest(Message, tag="watch"):
+    """Answered (with a :class:`WatchReply`) as soon as the task has changed since
+    version ``seen``, or is final, or ``timeout_s`` passed: push, not poll."""
+
+    task: TaskId
+    seen: Count = 0
+    timeout_s: Annotated[float, Meta(ge=0, le=60)] = 10.0
+    final_only: bool = False  # answer only when the task ends (or at the timeout)
+
+
+class WatchReply(Message, tag="watch_reply"):
+    """The task's summary row (``swarmctl tasks``) with ``version``, its change count."""
+
+    task: dict[str, Any]
+
+
 class TasksRequest(Message, tag="tasks"):
     pass
 
@@ -373,6 +389,7 @@ ControlRequest = (
     | TaskRequest
     | TasksRequest
     | DrainRequest
+    | WatchRequest
 )
 ControlReply = (
     PeersReply
@@ -383,6 +400,7 @@ ControlReply = (
     | TaskReply
     | TasksReply
     | DrainReply
+    | WatchReply
 )
 WorkMessage = WorkItem | Bundle
 AnyMessage = GossipMessage | ControlRequest | ControlReply | WorkMessage
@@ -406,6 +424,8 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (
     TaskReply,
     TasksRequest,
     TasksReply,
+    WatchRequest,
+    WatchReply,
     Dispatch,
     DispatchReply,
     Progress,

@@ -76,16 +76,27 @@ class Ctx:
             client.close()
 
     def call(self, request: ControlRequest) -> ControlReply:
-        with self.client() as client:
-            try:
-                return client.request(request)
-            except Unreachable as exc:
-                self.fail(EXIT_UNREACHABLE, str(exc))
-            except RequestFailed as exc:
-                message = str(exc)
-                if message.startswith("bad_request: "):
-                    self.fail(EXIT_USAGE, message.removeprefix("bad_request: "))
-                self.fail(EXIT_FAILED, message)
+        with self.client() as client, self._failures():
+            return client.request(request)
+        raise AssertionError("unreachable")  # _failures exits
+
+    def watch(self, task: str, seen: int) -> dict[str, Any]:
+        """The task's summary when the daemon says it changed (see Client.watch)."""
+        with self.client() as client, self._failures():
+            return client.watch(task, seen)
+        raise AssertionError("unreachable")
+
+    @contextmanager
+    def _failures(self) -> Iterator[None]:
+        try:
+            yield
+        except Unreachable as exc:
+            self.fail(EXIT_UNREACHABLE, str(exc))
+        except RequestFailed as exc:
+            message = str(exc)
+            if message.startswith("bad_request: "):
+                self.fail(EXIT_USAGE, message.removeprefix("bad_request: "))
+            self.fail(EXIT_FAILED, message)
 
     def emit_json(self, value: Any) -> None:
         click.echo(json.dumps(codec.to_builtins(value), indent=2, sort_keys=False))
@@ -339,24 +350,6 @@ def _build_job(
     return single_command_job(list(command), **opts)
 
 
-def _progress_line(status: dict[str, Any]) -> str:
-    counts: dict[str, int] = {}
-    peers: dict[str, int] = {}
-    for sub in status.get("subtasks", []):
-        counts[sub["state"]] = counts.get(sub["state"], 0) + 1
-        if sub["state"] in ("running", "dispatched") and sub.get("peer"):
-            peers[sub["peer"]] = peers.get(sub["peer"], 0) + 1
-    total = len(status.get("subtasks", []))
-    queued = counts.get("waiting", 0) + counts.get("ready", 0)
-    running = counts.get("running", 0) + counts.get("dispatched", 0)
-    on = ", ".join(f"{p}: {n}" for p, n in sorted(peers.items()))
-    return (
-        f"{status['id']} {status['state']}: {counts.get('done', 0)}/{total} done, "
-        f"{running} running, {queued} queued, {counts.get('failed', 0)} failed"
-        + (f"  [{on}]" if on else "")
-    )
-
-
 @main.command(context_settings={"ignore_unknown_options": False})
 @click.option("-f", "job_file", type=click.Path(path_type=Path, dir_okay=False), help="job file")
 @click.option("--prompt", help="one LLM subtask with this prompt")
@@ -404,32 +397,60 @@ def submit(
         else:
             click.echo(reply.task)
         return
-    status = _wait(obj, reply.task)
+    relay = bool(command) and not obj.as_json  # as `ssh host CMD`: its output, its exit
+    if relay:
+        click.echo(f"task {reply.task}", err=True)
+    status = _wait(obj, reply.task, quiet=relay)
     if obj.as_json:
         obj.emit_json(status)
+    elif relay:
+        sys.exit(_relay_command(obj, reply.task))
     else:
         _print_status(status)
     sys.exit(0 if status["state"] == "done" else EXIT_FAILED)
 
 
-def _wait(obj: Ctx, task: str) -> dict[str, Any]:
-    tty = sys.stderr.isatty() and not obj.as_json
+def _relay_command(obj: Ctx, task: str) -> int:
+    """Write the single command's stdout and stderr; its exit code (1 if it had none)."""
+    body = _task(obj, task, "result").body
+    for sub in body.get("subtasks", {}).values():
+        sys.stdout.write(sub.get("stdout") or "")
+        sys.stdout.flush()
+        sys.stderr.write(sub.get("stderr") or "")
+        code = sub.get("exit_code")
+        if isinstance(code, int):
+            return code
+        reason = sub.get("error") or body.get("state")
+        click.echo(f"swarmctl: the command did not run to its end: {reason}", err=True)
+    return EXIT_FAILED
+
+
+def _wait(obj: Ctx, task: str, quiet: bool = False) -> dict[str, Any]:
+    """Show the task's progress as the daemon pushes it; its full status at the end."""
+    quiet = quiet or obj.as_json
+    tty = sys.stderr.isatty() and not quiet
     last = ""
+    seen = 0
     while True:
-        status = _task(obj, task, "status").body
-        line = _progress_line(status)
+        row = obj.watch(task, seen)
+        seen = row["version"]
+        line = _summary_line(row)
         if tty:
             click.echo("\r\x1b[K" + line, nl=False, err=True)
-        elif line != last and not obj.as_json:
+        elif line != last and not quiet:
             click.echo(line, err=True)
         last = line
-        if status["state"] in ("done", "failed", "cancelled"):
+        if row["state"] in ("done", "failed", "cancelled"):
             if tty:
                 click.echo("", err=True)
-            return status
-        # A status is O(subtasks) for the daemon to build: poll a big task less often
-        # (0.2 s up to 1,000 subtasks, 2 s from 10,000) so the wait doesn't load it.
-        time.sleep(min(2.0, 0.2 * max(1.0, len(status.get("subtasks", ())) / 1000)))
+            return _task(obj, task, "status").body
+
+
+def _summary_line(row: dict[str, Any]) -> str:
+    return (
+        f"{row['id']} {row['state']}: {row['done']}/{row['subtasks']} done, "
+        f"{row.get('running', 0)} running, {row.get('queued', 0)} queued, {row['failed']} failed"
+    )
 
 
 def _print_status(status: dict[str, Any]) -> None:
@@ -451,11 +472,14 @@ def _task(obj: Ctx, task: str, what: str, artifacts: bool = False) -> TaskReply:
 
 @main.command()
 @click.argument("task")
+@click.option("--wait", is_flag=True, help="show progress until the task ends")
 @click.pass_obj
-def status(obj: Ctx, task: str) -> None:
+def status(obj: Ctx, task: str, wait: bool) -> None:
     """State of a task and of each of its subtasks."""
-    body = _task(obj, task, "status").body
+    body = _wait(obj, task) if wait else _task(obj, task, "status").body
     obj.emit_json(body) if obj.as_json else _print_status(body)
+    if wait:
+        sys.exit(0 if body["state"] == "done" else EXIT_FAILED)
 
 
 @main.command()

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from protocol import ProtocolError, codec
-from protocol.messages import ControlReply, ControlRequest, ErrorReply
+from protocol.messages import ControlReply, ControlRequest, ErrorReply, WatchReply, WatchRequest
 from swarmd.config import split_host_port
 from swarmd.identity import ClusterKeys, load_cluster_secret
 from swarmd.transport import curve_client
@@ -69,13 +70,15 @@ class Client:
             self.where = node
             self.sock.connect(f"tcp://{host}:{port}")
 
-    def request(self, message: ControlRequest) -> ControlReply:
+    def request(self, message: ControlRequest, timeout_s: float | None = None) -> ControlReply:
+        """Send one request and wait (``timeout_s``, else the client's) for its reply."""
         self.sock.send(codec.encode(message))
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         if self.monitor is not None:
             poller.register(self.monitor, zmq.POLLIN)
-        deadline = time.monotonic() + self.timeout_s
+        wait_s = self.timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + wait_s
         while (left := deadline - time.monotonic()) > 0:
             events = dict(poller.poll(int(left * 1000) + 1))
             if self.monitor is not None and self.monitor in events:
@@ -97,7 +100,18 @@ class Client:
             if self.node
             else "the daemon is not answering"
         )
-        raise Unreachable(f"no answer from {self.where} within {self.timeout_s:g} s ({hint})")
+        raise Unreachable(f"no answer from {self.where} within {wait_s:g} s ({hint})")
+
+    def watch(
+        self, task: str, seen: int = 0, timeout_s: float = 10.0, final_only: bool = False
+    ) -> dict[str, Any]:
+        """The task's summary once it changed after version ``seen`` (or is final, or
+        ``timeout_s`` passed; only the end with ``final_only``): the node pushes."""
+        request = WatchRequest(task=task, seen=seen, timeout_s=timeout_s, final_only=final_only)
+        reply = self.request(request, timeout_s + self.timeout_s)
+        if not isinstance(reply, WatchReply):
+            raise RequestFailed(f"unexpected reply from {self.where}: {type(reply).__name__}")
+        return reply.task
 
     def close(self) -> None:
         if self.monitor is not None:

@@ -44,6 +44,8 @@ from protocol.messages import (
     TaskRequest,
     TasksReply,
     TasksRequest,
+    WatchReply,
+    WatchRequest,
 )
 from swarmd.core.jobspec import (
     JobError,
@@ -59,7 +61,7 @@ from .client import Client, RequestFailed, Unreachable, UsageError
 T = TypeVar("T")
 Priority = Literal["critical", "high", "normal", "low"]
 FINAL_STATES = ("done", "failed", "cancelled")
-POLL_INTERVAL_S = 0.25
+WATCH_S = 30.0  # one watch request's longest wait
 MAX_WAIT_S = 3600.0
 
 INSTRUCTIONS = """\
@@ -84,14 +86,14 @@ class SwarmTools:
     def __init__(self, state_dir: Path, node: str | None = None, timeout_s: float = 3.0) -> None:
         self.state_dir, self.node, self.timeout_s = state_dir, node, timeout_s
 
-    def call(self, request: ControlRequest) -> ControlReply:
+    def call(self, request: ControlRequest, timeout_s: float | None = None) -> ControlReply:
         """One request; every failure is a ToolError with the daemon's or client's words."""
         try:
             client = Client(self.state_dir, self.node, self.timeout_s)
         except (Unreachable, UsageError) as exc:
             raise ToolError(f"swarmd not reachable: {exc}") from None
         try:
-            return client.request(request)
+            return client.request(request, timeout_s)
         except Unreachable as exc:
             raise ToolError(f"swarmd not reachable: {exc}") from None
         except RequestFailed as exc:
@@ -108,6 +110,13 @@ class SwarmTools:
         reply = self.call(TaskRequest(task=task, what=what))  # type: ignore[arg-type]
         assert isinstance(reply, TaskReply)
         return reply.body
+
+    def watch(self, task: str, seen: int, timeout_s: float) -> dict[str, Any]:
+        """The task's summary once it changed after version ``seen`` (pushed)."""
+        request = WatchRequest(task=task, seen=seen, timeout_s=timeout_s)
+        reply = self.call(request, timeout_s + self.timeout_s)
+        assert isinstance(reply, WatchReply)
+        return reply.task
 
     def tasks(self) -> list[dict[str, Any]]:
         reply = self.call(TasksRequest())
@@ -286,17 +295,20 @@ def build_server(state_dir: Path, node: str | None = None, timeout_s: float = 3.
     @server.tool()
     async def wait_task(task: str, timeout_s: float = 60) -> dict[str, Any]:
         """Wait until a task ends (done, failed or cancelled) or `timeout_s` seconds
-        pass (at most 3600), polling its status; returns the status plus
+        pass (at most 3600), told by the node when it changes; returns the status plus
         "timed_out": true/false. Use it after a submit instead of polling get_task
         yourself; if it timed out, the task is still running — call it again, or do
         other work meanwhile."""
         deadline = time.monotonic() + max(0.0, min(float(timeout_s), MAX_WAIT_S))
-        while True:
-            status: dict[str, Any] = await run(swarm.task, task, "status")
-            final = status.get("state") in FINAL_STATES
+        seen = 0
+        while True:  # the daemon answers each watch when the task changes: no polling
+            left = max(0.0, deadline - time.monotonic())
+            row = await run(swarm.watch, task, seen, min(left, WATCH_S))
+            seen = row["version"]
+            final = row.get("state") in FINAL_STATES
             if final or time.monotonic() >= deadline:
-                return {**status, "timed_out": not final}
-            await anyio.sleep(min(POLL_INTERVAL_S, max(0.0, deadline - time.monotonic())))
+                status: dict[str, Any] = await run(swarm.task, task, "status")
+                return {**status, "timed_out": status.get("state") not in FINAL_STATES}
 
     return server
 

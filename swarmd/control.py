@@ -32,6 +32,8 @@ from protocol.messages import (
     TaskRequest,
     TasksReply,
     TasksRequest,
+    WatchReply,
+    WatchRequest,
 )
 
 from .core.gossip import Member
@@ -170,10 +172,24 @@ class Control:
             coordination.run(c.cancel(request.task, coordination.clock()))
             return TaskReply(body=c.status(request.task))
         except UnknownTask:
-            return ErrorReply(
-                code="bad_request",
-                message=f"unknown task {request.task!r} on this node (ask its coordinator)",
+            return self._unknown(request.task)
+
+    async def watch(self, request: WatchRequest) -> ControlReply:
+        """Push: answered when the task changes (see ``Coordination.watch``)."""
+        try:
+            row = await self.node.coordination.watch(
+                request.task, request.seen, request.timeout_s, request.final_only
             )
+        except UnknownTask:
+            return self._unknown(request.task)
+        return WatchReply(task=row)
+
+    @staticmethod
+    def _unknown(task: str) -> ErrorReply:
+        return ErrorReply(
+            code="bad_request",
+            message=f"unknown task {task!r} on this node (ask its coordinator)",
+        )
 
     def handles(self, request: object) -> bool:
         return type(request) in self._handlers

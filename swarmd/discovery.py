@@ -53,6 +53,8 @@ from typing import Any
 from zeroconf import IPVersion, ServiceInfo, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
+from protocol.messages import PROTOCOL_VERSION
+
 SERVICE_TYPE = "_swarmd._tcp.local."
 
 #: Interface name prefixes that are virtual (containers, bridges, VPNs, tunnels).
@@ -234,7 +236,7 @@ class Discovery:
         fingerprint: str,
         interfaces: list[str],
         on_sighting: Callable[[Sighting], None],
-        protocol_version: int = 1,
+        protocol_version: int = PROTOCOL_VERSION,
         log: logging.Logger | None = None,
     ) -> None:
         if not interfaces:

@@ -34,6 +34,7 @@ from protocol.messages import (
     ResultAck,
     Syn,
     SynAck,
+    WatchRequest,
     WorkItem,
     WorkMessage,
 )
@@ -543,6 +544,8 @@ class Node:
                 self._on_work(item)
         elif isinstance(message, WorkItem):
             self._on_work(message)
+        elif isinstance(message, WatchRequest):
+            self._spawn(self._answer_later(self.control.watch(message), reply))
         elif self.control.handles(message):
             try:
                 reply(self.control.handle(message, local))  # type: ignore[arg-type]
@@ -552,6 +555,13 @@ class Node:
         else:
             self.counters["dropped_unexpected"] += 1
             reply(ErrorReply(code="bad_request", message=f"unexpected {type(message).__name__}"))
+
+    async def _answer_later(self, answer: Any, reply: Reply) -> None:
+        try:
+            reply(await answer)
+        except Exception as exc:
+            self.log.exception("control request failed")
+            reply(ErrorReply(code="internal", message=str(exc)[:4000]))
 
     def _on_work(self, message: WorkItem) -> None:
         if isinstance(message, Dispatch):

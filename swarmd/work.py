@@ -106,6 +106,8 @@ def render_files(
 
 # ---------------------------------------------------------------- coordinator side
 
+WATCH_MIN_S = 0.2  # a watcher hears of progress at most this often (the end at once)
+
 
 @dataclass(frozen=True, slots=True)
 class LoadReport:
@@ -160,6 +162,8 @@ class Coordination:
         self.journal_writes = 0
         self.journal_commits = 0
         self.reports: dict[str, LoadReport] = {}  # node id -> the latest load it reported
+        self._versions: dict[str, int] = {}  # task id -> changes seen (for watchers)
+        self._watchers: dict[str, list[asyncio.Future[None]]] = {}
         # Metrics: seconds from sending a Dispatch to its "accepted" (None: not measured).
         self.on_dispatch_latency: Callable[[float], None] | None = None
         self._dispatched_at: dict[tuple[str, str, int], float] = {}
@@ -218,6 +222,12 @@ class Coordination:
         commit) and its messages after them."""
         if not effects:
             return
+        for effect in effects:
+            if isinstance(effect, core.Journal):
+                task_id = effect.data.get("task")
+                self._changed(task_id if isinstance(task_id, str) else None)
+            else:
+                self._changed(effect.task_id)
         self._pending.extend(effects)
         if not self._flush_due:
             self._flush_due = True
@@ -312,6 +322,7 @@ class Coordination:
                 )
                 self.wake()
         elif isinstance(message, Progress):
+            self._changed(message.task)  # it may have started: dispatched -> running
             self._reported(message.node, message.load)
             self._first_word(message.task, message.subtask, message.attempt)
             self.run(
@@ -321,6 +332,40 @@ class Coordination:
             self._reported(message.node, message.load)
             self._first_word(message.task, message.subtask, message.attempt)
             self._on_result(message, now)
+
+    # ------------------------------------------------------------ watchers (push)
+
+    def _changed(self, task_id: str | None) -> None:
+        if task_id is None:
+            return
+        self._versions[task_id] = self._versions.get(task_id, 0) + 1
+        waiting = self._watchers.pop(task_id, None)
+        for future in waiting or ():
+            if not future.done():
+                future.set_result(None)
+
+    async def watch(
+        self, task_id: str, seen: int, timeout_s: float, final_only: bool = False
+    ) -> dict[str, Any]:
+        """The task's summary once it changed after version ``seen`` (progress at most
+        every WATCH_MIN_S per watcher, or never with ``final_only``), at once when it
+        is final; UnknownTask if unknown."""
+        c = self.coordinator
+        deadline = time.monotonic() + timeout_s
+        not_before = deadline if final_only else time.monotonic() + WATCH_MIN_S if seen else 0.0
+        while True:
+            row = c.summary(task_id)
+            version = self._versions.get(task_id, 0)
+            final = row["state"] in core.FINAL_TASK
+            left = deadline - time.monotonic()
+            if final or left <= 0 or (version > seen and time.monotonic() >= not_before):
+                return {**row, "version": version}
+            if version > seen:  # changed, but the last answer was just now: the end only
+                left = min(left, not_before - time.monotonic())
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._watchers.setdefault(task_id, []).append(future)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(future, max(0.0, left))
 
     def _first_word(self, task: str, subtask: str, attempt: int) -> None:
         """Dispatch -> the worker's first word on it (its start, or its result)."""

@@ -208,8 +208,10 @@ def test_two_nodes_find_each_other_on_loopback() -> None:
             elapsed = time.monotonic() - t0
         finally:
             await asyncio.gather(a.disc.stop(), b.disc.stop())
-        assert a.seen[b.node_id] == Sighting(b.node_id, "beta", "127.0.0.1:17002", 1)
-        assert b.seen[a.node_id] == Sighting(a.node_id, "alpha", "127.0.0.1:17001", 1)
+        assert a.seen[b.node_id] == Sighting(b.node_id, "beta", "127.0.0.1:17002", PROTOCOL_VERSION)
+        assert b.seen[a.node_id] == Sighting(
+            a.node_id, "alpha", "127.0.0.1:17001", PROTOCOL_VERSION
+        )
         assert set(a.seen) == {b.node_id} and set(b.seen) == {a.node_id}
         assert a.disc.sightings[b.node_id] == a.seen[b.node_id]
         assert a.disc.counters["sighting"] >= 1

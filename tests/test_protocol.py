@@ -52,6 +52,8 @@ from protocol.messages import (
     TaskRequest,
     TasksReply,
     TasksRequest,
+    WatchReply,
+    WatchRequest,
     validate_state_value,
 )
 
@@ -142,6 +144,8 @@ EXAMPLES: dict[type[Message], Message] = {
     TaskReply: TaskReply(body={"id": "3f9a1c-000001"}, artifacts={"lint": {"r.txt": b"ok"}}),
     TasksRequest: TasksRequest(),
     TasksReply: TasksReply(tasks=[{"id": "3f9a1c-000001", "state": "done"}]),
+    WatchRequest: WatchRequest(task="3f9a1c-000001", seen=3, timeout_s=5.0),
+    WatchReply: WatchReply(task={"id": "3f9a1c-000001", "state": "running", "version": 4}),
     Dispatch: Dispatch(
         task="3f9a1c-000001",
         subtask="lint",
@@ -472,7 +476,7 @@ def test_fuzz_mutated_valid_frames(kind: type[Message], data: st.DataObject) -> 
 def test_state_schemas_cover_the_keys_a_node_publishes() -> None:
     assert set(STATE_SCHEMAS) == {
         *("name", "addr", "status", "hw", "models", "draining", "queue"),
-        *("slots", "busy", "allow_shell", "cost_per_hour", "on_battery", "speed"),
+        *("slots", "busy", "allow_shell", "cost_per_hour", "on_battery", "speed", "queue_max"),
     }
 
 
@@ -553,3 +557,15 @@ def test_validate_state_value_other_keys(key: str, good: Any, bad: Any) -> None:
 @pytest.mark.parametrize("value", [{"anything": [1, 2]}, -1, None, "x" * 10_000])
 def test_unknown_state_keys_pass_through(value: Any) -> None:
     assert validate_state_value("future_key", value) is value
+
+
+def test_a_bundle_holds_work_messages_only_and_not_too_many() -> None:
+    inner = msgspec.to_builtins(EXAMPLES[Bundle])
+    for bad in ([inner], [msgspec.to_builtins(EXAMPLES[Syn])], []):
+        raw = {"t": "bundle", "v": PROTOCOL_VERSION, "items": bad}
+        assert reason_of(msgspec.msgpack.encode(raw)).reason == "invalid"
+    cancel = msgspec.to_builtins(EXAMPLES[CancelAttempt])
+    raw = {"t": "bundle", "v": PROTOCOL_VERSION, "items": [cancel] * 4097}
+    assert reason_of(msgspec.msgpack.encode(raw)).reason == "invalid"
+    raw["items"] = [cancel] * 4096
+    assert len(codec.decode(msgspec.msgpack.encode(raw)).items) == 4096  # type: ignore[union-attr]

@@ -1228,23 +1228,31 @@ class Coordinator:
 
     def tasks(self) -> list[dict[str, Any]]:
         """``swarmctl tasks``: one summary row per task, oldest first."""
-        out = []
-        for task in sorted(self._tasks.values(), key=lambda t: (t.submitted, t.id)):
-            states = Counter(r.state for r in task.subtasks.values())
-            out.append(
-                {
-                    "id": task.id,
-                    "name": task.spec.name,
-                    "state": task.state,
-                    "priority": task.spec.priority,
-                    "submitted": task.submitted,
-                    "finished": task.finished,
-                    "subtasks": len(task.subtasks),
-                    "done": states["done"],
-                    "failed": states["failed"],
-                }
-            )
-        return out
+        ordered = sorted(self._tasks.values(), key=lambda t: (t.submitted, t.id))
+        return [self._summary(task) for task in ordered]
+
+    def summary(self, task_id: str) -> dict[str, Any]:
+        """One task's row of :meth:`tasks`, plus how many subtasks are running, queued."""
+        return self._summary(self._task(task_id), running=True)
+
+    @staticmethod
+    def _summary(task: TaskRecord, running: bool = False) -> dict[str, Any]:
+        states = Counter(r.state for r in task.subtasks.values())
+        row = {
+            "id": task.id,
+            "name": task.spec.name,
+            "state": task.state,
+            "priority": task.spec.priority,
+            "submitted": task.submitted,
+            "finished": task.finished,
+            "subtasks": len(task.subtasks),
+            "done": states["done"],
+            "failed": states["failed"],
+        }
+        if running:
+            row["running"] = states["running"] + states["dispatched"]
+            row["queued"] = states["waiting"] + states["ready"]
+        return row
 
     # ------------------------------------------------------------ restore
 
