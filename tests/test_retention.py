@@ -1,0 +1,162 @@
+"""Retention: finished tasks are forgotten by age and count, in memory and on disk."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from swarmd.core.jobspec import parse_job
+from swarmd.core.retention import DAY_S, Retention, to_forget
+from swarmd.core.tasks import (
+    Coordinator,
+    CoordinatorConfig,
+    Dispatch,
+    Effect,
+    Journal,
+    Result,
+    UnknownTask,
+)
+from tests.capacity import peer
+
+# ---------------------------------------------------------------- the policy
+
+
+def rows(*finished: float, size: int = 1) -> list[tuple[str, float, int]]:
+    return [(f"t{i}", t, size) for i, t in enumerate(finished)]
+
+
+def forget(finished: list[tuple[str, float, int]], now: float, **policy: Any) -> list[str]:
+    return to_forget(iter(finished), len(finished), now, Retention(**policy))
+
+
+def test_defaults_keep_a_week_and_ten_thousand_tasks() -> None:
+    r = Retention()
+    assert (r.keep_s, r.keep_tasks, r.interval_s) == (7 * DAY_S, 10_000, 60.0)
+    assert not r.over_cap(10_000) and r.over_cap(10_001)
+
+
+def test_age_forgets_what_finished_more_than_keep_ago_oldest_first() -> None:
+    finished = rows(0.0, 10.0, 20.0, 30.0)
+    assert forget(finished, now=100.0, keep_s=100.0) == ["t0"]  # at the cutoff: goes
+    assert forget(finished, now=125.0, keep_s=100.0) == ["t0", "t1", "t2"]
+    assert forget(finished, now=99.0, keep_s=100.0) == []
+    assert forget([], now=1e9) == []
+
+
+def test_count_cap_forgets_the_oldest_beyond_keep_tasks() -> None:
+    finished = rows(0.0, 1.0, 2.0, 3.0, 4.0)
+    assert forget(finished, now=5.0, keep_tasks=2) == ["t0", "t1", "t2"]
+    assert forget(finished, now=5.0, keep_tasks=5) == []
+    assert forget(finished, now=5.0, keep_tasks=0) == ["t0", "t1", "t2", "t3", "t4"]
+    # Age and count together: whichever lets more go.
+    assert forget(finished, now=101.5, keep_s=100.0, keep_tasks=4) == ["t0", "t1"]
+    assert forget(finished, now=100.5, keep_s=100.0, keep_tasks=3) == ["t0", "t1"]
+
+
+def test_a_call_forgets_one_bounded_batch_but_always_one_task() -> None:
+    finished = rows(0.0, 1.0, 2.0, 3.0, size=40)
+    assert forget(finished, now=1e6, keep_s=1.0, batch_subtasks=100) == ["t0", "t1"]
+    assert forget(finished, now=1e6, keep_s=1.0, batch_subtasks=10) == ["t0"]
+
+
+def test_the_walk_stops_at_the_first_task_that_stays() -> None:
+    """A call costs its batch, not the number of finished tasks held."""
+    seen = []
+
+    def finished() -> Any:
+        for i in range(1_000_000):
+            seen.append(i)
+            yield (f"t{i}", float(i), 1)
+
+    policy = Retention(keep_s=5.0, keep_tasks=1_000_000)
+    assert to_forget(finished(), 1_000_000, 10.0, policy) == [f"t{i}" for i in range(6)]
+    assert len(seen) == 7
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [{"keep_s": -1.0}, {"keep_s": float("inf")}, {"keep_tasks": -1}, {"batch_subtasks": 0}],
+)
+def test_bad_policy_values_are_refused(policy: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        Retention(**policy)
+
+
+# ---------------------------------------------------------------- through the coordinator
+
+A, B = peer("A", slots_total=64), peer("B", slots_total=64)
+
+
+def job(n: int = 1, name: str = "job") -> Any:
+    subtasks = [{"id": f"s{i}", "kind": "shell", "run": ["true"]} for i in range(n)]
+    return parse_job({"name": name, "subtasks": subtasks})
+
+
+def coordinator(**policy: Any) -> Coordinator:
+    config = CoordinatorConfig(retention=Retention(**policy))
+    return Coordinator(node_id="coord-id", node_name="coord", config=config)
+
+
+def run_task(c: Coordinator, task_id: str, now: float, n: int = 1) -> list[Effect]:
+    """Submit a task of n subtasks and answer every dispatch: it is done at now + 1."""
+    effects = c.submit(task_id, job(n), now)
+    dispatches: list[Dispatch] = []
+    while len(dispatches) < n:
+        fx = c.schedule([A, B], now)
+        effects += fx
+        batch = [e for e in fx if isinstance(e, Dispatch)]
+        assert batch, "nothing placed"
+        for d in batch:
+            effects += c.on_result(
+                d.task_id, d.subtask_id, d.attempt, d.node_id, Result(exit_code=0), now + 1
+            )
+        dispatches += batch
+    assert c.status(task_id)["state"] == "done"
+    return effects
+
+
+def test_expire_forgets_old_finished_tasks_and_never_an_unfinished_one() -> None:
+    c = coordinator(keep_s=100.0, keep_tasks=2)
+    stuck = parse_job({"subtasks": [{"id": "s", "kind": "shell", "run": ["x"], "node": "gone"}]})
+    c.submit("open", stuck, now=0.0)  # pinned to a node that is not there: stays pending
+    for i in range(4):
+        run_task(c, f"t{i}", now=float(i))
+    assert c.finished_count() == 4
+    fx = c.expire(now=10.0)  # the cap: the two oldest go
+    assert fx == [Journal("forget", {"task": "t0"}), Journal("forget", {"task": "t1"})]
+    assert c.task_ids() == ["open", "t2", "t3"]
+    assert c.expire(now=10.0) == []
+    assert [e.data["task"] for e in c.expire(now=103.5)] == ["t2"]  # t2 finished at 3, t3 at 4
+    assert c.expire(now=1e9) == [Journal("forget", {"task": "t3"})]
+    assert c.task_ids() == ["open"] and c.finished_count() == 0
+    assert c.counters["forgotten"] == 4
+    for gone in ("t0", "t3"):
+        with pytest.raises(UnknownTask):
+            c.status(gone)
+
+
+def test_tasks_lists_in_submit_order_without_sorting() -> None:
+    c = coordinator()
+    for task_id in ("zz", "aa", "mm"):
+        c.submit(task_id, job(), now=5.0)  # same time: submit order, not id order
+    assert [t["id"] for t in c.tasks()] == ["zz", "aa", "mm"]
+
+
+def test_restore_orders_finished_tasks_by_when_they_finished() -> None:
+    c = coordinator()
+    records: list[Journal] = []
+    records += [e for e in c.submit("slow", job(), 0.0) if isinstance(e, Journal)]
+    fx = c.schedule([A], 0.0)
+    slow = next(e for e in fx if isinstance(e, Dispatch))
+    records += [e for e in fx if isinstance(e, Journal)]
+    records += [e for e in run_task(c, "fast", 1.0) if isinstance(e, Journal)]  # done at 2
+    records += [
+        e
+        for e in c.on_result("slow", "s0", slow.attempt, "A", Result(exit_code=0), 50.0)
+        if isinstance(e, Journal)
+    ]
+    r = coordinator(keep_tasks=1)
+    r.restore(records, now=60.0)
+    assert r.task_ids() == ["slow", "fast"] and r.finished_count() == 2
+    assert r.expire(now=60.0) == [Journal("forget", {"task": "fast"})]  # finished first
