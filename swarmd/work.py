@@ -183,6 +183,7 @@ class Coordination:
         """Price ready work and expire leases; wake early on news."""
         while True:
             now = self.clock()
+            self._expire(now)
             effects = self.coordinator.tick(now)
             loads = self.coordinator.load_by_node()
             effects += self.coordinator.schedule(self.peers(loads), now)
@@ -331,6 +332,33 @@ class Coordination:
     async def wait_finished(self, task_id: str, timeout: float) -> None:
         event = self._finished.setdefault(task_id, asyncio.Event())
         await asyncio.wait_for(event.wait(), timeout)
+
+    # ------------------------------------------------------------ retention
+
+    _next_sweep: float = 0.0  # when the next sweep for aged-out tasks is due
+
+    def _expire(self, now: float) -> None:
+        """Forget the finished tasks the retention policy lets go (one bounded batch):
+        every ``interval_s``, at once when more than ``keep_tasks`` are held, and again
+        on the next turn while batches come back non-empty. Their files, events and
+        dispatch timings go with them."""
+        c = self.coordinator
+        policy = c.config.retention
+        if now < self._next_sweep and not policy.over_cap(c.finished_count()):
+            return
+        effects = c.expire(now)
+        gone = {str(e.data["task"]) for e in effects if isinstance(e, core.Journal)}
+        self._next_sweep = now if gone else now + policy.interval_s
+        if not gone:
+            return
+        self.run(effects)
+        for task_id in gone:
+            self._inputs.pop(task_id, None)
+            self._finished.pop(task_id, None)
+        for key in [k for k in self._dispatched_at if k[0] in gone]:
+            del self._dispatched_at[key]
+        self.log.debug("forgot %d finished task(s)", len(gone))
+        self.wake()
 
 
 # ---------------------------------------------------------------- worker side

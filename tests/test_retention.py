@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from protocol.messages import AttemptResult, ErrorReply, NodeRef, TaskRequest
+from protocol.messages import Dispatch as WireDispatch
+from swarmd.control import Control
 from swarmd.core.jobspec import parse_job
 from swarmd.core.retention import DAY_S, Retention, to_forget
 from swarmd.core.tasks import (
@@ -17,6 +23,8 @@ from swarmd.core.tasks import (
     Result,
     UnknownTask,
 )
+from swarmd.store import Store
+from swarmd.work import Coordination
 from tests.capacity import peer
 
 # ---------------------------------------------------------------- the policy
@@ -160,3 +168,67 @@ def test_restore_orders_finished_tasks_by_when_they_finished() -> None:
     r.restore(records, now=60.0)
     assert r.task_ids() == ["slow", "fast"] and r.finished_count() == 2
     assert r.expire(now=60.0) == [Journal("forget", {"task": "fast"})]  # finished first
+
+
+# ---------------------------------------------------------------- the shell
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1_000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_the_shell_forgets_files_events_and_timings_and_control_says_unknown(
+    tmp_path: Path,
+) -> None:
+    sent: list[Any] = []
+    clock = FakeClock()
+    store = Store(tmp_path / "swarmd.db")
+    work = Coordination(
+        node_id="coord-id",
+        node_name="coord",
+        store=store,
+        send=lambda addr, m: sent.append(m) or True,
+        address_of=lambda node_id: f"{node_id}:1",
+        peers=lambda loads: [A],
+        me=lambda: NodeRef("coord-id", 1, 1, "coord:1"),
+        clock=clock,  # type: ignore[arg-type]
+        log=logging.getLogger("test"),
+        config=CoordinatorConfig(retention=Retention(keep_s=3600.0, keep_tasks=2)),
+    )
+    work.on_dispatch_latency = lambda s: None
+    ids = [work.submit(job(2), {"in.txt": b"data"}) for _ in range(3)]
+    work.run(work.coordinator.schedule([A], clock()))
+    for d in [m for m in sent if isinstance(m, WireDispatch)]:
+        clock.t += 1.0
+        work.on_message(AttemptResult(task=d.task, subtask=d.subtask, attempt=1, node="A"))
+        store.put_artifacts(d.task, d.subtask, {"out": b"x"})
+    assert [work.coordinator.status(t)["state"] for t in ids] == ["done"] * 3
+    assert set(work._finished) == set(work._inputs) == set(ids)
+    assert {k[0] for k in work._dispatched_at} == set(ids)
+
+    work._expire(clock())  # over the cap of 2: the oldest goes at once
+    assert work.coordinator.task_ids() == ids[1:]
+    assert ids[0] not in work._finished and ids[0] not in work._inputs
+    assert {k[0] for k in work._dispatched_at} == set(ids[1:])
+    assert store.inputs(ids[0]) == {} and store.artifacts(ids[0]) == {}
+    assert store.artifacts(ids[1]) != {}
+    reply = Control(SimpleNamespace(coordination=work)).task(
+        TaskRequest(task=ids[0], what="status")
+    )
+    assert isinstance(reply, ErrorReply) and f"unknown task {ids[0]!r}" in reply.message
+
+    last_finished = clock()
+    clock.t = last_finished + 3590.0
+    work._expire(clock())  # nothing aged out yet: the next sweep is due in 60 s
+    clock.t += 30.0
+    work._expire(clock())  # aged out now, but not due yet (and under the cap)
+    assert work.coordinator.task_ids() == ids[1:]
+    clock.t += 30.0
+    work._expire(clock())
+    assert work.coordinator.task_ids() == [] and work._inputs == {} == work._finished
+    assert store.db.execute("SELECT COUNT(*) FROM journal").fetchone() == (0,)
+    store.close()
