@@ -296,8 +296,9 @@ def parse_age(value: Any) -> float:
 
 
 def _retention(t: _Table) -> Retention:
-    """[tasks] keep = "7d" (how long a finished task is kept), keep_tasks = 10000 (at
-    most this many finished tasks are kept; the oldest are forgotten first)."""
+    """[tasks] keep = "7d" (how long a finished task is kept), keep_tasks = 10000 and
+    keep_subtasks = 100000 (at most this many finished tasks, and subtasks in them, are
+    kept; the oldest are forgotten first)."""
     base = Retention()
     keep_s = t.convert("keep", parse_age, base.keep_s)
     if keep_s < MIN_KEEP_S:
@@ -305,7 +306,10 @@ def _retention(t: _Table) -> Retention:
     keep_tasks = t.get("keep_tasks", int, base.keep_tasks)
     if keep_tasks < 1:
         raise ConfigError(f"{t.where} keep_tasks: expected at least 1, got {keep_tasks}")
-    return Retention(keep_s=keep_s, keep_tasks=keep_tasks)
+    keep_subtasks = t.get("keep_subtasks", int, base.keep_subtasks)
+    if keep_subtasks < 1:
+        raise ConfigError(f"{t.where} keep_subtasks: expected at least 1, got {keep_subtasks}")
+    return Retention(keep_s=keep_s, keep_tasks=keep_tasks, keep_subtasks=keep_subtasks)
 
 
 def _validate(cfg: Config) -> None:

@@ -339,12 +339,12 @@ class Coordination:
 
     def _expire(self, now: float) -> None:
         """Forget the finished tasks the retention policy lets go (one bounded batch):
-        every ``interval_s``, at once when more than ``keep_tasks`` are held, and again
-        on the next turn while batches come back non-empty. Their files, events and
-        dispatch timings go with them."""
+        every ``interval_s``, at once when more than ``keep_tasks`` (or subtasks than
+        ``keep_subtasks``) are held, and again on the next turn while it finds some.
+        Their files, events and dispatch timings go with them."""
         c = self.coordinator
         policy = c.config.retention
-        if now < self._next_sweep and not policy.over_cap(c.finished_count()):
+        if now < self._next_sweep and not policy.over_cap(*c.finished_count()):
             return
         effects = c.expire(now)
         gone = {str(e.data["task"]) for e in effects if isinstance(e, core.Journal)}

@@ -203,8 +203,9 @@ def test_gossip_table(tmp_path: Path) -> None:
 def test_tasks_table_sets_retention(tmp_path: Path, state: Path) -> None:
     assert load(None, {}, state_dir=state).retention == Retention()
     assert Retention().keep_s == 7 * 86400 and Retention().keep_tasks == 10_000
-    cfg = load_text(tmp_path, '[tasks]\nkeep = "7d"\nkeep_tasks = 500\n')
-    assert (cfg.retention.keep_s, cfg.retention.keep_tasks) == (7 * 86400.0, 500)
+    cfg = load_text(tmp_path, '[tasks]\nkeep = "7d"\nkeep_tasks = 500\nkeep_subtasks = 9\n')
+    r = cfg.retention
+    assert (r.keep_s, r.keep_tasks, r.keep_subtasks) == (7 * 86400.0, 500, 9)
     for keep, seconds in (("1.5d", 1.5 * 86400), ("12h", 43200.0), ("90m", 5400.0), (3600, 3600.0)):
         r = load_text(tmp_path, f"[tasks]\nkeep = {keep!r}\n".replace("'", '"')).retention
         assert r.keep_s == seconds and r.keep_tasks == 10_000
@@ -342,6 +343,8 @@ def test_models_become_valid_gossip_profiles(tmp_path: Path) -> None:
         ("[tasks]\nkeep_tasks = 0", {}, ["[tasks] keep_tasks", "at least 1"]),
         ("[tasks]\nkeep_tasks = '100'", {}, ["[tasks] keep_tasks", "expected int"]),
         ("[tasks]\nkeep_tasks = 1.5", {}, ["[tasks] keep_tasks", "expected int"]),
+        ("[tasks]\nkeep_subtasks = -3", {}, ["[tasks] keep_subtasks", "at least 1"]),
+        ("[tasks]\nkeep_subtasks = '1k'", {}, ["[tasks] keep_subtasks", "expected int"]),
         ("[tasks]\nkeep_task = 5", {}, ["[tasks]", "unknown key", "keep_task"]),
         ("tasks = 5", {}, ["tasks", "expected dict"]),
     ],

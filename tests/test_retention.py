@@ -35,13 +35,18 @@ def rows(*finished: float, size: int = 1) -> list[tuple[str, float, int]]:
 
 
 def forget(finished: list[tuple[str, float, int]], now: float, **policy: Any) -> list[str]:
-    return to_forget(iter(finished), len(finished), now, Retention(**policy))
+    """to_forget, with no grace unless one is given."""
+    policy.setdefault("grace_s", 0.0)
+    subtasks = sum(size for _, _, size in finished)
+    return to_forget(iter(finished), len(finished), subtasks, now, Retention(**policy))
 
 
 def test_defaults_keep_a_week_and_ten_thousand_tasks() -> None:
     r = Retention()
-    assert (r.keep_s, r.keep_tasks, r.interval_s) == (7 * DAY_S, 10_000, 60.0)
-    assert not r.over_cap(10_000) and r.over_cap(10_001)
+    assert (r.keep_s, r.keep_tasks, r.keep_subtasks) == (7 * DAY_S, 10_000, 100_000)
+    assert (r.grace_s, r.interval_s) == (60.0, 60.0)
+    assert not r.over_cap(10_000, 100_000)
+    assert r.over_cap(10_001, 0) and r.over_cap(1, 100_001)
 
 
 def test_age_forgets_what_finished_more_than_keep_ago_oldest_first() -> None:
@@ -62,6 +67,24 @@ def test_count_cap_forgets_the_oldest_beyond_keep_tasks() -> None:
     assert forget(finished, now=100.5, keep_s=100.0, keep_tasks=3) == ["t0", "t1"]
 
 
+def test_subtask_cap_forgets_the_oldest_until_at_most_keep_subtasks_are_left() -> None:
+    finished = [("big", 0.0, 500), ("small", 1.0, 10), ("mid", 2.0, 100), ("new", 3.0, 10)]
+    assert forget(finished, now=5.0, keep_subtasks=120) == ["big"]
+    assert forget(finished, now=5.0, keep_subtasks=100) == ["big", "small", "mid"]
+    assert forget(finished, now=5.0, keep_subtasks=1000) == []
+
+
+def test_caps_never_take_a_task_within_its_grace_but_age_does() -> None:
+    finished = rows(0.0, 50.0, 90.0, 99.0)
+    assert forget(finished, now=100.0, keep_tasks=0, grace_s=60.0) == ["t0"]
+    assert forget(finished, now=100.0, keep_subtasks=0, grace_s=60.0) == ["t0"]
+    assert forget(finished, now=100.0, keep_tasks=0, grace_s=60.0, keep_s=5.0) == [
+        "t0",
+        "t1",
+        "t2",
+    ]
+
+
 def test_a_call_forgets_one_bounded_batch_but_always_one_task() -> None:
     finished = rows(0.0, 1.0, 2.0, 3.0, size=40)
     assert forget(finished, now=1e6, keep_s=1.0, batch_subtasks=100) == ["t0", "t1"]
@@ -77,14 +100,21 @@ def test_the_walk_stops_at_the_first_task_that_stays() -> None:
             seen.append(i)
             yield (f"t{i}", float(i), 1)
 
-    policy = Retention(keep_s=5.0, keep_tasks=1_000_000)
-    assert to_forget(finished(), 1_000_000, 10.0, policy) == [f"t{i}" for i in range(6)]
+    policy = Retention(keep_s=5.0, keep_tasks=1_000_000, keep_subtasks=1_000_000)
+    assert to_forget(finished(), 1_000_000, 1_000_000, 10.0, policy) == [f"t{i}" for i in range(6)]
     assert len(seen) == 7
 
 
 @pytest.mark.parametrize(
     "policy",
-    [{"keep_s": -1.0}, {"keep_s": float("inf")}, {"keep_tasks": -1}, {"batch_subtasks": 0}],
+    [
+        {"keep_s": -1.0},
+        {"keep_s": float("inf")},
+        {"keep_tasks": -1},
+        {"keep_subtasks": -1},
+        {"grace_s": float("nan")},
+        {"batch_subtasks": 0},
+    ],
 )
 def test_bad_policy_values_are_refused(policy: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
@@ -125,19 +155,19 @@ def run_task(c: Coordinator, task_id: str, now: float, n: int = 1) -> list[Effec
 
 
 def test_expire_forgets_old_finished_tasks_and_never_an_unfinished_one() -> None:
-    c = coordinator(keep_s=100.0, keep_tasks=2)
+    c = coordinator(keep_s=100.0, keep_tasks=2, grace_s=0.0)
     stuck = parse_job({"subtasks": [{"id": "s", "kind": "shell", "run": ["x"], "node": "gone"}]})
     c.submit("open", stuck, now=0.0)  # pinned to a node that is not there: stays pending
     for i in range(4):
         run_task(c, f"t{i}", now=float(i))
-    assert c.finished_count() == 4
+    assert c.finished_count() == (4, 4)
     fx = c.expire(now=10.0)  # the cap: the two oldest go
     assert fx == [Journal("forget", {"task": "t0"}), Journal("forget", {"task": "t1"})]
     assert c.task_ids() == ["open", "t2", "t3"]
     assert c.expire(now=10.0) == []
     assert [e.data["task"] for e in c.expire(now=103.5)] == ["t2"]  # t2 finished at 3, t3 at 4
     assert c.expire(now=1e9) == [Journal("forget", {"task": "t3"})]
-    assert c.task_ids() == ["open"] and c.finished_count() == 0
+    assert c.task_ids() == ["open"] and c.finished_count() == (0, 0)
     assert c.counters["forgotten"] == 4
     for gone in ("t0", "t3"):
         with pytest.raises(UnknownTask):
@@ -166,8 +196,9 @@ def test_restore_orders_finished_tasks_by_when_they_finished() -> None:
     ]
     r = coordinator(keep_tasks=1)
     r.restore(records, now=60.0)
-    assert r.task_ids() == ["slow", "fast"] and r.finished_count() == 2
-    assert r.expire(now=60.0) == [Journal("forget", {"task": "fast"})]  # finished first
+    assert r.task_ids() == ["slow", "fast"] and r.finished_count() == (2, 2)
+    assert r.expire(now=60.0) == []  # fast finished at 2: within the 60 s grace
+    assert r.expire(now=62.0) == [Journal("forget", {"task": "fast"})]  # finished first
 
 
 # ---------------------------------------------------------------- the shell
@@ -197,7 +228,7 @@ def test_the_shell_forgets_files_events_and_timings_and_control_says_unknown(
         me=lambda: NodeRef("coord-id", 1, 1, "coord:1"),
         clock=clock,  # type: ignore[arg-type]
         log=logging.getLogger("test"),
-        config=CoordinatorConfig(retention=Retention(keep_s=3600.0, keep_tasks=2)),
+        config=CoordinatorConfig(retention=Retention(keep_s=3600.0, keep_tasks=2, grace_s=0.0)),
     )
     work.on_dispatch_latency = lambda s: None
     ids = [work.submit(job(2), {"in.txt": b"data"}) for _ in range(3)]

@@ -492,6 +492,7 @@ class Coordinator:
         self._queued_kind: dict[Key, _Kind] = {}
         self._queued_kinds: Counter[_Kind] = Counter()
         self._closed: dict[str, float] = {}  # finished tasks -> when, in that order
+        self._closed_subtasks = 0  # subtasks in the finished tasks
 
     # ------------------------------------------------------------ bookkeeping
 
@@ -1085,6 +1086,7 @@ class Coordinator:
         task.finished = now
         self._open.pop(task.id, None)
         self._closed[task.id] = now
+        self._closed_subtasks += len(task.subtasks)
         self.counters[f"tasks_{state}"] += 1
         self._touch(batch, task)
         batch.effects.append(TaskFinished(task.id, state))
@@ -1132,7 +1134,8 @@ class Coordinator:
         if not task.final:
             raise ValueError(f"task {task_id!r} is still {task.state}")
         del self._tasks[task_id]
-        self._closed.pop(task_id, None)
+        if self._closed.pop(task_id, None) is not None:
+            self._closed_subtasks -= len(task.subtasks)
         return [Journal("forget", {"task": task_id})]
 
     # ------------------------------------------------------------ views
@@ -1354,18 +1357,20 @@ class Coordinator:
 
     # ------------------------------------------------------------ retention
 
-    def finished_count(self) -> int:
-        """How many finished tasks are held (cheap: call it every loop turn)."""
-        return len(self._closed)
+    def finished_count(self) -> tuple[int, int]:
+        """How many finished tasks, and subtasks in them, are held (cheap: call it
+        every loop turn)."""
+        return len(self._closed), self._closed_subtasks
 
     def expire(self, now: float) -> list[Effect]:
         """Forget one bounded batch of the finished tasks ``config.retention`` lets go,
         oldest first (:func:`swarmd.core.retention.to_forget`): a "forget" Journal
         record each, which also deletes their rows, inputs and artifacts from disk.
         Call it every ``retention.interval_s`` and whenever ``retention.over_cap``
-        (``finished_count()``) — again at once if it returned a full batch."""
+        (``*finished_count()``) — again at once if it returned anything."""
         rows = ((tid, t, len(self._tasks[tid].subtasks)) for tid, t in self._closed.items())
-        gone = to_forget(rows, len(self._closed), now, self.config.retention)
+        count, subtasks = self.finished_count()
+        gone = to_forget(rows, count, subtasks, now, self.config.retention)
         effects: list[Effect] = []
         for task_id in gone:
             effects += self.forget(task_id)
@@ -1379,6 +1384,7 @@ class Coordinator:
         self._closed = {
             t.id: t.submitted if t.finished is None else float(t.finished) for t in done
         }
+        self._closed_subtasks = sum(len(t.subtasks) for t in done)
 
 
 def _one_more(peer: PeerCapacity, model: str | None) -> PeerCapacity:
