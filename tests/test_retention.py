@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -262,4 +264,84 @@ def test_the_shell_forgets_files_events_and_timings_and_control_says_unknown(
     work._expire(clock())
     assert work.coordinator.task_ids() == [] and work._inputs == {} == work._finished
     assert store.db.execute("SELECT COUNT(*) FROM journal").fetchone() == (0,)
+    store.close()
+
+
+# ---------------------------------------------------------------- 100,000 subtasks on disk
+
+
+def persist(store: Store, effects: list[Effect]) -> None:
+    store.write_journal(
+        (e.kind, e.key[1], e.key[2], e.data) for e in effects if isinstance(e, Journal)
+    )
+
+
+def db_bytes(path: Path) -> tuple[int, int]:
+    """The SQLite file and its -wal file, in bytes."""
+    wal = Path(f"{path}-wal")
+    return os.path.getsize(path), os.path.getsize(wal) if wal.exists() else 0
+
+
+def journal_rows(store: Store) -> int:
+    return int(store.db.execute("SELECT COUNT(*) FROM journal").fetchone()[0])
+
+
+def test_100k_subtasks_leave_bounded_memory_and_journal(tmp_path: Path) -> None:
+    """1,000 tasks x 100 subtasks through the real Coordinator and SQLite Store on
+    virtual time: 500 an hour apart (kept by age: keep = 2 h) then 500 ten seconds
+    apart (kept by count: keep_tasks = 50). Tasks held, journal rows and the file stay
+    bounded; the compacted journal restores to exactly the tasks kept."""
+    started = time.perf_counter()
+    tasks, per_task, keep_tasks = 1_000, 100, 50
+    policy = {"keep_s": 2 * 3600.0, "keep_tasks": keep_tasks}
+    c = coordinator(**policy)
+    path = tmp_path / "swarmd.db"
+    store = Store(path)
+    store.put_inputs("x", {})  # no-op: inputs rows of forgotten tasks go too (below)
+    now, next_sweep = 0.0, 0.0
+    most_tasks = most_rows = 0
+    sizes: dict[int, tuple[int, int]] = {}
+    for i in range(tasks):
+        task_id = f"t{i:04d}"
+        store.put_inputs(task_id, {"in.txt": b"x" * 1000})
+        persist(store, run_task(c, task_id, now, per_task))
+        now += 3600.0 if i < tasks // 2 else 10.0
+        # What the shell's loop does (Coordination._expire).
+        while now >= next_sweep or c.config.retention.over_cap(*c.finished_count()):
+            fx = c.expire(now)
+            persist(store, fx)
+            next_sweep = now if fx else now + c.config.retention.interval_s
+            if not fx:
+                break
+        most_tasks = max(most_tasks, len(c.task_ids()))
+        most_rows = max(most_rows, journal_rows(store))
+        if (i + 1) % 100 == 0:
+            sizes[(i + 1) * per_task] = db_bytes(path)
+    assert c.counters["committed"] == tasks * per_task
+    rows_now = journal_rows(store)
+    inputs = store.db.execute("SELECT COUNT(*) FROM inputs").fetchone()[0]
+    pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+    free = store.db.execute("PRAGMA freelist_count").fetchone()[0]
+    print(
+        f"\n100,000 subtasks ({tasks} tasks x {per_task}), keep=2h keep_tasks={keep_tasks}:"
+        f"\n  tasks in memory: at most {most_tasks}, at the end {len(c.task_ids())}"
+        f"\n  journal rows: at most {most_rows}, at the end {rows_now}"
+        f" (without retention: {tasks * (per_task + 2)}); input rows {inputs}"
+        "\n  db + wal KiB by subtasks run: "
+        + ", ".join(f"{k // 1000}k: {db >> 10}+{wal >> 10}" for k, (db, wal) in sizes.items())
+        + f"\n  pages {pages}, free pages {free}; {time.perf_counter() - started:.1f} s"
+    )
+    assert most_tasks <= keep_tasks + 1
+    assert most_rows <= (keep_tasks + 1) * (per_task + 2)
+    assert len(c.task_ids()) == keep_tasks == inputs
+    # The file stops growing once the kept set is full (from 55,000 on): freed pages
+    # are reused.
+    assert sum(sizes[tasks * per_task]) <= 1.5 * sum(sizes[60_000])
+    # No "forget" markers pile up; restore of the compacted journal gives the same tasks.
+    assert store.db.execute("SELECT COUNT(*) FROM journal WHERE kind='forget'").fetchone() == (0,)
+    r = coordinator(**policy)
+    r.restore([Journal(k, d) for k, d in store.journal()], now=now)
+    assert r.task_ids() == c.task_ids()
+    assert r.tasks() == c.tasks()
+    assert r.expire(now) == []
     store.close()
