@@ -22,6 +22,7 @@ from protocol.messages import ModelProfile
 
 from .core.failure import DetectorConfig
 from .core.gossip import GossipConfig
+from .core.retention import DAY_S, Retention
 from .core.units import parse_duration, parse_size
 from .hardware import DeclaredGpu
 
@@ -69,6 +70,7 @@ class Config:
     speed: float = 1.0  # [hardware] speed: relative speed for shell/python run estimates
     models: tuple[ModelConfig, ...] = ()
     gossip: GossipConfig = field(default_factory=GossipConfig)
+    retention: Retention = field(default_factory=Retention)  # [tasks] keep, keep_tasks
     source: Path | None = None  # the file it was read from
 
     @property
@@ -237,6 +239,9 @@ def load(path: Path | None, overrides: dict[str, Any], state_dir: Path | None = 
     g = _Table(f"{label} [gossip]", top.get("gossip", dict, {}))
     gossip = _gossip_config(g)
     g.check_unknown()
+    t = _Table(f"{label} [tasks]", top.get("tasks", dict, {}))
+    retention = _retention(t)
+    t.check_unknown()
     top.check_unknown()
 
     values.update({k: v for k, v in overrides.items() if v is not None and v != ()})
@@ -249,6 +254,7 @@ def load(path: Path | None, overrides: dict[str, Any], state_dir: Path | None = 
         gpus=tuple(gpus),
         models=tuple(models),
         gossip=gossip,
+        retention=retention,
         source=path,
         **values,
     )
@@ -274,6 +280,36 @@ def _gossip_config(g: _Table) -> GossipConfig:
         forget_after_s=g.convert("forget_after", parse_duration, base.forget_after_s),
         detector=detector,
     )
+
+
+MIN_KEEP_S = 60.0  # a finished task stays long enough for `submit --wait` to read it
+
+
+def parse_age(value: Any) -> float:
+    """A duration as parse_duration reads it, or whole/fractional days: "7d", "1.5d"."""
+    if isinstance(value, str) and (m := re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*d\s*", value)):
+        return float(m.group(1)) * DAY_S
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise ValueError(f"bad duration {value!r}: expected e.g. 7d, 12h, 30m") from None
+
+
+def _retention(t: _Table) -> Retention:
+    """[tasks] keep = "7d" (how long a finished task is kept), keep_tasks = 10000 and
+    keep_subtasks = 100000 (at most this many finished tasks, and subtasks in them, are
+    kept; the oldest are forgotten first)."""
+    base = Retention()
+    keep_s = t.convert("keep", parse_age, base.keep_s)
+    if keep_s < MIN_KEEP_S:
+        raise ConfigError(f"{t.where} keep: {keep_s:g} s is too short, expected at least 1m")
+    keep_tasks = t.get("keep_tasks", int, base.keep_tasks)
+    if keep_tasks < 1:
+        raise ConfigError(f"{t.where} keep_tasks: expected at least 1, got {keep_tasks}")
+    keep_subtasks = t.get("keep_subtasks", int, base.keep_subtasks)
+    if keep_subtasks < 1:
+        raise ConfigError(f"{t.where} keep_subtasks: expected at least 1, got {keep_subtasks}")
+    return Retention(keep_s=keep_s, keep_tasks=keep_tasks, keep_subtasks=keep_subtasks)
 
 
 def _validate(cfg: Config) -> None:

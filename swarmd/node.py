@@ -54,7 +54,7 @@ from .core.gossip import (
 )
 from .core.jobspec import PeerFacts
 from .core.pricing import PeerCapacity, peer_from_gossip
-from .core.tasks import NodeLoad
+from .core.tasks import CoordinatorConfig, NodeLoad
 from .discovery import Discovery, Sighting, advertise_address, choose_interfaces
 from .hardware import HardwareProbe
 from .identity import (
@@ -258,6 +258,7 @@ class Node:
             me=lambda: self.gossip.me,
             clock=self.clock,
             log=self.log.getChild("tasks"),
+            config=CoordinatorConfig(retention=cfg.retention),
         )
         self.worker = Worker(
             node_id=self.node_id,

@@ -2,6 +2,8 @@
 
 - ``journal``: the coordinator's task snapshots (:class:`swarmd.core.tasks.Journal`),
   one row per (kind, task, subtask), upserted; replayed by ``Coordinator.restore``.
+  A "forget" record (retention, swarmd/core/retention.py) deletes every row of its
+  task here and in ``inputs`` and ``artifacts``, itself included.
 - ``inputs``: the files a task shipped with it, sent along with each dispatch.
 - ``artifacts``: committed results' output files.
 - ``outbox``: a worker's finished results until their coordinator acknowledges them.
@@ -23,6 +25,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS journal (
     kind TEXT NOT NULL, task TEXT NOT NULL, subtask TEXT NOT NULL, data BLOB NOT NULL,
     seq INTEGER NOT NULL, PRIMARY KEY (kind, task, subtask));
+CREATE INDEX IF NOT EXISTS journal_task ON journal (task);
 CREATE TABLE IF NOT EXISTS inputs (
     task TEXT NOT NULL, path TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (task, path));
 CREATE TABLE IF NOT EXISTS artifacts (
@@ -34,12 +37,17 @@ CREATE TABLE IF NOT EXISTS outbox (
 """
 
 
+WAL_LIMIT = 8 << 20  # bytes the -wal file keeps after a checkpoint
+
+
 class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes
+        # A checkpoint rewinds the WAL; this cuts it back to size after a big transaction.
+        self.db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
         self.db.executescript(_SCHEMA)
         row = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM journal").fetchone()
         self._seq = int(row[0])
@@ -70,6 +78,9 @@ class Store:
         return len(rows)
 
     def _forget(self, task: str) -> None:
+        # The "forget" row itself goes too: nothing of a forgotten task stays, and the
+        # freed pages are reused (the file stays as big as the most ever kept).
+        # journal_task makes this an index lookup, not a scan of every task's rows.
         for table in ("journal", "inputs", "artifacts"):
             self.db.execute(f"DELETE FROM {table} WHERE task = ?", (task,))
 

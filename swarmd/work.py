@@ -208,7 +208,9 @@ class Coordination:
     async def loop(self) -> None:
         """Price ready work and expire leases; wake early on news."""
         while True:
-            self.run(self.coordinator.tick(self.clock()))
+            now = self.clock()
+            self._expire(now)
+            self.run(self.coordinator.tick(now))
             self.place()
             wakeup = self.coordinator.next_wakeup(self.clock())
             delay = 0.5 if wakeup is None else min(0.5, max(0.01, wakeup - self.clock()))
@@ -230,8 +232,13 @@ class Coordination:
                 self._changed(effect.task_id)
         self._pending.extend(effects)
         if not self._flush_due:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no event loop (a tool or a test): carry them out now
+                self.flush()
+                return
             self._flush_due = True
-            asyncio.get_running_loop().call_soon(self.flush)
+            loop.call_soon(self.flush)
 
     def flush(self) -> None:
         self._flush_due = False
@@ -441,3 +448,31 @@ class Coordination:
     async def wait_finished(self, task_id: str, timeout: float) -> None:
         event = self._finished.setdefault(task_id, asyncio.Event())
         await asyncio.wait_for(event.wait(), timeout)
+
+    # ------------------------------------------------------------ retention
+
+    _next_sweep: float = 0.0  # when the next sweep for aged-out tasks is due
+
+    def _expire(self, now: float) -> None:
+        """Forget the finished tasks the retention policy lets go (one bounded batch):
+        every ``interval_s``, at once when more than ``keep_tasks`` (or subtasks than
+        ``keep_subtasks``) are held, and again on the next turn while it finds some.
+        Their files, events and dispatch timings go with them."""
+        c = self.coordinator
+        policy = c.config.retention
+        if now < self._next_sweep and not policy.over_cap(*c.finished_count()):
+            return
+        effects = c.expire(now)
+        gone = {str(e.data["task"]) for e in effects if isinstance(e, core.Journal)}
+        self._next_sweep = now if gone else now + policy.interval_s
+        if not gone:
+            return
+        self.run(effects)
+        for task_id in gone:
+            self._inputs.pop(task_id, None)
+            self._finished.pop(task_id, None)
+            self._versions.pop(task_id, None)
+        for key in [k for k in self._dispatched_at if k[0] in gone]:
+            del self._dispatched_at[key]
+        self.log.debug("forgot %d finished task(s)", len(gone))
+        self.wake()

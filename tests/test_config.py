@@ -25,6 +25,7 @@ from swarmd.config import (
 )
 from swarmd.core.failure import DetectorConfig
 from swarmd.core.gossip import GossipConfig
+from swarmd.core.retention import Retention
 from swarmd.hardware import DeclaredGpu
 
 GiB = 1 << 30
@@ -199,6 +200,17 @@ def test_gossip_table(tmp_path: Path) -> None:
     assert g.max_delta_kvs == GossipConfig().max_delta_kvs
 
 
+def test_tasks_table_sets_retention(tmp_path: Path, state: Path) -> None:
+    assert load(None, {}, state_dir=state).retention == Retention()
+    assert Retention().keep_s == 7 * 86400 and Retention().keep_tasks == 10_000
+    cfg = load_text(tmp_path, '[tasks]\nkeep = "7d"\nkeep_tasks = 500\nkeep_subtasks = 9\n')
+    r = cfg.retention
+    assert (r.keep_s, r.keep_tasks, r.keep_subtasks) == (7 * 86400.0, 500, 9)
+    for keep, seconds in (("1.5d", 1.5 * 86400), ("12h", 43200.0), ("90m", 5400.0), (3600, 3600.0)):
+        r = load_text(tmp_path, f"[tasks]\nkeep = {keep!r}\n".replace("'", '"')).retention
+        assert r.keep_s == seconds and r.keep_tasks == 10_000
+
+
 def test_integer_size_and_numeric_types(tmp_path: Path) -> None:
     cfg = load_text(
         tmp_path,
@@ -321,6 +333,20 @@ def test_models_become_valid_gossip_profiles(tmp_path: Path) -> None:
         ("[gossip]\ninterval = true", {}, ["[gossip] interval"]),
         ("[gossip]\ninterval = '1d'", {}, ["[gossip] interval", "1d"]),
         ("[gossip]\nphi = 8", {}, ["[gossip]", "unknown key", "phi"]),
+        ("[tasks]\nkeep = 'a week'", {}, ["[tasks] keep", "a week", "7d"]),
+        ("[tasks]\nkeep = '7 days'", {}, ["[tasks] keep", "7 days"]),
+        ("[tasks]\nkeep = -1", {}, ["[tasks] keep", "-1"]),
+        ("[tasks]\nkeep = '10s'", {}, ["[tasks] keep", "too short", "1m"]),
+        ("[tasks]\nkeep = 0", {}, ["[tasks] keep", "too short"]),
+        ("[tasks]\nkeep = inf", {}, ["[tasks] keep", "inf"]),
+        ("[tasks]\nkeep = true", {}, ["[tasks] keep", "True"]),
+        ("[tasks]\nkeep_tasks = 0", {}, ["[tasks] keep_tasks", "at least 1"]),
+        ("[tasks]\nkeep_tasks = '100'", {}, ["[tasks] keep_tasks", "expected int"]),
+        ("[tasks]\nkeep_tasks = 1.5", {}, ["[tasks] keep_tasks", "expected int"]),
+        ("[tasks]\nkeep_subtasks = -3", {}, ["[tasks] keep_subtasks", "at least 1"]),
+        ("[tasks]\nkeep_subtasks = '1k'", {}, ["[tasks] keep_subtasks", "expected int"]),
+        ("[tasks]\nkeep_task = 5", {}, ["[tasks]", "unknown key", "keep_task"]),
+        ("tasks = 5", {}, ["tasks", "expected dict"]),
     ],
 )
 def test_bad_config_names_the_key(

@@ -96,6 +96,7 @@ from swarmd.core.pricing import (
     price,
 )
 from swarmd.core.queue import DEFAULT_AGING_S, Key, ReadyQueue
+from swarmd.core.retention import Retention, to_forget
 
 __all__ = [
     "Ack",
@@ -138,6 +139,7 @@ class CoordinatorConfig:
     restore_grace_s: float | None = None  # lease given to re-adopted attempts (None: lease_s)
     aging_s: float = DEFAULT_AGING_S  # ready queue aging, see swarmd.core.queue
     placements_kept: int = 8  # winning placements kept per subtask for explain
+    retention: Retention = field(default_factory=Retention)  # when tasks are forgotten
 
     def backoff(self, failures: int) -> float:
         """The wait before retrying after the ``failures``-th failure (1-based)."""
@@ -489,6 +491,8 @@ class Coordinator:
         # schedule pass stop once every kind of queued demand has found no peer.
         self._queued_kind: dict[Key, _Kind] = {}
         self._queued_kinds: Counter[_Kind] = Counter()
+        self._closed: dict[str, float] = {}  # finished tasks -> when, in that order
+        self._closed_subtasks = 0  # subtasks in the finished tasks
 
     # ------------------------------------------------------------ bookkeeping
 
@@ -1080,6 +1084,8 @@ class Coordinator:
         task.state = state
         task.finished = now
         self._open.pop(task.id, None)
+        self._closed[task.id] = now
+        self._closed_subtasks += len(task.subtasks)
         self.counters[f"tasks_{state}"] += 1
         self._touch(batch, task)
         batch.effects.append(TaskFinished(task.id, state))
@@ -1127,6 +1133,8 @@ class Coordinator:
         if not task.final:
             raise ValueError(f"task {task_id!r} is still {task.state}")
         del self._tasks[task_id]
+        if self._closed.pop(task_id, None) is not None:
+            self._closed_subtasks -= len(task.subtasks)
         return [Journal("forget", {"task": task_id})]
 
     # ------------------------------------------------------------ views
@@ -1227,9 +1235,9 @@ class Coordinator:
         return {"id": task.id, "name": task.spec.name, "state": task.state, "subtasks": rows}
 
     def tasks(self) -> list[dict[str, Any]]:
-        """``swarmctl tasks``: one summary row per task, oldest first."""
-        ordered = sorted(self._tasks.values(), key=lambda t: (t.submitted, t.id))
-        return [self._summary(task) for task in ordered]
+        """``swarmctl tasks``: one summary row per task, oldest first (in the order they
+        were submitted, which the task dict keeps, also across a restore: no sort)."""
+        return [self._summary(task) for task in self._tasks.values()]
 
     def summary(self, task_id: str) -> dict[str, Any]:
         """One task's row of :meth:`tasks`, plus how many subtasks are running, queued."""
@@ -1320,6 +1328,7 @@ class Coordinator:
                         rec.state = "waiting"
             self._check_task(batch, task, now)
         self.counters["restored_tasks"] += len(self._tasks)
+        self._order_closed()
         # Re-queueing is not news; journal only what changed (a template that no longer
         # renders, a task that turns out to be finished).
         batch.subtasks = {
@@ -1351,6 +1360,37 @@ class Coordinator:
         current = rec.current
         if rec.state in IN_FLIGHT and (current is None or current.state not in IN_FLIGHT):
             rec.state = "ready"  # inconsistent record: place it again
+
+    # ------------------------------------------------------------ retention
+
+    def finished_count(self) -> tuple[int, int]:
+        """How many finished tasks, and subtasks in them, are held (cheap: call it
+        every loop turn)."""
+        return len(self._closed), self._closed_subtasks
+
+    def expire(self, now: float) -> list[Effect]:
+        """Forget one bounded batch of the finished tasks ``config.retention`` lets go,
+        oldest first (:func:`swarmd.core.retention.to_forget`): a "forget" Journal
+        record each, which also deletes their rows, inputs and artifacts from disk.
+        Call it every ``retention.interval_s`` and whenever ``retention.over_cap``
+        (``*finished_count()``) — again at once if it returned anything."""
+        rows = ((tid, t, len(self._tasks[tid].subtasks)) for tid, t in self._closed.items())
+        count, subtasks = self.finished_count()
+        gone = to_forget(rows, count, subtasks, now, self.config.retention)
+        effects: list[Effect] = []
+        for task_id in gone:
+            effects += self.forget(task_id)
+        self.counters["forgotten"] += len(gone)
+        return effects
+
+    def _order_closed(self) -> None:
+        """After a restore: the finished tasks, oldest first (by when they finished)."""
+        done = [t for t in self._tasks.values() if t.final]
+        done.sort(key=lambda t: t.submitted if t.finished is None else t.finished)
+        self._closed = {
+            t.id: t.submitted if t.finished is None else float(t.finished) for t in done
+        }
+        self._closed_subtasks = sum(len(t.subtasks) for t in done)
 
 
 def _one_more(peer: PeerCapacity, model: str | None) -> PeerCapacity:
