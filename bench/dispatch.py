@@ -17,6 +17,7 @@ uses it); :class:`Swarm` starts and stops the three daemons.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -25,6 +26,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -160,13 +163,47 @@ def latencies(client: Client, n: int) -> list[float]:
     return sorted(out)
 
 
+def cpu_and_counters(d: Daemon) -> dict[str, float]:
+    """CPU seconds of the daemon and its children (the python pool), and its counters."""
+    assert d.proc is not None
+    proc = psutil.Process(d.proc.pid)
+    cpu = 0.0
+    for p in [proc, *proc.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            times = p.cpu_times()
+            cpu += times.user + times.system
+    counters = d.counters()
+    return {
+        "cpu_s": cpu,
+        "frames_sent": counters.get("sent", 0),
+        "messages_sent": counters.get("sent_items", 0),
+        "sqlite_transactions": counters.get("store_transactions", 0),
+    }
+
+
+def per_subtask(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
+    """CPU (ms), frames, messages and SQLite transactions per subtask between two samples."""
+    delta = {k: (after[k] - before[k]) / n for k in after}
+    return {
+        "cpu_ms": round(delta["cpu_s"] * 1000, 3),
+        "frames": round(delta["frames_sent"], 2),
+        "messages": round(delta["messages_sent"], 2),
+        "sqlite_tx": round(delta["sqlite_transactions"], 2),
+    }
+
+
 def measure(subtasks: int, sequential: int, slots: int = 4, log: bool = True) -> dict[str, Any]:
     """Start the three daemons, measure throughput and latency, stop them."""
     with tempfile.TemporaryDirectory(prefix="swarmd-bench-") as tmp:
         swarm = Swarm(Path(tmp), slots)
         with swarm as client:
             warm_up(client, slots)
+            before = [cpu_and_counters(d) for d in swarm.nodes]
             tp = throughput(client, subtasks)
+            tp["per_process"] = {
+                d.name: per_subtask(b, cpu_and_counters(d), subtasks)
+                for d, b in zip(swarm.nodes, before, strict=True)
+            }
             if log:
                 print(
                     f"throughput: {subtasks} python no-op subtasks in {tp['elapsed_s']:.2f} s = "
@@ -174,6 +211,8 @@ def measure(subtasks: int, sequential: int, slots: int = 4, log: bool = True) ->
                     f"worker {tp['per_peer']})",
                     flush=True,
                 )
+                for name, row in tp["per_process"].items():
+                    print(f"  per subtask on {name}: {row}", flush=True)
             lat = latencies(client, sequential)
             counters = swarm.coord.counters()
     median = statistics.median(lat)
@@ -194,6 +233,7 @@ def measure(subtasks: int, sequential: int, slots: int = 4, log: bool = True) ->
         "latency_p99_ms": round(p99 * 1000, 2),
         "sequential": len(lat),
         "journal_writes": counters.get("journal_writes"),
+        "per_subtask": tp["per_process"],
     }
 
 

@@ -760,6 +760,7 @@ class Node:
         out.update({f"worker_{k}": v for k, v in self.worker.counters.items()})
         out.update({f"tasks_{k}": v for k, v in self.coordination.counters.items()})
         out["journal_writes"] = self.coordination.journal_writes
+        out["store_transactions"] = self.store.transactions
         for m in self.members():
             out[f"peers_{m.liveness.value}"] += 1
         out["links"] = len(self.transport.links)

@@ -49,6 +49,7 @@ class Store:
         # A checkpoint rewinds the WAL; this cuts it back to size after a big transaction.
         self.db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
         self.db.executescript(_SCHEMA)
+        self.transactions = 0  # written so far (swarmctl stats: store_transactions)
         row = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM journal").fetchone()
         self._seq = int(row[0])
 
@@ -149,6 +150,7 @@ class Store:
     # ------------------------------------------------------------
 
     def _transaction(self) -> _Tx:
+        self.transactions += 1
         return _Tx(self.db)
 
 

@@ -361,12 +361,11 @@ class Coordination:
         deadline = time.monotonic() + timeout_s
         not_before = deadline if final_only else time.monotonic() + WATCH_MIN_S if seen else 0.0
         while True:
-            row = c.summary(task_id)
             version = self._versions.get(task_id, 0)
-            final = row["state"] in core.FINAL_TASK
+            final = c.record(task_id).final  # O(1); the summary is O(subtasks): at the end
             left = deadline - time.monotonic()
             if final or left <= 0 or (version > seen and time.monotonic() >= not_before):
-                return {**row, "version": version}
+                return {**c.summary(task_id), "version": version}
             if version > seen:  # changed, but the last answer was just now: the end only
                 left = min(left, not_before - time.monotonic())
             future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
