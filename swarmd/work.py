@@ -109,6 +109,13 @@ def render_files(
 WATCH_MIN_S = 0.2  # a watcher hears of progress at most this often (the end at once)
 
 
+def _task_of(effect: core.Effect) -> str | None:
+    if isinstance(effect, core.Journal):
+        task_id = effect.data.get("task")
+        return task_id if isinstance(task_id, str) else None
+    return effect.task_id
+
+
 @dataclass(frozen=True, slots=True)
 class LoadReport:
     """A worker's load (attempts held) as it said in a message, how many of those were
@@ -224,12 +231,6 @@ class Coordination:
         commit) and its messages after them."""
         if not effects:
             return
-        for effect in effects:
-            if isinstance(effect, core.Journal):
-                task_id = effect.data.get("task")
-                self._changed(task_id if isinstance(task_id, str) else None)
-            else:
-                self._changed(effect.task_id)
         self._pending.extend(effects)
         if not self._flush_due:
             try:
@@ -272,6 +273,9 @@ class Coordination:
             elif isinstance(effect, core.TaskFinished):
                 self.log.info("task %s %s", effect.task_id, effect.state)
                 self._finished.setdefault(effect.task_id, asyncio.Event()).set()
+        # Watchers hear of a change once it is journaled.
+        for task_id in dict.fromkeys(_task_of(e) for e in effects):
+            self._changed(task_id)
 
     def _to(self, node_id: str, message: Message) -> bool:
         addr = self.address_of(node_id)
@@ -345,7 +349,12 @@ class Coordination:
     def _changed(self, task_id: str | None) -> None:
         if task_id is None:
             return
-        self._versions[task_id] = self._versions.get(task_id, 0) + 1
+        try:
+            self.coordinator.record(task_id)
+        except core.UnknownTask:  # forgotten: its watchers hear "unknown task"
+            self._versions.pop(task_id, None)
+        else:
+            self._versions[task_id] = self._versions.get(task_id, 0) + 1
         waiting = self._watchers.pop(task_id, None)
         for future in waiting or ():
             if not future.done():
@@ -470,7 +479,6 @@ class Coordination:
         for task_id in gone:
             self._inputs.pop(task_id, None)
             self._finished.pop(task_id, None)
-            self._versions.pop(task_id, None)
         for key in [k for k in self._dispatched_at if k[0] in gone]:
             del self._dispatched_at[key]
         self.log.debug("forgot %d finished task(s)", len(gone))

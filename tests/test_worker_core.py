@@ -120,7 +120,7 @@ def test_results_stay_in_the_outbox_until_acked_and_resends_back_off() -> None:
     w = WorkerCore("w1", WorkerConfig(slots=1, resend_first_s=2.0, resend_max_s=5.0))
     w.on_dispatch(dispatch("a"), 0.0)
     effects = w.on_finished(("t1", "a", 1), result("a"), 0.5)
-    assert [type(e) for e in effects] == [Persist, Send]
+    assert [type(e) for e in effects] == [Send, Persist]
     assert w.tick(2.0) == []  # a fresh result is not sent twice at once
     resends = [w.tick(t) for t in (2.5, 4.0, 6.5, 10.0, 11.5, 16.5)]
     assert [len(r) for r in resends] == [1, 0, 1, 0, 1, 1]  # after 2, then 4, then 5, 5

@@ -287,7 +287,9 @@ class WorkerCore:
         addr = held.dispatch.coordinator.addr
         first = self.config.resend_first_s
         self.outbox[key] = _Outgoing(addr, message, now + first, first)
-        effects: list[Effect] = [Persist(key, addr, message), Send(addr, message)]
+        # Sent first: the outbox is for resends (the coordinator may not have heard), so
+        # its write need not delay the first send; a crash before it re-runs the attempt.
+        effects: list[Effect] = [Send(addr, message), Persist(key, addr, message)]
         return effects + self._start_queued(now)
 
     def hand_back(self, now: float) -> list[Effect]:
