@@ -1,0 +1,225 @@
+"""The life of a subtask, as it happens to the coordinator's books: a subtask becomes
+ready and is queued, an attempt is dispatched, an attempt fails (retry or give up), a
+subtask settles (releasing or cancelling what depends on it), a task closes or is
+stopped. Each step changes the records, the counters and the journal batch together.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from swarmd.core.pricing import Candidate, Placement
+from swarmd.core.tasks.bookkeeping import Bookkeeping
+from swarmd.core.tasks.effects import Batch, CancelAttempt, Dispatch, TaskFinished
+from swarmd.core.tasks.graph import render
+from swarmd.core.tasks.records import (
+    IN_FLIGHT,
+    Attempt,
+    Result,
+    SubtaskRecord,
+    TaskRecord,
+    TaskState,
+)
+
+
+class Lifecycle(Bookkeeping):
+    def _make_ready(self, batch: Batch, task: TaskRecord, rec: SubtaskRecord, now: float) -> None:
+        """Render the subtask from its upstream results and queue it."""
+        error = render(task, rec)
+        if error is not None:
+            self._end_subtask(batch, task, rec, "failed", error, now)
+        else:
+            self._requeue(batch, task, rec, now, not_before=rec.not_before)
+
+    def _requeue(
+        self, batch: Batch, task: TaskRecord, rec: SubtaskRecord, now: float, not_before: float
+    ) -> None:
+        rec.state = "ready"
+        rec.not_before = not_before
+        rec.round = ()
+        rec.refused_by.clear()
+        self._backlog.push(task, rec, now)
+        self._touch(batch, task, rec)
+
+    def _dispatch(
+        self,
+        batch: Batch,
+        task: TaskRecord,
+        rec: SubtaskRecord,
+        winner: Candidate,
+        placement: Placement | None,
+        rest: tuple[Candidate, ...],
+        now: float,
+    ) -> None:
+        """A new attempt on ``winner``; ``rest`` are the candidates to fall back on if it
+        refuses; ``placement`` is recorded (None: the same one as the last attempt)."""
+        assert rec.rendered is not None
+        rec.attempt += 1
+        attempt = Attempt(
+            number=rec.attempt,
+            node_id=winner.node_id,
+            peer=winner.name,
+            model=winner.model,
+            started=now,
+            lease_until=now + self.config.lease_s,
+        )
+        rec.attempts.append(attempt)
+        rec.state = "dispatched"
+        rec.round = rest
+        if placement is not None:
+            rec.placements.append(placement)
+        while len(rec.placements) > max(1, self.config.placements_kept):
+            rec.placements.popleft()
+        self._in_flight[(task.id, rec.id)] = rec
+        self.counters["dispatched"] += 1
+        if rec.retrying:
+            rec.retrying = False
+            self.counters["redispatched"] += 1
+        if task.state == "pending":
+            task.state = "running"
+            self._touch(batch, task)
+        self._touch(batch, task, rec)
+        batch.effects.append(
+            Dispatch(
+                task_id=task.id,
+                subtask_id=rec.id,
+                attempt=attempt.number,
+                node_id=winner.node_id,
+                spec=rec.rendered,
+                lease_s=self.config.lease_s,
+                model=winner.model,
+                upstream=rec.upstream,
+            )
+        )
+
+    def _attempt_failed(
+        self,
+        batch: Batch,
+        task: TaskRecord,
+        rec: SubtaskRecord,
+        attempt: Attempt,
+        state: Literal["lost", "failed"],
+        reason: str,
+        now: float,
+        result: Result | None = None,
+    ) -> None:
+        """A node failure (or a retried app failure): retry after a backoff or give up."""
+        attempt.state = state
+        attempt.error = reason
+        attempt.ended = now
+        self._in_flight.pop((task.id, rec.id), None)
+        if state == "lost":
+            self.counters["lost"] += 1
+        rec.failures += 1
+        rec.reasons.append(f"attempt {attempt.number} on {attempt.peer}: {reason}")
+        self._touch(batch, task, rec)
+        if rec.failures <= rec.spec.retries:
+            self.counters["retries"] += 1
+            rec.retrying = True
+            # A peer lost with the attempt is not the subtask's fault and that peer is
+            # now excluded: the first such retry goes at once. Every later one backs off.
+            first_loss = state == "lost" and rec.failures == 1
+            delay = 0.0 if first_loss else self.config.backoff(rec.failures)
+            self._requeue(batch, task, rec, now, now + delay)
+            return
+        self.counters["retries_exhausted"] += 1
+        tries = len(rec.attempts)
+        error = f"gave up after {tries} attempt{'s' if tries != 1 else ''}: " + "; ".join(
+            rec.reasons
+        )
+        self._end_subtask(batch, task, rec, "failed", error, now, result)
+
+    def _end_subtask(
+        self,
+        batch: Batch,
+        task: TaskRecord,
+        rec: SubtaskRecord,
+        state: Literal["done", "failed", "cancelled"],
+        error: str | None,
+        now: float,
+        result: Result | None = None,
+    ) -> None:
+        if result is not None:
+            rec.result = result
+            self.counters["committed"] += 1
+        self._settle(batch, task, rec, state, error, now)
+        if state == "done":
+            for sid in task.dependants[rec.id]:
+                child = task.subtasks[sid]
+                if child.state == "waiting" and all(
+                    task.subtasks[d].state == "done" for d in child.spec.after
+                ):
+                    self._make_ready(batch, task, child, now)
+        else:
+            why = f'upstream "{rec.id}" {state}'
+            stack = list(task.dependants[rec.id])
+            while stack:
+                child = task.subtasks[stack.pop()]
+                if not child.final:
+                    self._settle(batch, task, child, "cancelled", why, now)
+                    stack.extend(task.dependants[child.id])
+        self._check_task(batch, task, now)
+
+    def _settle(
+        self,
+        batch: Batch,
+        task: TaskRecord,
+        rec: SubtaskRecord,
+        state: Literal["done", "failed", "cancelled"],
+        error: str | None,
+        now: float,
+    ) -> None:
+        """The subtask is final: out of the queue and the in-flight set."""
+        if not rec.final:
+            task.remaining -= 1
+        rec.state = state
+        rec.error = error
+        rec.finished = now
+        rec.round = ()
+        rec.refused_by.clear()
+        key = (task.id, rec.id)
+        self._backlog.drop(key)
+        self._in_flight.pop(key, None)
+        self._touch(batch, task, rec)
+
+    def _check_task(self, batch: Batch, task: TaskRecord, now: float) -> None:
+        if task.final or task.remaining > 0:
+            return
+        done = all(r.state == "done" for r in task.subtasks.values())
+        self._close_task(batch, task, "done" if done else "failed", now)
+
+    def _close_task(self, batch: Batch, task: TaskRecord, state: TaskState, now: float) -> None:
+        task.state = state
+        task.finished = now
+        self._open.pop(task.id, None)
+        self._finished.add(task, now)
+        self.counters[f"tasks_{state}"] += 1
+        self._touch(batch, task)
+        batch.effects.append(TaskFinished(task.id, state))
+
+    def _stop_task(
+        self,
+        batch: Batch,
+        task: TaskRecord,
+        state: Literal["failed", "cancelled"],
+        why: str,
+        now: float,
+    ) -> None:
+        """End every unfinished subtask (cancelling attempts out), then the task."""
+        for rec in task.subtasks.values():
+            if rec.final:
+                continue
+            current = rec.current
+            if current is not None and current.state in IN_FLIGHT:
+                current.state = "cancelled"
+                current.error = why
+                current.ended = now
+                self.counters["cancelled_attempts"] += 1
+                batch.effects.append(
+                    CancelAttempt(task.id, rec.id, current.number, current.node_id)
+                )
+            # Deadline: what had started or was ready failed; what still waited is cancelled.
+            failed = state == "failed" and rec.state != "waiting"
+            self._settle(batch, task, rec, "failed" if failed else "cancelled", why, now)
+        task.error = why
+        self._close_task(batch, task, state, now)
