@@ -13,6 +13,12 @@ Life of a subtask::
     dispatched --(refused)--> dispatched on the next candidate | ready (wait a little)
     any unfinished --(cancel)--> cancelled;  waiting --(an upstream failed)--> cancelled
 
+The tables in :mod:`~swarmd.core.tasks.transitions` make this diagram exact (with the
+task's and the attempt's, and the moves a template error, a deadline and a restore
+make): every state change goes through
+:func:`~swarmd.core.tasks.transitions.advance`, which raises :class:`IllegalTransition`
+for a move the table does not have.
+
 Rules:
 
 * **Attempts and fencing.** Every dispatch is a new attempt, numbered 1, 2, 3 ... per
@@ -66,6 +72,7 @@ out for state that a crash could lose.
 
 Where things are (one concern per module)::
 
+    transitions.py    the state tables (task, subtask, attempt) and advance()
     records.py        the records (task, subtask, attempt), Result, the configuration
     effects.py        the effects a call returns, and the Batch one call collects
     graph.py          a job as a task record (dependants, urgency); rendering templates
@@ -91,19 +98,22 @@ from swarmd.core.tasks.effects import (
     TaskFinished,
 )
 from swarmd.core.tasks.records import (
-    FINAL_SUBTASK,
-    FINAL_TASK,
-    IN_FLIGHT,
     Attempt,
-    AttemptState,
     CoordinatorConfig,
     NodeLoad,
     Result,
     SubtaskRecord,
-    SubtaskState,
     TaskRecord,
-    TaskState,
     UnknownTask,
+)
+from swarmd.core.tasks.transitions import (
+    FINAL_SUBTASK,
+    FINAL_TASK,
+    IN_FLIGHT,
+    AttemptState,
+    IllegalTransition,
+    SubtaskState,
+    TaskState,
 )
 
 __all__ = [
@@ -118,6 +128,7 @@ __all__ = [
     "CoordinatorConfig",
     "Dispatch",
     "Effect",
+    "IllegalTransition",
     "Journal",
     "NodeLoad",
     "Result",

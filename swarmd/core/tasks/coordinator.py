@@ -71,7 +71,7 @@ class Coordinator(Scheduler, WorkerEvents, Timeouts, Restore, Views):
         if task.final:
             return []
         batch = Batch()
-        self._stop_task(batch, task, "cancelled", "cancelled", now)
+        self._stop_task(batch, task, "cancel", "cancelled", now)
         return self._finish(batch)
 
     def forget(self, task_id: str) -> list[Effect]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from swarmd.core.jobspec import SubtaskSpec
-from swarmd.core.tasks.records import TaskState
+from swarmd.core.tasks.transitions import TaskState
 
 
 @dataclass(frozen=True, slots=True)

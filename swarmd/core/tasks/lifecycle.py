@@ -12,14 +12,8 @@ from swarmd.core.pricing import Candidate, Placement
 from swarmd.core.tasks.bookkeeping import Bookkeeping
 from swarmd.core.tasks.effects import Batch, CancelAttempt, Dispatch, TaskFinished
 from swarmd.core.tasks.graph import render
-from swarmd.core.tasks.records import (
-    IN_FLIGHT,
-    Attempt,
-    Result,
-    SubtaskRecord,
-    TaskRecord,
-    TaskState,
-)
+from swarmd.core.tasks.records import Attempt, Result, SubtaskRecord, TaskRecord
+from swarmd.core.tasks.transitions import ATTEMPT, IN_FLIGHT, SUBTASK, TASK, SubtaskState, advance
 
 
 class Lifecycle(Bookkeeping):
@@ -27,14 +21,21 @@ class Lifecycle(Bookkeeping):
         """Render the subtask from its upstream results and queue it."""
         error = render(task, rec)
         if error is not None:
-            self._end_subtask(batch, task, rec, "failed", error, now)
+            self._end_subtask(batch, task, rec, "fail", error, now)
         else:
-            self._requeue(batch, task, rec, now, not_before=rec.not_before)
+            self._requeue(batch, task, rec, "release", now, not_before=rec.not_before)
 
     def _requeue(
-        self, batch: Batch, task: TaskRecord, rec: SubtaskRecord, now: float, not_before: float
+        self,
+        batch: Batch,
+        task: TaskRecord,
+        rec: SubtaskRecord,
+        event: Literal["release", "all_refused", "retry"],
+        now: float,
+        not_before: float,
     ) -> None:
-        rec.state = "ready"
+        """Ready (again): queued, not before ``not_before``."""
+        advance(SUBTASK, rec, event)
         rec.not_before = not_before
         rec.round = ()
         rec.refused_by.clear()
@@ -46,6 +47,7 @@ class Lifecycle(Bookkeeping):
         batch: Batch,
         task: TaskRecord,
         rec: SubtaskRecord,
+        event: Literal["dispatch", "refused"],
         winner: Candidate,
         placement: Placement | None,
         rest: tuple[Candidate, ...],
@@ -64,7 +66,7 @@ class Lifecycle(Bookkeeping):
             lease_until=now + self.config.lease_s,
         )
         rec.attempts.append(attempt)
-        rec.state = "dispatched"
+        advance(SUBTASK, rec, event)
         rec.round = rest
         if placement is not None:
             rec.placements.append(placement)
@@ -76,7 +78,7 @@ class Lifecycle(Bookkeeping):
             rec.retrying = False
             self.counters["redispatched"] += 1
         if task.state == "pending":
-            task.state = "running"
+            advance(TASK, task, "start")
             self._touch(batch, task)
         self._touch(batch, task, rec)
         batch.effects.append(
@@ -98,13 +100,13 @@ class Lifecycle(Bookkeeping):
         task: TaskRecord,
         rec: SubtaskRecord,
         attempt: Attempt,
-        state: Literal["lost", "failed"],
+        event: Literal["lost", "failed"],
         reason: str,
         now: float,
         result: Result | None = None,
     ) -> None:
         """A node failure (or a retried app failure): retry after a backoff or give up."""
-        attempt.state = state
+        state = advance(ATTEMPT, attempt, event)
         attempt.error = reason
         attempt.ended = now
         self._in_flight.pop((task.id, rec.id), None)
@@ -120,29 +122,31 @@ class Lifecycle(Bookkeeping):
             # now excluded: the first such retry goes at once. Every later one backs off.
             first_loss = state == "lost" and rec.failures == 1
             delay = 0.0 if first_loss else self.config.backoff(rec.failures)
-            self._requeue(batch, task, rec, now, now + delay)
+            self._requeue(batch, task, rec, "retry", now, now + delay)
             return
         self.counters["retries_exhausted"] += 1
         tries = len(rec.attempts)
         error = f"gave up after {tries} attempt{'s' if tries != 1 else ''}: " + "; ".join(
             rec.reasons
         )
-        self._end_subtask(batch, task, rec, "failed", error, now, result)
+        self._end_subtask(batch, task, rec, "fail", error, now, result)
 
     def _end_subtask(
         self,
         batch: Batch,
         task: TaskRecord,
         rec: SubtaskRecord,
-        state: Literal["done", "failed", "cancelled"],
+        event: Literal["commit", "fail"],
         error: str | None,
         now: float,
         result: Result | None = None,
     ) -> None:
+        """The subtask is final: release what waited on it, or cancel all that depends
+        on it; the task may be over."""
         if result is not None:
             rec.result = result
             self.counters["committed"] += 1
-        self._settle(batch, task, rec, state, error, now)
+        state = self._settle(batch, task, rec, event, error, now)
         if state == "done":
             for sid in task.dependants[rec.id]:
                 child = task.subtasks[sid]
@@ -156,7 +160,7 @@ class Lifecycle(Bookkeeping):
             while stack:
                 child = task.subtasks[stack.pop()]
                 if not child.final:
-                    self._settle(batch, task, child, "cancelled", why, now)
+                    self._settle(batch, task, child, "cancel", why, now)
                     stack.extend(task.dependants[child.id])
         self._check_task(batch, task, now)
 
@@ -165,14 +169,13 @@ class Lifecycle(Bookkeeping):
         batch: Batch,
         task: TaskRecord,
         rec: SubtaskRecord,
-        state: Literal["done", "failed", "cancelled"],
+        event: Literal["commit", "fail", "cancel"],
         error: str | None,
         now: float,
-    ) -> None:
+    ) -> SubtaskState:
         """The subtask is final: out of the queue and the in-flight set."""
-        if not rec.final:
-            task.remaining -= 1
-        rec.state = state
+        state = advance(SUBTASK, rec, event)
+        task.remaining -= 1
         rec.error = error
         rec.finished = now
         rec.round = ()
@@ -181,15 +184,22 @@ class Lifecycle(Bookkeeping):
         self._backlog.drop(key)
         self._in_flight.pop(key, None)
         self._touch(batch, task, rec)
+        return state
 
     def _check_task(self, batch: Batch, task: TaskRecord, now: float) -> None:
         if task.final or task.remaining > 0:
             return
         done = all(r.state == "done" for r in task.subtasks.values())
-        self._close_task(batch, task, "done" if done else "failed", now)
+        self._close_task(batch, task, "complete" if done else "fail", now)
 
-    def _close_task(self, batch: Batch, task: TaskRecord, state: TaskState, now: float) -> None:
-        task.state = state
+    def _close_task(
+        self,
+        batch: Batch,
+        task: TaskRecord,
+        event: Literal["complete", "fail", "cancel"],
+        now: float,
+    ) -> None:
+        state = advance(TASK, task, event)
         task.finished = now
         self._open.pop(task.id, None)
         self._finished.add(task, now)
@@ -201,7 +211,7 @@ class Lifecycle(Bookkeeping):
         self,
         batch: Batch,
         task: TaskRecord,
-        state: Literal["failed", "cancelled"],
+        event: Literal["fail", "cancel"],
         why: str,
         now: float,
     ) -> None:
@@ -211,7 +221,7 @@ class Lifecycle(Bookkeeping):
                 continue
             current = rec.current
             if current is not None and current.state in IN_FLIGHT:
-                current.state = "cancelled"
+                advance(ATTEMPT, current, "cancel")
                 current.error = why
                 current.ended = now
                 self.counters["cancelled_attempts"] += 1
@@ -219,7 +229,7 @@ class Lifecycle(Bookkeeping):
                     CancelAttempt(task.id, rec.id, current.number, current.node_id)
                 )
             # Deadline: what had started or was ready failed; what still waited is cancelled.
-            failed = state == "failed" and rec.state != "waiting"
-            self._settle(batch, task, rec, "failed" if failed else "cancelled", why, now)
+            failed = event == "fail" and rec.state != "waiting"
+            self._settle(batch, task, rec, "fail" if failed else "cancel", why, now)
         task.error = why
-        self._close_task(batch, task, state, now)
+        self._close_task(batch, task, event, now)

@@ -12,20 +12,20 @@ import math
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from swarmd.core.jobspec import JobSpec, SubtaskSpec
 from swarmd.core.pricing import Candidate, Demand, Placement
 from swarmd.core.queue import DEFAULT_AGING_S
 from swarmd.core.retention import Retention
-
-TaskState = Literal["pending", "running", "done", "failed", "cancelled"]
-SubtaskState = Literal["waiting", "ready", "dispatched", "running", "done", "failed", "cancelled"]
-AttemptState = Literal["dispatched", "running", "done", "failed", "lost", "cancelled"]
-
-FINAL_TASK: Final[frozenset[str]] = frozenset({"done", "failed", "cancelled"})
-FINAL_SUBTASK: Final[frozenset[str]] = frozenset({"done", "failed", "cancelled"})
-IN_FLIGHT: Final[frozenset[str]] = frozenset({"dispatched", "running"})
+from swarmd.core.tasks.transitions import (
+    ATTEMPT,
+    FINAL_SUBTASK,
+    FINAL_TASK,
+    AttemptState,
+    SubtaskState,
+    TaskState,
+)
 
 _REFUSALS_KEPT: Final = 8  # refusal notes kept per subtask for explain
 
@@ -172,7 +172,7 @@ class Attempt:
             model=data.get("model"),
             started=float(data["started"]),
             lease_until=lease_until,
-            state=data["state"],
+            state=ATTEMPT.parse(data["state"]),
             error=data.get("error"),
             ended=data.get("ended"),
         )

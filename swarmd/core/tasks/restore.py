@@ -13,7 +13,8 @@ from swarmd.core.jobspec import JobError, parse_job
 from swarmd.core.tasks.effects import Batch, Effect, Journal
 from swarmd.core.tasks.graph import new_task, render
 from swarmd.core.tasks.lifecycle import Lifecycle
-from swarmd.core.tasks.records import IN_FLIGHT, Attempt, Result, SubtaskRecord, TaskRecord
+from swarmd.core.tasks.records import Attempt, Result, SubtaskRecord, TaskRecord
+from swarmd.core.tasks.transitions import IN_FLIGHT, SUBTASK, TASK, advance
 
 _Latest = dict[tuple[str, str, str], Journal]
 
@@ -75,7 +76,7 @@ class Restore(Lifecycle):
                 continue
             data = record.data
             if key[0] == "task_state":
-                owner.state = data["state"]
+                owner.state = TASK.parse(data["state"])  # a snapshot, not a transition
                 owner.finished = data.get("finished")
                 owner.error = data.get("error")
             elif key[0] == "subtask" and key[2] in owner.subtasks:
@@ -84,7 +85,7 @@ class Restore(Lifecycle):
     def _restore_subtask(
         self, rec: SubtaskRecord, data: Mapping[str, Any], lease: float, now: float
     ) -> None:
-        rec.state = data["state"]
+        rec.state = SUBTASK.parse(data["state"])  # a snapshot, not a transition
         rec.attempt = int(data.get("attempt", 0))
         rec.attempts = [Attempt.from_data(a, lease) for a in data.get("attempts", ())]
         result = data.get("result")
@@ -102,7 +103,7 @@ class Restore(Lifecycle):
         rec.finished = data.get("finished")
         current = rec.current
         if rec.state in IN_FLIGHT and (current is None or current.state not in IN_FLIGHT):
-            rec.state = "ready"  # inconsistent record: place it again
+            advance(SUBTASK, rec, "orphaned")  # inconsistent record: place it again
 
     def _resume(self, batch: Batch, task: TaskRecord, now: float) -> None:
         """An unfinished task goes on: attempts out are in flight again, what is ready
@@ -119,8 +120,8 @@ class Restore(Lifecycle):
                 ready = all(task.subtasks[d].state == "done" for d in rec.spec.after)
                 if ready:
                     self._make_ready(batch, task, rec, now)
-                else:
-                    rec.state = "waiting"
+                elif rec.state == "ready":
+                    advance(SUBTASK, rec, "hold")
         self._check_task(batch, task, now)
 
 

@@ -47,7 +47,7 @@ class Scheduler(Lifecycle):
             rest = tuple(
                 c for c in placement.candidates if c.feasible and c.node_id != winner.node_id
             )
-            self._dispatch(batch, task, rec, winner, placement, rest, now)
+            self._dispatch(batch, task, rec, "dispatch", winner, placement, rest, now)
             peer = view.get(winner.node_id)
             if peer is not None:
                 view[winner.node_id] = _one_more(peer, winner.model)

@@ -15,7 +15,7 @@ class Timeouts(Lifecycle):
         for task in list(self._open.values()):
             if task.deadline is not None and now >= task.deadline and not task.final:
                 self.counters["deadline_exceeded"] += 1
-                self._stop_task(batch, task, "failed", "deadline exceeded", now)
+                self._stop_task(batch, task, "fail", "deadline exceeded", now)
         for key, rec in list(self._in_flight.items()):
             current = rec.current
             if current is not None and current.lease_until <= now:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from swarmd.core.tasks.effects import Ack, Batch, CancelAttempt, Effect
 from swarmd.core.tasks.lifecycle import Lifecycle
-from swarmd.core.tasks.records import IN_FLIGHT, Attempt, Result, SubtaskRecord, TaskRecord
+from swarmd.core.tasks.records import Attempt, Result, SubtaskRecord, TaskRecord
+from swarmd.core.tasks.transitions import ATTEMPT, IN_FLIGHT, SUBTASK, advance
 
 
 class WorkerEvents(Lifecycle):
@@ -45,8 +46,8 @@ class WorkerEvents(Lifecycle):
         current.lease_until = now + self.config.lease_s
         if current.state == "dispatched":
             # Not journaled: a restarted coordinator treats dispatched and running alike.
-            current.state = "running"
-            rec.state = "running"
+            advance(ATTEMPT, current, "accepted")
+            advance(SUBTASK, rec, "accepted")
             rec.round = ()
             rec.refused_by.clear()
         return []
@@ -75,9 +76,9 @@ class WorkerEvents(Lifecycle):
         rec.refused_by.add(node_id)
         rest = tuple(c for c in rec.round if c.node_id not in rec.refused_by)
         if rest:
-            self._dispatch(batch, task, rec, rest[0], None, rest[1:], now)
+            self._dispatch(batch, task, rec, "refused", rest[0], None, rest[1:], now)
         else:
-            self._requeue(batch, task, rec, now, now + self.config.refused_wait_s)
+            self._requeue(batch, task, rec, "all_refused", now, now + self.config.refused_wait_s)
         self._touch(batch, task, rec)
         return self._finish(batch)
 
@@ -100,9 +101,9 @@ class WorkerEvents(Lifecycle):
         batch = Batch()
         self._observe(rec, current, result)
         if result.ok:
-            current.state = "done"
+            advance(ATTEMPT, current, "succeeded")
             current.ended = now
-            self._end_subtask(batch, task, rec, "done", None, now, result)
+            self._end_subtask(batch, task, rec, "commit", None, now, result)
         elif result.worker_error or rec.spec.retry_on_error:
             if result.app_failed:
                 self.counters["app_failures"] += 1
@@ -113,10 +114,10 @@ class WorkerEvents(Lifecycle):
             self._attempt_failed(batch, task, rec, current, "failed", result.describe(), now, kept)
         else:
             self.counters["app_failures"] += 1
-            current.state = "failed"
+            advance(ATTEMPT, current, "failed")
             current.error = result.describe()
             current.ended = now
-            self._end_subtask(batch, task, rec, "failed", result.describe(), now, result)
+            self._end_subtask(batch, task, rec, "fail", result.describe(), now, result)
         committed = rec.result is result
         batch.effects.append(Ack(task_id, subtask_id, attempt, node_id, committed=committed))
         return self._finish(batch)
