@@ -1,0 +1,113 @@
+"""The task graph: a job becomes a :class:`TaskRecord` (dependants, the urgency of each
+subtask along its longest chain), and a subtask that becomes ready is rendered from the
+committed results upstream of it (``{{ ID.stdout }}`` placeholders) into the spec it is
+dispatched with and the demand it is priced by.
+
+Pure functions of the records and the pricing configuration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from swarmd.core import template
+from swarmd.core.jobspec import (
+    DEFAULT_MAX_TOKENS,
+    JobError,
+    JobSpec,
+    SubtaskSpec,
+    topological_order,
+)
+from swarmd.core.pricing import Demand, PricingConfig, estimate_llm_tokens
+from swarmd.core.tasks.records import SubtaskRecord, TaskRecord
+
+
+def new_task(task_id: str, job: JobSpec, submitted: float, pricing: PricingConfig) -> TaskRecord:
+    """A fresh record for ``job``, every subtask waiting. JobError if the ids are not
+    unique, an ``after`` names an unknown subtask, or the graph has a cycle."""
+    if len(set(job.ids)) != len(job.subtasks):
+        raise JobError("subtask ids must be unique")
+    order = topological_order(job)  # JobError on unknown deps or a cycle
+    dependants: dict[str, list[str]] = {s.id: [] for s in job.subtasks}
+    for s in job.subtasks:
+        for dep in dict.fromkeys(s.after):
+            dependants[dep].append(s.id)
+    specs = {s.id: s for s in job.subtasks}
+    urgency: dict[str, float] = {}
+    for sid in reversed(order):  # every dependant first
+        below = max((urgency[d] for d in dependants[sid]), default=0.0)
+        urgency[sid] = estimate_s(specs[sid], pricing) + below
+    deadline = None if job.deadline_s is None else submitted + job.deadline_s
+    return TaskRecord(
+        id=task_id,
+        spec=job,
+        state="pending",
+        submitted=submitted,
+        finished=None,
+        deadline=deadline,
+        subtasks={s.id: SubtaskRecord(task_id, s) for s in job.subtasks},
+        dependants={k: tuple(v) for k, v in dependants.items()},
+        remaining=len(job.subtasks),
+        urgency=urgency,
+    )
+
+
+def estimate_s(spec: SubtaskSpec, pricing: PricingConfig) -> float:
+    """A subtask's run estimate before anything is known of where it runs: its
+    ``estimate`` (or the default) for shell/python, its token budget at the default
+    rate for llm. Only the ratios matter: it orders a job's ready subtasks."""
+    if spec.kind == "llm":
+        max_tokens = spec.max_tokens if spec.max_tokens is not None else DEFAULT_MAX_TOKENS
+        return max_tokens / pricing.default_tokens_per_s
+    if spec.estimate_s is not None:
+        return spec.estimate_s
+    return pricing.default_shell_s
+
+
+def upstream_ids(task: TaskRecord, rec: SubtaskRecord) -> list[str]:
+    """Every subtask ``rec`` depends on, directly or not."""
+    seen: dict[str, None] = {}
+    stack = list(rec.spec.after)
+    while stack:
+        sid = stack.pop()
+        if sid in seen:
+            continue
+        seen[sid] = None
+        stack.extend(task.subtasks[sid].spec.after)
+    return list(seen)
+
+
+def render(task: TaskRecord, rec: SubtaskRecord) -> str | None:
+    """Set the rendered spec and the pricing demand; an error message if it fails."""
+    results = {
+        sid: task.subtasks[sid].result.template_fields()  # type: ignore[union-attr]
+        for sid in upstream_ids(task, rec)
+        if task.subtasks[sid].result is not None
+    }
+    spec = rec.spec
+    try:
+        rendered = replace(
+            spec,
+            run=tuple(template.render(arg, results) for arg in spec.run),
+            prompt=None if spec.prompt is None else template.render(spec.prompt, results),
+            system=None if spec.system is None else template.render(spec.system, results),
+        )
+    except KeyError as exc:
+        return f"template: {exc.args[0]}"
+    rec.rendered = rendered
+    rec.upstream = results if spec.inputs else {}
+    est_tokens = 0
+    if spec.kind == "llm":
+        max_tokens = spec.max_tokens if spec.max_tokens is not None else DEFAULT_MAX_TOKENS
+        est_tokens = estimate_llm_tokens(rendered.prompt or "", max_tokens, rendered.system)
+    rec.demand = Demand(
+        kind=spec.kind,
+        capability=spec.capability,
+        model=spec.model,
+        min_vram=spec.min_vram,
+        min_ram=spec.min_ram,
+        node=spec.node,
+        est_tokens=est_tokens,
+        est_seconds=spec.estimate_s,
+    )
+    return None
