@@ -22,6 +22,7 @@ Address = Annotated[str, Meta(min_length=3, max_length=262)]  # host:port
 Name = Annotated[str, Meta(max_length=128)]
 Text = Annotated[str, Meta(max_length=4096)]
 Count = Annotated[int, Meta(ge=0)]
+LOG_CHUNK_BYTES = 256 * 1024  # output in one progress message, per stream
 Bytes = Annotated[int, Meta(ge=0)]
 
 
@@ -291,6 +292,28 @@ class WatchReply(Message, tag="watch_reply"):
     task: dict[str, Any]
 
 
+class LogsRequest(Message, tag="logs"):
+    """A subtask's output from the given stream offsets on; with ``follow`` answered
+    once there is more, or it ended, or ``timeout_s`` passed."""
+
+    task: TaskId
+    subtask: Annotated[str, Meta(max_length=64)] = ""  # "" for a task's only subtask
+    out_at: Count = 0
+    err_at: Count = 0
+    follow: bool = False
+    timeout_s: Annotated[float, Meta(ge=0, le=60)] = 10.0
+
+
+class LogsReply(Message, tag="logs_reply"):
+    subtask: str
+    state: str
+    out: bytes = b""
+    out_at: Count = 0
+    err: bytes = b""
+    err_at: Count = 0
+    final: bool = False  # the subtask ended: nothing more will come
+
+
 class TasksRequest(Message, tag="tasks"):
     pass
 
@@ -337,6 +360,12 @@ class Progress(Message, tag="progress"):
     node: NodeId
     note: Text = ""
     load: Count | None = None
+    # A shell attempt's output since the last progress (swarmctl logs -f): the bytes
+    # and the stream offset they start at.
+    out: Annotated[bytes, Meta(max_length=LOG_CHUNK_BYTES)] = b""
+    out_at: Count = 0
+    err: Annotated[bytes, Meta(max_length=LOG_CHUNK_BYTES)] = b""
+    err_at: Count = 0
 
 
 class AttemptResult(Message, tag="result"):
@@ -390,6 +419,7 @@ ControlRequest = (
     | TasksRequest
     | DrainRequest
     | WatchRequest
+    | LogsRequest
 )
 ControlReply = (
     PeersReply
@@ -401,6 +431,7 @@ ControlReply = (
     | TasksReply
     | DrainReply
     | WatchReply
+    | LogsReply
 )
 WorkMessage = WorkItem | Bundle
 AnyMessage = GossipMessage | ControlRequest | ControlReply | WorkMessage
@@ -426,6 +457,8 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (
     TasksReply,
     WatchRequest,
     WatchReply,
+    LogsRequest,
+    LogsReply,
     Dispatch,
     DispatchReply,
     Progress,

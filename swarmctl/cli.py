@@ -24,6 +24,8 @@ from protocol.messages import (
     DrainRequest,
     JoinTokenReply,
     JoinTokenRequest,
+    LogsReply,
+    LogsRequest,
     PeersReply,
     PeersRequest,
     PeerView,
@@ -75,9 +77,9 @@ class Ctx:
         finally:
             client.close()
 
-    def call(self, request: ControlRequest) -> ControlReply:
+    def call(self, request: ControlRequest, timeout_s: float | None = None) -> ControlReply:
         with self.client() as client, self._failures():
-            return client.request(request)
+            return client.request(request, timeout_s)
         raise AssertionError("unreachable")  # _failures exits
 
     def watch(self, task: str, seen: int) -> dict[str, Any]:
@@ -468,6 +470,40 @@ def _task(obj: Ctx, task: str, what: str, artifacts: bool = False) -> TaskReply:
     reply = obj.call(TaskRequest(task=task, what=what, artifacts=artifacts))  # type: ignore[arg-type]
     assert isinstance(reply, TaskReply)
     return reply
+
+
+@main.command()
+@click.option("-f", "--follow", is_flag=True, help="print new output until the subtask ends")
+@click.argument("task")
+@click.argument("subtask", required=False)
+@click.pass_obj
+def logs(obj: Ctx, follow: bool, task: str, subtask: str | None) -> None:
+    """A shell subtask's stdout and stderr (SUBTASK may be left out for a task of
+    one); -f follows them live, as the coordinator hears them, until it ends."""
+    at = [0, 0]
+    collected = [bytearray(), bytearray()]
+    while True:
+        request = LogsRequest(
+            task=task, subtask=subtask or "", out_at=at[0], err_at=at[1], follow=follow
+        )
+        reply = obj.call(request, request.timeout_s + obj.timeout)
+        assert isinstance(reply, LogsReply)
+        for i, (start, data) in enumerate(((reply.out_at, reply.out), (reply.err_at, reply.err))):
+            if start > at[i]:
+                click.echo(f"[swarmd: {start - at[i]} bytes of output were dropped]", err=True)
+            at[i] = start + len(data)
+            collected[i] += data
+            if not obj.as_json and data:
+                stream = sys.stdout if i == 0 else sys.stderr
+                stream.buffer.write(data)
+                stream.flush()
+        if reply.final or not follow:
+            break
+    if obj.as_json:
+        text = [bytes(c).decode("utf-8", errors="replace") for c in collected]
+        obj.emit_json(
+            {"subtask": reply.subtask, "state": reply.state, "stdout": text[0], "stderr": text[1]}
+        )
 
 
 @main.command()

@@ -20,6 +20,7 @@ from protocol.messages import (
     Hardware,
     JoinTokenReply,
     JoinTokenRequest,
+    LogsRequest,
     ModelProfile,
     PeersReply,
     PeersRequest,
@@ -174,14 +175,21 @@ class Control:
         except UnknownTask:
             return self._unknown(request.task)
 
-    async def watch(self, request: WatchRequest) -> ControlReply:
-        """Push: answered when the task changes (see ``Coordination.watch``)."""
+    def answers_later(self, request: object) -> bool:
+        """Requests answered when something happens (push): ``answer_later`` them."""
+        return isinstance(request, WatchRequest | LogsRequest)
+
+    async def answer_later(self, request: WatchRequest | LogsRequest) -> ControlReply:
         try:
+            if isinstance(request, LogsRequest):
+                return await self.node.coordination.logs(request)
             row = await self.node.coordination.watch(
                 request.task, request.seen, request.timeout_s, request.final_only
             )
         except UnknownTask:
             return self._unknown(request.task)
+        except KeyError as exc:  # a subtask id that is not the task's
+            return ErrorReply(code="bad_request", message=str(exc.args[0]) if exc.args else "")
         return WatchReply(task=row)
 
     @staticmethod

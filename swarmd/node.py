@@ -34,7 +34,6 @@ from protocol.messages import (
     ResultAck,
     Syn,
     SynAck,
-    WatchRequest,
     WorkItem,
     WorkMessage,
 )
@@ -545,8 +544,8 @@ class Node:
                 self._on_work(item)
         elif isinstance(message, WorkItem):
             self._on_work(message)
-        elif isinstance(message, WatchRequest):
-            self._spawn(self._answer_later(self.control.watch(message), reply))
+        elif self.control.answers_later(message):
+            self._spawn(self._answer_later(self.control.answer_later(message), reply))  # type: ignore[arg-type]
         elif self.control.handles(message):
             try:
                 reply(self.control.handle(message, local))  # type: ignore[arg-type]

@@ -17,15 +17,25 @@ from pathlib import Path
 from typing import Any
 
 from protocol import codec
-from protocol.messages import AttemptResult, CancelAttempt, Dispatch, Message, ResultAck
+from protocol.messages import (
+    LOG_CHUNK_BYTES,
+    AttemptResult,
+    CancelAttempt,
+    Dispatch,
+    Message,
+    Progress,
+    ResultAck,
+)
 
 from .core import worker as core
 from .core.worker import AttemptKey
 from .executors import ExecRequest, ExecResult, Limits, execute
+from .executors.output import LiveOutput
 from .store import Store
 
 Send = Callable[[str, Message], bool]  # (node address, message) -> queued?
 TICK_S = 0.2  # the timer's longest sleep: WorkerConfig.min_progress_s
+LIVE_S = 0.25  # a running shell attempt's new output goes out this often
 
 
 def request_of(d: Dispatch, models: Mapping[str, tuple[str, str, int]]) -> ExecRequest:
@@ -207,6 +217,9 @@ class Worker:
     # ------------------------------------------------------------ attempts
 
     async def _run(self, key: AttemptKey, d: Dispatch) -> None:
+        shell = d.spec.get("kind", "shell") == "shell"
+        live = LiveOutput() if shell else None
+        pump = asyncio.ensure_future(self._stream(key, d, live)) if live else None
         try:
             result = await execute(
                 request_of(d, self.models),
@@ -214,6 +227,7 @@ class Worker:
                 allow_shell=self.allow_shell,
                 limits=self.limits,
                 pool=self._python_pool() if d.spec.get("kind") == "python" else None,
+                live=live,
             )
         except asyncio.CancelledError:
             # Still report how it ended: the coordinator fences it off if it moved on,
@@ -234,7 +248,37 @@ class Worker:
             message = result_message(key, self.node_id, result)
         finally:
             self.running.pop(key, None)
+            if pump is not None:
+                pump.cancel()
         self._apply(self.core.on_finished(key, message, time.monotonic()))
+
+    async def _stream(self, key: AttemptKey, d: Dispatch, live: LiveOutput) -> None:
+        """A running shell attempt's new output to its coordinator, every LIVE_S (for
+        `swarmctl logs -f`); each such progress also renews the lease."""
+        sent = [0, 0]
+        while True:
+            await asyncio.sleep(LIVE_S)
+            chunks = []
+            for i, buf in enumerate((live.out, live.err)):
+                at, data = buf.since(sent[i]) if buf is not None else (sent[i], b"")
+                data = data[:LOG_CHUNK_BYTES]
+                sent[i] = at + len(data)
+                chunks.append((at, data))
+            (out_at, out), (err_at, err) = chunks
+            if out or err:
+                message = Progress(
+                    task=d.task,
+                    subtask=d.subtask,
+                    attempt=d.attempt,
+                    node=self.node_id,
+                    note="output",
+                    load=self.core.load,
+                    out=out,
+                    out_at=out_at,
+                    err=err,
+                    err_at=err_at,
+                )
+                self.send(d.coordinator.addr, message)
 
     def _python_pool(self) -> Any:
         if self._pool is None:

@@ -32,6 +32,8 @@ from protocol.messages import (
     Hardware,
     JoinTokenReply,
     JoinTokenRequest,
+    LogsReply,
+    LogsRequest,
     Memory,
     Message,
     ModelProfile,
@@ -146,6 +148,8 @@ EXAMPLES: dict[type[Message], Message] = {
     TasksReply: TasksReply(tasks=[{"id": "3f9a1c-000001", "state": "done"}]),
     WatchRequest: WatchRequest(task="3f9a1c-000001", seen=3, timeout_s=5.0),
     WatchReply: WatchReply(task={"id": "3f9a1c-000001", "state": "running", "version": 4}),
+    LogsRequest: LogsRequest(task="3f9a1c-000001", subtask="lint", out_at=10, follow=True),
+    LogsReply: LogsReply(subtask="lint", state="running", out=b"ok\n", out_at=10),
     Dispatch: Dispatch(
         task="3f9a1c-000001",
         subtask="lint",

@@ -3,6 +3,9 @@ single-command submit relays the command's output and exit code (as ssh does).""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,19 +54,24 @@ def test_a_worker_without_allow_shell_refuses_a_dispatched_python_call(
     try:
         me = NodeRef("coordinator1", 1, 1, f"127.0.0.1:{port}")
         spec = {"id": "p", "kind": "python", "call": "os:system", "args": ["touch /tmp/pwned"]}
-        out.send(
-            codec.encode(
-                Dispatch(task="t-1", subtask="p", attempt=1, coordinator=me, lease_s=5, spec=spec)
-            )
+        dispatch = Dispatch(
+            task="t-1", subtask="p", attempt=1, coordinator=me, lease_s=5, spec=spec
         )
-        assert inbox.poll(10_000), "no answer from the worker"
+        # Sent again until answered: the worker's link to a new address takes a moment
+        # to connect, and what it cannot send then is dropped (as a coordinator would).
+        for _ in range(40):
+            out.send(codec.encode(dispatch))
+            if inbox.poll(250):
+                break
+        else:
+            raise AssertionError("no answer from the worker")
         frame = inbox.recv_multipart()[-1]
         message = codec.decode(frame)
         replies = message.items if isinstance(message, Bundle) else [message]
         assert [(r.accepted, r.reason) for r in replies if isinstance(r, DispatchReply)] == [
             (False, SHELL_DISABLED)
         ]
-        assert d.counters().get("worker_refused") == 1
+        assert d.counters().get("worker_refused", 0) >= 1
         assert d.counters().get("worker_accepted", 0) == 0
     finally:
         out.close()
@@ -90,3 +98,39 @@ def test_submit_wait_of_one_command_relays_its_output_and_exit_code(
     waited = swarmctl("status", "--wait", task, state_dir=d.state_dir)
     assert waited.returncode == 0, waited.stderr
     assert f"task {task}" in waited.stdout and "done" in waited.stdout
+
+
+def test_logs_follow_a_running_command_live_and_then_print_it_whole(
+    tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    secret = new_secret()
+    coord = Daemon(tmp_path, "c", secret=secret, config="[node]\nallow_shell = false\n")
+    worker = Daemon(tmp_path, "w", secret=secret)
+    daemons += [coord, worker]
+    for d in daemons:
+        d.start()
+    for d in daemons:
+        d.wait_ready()
+    wait_until(lambda: coord.states() == {"c": "alive", "w": "alive"}, 15, what="two nodes")
+    script = "for i in 1 2 3 4 5 6; do echo line$i; sleep 0.4; done; echo bye >&2"
+    task = swarmctl("submit", "--", "sh", "-c", script, state_dir=coord.state_dir).stdout.strip()
+    cmd = [sys.executable, "-m", "swarmctl", "--state-dir", str(coord.state_dir)]
+    follow = subprocess.Popen(
+        [*cmd, "logs", "-f", task], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert follow.stdout is not None
+        first = follow.stdout.readline()  # arrives while the command still runs
+        state = json.loads(swarmctl("--json", "status", task, state_dir=coord.state_dir).stdout)
+        assert first == "line1\n" and state["state"] == "running", state
+        rest, err = follow.communicate(timeout=30)
+    finally:
+        follow.kill()
+    assert follow.returncode == 0, err
+    assert first + rest == "".join(f"line{i}\n" for i in range(1, 7))
+    assert err == "bye\n"
+    # Once it ended, logs (no -f) print it whole, from the committed result.
+    done = swarmctl("logs", task, state_dir=coord.state_dir)
+    assert (done.stdout, done.stderr) == (first + rest, "bye\n")
+    bad = swarmctl("logs", task, "nope", state_dir=coord.state_dir)
+    assert bad.returncode == 2 and "has no subtask 'nope'" in bad.stderr

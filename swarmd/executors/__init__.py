@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 if TYPE_CHECKING:
     import httpx
 
+    from swarmd.executors.output import LiveOutput
     from swarmd.executors.python import PythonPool
 
 ExecKind = Literal["shell", "llm", "python"]
@@ -134,6 +135,7 @@ async def execute(
     pool: PythonPool | None = None,
     http: httpx.AsyncClient | None = None,
     keep: bool = False,
+    live: LiveOutput | None = None,
 ) -> ExecResult:
     """Run one attempt of a subtask and return its result (never raises, except
     ``asyncio.CancelledError`` after the attempt's processes are gone)."""
@@ -144,7 +146,7 @@ async def execute(
         if not allow_shell:
             return ExecResult.failure(SHELL_DISABLED, app_failed=False)
         return await shell.run(
-            req, workdir_root=workdir_root, limits=limits, progress=progress, keep=keep
+            req, workdir_root=workdir_root, limits=limits, progress=progress, keep=keep, live=live
         )
     if req.kind == "python":
         if pool is None:

@@ -26,6 +26,13 @@ class TailBuffer:
         if excess > 0:
             del self._buf[:excess]
 
+    def since(self, offset: int) -> tuple[int, bytes]:
+        """The bytes from stream offset ``offset`` on that are still kept, and the
+        offset they start at (later than ``offset`` if some were dropped)."""
+        first = self.total - len(self._buf)
+        start = min(max(offset, first), self.total)
+        return start, bytes(self._buf[start - first :])
+
     @property
     def dropped(self) -> int:
         return self.total - len(self._buf)
@@ -53,3 +60,11 @@ async def drain(stream: asyncio.StreamReader, into: TailBuffer) -> None:
         if not chunk:
             return
         into.write(chunk)
+
+
+class LiveOutput:
+    """A running command's stdout and stderr as they are captured, for following."""
+
+    def __init__(self) -> None:
+        self.out: TailBuffer | None = None
+        self.err: TailBuffer | None = None

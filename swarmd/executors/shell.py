@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Final
 
 from swarmd.executors import ExecRequest, ExecResult, Limits, Progress, report, workdir
-from swarmd.executors.output import TailBuffer, drain
+from swarmd.executors.output import LiveOutput, TailBuffer, drain
 
 DEFAULT_PATH: Final = "/usr/local/bin:/usr/bin:/bin"
 KILL_GRACE_S: Final = 2.0  # SIGTERM -> SIGKILL
@@ -60,6 +60,7 @@ async def run(
     progress: Progress | None = None,
     keep: bool = False,
     kill_grace_s: float = KILL_GRACE_S,
+    live: LiveOutput | None = None,
 ) -> ExecResult:
     started = time.monotonic()
     if not req.run:
@@ -73,7 +74,7 @@ async def run(
         return prepared
     cwd = prepared
     try:
-        return await _run_in(req, cwd, limits, progress, kill_grace_s, started)
+        return await _run_in(req, cwd, limits, progress, kill_grace_s, started, live)
     finally:
         if not keep:
             workdir.remove(cwd)
@@ -86,6 +87,7 @@ async def _run_in(
     progress: Progress | None,
     kill_grace_s: float,
     started: float,
+    live: LiveOutput | None = None,
 ) -> ExecResult:
     argv = req.run
     try:
@@ -107,6 +109,8 @@ async def _run_in(
 
     out = TailBuffer(limits.max_output_bytes)
     err = TailBuffer(limits.max_output_bytes)
+    if live is not None:  # followed while it runs (swarmctl logs -f)
+        live.out, live.err = out, err
     assert proc.stdout is not None and proc.stderr is not None
     readers = [
         asyncio.create_task(drain(proc.stdout, out)),

@@ -40,7 +40,10 @@ class Lifecycle(Bookkeeping):
         rec.round = ()
         rec.refused_by.clear()
         self._backlog.push(task, rec, now)
-        self._touch(batch, task, rec)
+        if event != "release" or rec.attempt:
+            # A subtask released for the first time is not journaled: restore derives
+            # it from the job and its upstream results (a third of the journal writes).
+            self._touch(batch, task, rec)
 
     def _dispatch(
         self,
