@@ -13,7 +13,7 @@ import pytest
 import zmq
 
 from protocol import codec
-from protocol.messages import Dispatch, NodeRef, PeersRequest, Syn
+from protocol.messages import PROTOCOL_VERSION, Dispatch, NodeRef, PeersRequest, Syn
 from swarmd.identity import ClusterKeys
 from swarmd.transport import curve_client
 from tests.harness import Daemon, new_secret, swarmctl, wait_until
@@ -126,9 +126,13 @@ def test_garbage_oversized_and_malformed_input_is_dropped_and_counted(
         s = _member_socket(ctx, d, secret)
         bad_frames = {
             "dropped_malformed": [b"\xc1\xc1 not msgpack"],
-            "dropped_unknown_type": [msgspec.msgpack.encode({"t": "format_disk", "v": 1})],
+            "dropped_unknown_type": [
+                msgspec.msgpack.encode({"t": "format_disk", "v": PROTOCOL_VERSION})
+            ],
             "dropped_version": [msgspec.msgpack.encode({"t": "syn", "v": 99})],
-            "dropped_invalid": [msgspec.msgpack.encode({"t": "syn", "v": 1, "seq": -1})],
+            "dropped_invalid": [
+                msgspec.msgpack.encode({"t": "syn", "v": PROTOCOL_VERSION, "seq": -1})
+            ],
             "dropped_frames": [b"a", b"b", b"c"],
         }
         for frames in bad_frames.values():
