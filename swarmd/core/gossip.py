@@ -269,9 +269,9 @@ class Gossip:
                 return [Send(None, SynAck(sender=self.me, seq=message.seq, digest=[], delta=[]))]
             return []
         max_kvs = self.config.max_delta_kvs
-        if not isinstance(message, Ack) and message.known > len(self.state.nodes) + (
-            self.config.digest_hot
-        ):
+        known = len(self.state.nodes)
+        gap = min(self.config.digest_hot, max(2, known // 8))
+        if not isinstance(message, Ack) and message.known > known + gap:
             self._behind = True  # hot entries would take too long to fill the gap
         if isinstance(message, Syn):
             self._take_digest(message.digest, now)
