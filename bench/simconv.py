@@ -14,9 +14,16 @@ the first 200 ms round. Per N:
 * ``detect`` (N <= ``detect_max``): one node is killed; virtual seconds (checked every
   50 ms) until every other node lists it dead.
 
+* ``steady``: ``STEADY_ROUNDS`` rounds with every message encoded by the real codec:
+  ``bytes_per_node_round`` is the bytes all nodes sent / N / rounds; then as many
+  rounds again without encoding, timed with ``process_time``: ``cpu_ms_per_node_round``
+  is this process's CPU time / N / rounds (the whole simulator: event queue, in-memory
+  network and the gossip core of every node). Measured twice: ``early_*`` 1 s after
+  converging (the news of N joins still travelling), and idle, ``IDLE_AFTER_S`` after
+  converging (news stays hot 4 + 2 log2 N rounds: 4.8 s at N = 1,000).
+
 ``wall_s`` is this process's wall-clock time for each phase; the virtual times do not
-depend on the machine. Each message carries an N-entry digest, so one round is O(N^2)
-work in total.
+depend on the machine.
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ from swarmd.core.failure import Liveness
 from swarmd.simulator import Simulation
 
 DETECT_STEP_S = 0.05
+STEADY_ROUNDS = 5
+IDLE_AFTER_S = 6.0
 
 
 def _rounds_until(sim: Simulation, predicate: Any, limit: int) -> int | None:
@@ -44,6 +53,47 @@ def _rounds_until(sim: Simulation, predicate: Any, limit: int) -> int | None:
         if predicate():
             return r
     return None
+
+
+def steady(sim: Simulation, rounds: int = STEADY_ROUNDS) -> dict[str, Any]:
+    """Bytes, messages and CPU per node per round of an idle, converged cluster."""
+    n, interval_s = len(sim.nodes), sim.config.interval_s
+    net = sim.network
+    sent, net.bytes_sent, net.count_bytes = net.sent, 0, True
+    sim.run_for(rounds * interval_s)
+    net.count_bytes = False
+    out = {
+        "bytes_per_node_round": round(net.bytes_sent / n / rounds),
+        "messages_per_node_round": round((net.sent - sent) / n / rounds, 2),
+    }
+    cpu = time.process_time()
+    sim.run_for(rounds * interval_s)
+    out["cpu_ms_per_node_round"] = round((time.process_time() - cpu) * 1000 / n / rounds, 4)
+    return out
+
+
+def _detect(sim: Simulation, n: int) -> dict[str, Any]:
+    """Kill one node after a few seconds of history; when the first and the last of the
+    others list it dead (virtual seconds, checked every ``DETECT_STEP_S``)."""
+    sim.run_for(3.0)
+    victim_id = sim.node_id(n // 3)
+    sim.kill(n // 3)
+    killed = sim.now
+    first_dead: float | None = None
+    for _ in range(round(10.0 / DETECT_STEP_S)):
+        sim.run_for(DETECT_STEP_S)
+        dead = [g.liveness(victim_id) is Liveness.DEAD for g in sim.nodes.values()]
+        if first_dead is None and any(dead):
+            first_dead = sim.now - killed
+        if all(dead):
+            return {
+                "detect_first_s": round(first_dead or 0.0, 2),
+                "detect_all_s": round(sim.now - killed, 2),
+            }
+    return {
+        "detect_first_s": None if first_dead is None else round(first_dead, 2),
+        "detect_all_s": None,
+    }
 
 
 def one(n: int, detect: bool) -> dict[str, Any]:
@@ -62,6 +112,11 @@ def one(n: int, detect: bool) -> dict[str, Any]:
     }
     if rounds is None:
         return out
+    sim.run_for(1.0)  # let the last joins settle
+    out.update({f"early_{k}": v for k, v in steady(sim).items()})
+    sim.run_for(max(0.0, IDLE_AFTER_S - 1.0 - 2 * STEADY_ROUNDS * interval_s))
+    out.update(steady(sim))
+    t1 = time.perf_counter()
     writer = sim.nodes[sim.addr(n - 1)]
     writer.set("queue", 42)
     sent = sim.network.sent
@@ -79,31 +134,8 @@ def one(n: int, detect: bool) -> dict[str, Any]:
         messages_per_round=round((sim.network.sent - sent) / max(1, spread or 40)),
     )
     if detect:
-        sim.run_for(3.0)  # a few seconds of heartbeat history
-        victim = n // 3
-        victim_id = sim.node_id(victim)
-        sim.kill(victim)
-        killed = sim.now
-
-        def all_see_dead() -> bool:
-            return all(g.liveness(victim_id) is Liveness.DEAD for g in sim.nodes.values())
-
-        first_dead: float | None = None
-        detected: float | None = None
-        for _ in range(round(10.0 / DETECT_STEP_S)):
-            sim.run_for(DETECT_STEP_S)
-            if first_dead is None and any(
-                g.liveness(victim_id) is Liveness.DEAD for g in sim.nodes.values()
-            ):
-                first_dead = sim.now - killed
-            if all_see_dead():
-                detected = sim.now - killed
-                break
-        out.update(
-            detect_first_s=None if first_dead is None else round(first_dead, 2),
-            detect_all_s=None if detected is None else round(detected, 2),
-            detect_wall_s=round(time.perf_counter() - t2, 2),
-        )
+        out.update(_detect(sim, n))
+        out["detect_wall_s"] = round(time.perf_counter() - t2, 2)
     out["interval_s"] = interval_s
     out["wall_s"] = round(time.perf_counter() - t0, 2)
     return out
@@ -113,7 +145,7 @@ def run(
     quick: bool = False, sizes: tuple[int, ...] | None = None, detect_max: int | None = None
 ) -> dict[str, Any]:
     sizes = sizes if sizes is not None else ((50, 100) if quick else (50, 100, 200, 500, 1000))
-    detect_max = detect_max if detect_max is not None else (50 if quick else 200)
+    detect_max = detect_max if detect_max is not None else (50 if quick else 1000)
     started = time.perf_counter()
     result: dict[str, Any] = {"quick": quick, "load_before": load(), "sizes": []}
     for n in sizes:
@@ -131,7 +163,10 @@ def markdown(result: dict[str, Any]) -> str:
         "node seeded with node 0 only. *converge*: rounds (200 ms each) until every node "
         "lists all N alive. *spread*: rounds for a value written on one node to reach all, "
         "once converged. *dead to all*: virtual seconds from killing a node until every "
-        "other node lists it dead. Wall: seconds of this machine per simulated round.",
+        "other node lists it dead. *bytes* and *CPU*: per node per round (encoded message "
+        "bytes sent; this process's CPU time for the whole simulator / N / rounds), 1 s "
+        f"after converging (*early*) and {IDLE_AFTER_S:.0f} s after (idle). "
+        "Wall: seconds of this machine per simulated round.",
         "",
     ]
     rows = []
@@ -143,8 +178,13 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{s['converge_virtual_s']:.2f}",
                 s.get("spread_rounds", "-"),
                 f"{s.get('spread_log2_n', math.log2(s['n'])):.1f}",
+                "-" if s.get("detect_first_s") is None else f"{s['detect_first_s']:.2f}",
                 "-" if s.get("detect_all_s") is None else f"{s['detect_all_s']:.2f}",
-                s.get("messages_per_round", "-"),
+                s.get("early_bytes_per_node_round", "-"),
+                s.get("bytes_per_node_round", "-"),
+                s.get("messages_per_node_round", "-"),
+                s.get("early_cpu_ms_per_node_round", "-"),
+                s.get("cpu_ms_per_node_round", "-"),
                 s.get("wall_s_per_round", "-"),
                 s.get("wall_s", s["converge_wall_s"]),
             ]
@@ -157,8 +197,13 @@ def markdown(result: dict[str, Any]) -> str:
                 "converge (virtual s)",
                 "spread (rounds)",
                 "log2 N",
+                "dead to first (virtual s)",
                 "dead to all (virtual s)",
-                "messages/round",
+                "bytes/node/round early",
+                "bytes/node/round idle",
+                "messages/node/round idle",
+                "CPU ms/node/round early",
+                "CPU ms/node/round idle",
                 "wall s/round",
                 "wall s total",
             ],

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct, field
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 2  # 2: partial digests, liveness claims, bundled work (PROTOCOL.md)
 
 NodeId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 Address = Annotated[str, Meta(min_length=3, max_length=262)]  # host:port
@@ -77,14 +77,42 @@ class NodeDelta(Struct, array_like=True, frozen=True):
     since: Count = 0
 
 
-Digest = Annotated[list[DigestEntry], Meta(max_length=65536)]
+Verdict = Literal["alive", "suspect", "dead"]
+
+
+class Claim(Struct, array_like=True, frozen=True):
+    """What the sender believes of one node's liveness, as of its heartbeat ``hb``.
+
+    ``suspect``/``dead`` at hb h: nobody it trusts has seen the node beat past h.
+    ``alive`` at hb h refutes any suspicion at a lower hb. ``age_ms``: how long ago
+    the suspicion began, so every node times it out at about the same moment.
+    """
+
+    id: NodeId
+    gen: Count
+    hb: Count
+    verdict: Verdict
+    age_ms: Count = 0
+
+
+MAX_DIGEST = 65536
+MAX_NEWS = 1024
+Digest = Annotated[list[DigestEntry], Meta(max_length=MAX_DIGEST)]
 Delta = Annotated[list[NodeDelta], Meta(max_length=65536)]
+News = Annotated[list[Claim], Meta(max_length=MAX_NEWS)]
 
 
 class Syn(Message, tag="syn"):
+    """``complete``: the digest lists every node the sender knows, so a node missing
+    from it is one the sender lacks; otherwise it is a bounded sample. ``known``: how
+    many nodes the sender knows (0: not said); one far behind sends complete digests."""
+
     sender: NodeRef
     seq: Count
     digest: Digest
+    complete: bool = True
+    news: News = []
+    known: Count = 0
 
 
 class SynAck(Message, tag="synack"):
@@ -92,11 +120,15 @@ class SynAck(Message, tag="synack"):
     seq: Count
     digest: Digest
     delta: Delta
+    complete: bool = True
+    news: News = []
+    known: Count = 0
 
 
 class Ack(Message, tag="ack"):
     sender: NodeRef
     delta: Delta
+    news: News = []
 
 
 # ---------------------------------------------------------------- node state values

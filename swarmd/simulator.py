@@ -29,6 +29,11 @@ class Network:
     partition: dict[str, int] = field(default_factory=dict)
     sent: int = 0
     lost: int = 0
+    # When true, every message is encoded (as the real transport would) and its size
+    # added to ``bytes_sent``: costs CPU, so benches turn it on only where they count.
+    count_bytes: bool = False
+    bytes_sent: int = 0
+    bytes_max: int = 0  # the largest message counted
 
     def delivers(self, src: str, dst: str, rng: random.Random) -> bool:
         if self.partition.get(src, 0) != self.partition.get(dst, 0):
@@ -127,6 +132,10 @@ class Simulation:
 
     def _transmit(self, src: str, dst: str, message: GossipMessage) -> None:
         self.network.sent += 1
+        if self.network.count_bytes:
+            size = len(codec.encode(message))
+            self.network.bytes_sent += size
+            self.network.bytes_max = max(self.network.bytes_max, size)
         if not self.network.delivers(src, dst, self.rng):
             return
         if self.wire:

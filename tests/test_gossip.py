@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from protocol.messages import Cpu, GossipMessage, Hardware, Memory, Syn, SynAck
+from protocol.messages import Claim, Cpu, GossipMessage, Hardware, Memory, Syn, SynAck
 from swarmd.core.failure import Liveness
 from swarmd.core.gossip import Event, Gossip, GossipConfig, IdentityConflict, MemberChanged, Send
 
@@ -398,3 +398,65 @@ def test_dead_nodes_are_forgotten_and_not_resurrected_by_old_gossip() -> None:
     )
     assert a.state.nodes["c"].generation == 2
     assert changes(a.drain_events(), "c") == [(None, Liveness.ALIVE)]
+
+
+def test_claims_suspect_refute_and_revive() -> None:
+    """A suspect claim is taken, refuted by the accused, and the refutation revives it."""
+    wire = Wire(seed=13)
+    a = wire.add("a")
+    b = wire.add("b", seeds=(addr("a"),))
+    c = wire.add("c", seeds=(addr("a"),))
+    now = wire.run(0.0, 2.0)
+    for g in (a, b, c):
+        g.drain_events()
+    rng = random.Random(0)
+    hb = a.state.nodes["c"].heartbeat
+
+    def news(*claims: Claim) -> Syn:
+        return Syn(sender=b.me, seq=99, digest=[], complete=False, news=list(claims))
+
+    # Claims about an unknown node, or another generation of a known one: ignored.
+    a.receive(news(Claim("zed", 1, 5, "suspect"), Claim("c", 7, hb, "dead")), now, rng)
+    assert a.liveness("c") is Liveness.ALIVE and "zed" not in a.state.nodes
+    # Below the heartbeat a already saw: a refutes it instead of believing it.
+    a.receive(news(Claim("c", 1, hb - 1, "suspect")), now, rng)
+    assert a.liveness("c") is Liveness.ALIVE and a.counters["claims_refuted"] == 1
+    # At the newest heartbeat a knows, 0.4 s old: suspect since then, not dead yet.
+    a.receive(news(Claim("c", 1, hb, "suspect", 400)), now, rng)
+    assert a.liveness("c") is Liveness.SUSPECT
+    assert a.detector.since("c") == pytest.approx(now - 0.4)
+    assert changes(a.drain_events(), "c") == [(Liveness.ALIVE, Liveness.SUSPECT)]
+    # The claim travels to c, which answers alive at a heartbeat above it.
+    (syn,) = [s for s in a.tick(now + 0.01, rng) if s.addr == addr("c")]
+    assert isinstance(syn.message, Syn)
+    assert Claim("c", 1, hb, "suspect", 410) in syn.message.news
+    (synack,) = c.receive(syn.message, now + 0.01, rng)
+    assert c.counters["suspected"] == 1
+    assert isinstance(synack.message, SynAck)
+    (alive,) = [x for x in synack.message.news if x.id == "c"]
+    assert alive.verdict == "alive" and alive.hb > hb
+    a.receive(synack.message, now + 0.02, rng)
+    assert a.liveness("c") is Liveness.ALIVE
+    assert changes(a.drain_events(), "c") == [(Liveness.SUSPECT, Liveness.ALIVE)]
+    now = wire.run(now, 3.0)
+    assert all(view(g, now) == {k: Liveness.ALIVE for k in "abc"} for g in (a, b, c))
+
+
+def test_a_dead_claim_is_dead_at_once() -> None:
+    wire = Wire(seed=14)
+    a = wire.add("a")
+    wire.add("b", seeds=(addr("a"),))
+    now = wire.run(0.0, 1.0)
+    a.drain_events()
+    hb = a.state.nodes["b"].heartbeat
+    relay = wire.add("c")  # a third party passes the claim on
+    claim = Claim("b", 1, hb, "dead")
+    a.receive(Syn(sender=relay.me, seq=9, digest=[], complete=False, news=[claim]), now, wire.rng)
+    assert a.liveness("b") is Liveness.DEAD
+    assert changes(a.drain_events(), "b") == [
+        (Liveness.ALIVE, Liveness.SUSPECT),
+        (Liveness.SUSPECT, Liveness.DEAD),
+    ]
+    # b is not dead: its next beat revives it.
+    now = wire.run(now, 2 * INTERVAL)
+    assert a.liveness("b") is Liveness.ALIVE

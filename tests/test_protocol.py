@@ -292,10 +292,15 @@ def test_other_version_of_a_broken_message(version: Any) -> None:
     assert repr(version) in error.detail
 
 
+@pytest.mark.parametrize("version", [1, 3], ids=["previous", "next"])
 @pytest.mark.parametrize("kind", [Syn, PeersRequest], ids=["syn", "peers"])
-def test_well_formed_message_of_another_version_is_rejected(kind: type[Message]) -> None:
+def test_well_formed_message_of_another_version_is_rejected(
+    kind: type[Message], version: int
+) -> None:
+    """Version 1 (full digests, every heartbeat to everyone) and a future 3 alike."""
+    assert PROTOCOL_VERSION == 2
     raw: dict[str, Any] = msgspec.to_builtins(EXAMPLES[kind])
-    raw["v"] = 1  # version 1 nodes neither bundle nor expect accepts to be implicit
+    raw["v"] = version
     assert reason_of(msgspec.msgpack.encode(raw)).reason == "version"
 
 
@@ -367,6 +372,30 @@ def test_list_limits_are_enforced() -> None:
     ack["delta"] = [["n", 0, 0, kvs[:256]]]
     decoded = codec.decode(msgspec.msgpack.encode(ack))
     assert isinstance(decoded, Ack) and len(decoded.delta[0].kvs) == 256
+
+
+@pytest.mark.parametrize(
+    "claim",
+    [["n", 1, 5, "zombie"], ["n", 1, -1, "suspect"], ["n", 1, 5, "dead", -3], ["", 1, 5, "dead"]],
+)
+def test_malformed_liveness_claims_are_invalid(claim: list[Any]) -> None:
+    raw = {"t": "ack", "sender": syn_map()["sender"], "delta": [], "news": [claim]}
+    error = reason_of(msgspec.msgpack.encode(raw))
+    assert error.reason == "invalid"
+    assert "$.news[0]" in error.detail
+
+
+def test_liveness_claims_round_trip_and_default_to_none() -> None:
+    raw = {"t": "ack", "sender": syn_map()["sender"], "delta": []}
+    decoded = codec.decode(msgspec.msgpack.encode(raw))
+    assert isinstance(decoded, Ack) and decoded.news == []
+    raw["news"] = [["n", 1, 5, "suspect", 120], ["m", 2, 9, "alive"]]
+    decoded = codec.decode(msgspec.msgpack.encode(raw))
+    assert isinstance(decoded, Ack)
+    assert [(c.id, c.verdict, c.age_ms) for c in decoded.news] == [
+        ("n", "suspect", 120),
+        ("m", "alive", 0),
+    ]
 
 
 def test_kv_version_must_be_positive() -> None:

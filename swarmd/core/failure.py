@@ -9,6 +9,12 @@ peer is not declared suspect after a few milliseconds of jitter.
 A peer whose phi crosses the threshold becomes *suspect*; if no heartbeat arrives
 for ``suspicion_s`` more it is *dead*. A heartbeat from a suspect or dead peer makes
 it alive again. Time is always passed in.
+
+With ``watch_all=False`` phi is judged only for the peers passed to :meth:`watch` (the
+gossip core watches a few ring neighbours); the others change state only when told
+(:meth:`suspect`, :meth:`mark_dead`, :meth:`revive`), and a suspect still turns dead
+``suspicion_s`` after its suspicion began. :meth:`update` then costs O(watched +
+suspects), not O(peers).
 """
 
 from __future__ import annotations
@@ -107,7 +113,72 @@ class _Peer:
 @dataclass
 class FailureDetector:
     config: DetectorConfig = field(default_factory=DetectorConfig)
+    watch_all: bool = True
     _peers: dict[str, _Peer] = field(default_factory=dict)
+    _watched: dict[str, None] = field(default_factory=dict)  # dicts: a stable order
+    _suspects: dict[str, None] = field(default_factory=dict)
+    # dead or left peers, in the order they became so (for forgetting them)
+    _resting: dict[str, None] = field(default_factory=dict)
+
+    def _enter(self, node_id: str, peer: _Peer, state: Liveness, since: float) -> Liveness:
+        """Move ``peer`` to ``state`` from ``since``; the previous state."""
+        old = peer.state
+        peer.state, peer.since = state, since
+        if state is _SUSPECT:
+            self._suspects[node_id] = None
+        else:
+            self._suspects.pop(node_id, None)
+        if state is _DEAD or state is _LEFT:
+            self._resting.pop(node_id, None)
+            self._resting[node_id] = None
+        else:
+            self._resting.pop(node_id, None)
+        return old
+
+    @property
+    def watched(self) -> list[str]:
+        return list(self._watched)
+
+    def resting(self) -> list[str]:
+        """Dead and left peers, longest resting first."""
+        return list(self._resting)
+
+    def watch(self, node_id: str, now: float, last: float | None = None) -> None:
+        """Judge ``node_id`` by phi from now on; its last heartbeat was at ``last``."""
+        self._watched[node_id] = None
+        peer = self._peers.get(node_id)
+        start = now if last is None else min(last, now)
+        if peer is None:
+            self._peers[node_id] = _Peer(_History(start, deque()), _ALIVE, now)
+        else:
+            peer.history = _History(start, deque())
+
+    def is_watched(self, node_id: str) -> bool:
+        return node_id in self._watched
+
+    def unwatch(self, node_id: str) -> None:
+        self._watched.pop(node_id, None)
+
+    def suspect(self, node_id: str, since: float) -> Liveness | None:
+        """Told the peer is suspect since ``since``; the previous state if it changed."""
+        peer = self._peers.get(node_id)
+        if peer is None or peer.state is not _ALIVE:
+            return None
+        return self._enter(node_id, peer, _SUSPECT, since)
+
+    def mark_dead(self, node_id: str, now: float) -> Liveness | None:
+        peer = self._peers.get(node_id)
+        if peer is None or peer.state is _DEAD or peer.state is _LEFT:
+            return None
+        return self._enter(node_id, peer, _DEAD, now)
+
+    def revive(self, node_id: str, now: float) -> Liveness | None:
+        """Evidence of life beyond a suspicion: alive again with a fresh history."""
+        peer = self._peers.get(node_id)
+        if peer is None or (peer.state is not _SUSPECT and peer.state is not _DEAD):
+            return None
+        peer.history = _History(now, deque())
+        return self._enter(node_id, peer, _ALIVE, now)
 
     def heartbeat(self, node_id: str, now: float) -> Liveness | None:
         """Record a heartbeat arrival. Returns the previous state if this revived the peer."""
@@ -121,12 +192,10 @@ class FailureDetector:
         if state is _DEAD:
             # A fresh start: the silence of the outage is not a normal interval.
             peer.history = _History(now, deque())
-            peer.state, peer.since = _ALIVE, now
-            return _DEAD
+            return self._enter(node_id, peer, _ALIVE, now)
         peer.history.arrival(now, self.config.window)
         if state is _SUSPECT:
-            peer.state, peer.since = _ALIVE, now
-            return _SUSPECT
+            return self._enter(node_id, peer, _ALIVE, now)
         return None
 
     def phi(self, node_id: str, now: float) -> float:
@@ -152,11 +221,10 @@ class FailureDetector:
     def mark_left(self, node_id: str, now: float) -> bool:
         peer = self._peers.get(node_id)
         if peer is None:
-            self._peers[node_id] = _Peer(_History(now, deque()), _LEFT, now)
-            return True
-        if peer.state is _LEFT:
+            peer = self._peers[node_id] = _Peer(_History(now, deque()), _ALIVE, now)
+        elif peer.state is _LEFT:
             return False
-        peer.state, peer.since = _LEFT, now
+        self._enter(node_id, peer, _LEFT, now)
         return True
 
     def update(self, now: float) -> list[tuple[str, Liveness, Liveness]]:
@@ -165,25 +233,32 @@ class FailureDetector:
         config = self.config
         quiet = config.acceptable_pause_s  # below this phi is negligible
         threshold, suspicion_s = config.phi_threshold, config.suspicion_s
-        for node_id, peer in self._peers.items():
-            state = peer.state
-            if state is _ALIVE:
-                h = peer.history
-                elapsed = now - h.last
-                if elapsed < quiet:
-                    continue
-                mean, std = h.mean_std(config)
-                if phi(elapsed, mean, std) >= threshold:
-                    peer.state, peer.since = _SUSPECT, now
-                    changes.append((node_id, _ALIVE, _SUSPECT))
-            elif state is _SUSPECT and now - peer.since >= suspicion_s:
-                peer.state, peer.since = _DEAD, now
-                changes.append((node_id, _SUSPECT, _DEAD))
+        peers = self._peers
+        judged = peers.keys() if self.watch_all else self._watched
+        for node_id in judged:
+            peer = peers.get(node_id)
+            if peer is None or peer.state is not _ALIVE:
+                continue
+            h = peer.history
+            elapsed = now - h.last
+            if elapsed < quiet:
+                continue
+            mean, std = h.mean_std(config)
+            if phi(elapsed, mean, std) >= threshold:
+                self._enter(node_id, peer, _SUSPECT, now)
+                changes.append((node_id, _ALIVE, _SUSPECT))
+        for node_id in [s for s in self._suspects if now - peers[s].since >= suspicion_s]:
+            self._enter(node_id, peers[node_id], _DEAD, now)
+            changes.append((node_id, _SUSPECT, _DEAD))
         return changes
 
     def remove(self, node_id: str) -> None:
         self._peers.pop(node_id, None)
+        self._watched.pop(node_id, None)
+        self._suspects.pop(node_id, None)
+        self._resting.pop(node_id, None)
 
     def reset(self, node_id: str, now: float) -> None:
         """A new generation of the node: forget its history, alive from now."""
-        self._peers[node_id] = _Peer(_History(now, deque()), _ALIVE, now)
+        peer = self._peers[node_id] = _Peer(_History(now, deque()), _ALIVE, now)
+        self._enter(node_id, peer, _ALIVE, now)

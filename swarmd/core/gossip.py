@@ -1,15 +1,22 @@
 """The gossip protocol machine: feed it messages and ticks, it returns messages to send.
 
-One round, started by :meth:`Gossip.tick` towards a few random peers::
+One round, started by :meth:`Gossip.tick` towards this node's ring successors and a
+few random peers::
 
-    A --Syn(digest_A)--------------------> B   B updates heartbeats from digest_A
-    A <--SynAck(digest_B, what A lacks)--- B   A merges, measures the round trip
-    A --Ack(what B lacks)----------------> B   B merges
+    A --Syn(digest_A, news)-------------------> B   B updates heartbeats from digest_A
+    A <--SynAck(digest_B, what A lacks, news)-- B   A merges, measures the round trip
+    A --Ack(what B lacks, news)---------------> B   B merges
 
-Heartbeats travel in digests, key-values in deltas. The failure detector turns
-heartbeat arrivals into alive / suspect / dead; a node's own ``status = left`` makes
-it left at once. Dead and left nodes are forgotten after a while and tombstoned so
-gossip cannot bring their old generation back.
+The cost of a round does not grow with the cluster. Beyond ``full_digest_max`` nodes
+a digest is a bounded sample: this node, the ring predecessors it watches (their
+heartbeats, relayed), nodes that changed lately (:mod:`.rumors`) and a few more in
+rotation; B adds its own entries where A's are newer so A's Ack can carry them.
+Liveness is not gossiped as every heartbeat to everyone: each node's ``watchers``
+ring neighbours (:mod:`.roster`) judge it with the accrual detector, and the rest of
+the cluster takes their claims ("suspect as of heartbeat h"), refuted by anyone who
+has seen it beat past h. A node's own ``status = left`` makes it left at once. Dead
+and left nodes are forgotten after a while and tombstoned so gossip cannot bring
+their old generation back.
 
 Sans-I/O: no sockets, no clock, no global randomness. Time and an RNG are arguments,
 outgoing messages and membership events are return values.
@@ -17,16 +24,15 @@ outgoing messages and membership events are return values.
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
-
-import msgspec
 
 from protocol.messages import (
     KV,
     Ack,
+    Claim,
     DigestEntry,
     GossipMessage,
     NodeDelta,
@@ -36,8 +42,32 @@ from protocol.messages import (
     validate_state_value,
 )
 
-from .failure import DetectorConfig, FailureDetector, Liveness
+from .digests import DigestMaker, hot_rounds, wants
+from .failure import FailureDetector, Liveness
+from .gossip_types import (
+    Event,
+    GossipConfig,
+    IdentityConflict,
+    Member,
+    MemberChanged,
+    Send,
+    _valid_value,
+    keeps_identity,
+)
 from .membership import ClusterState, NodeState
+from .roster import Roster
+from .rumors import Belief, Beliefs
+
+__all__ = [
+    "Event",
+    "Gossip",
+    "GossipConfig",
+    "IdentityConflict",
+    "Member",
+    "MemberChanged",
+    "Send",
+    "keeps_identity",
+]
 
 # Enum members looked up through their class are slow on Python 3.11 (EnumType has a
 # __getattr__): aliases for the comparisons made for every peer on every tick.
@@ -45,91 +75,6 @@ _ALIVE = Liveness.ALIVE
 _SUSPECT = Liveness.SUSPECT
 _DEAD = Liveness.DEAD
 _LEFT = Liveness.LEFT
-
-# Gossiped values are checked on every receipt, and most are scalars that arrive again
-# and again (addresses, names, status, counts): a scalar's verdict is remembered. The
-# check is a pure function of (key, value), so this changes nothing but the time taken.
-_SCALARS: frozenset[type] = frozenset({str, int, float, bool, type(None)})
-_SCALAR_VERDICTS_MAX = 65536
-_scalar_verdicts: dict[tuple[str, type, Any], bool] = {}
-
-
-def _valid_value(key: str, value: Any) -> bool:
-    """Whether ``validate_state_value(key, value)`` accepts the value."""
-    kind = type(value)
-    if kind in _SCALARS:
-        cache_key = (key, kind, value)
-        verdict = _scalar_verdicts.get(cache_key)
-        if verdict is not None:
-            return verdict
-    try:
-        validate_state_value(key, value)
-        verdict = True
-    except msgspec.ValidationError:
-        verdict = False
-    if kind in _SCALARS:
-        if len(_scalar_verdicts) >= _SCALAR_VERDICTS_MAX:
-            _scalar_verdicts.clear()
-        _scalar_verdicts[cache_key] = verdict
-    return verdict
-
-
-@dataclass(frozen=True, slots=True)
-class GossipConfig:
-    interval_s: float = 0.2
-    fanout: int = 3
-    max_delta_kvs: int = 4096
-    forget_after_s: float = 60.0
-    contact_probability: float = 0.2  # chance per round to dial an address not yet a member
-    rtt_alpha: float = 0.2
-    detector: DetectorConfig = field(default_factory=DetectorConfig)
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    """A message to send; ``addr`` None means reply on the channel it came in on."""
-
-    addr: str | None
-    message: GossipMessage
-
-
-@dataclass(frozen=True, slots=True)
-class MemberChanged:
-    node_id: str
-    addr: str | None
-    generation: int
-    old: Liveness | None  # None: first seen
-    new: Liveness | None  # None: forgotten
-    name: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class IdentityConflict:
-    """Another process claims this node's id: a copied state dir."""
-
-    other_addr: str
-    other_generation: int
-
-
-Event = MemberChanged | IdentityConflict
-
-
-@dataclass(frozen=True, slots=True)
-class Member:
-    state: NodeState
-    liveness: Liveness
-    is_self: bool
-    rtt_s: float | None
-    last_seen_s: float | None
-
-    @property
-    def node_id(self) -> str:
-        return self.state.node_id
-
-
-def keeps_identity(my_addr: str, other_addr: str) -> bool:
-    """Which of two nodes sharing an id keeps it: both sides agree without talking."""
-    return my_addr < other_addr
 
 
 class Gossip:
@@ -151,11 +96,24 @@ class Gossip:
         self.state.nodes[node_id] = self.own
         self.own.set("addr", addr)
         self.own.set("status", "alive")
-        self.detector = FailureDetector(self.config.detector)
+        self.detector = FailureDetector(self.config.detector, watch_all=False)
+        self.roster = Roster(node_id)
+        self.beliefs = Beliefs()  # liveness claims
+        config = self.config
+        self.digests = DigestMaker(
+            node_id,
+            full_max=config.full_digest_max,
+            hot=config.digest_hot,
+            sample=config.digest_sample,
+        )
         self.counters: Counter[str] = Counter()
         self._contacts: set[str] = set(seeds) - {addr}
-        self._pending: dict[int, tuple[str, float]] = {}
+        self._known_addrs: dict[str, str] = {addr: node_id}
+        self._pending: dict[int, tuple[str, float]] = {}  # in the order sent
         self._rtt: dict[str, float] = {}
+        self._advanced: dict[str, float] = {}  # node id -> when its heartbeat last rose
+        self._behind = False  # a peer knows many more nodes: send complete digests
+        self._own_news = False
         self._seq = 0
         self._events: list[Event] = []
         self._conflicts_seen: set[tuple[str, int]] = set()
@@ -170,7 +128,12 @@ class Gossip:
     def set(self, key: str, value: Any) -> bool:
         """Publish a key-value about this node (validated like any received one)."""
         validate_state_value(key, value)
-        return self.own.set(key, value)
+        before = self.own.max_version
+        changed = self.own.set(key, value)
+        if changed and not self._own_news:
+            self.digests.note_change(self.me.id, before, math.inf)  # given an end at the tick
+            self._own_news = True
+        return changed
 
     def add_contact(self, addr: str) -> None:
         """An address where a peer may listen (a --join seed or an mDNS record)."""
@@ -186,82 +149,115 @@ class Gossip:
     def tick(self, now: float, rng: random.Random) -> list[Send]:
         """One gossip round: beat, judge peers, forget the long dead, pick targets."""
         self.own.heartbeat += 1
+        if self._own_news:
+            self._own_news = False
+            self.digests.changed.touch(self.me.id, self._hot_until(now))
         for node_id, old, new in self.detector.update(now):
             self._changed(node_id, old, new)
+            node = self.state.nodes.get(node_id)
+            if new is _SUSPECT and node is not None:  # our own judgement, as a watcher
+                self._hold(node_id, Belief(node.generation, node.heartbeat, "suspect", now), now)
         self._forget_expired(now)
-        for seq in [s for s, (_, t) in self._pending.items() if now - t > 10.0]:
-            del self._pending[seq]
+        pending = self._pending
+        for seq in [s for s, (_, t) in pending.items() if now - t > 10.0]:
+            del pending[seq]
+        self._rewatch(now)
+        self.digests.next_round(now)
 
-        live, dead = self._targets()
-        chosen = rng.sample(live, min(self.config.fanout, len(live)))
-        if dead and rng.random() < len(dead) / (len(live) + 1):
-            chosen.append(rng.choice(dead))
-        known = {n.get("addr") for n in self.state} | {self.me.addr}
-        strangers = sorted(self._contacts - known)
+        roster, addrs = self.roster, self.roster.addrs
+        chosen = dict.fromkeys(addrs[i] for i in roster.successors(self.config.watchers))
+        chosen.update(dict.fromkeys(addrs[i] for i in roster.live.sample(rng, self.config.fanout)))
+        dead = roster.dead
+        if dead and rng.random() < len(dead) / (len(roster.live) + 1):
+            chosen[addrs[rng.choice(dead.items)]] = None
+        known = self._known_addrs
+        strangers = sorted(c for c in self._contacts if c not in known)
         if strangers:
-            if not live:
-                chosen.extend(rng.sample(strangers, min(len(strangers), 8)))
+            if not roster.live:
+                chosen.update(dict.fromkeys(rng.sample(strangers, min(len(strangers), 8))))
             elif rng.random() < self.config.contact_probability:
-                chosen.append(rng.choice(strangers))
-        digest = self.state.digest()
-        return [self._syn(addr, digest, now) for addr in chosen]
+                chosen[rng.choice(strangers)] = None
+        digest, complete = self._digest()
+        self._behind = False  # until a peer shows it again
+        news = self._news(now)
+        return [self._syn(addr, digest, complete, news, now) for addr in chosen]
 
     def leave(self, now: float) -> list[Send]:
         """Announce ``left`` to every live peer at once (graceful shutdown)."""
         self.own.set("status", "left")
         self.own.heartbeat += 1
-        live, _ = self._targets()
-        digest = self.state.digest()
-        return [self._syn(addr, digest, now) for addr in live]
+        digest, complete = self._digest()
+        news = self._news(now)
+        addrs = self.roster.addrs
+        return [self._syn(addrs[i], digest, complete, news, now) for i in self.roster.live.items]
 
     def answered(self, seq: int) -> bool:
         """Whether the Syn numbered ``seq`` got its SynAck (or expired)."""
         return seq not in self._pending
 
-    def _syn(self, addr: str, digest: list[DigestEntry], now: float) -> Send:
+    def _syn(
+        self, addr: str, digest: list[DigestEntry], complete: bool, news: list[Claim], now: float
+    ) -> Send:
         self._seq += 1
         self._pending[self._seq] = (addr, now)
-        return Send(addr, Syn(sender=self.me, seq=self._seq, digest=digest))
+        known = len(self.state.nodes)
+        syn = Syn(
+            sender=self.me, seq=self._seq, digest=digest, complete=complete, news=news, known=known
+        )
+        return Send(addr, syn)
 
-    def _targets(self) -> tuple[list[str], list[str]]:
-        live: list[str] = []
-        dead: list[str] = []
-        own, state_of = self.own, self.detector.state
-        for node_id, node in self.state.nodes.items():
-            addr = node.get("addr")
-            if node is own or addr is None:
-                continue
-            liveness = state_of(node_id)
-            if liveness is _ALIVE or liveness is _SUSPECT:
-                live.append(addr)
-            elif liveness is _DEAD:
-                dead.append(addr)
-        return live, dead
+    def _rewatch(self, now: float) -> None:
+        """Watch exactly the ring predecessors: a newcomer is judged from its last beat."""
+        want = self.roster.predecessors(self.config.watchers)
+        detector = self.detector
+        for node_id in detector.watched:
+            if node_id not in want:
+                detector.unwatch(node_id)
+        for node_id in want:
+            if not detector.is_watched(node_id):
+                detector.watch(node_id, now, self._advanced.get(node_id))
 
     def _forget_expired(self, now: float) -> None:
-        own, state_of, since_of = self.own, self.detector.state, self.detector.since
-        forget_after_s = self.config.forget_after_s
-        for node in list(self.state):
-            if node is own:
-                continue
-            liveness = state_of(node.node_id)
-            if liveness is not _DEAD and liveness is not _LEFT:
-                continue
-            since = since_of(node.node_id)
-            if since is not None and now - since >= forget_after_s:
-                self.state.forget(node.node_id)
-                self.detector.remove(node.node_id)
-                self._rtt.pop(node.node_id, None)
+        since_of, forget_after_s = self.detector.since, self.config.forget_after_s
+        for node_id in self.detector.resting():  # longest resting first
+            since = since_of(node_id)
+            if since is None or now - since < forget_after_s:
+                break
+            liveness = self.detector.state(node_id)
+            node = self.state.nodes.get(node_id)
+            self.state.forget(node_id)
+            self.detector.remove(node_id)
+            self._drop(node_id)
+            if node is not None:
                 self._events.append(
                     MemberChanged(
-                        node.node_id,
-                        node.get("addr"),
-                        node.generation,
-                        liveness,
-                        None,
-                        node.get("name"),
+                        node_id, node.get("addr"), node.generation, liveness, None, node.get("name")
                     )
                 )
+
+    def _drop(self, node_id: str) -> None:
+        self.roster.remove(node_id)
+        self.beliefs.forget(node_id)
+        self.digests.forget(node_id)
+        self._rtt.pop(node_id, None)
+        self._advanced.pop(node_id, None)
+        for addr in [a for a, i in self._known_addrs.items() if i == node_id]:
+            del self._known_addrs[addr]
+
+    # ------------------------------------------------------------ what we tell
+
+    def _hot_until(self, now: float) -> float:
+        rounds = hot_rounds(self.config.hot_rounds, len(self.state.nodes))
+        return now + rounds * self.config.interval_s
+
+    def _digest(self) -> tuple[list[DigestEntry], bool]:
+        return self.digests.digest(self.state, self.detector.watched, self._behind)
+
+    def _hold(self, node_id: str, belief: Belief, now: float) -> None:
+        self.beliefs.hold(node_id, belief, self._hot_until(now))
+
+    def _news(self, now: float) -> list[Claim]:
+        return self.beliefs.news(now, self.config.news_max)
 
     # ------------------------------------------------------------ messages arrive
 
@@ -272,10 +268,30 @@ class Gossip:
                 # time: it then sees the conflict too, whichever of us noticed first.
                 return [Send(None, SynAck(sender=self.me, seq=message.seq, digest=[], delta=[]))]
             return []
+        max_kvs = self.config.max_delta_kvs
+        known = len(self.state.nodes)
+        gap = min(self.config.digest_hot, max(2, known // 8))
+        if not isinstance(message, Ack) and message.known > known + gap:
+            self._behind = True  # hot entries would take too long to fill the gap
         if isinstance(message, Syn):
             self._take_digest(message.digest, now)
-            delta = self.state.delta_for(message.digest, self.config.max_delta_kvs, rng)
-            reply = SynAck(sender=self.me, seq=message.seq, digest=self.state.digest(), delta=delta)
+            self._take_news(message.news, now)
+            delta = self.state.delta_for(message.digest, max_kvs, rng, message.complete)
+            digest, complete = self._digest()
+            if not message.complete:
+                delta += self.digests.pushed(self.state, {e.id for e in message.digest})
+            if not message.complete or not complete:
+                extra = {e.id: e for e in wants(self.state, self.me.id, message.digest)}
+                digest = [e for e in digest if e.id not in extra] + list(extra.values())
+            reply = SynAck(
+                sender=self.me,
+                seq=message.seq,
+                digest=digest,
+                delta=delta,
+                complete=complete,
+                news=self._news(now),
+                known=len(self.state.nodes),
+            )
             return [Send(None, reply)]
         if isinstance(message, SynAck):
             pending = self._pending.pop(message.seq, None)
@@ -285,9 +301,13 @@ class Gossip:
                 self.counters["stale_synack"] += 1
             self._take_delta(message.delta, now)
             self._take_digest(message.digest, now)
-            delta = self.state.delta_for(message.digest, self.config.max_delta_kvs, rng)
-            return [Send(None, Ack(sender=self.me, delta=delta))]
+            self._take_news(message.news, now)
+            delta = self.state.delta_for(message.digest, max_kvs, rng, message.complete)
+            if not message.complete:
+                delta += self.digests.pushed(self.state, {e.id for e in message.digest})
+            return [Send(None, Ack(sender=self.me, delta=delta, news=self._news(now)))]
         self._take_delta(message.delta, now)
+        self._take_news(message.news, now)
         return []
 
     def _accept_sender(self, message: GossipMessage) -> bool:
@@ -328,7 +348,6 @@ class Gossip:
     def _take_digest(self, digest: list[DigestEntry], now: float) -> None:
         get, own = self.state.nodes.get, self.own
         my_id, my_gen = self.me.id, self.me.gen
-        heartbeat = self.detector.heartbeat
         for entry in digest:
             node = get(entry.id)
             if node is None or entry.hb <= node.heartbeat or node.generation != entry.gen:
@@ -338,9 +357,45 @@ class Gossip:
             if node is own:
                 continue
             node.heartbeat = entry.hb
-            revived_from = heartbeat(entry.id, now)  # self._beat(), inlined
-            if revived_from is not None:
-                self._changed(entry.id, revived_from, _ALIVE)
+            self._beat(entry.id, entry.gen, entry.hb, now)
+
+    def _take_news(self, news: list[Claim], now: float) -> None:
+        for claim in news:
+            if claim.id == self.me.id:
+                if claim.verdict != "alive" and claim.gen == self.me.gen:
+                    self._refute(claim, now)
+                continue
+            node = self.state.nodes.get(claim.id)
+            liveness = self.detector.state(claim.id)
+            if node is None or liveness is None or liveness is _LEFT:
+                continue
+            action = self.beliefs.judge(claim, node.generation, node.heartbeat)
+            if action == "alive":
+                self._hold(claim.id, Belief(claim.gen, claim.hb, "alive", now), now)
+                if claim.hb > node.heartbeat:
+                    node.heartbeat, self._advanced[claim.id] = claim.hb, now
+                self._revive(claim.id, now)
+            elif action == "refute":  # we saw it beat after the accuser did: say so
+                self._hold(claim.id, Belief(node.generation, node.heartbeat, "alive", now), now)
+                self.counters["claims_refuted"] += 1
+            elif action != "ignore":
+                born = now - claim.age_ms / 1000
+                self._hold(claim.id, Belief(claim.gen, claim.hb, action, born), now)
+                old = self.detector.suspect(claim.id, born)
+                if old is not None:
+                    self._changed(claim.id, old, _SUSPECT)
+                old = self.detector.mark_dead(claim.id, now) if action == "dead" else None
+                if old is not None:
+                    self._changed(claim.id, old, _DEAD)
+
+    def _refute(self, claim: Claim, now: float) -> None:
+        """Somebody suspects us: say we are alive, as of a heartbeat above theirs."""
+        mine = self.beliefs.get(self.me.id)
+        if mine is not None and mine.hb > claim.hb:
+            return  # already refuted
+        self.own.heartbeat = max(self.own.heartbeat, claim.hb + 1)
+        self._hold(self.me.id, Belief(self.me.gen, self.own.heartbeat, "alive", now), now)
+        self.counters["suspected"] += 1
 
     def _take_delta(self, delta: list[NodeDelta], now: float) -> None:
         for nd in delta:
@@ -351,6 +406,7 @@ class Gossip:
             nd = self._valid(nd)
             before = self.state.nodes.get(nd.id)
             before_gen = None if before is None else before.generation
+            before_maxv = -1 if before is None else before.max_version
             before_liveness = self.detector.state(nd.id)
             node, advanced = self.state.apply_delta(nd)
             if node is None:
@@ -360,16 +416,23 @@ class Gossip:
                 node.max_version = max(node.max_version, max(kv.version for kv in offered.kvs))
             if before_gen is None or node.generation > before_gen:
                 self.detector.reset(nd.id, now)
+                self.beliefs.forget(nd.id)
+                self._advanced[nd.id] = now
+                self.digests.note_new(nd.id)
                 old = None if before_gen is None else before_liveness
                 self._events.append(
                     MemberChanged(nd.id, node.get("addr"), node.generation, old, Liveness.ALIVE)
                 )
             elif advanced:
-                self._beat(nd.id, now)
+                self._beat(nd.id, node.generation, node.heartbeat, now)
+            if node.generation != before_gen or node.max_version != before_maxv:
+                floor = 0 if node.generation != before_gen else before_maxv
+                self.digests.note_change(nd.id, floor, self._hot_until(now))
             if node.get("status") == "left":
                 previous = self.detector.state(nd.id)
                 if self.detector.mark_left(nd.id, now):
                     self._changed(nd.id, previous, Liveness.LEFT)
+            self._place(nd.id)
 
     def _check_own_delta(self, nd: NodeDelta) -> None:
         addr = next((kv.value for kv in nd.kvs if kv.key == "addr"), None)
@@ -387,16 +450,43 @@ class Gossip:
             good.append(kv)
         return nd if len(good) == len(nd.kvs) else NodeDelta(nd.id, nd.gen, nd.hb, good, nd.since)
 
-    def _beat(self, node_id: str, now: float) -> None:
-        revived_from = self.detector.heartbeat(node_id, now)
-        if revived_from is not None:
-            self._changed(node_id, revived_from, Liveness.ALIVE)
+    def _beat(self, node_id: str, gen: int, hb: int, now: float) -> None:
+        """Its heartbeat rose to ``hb``: a watched peer's arrival, or a refutation."""
+        self._advanced[node_id] = now
+        detector = self.detector
+        liveness = detector.state(node_id)
+        if liveness is _ALIVE:
+            if detector.is_watched(node_id):
+                detector.heartbeat(node_id, now)
+            return
+        if liveness is not _SUSPECT and liveness is not _DEAD:
+            return
+        belief = self.beliefs.get(node_id)
+        if belief is None or belief.gen != gen or hb > belief.hb:
+            self._hold(node_id, Belief(gen, hb, "alive", now), now)
+            self._revive(node_id, now)
+
+    def _revive(self, node_id: str, now: float) -> None:
+        old = self.detector.revive(node_id, now)
+        if old is not None:
+            self._changed(node_id, old, _ALIVE)
 
     def _changed(self, node_id: str, old: Liveness | None, new: Liveness) -> None:
         node = self.state.nodes.get(node_id)
         addr = None if node is None else node.get("addr")
         gen = 0 if node is None else node.generation
         self._events.append(MemberChanged(node_id, addr, gen, old, new))
+        self._place(node_id)
+
+    def _place(self, node_id: str) -> None:
+        """Put a node where it now belongs: live or dead targets, on the ring or off."""
+        node = self.state.nodes.get(node_id)
+        addr = None if node is None else node.get("addr")
+        liveness = self.detector.state(node_id)
+        if addr is not None:
+            self._known_addrs[addr] = node_id
+        alive = liveness is _ALIVE
+        self.roster.update(node_id, addr, alive or liveness is _SUSPECT, alive, liveness is _DEAD)
 
     # ------------------------------------------------------------ the view
 

@@ -133,9 +133,12 @@ class ClusterState:
         digest: Iterable[DigestEntry],
         max_kvs: int,
         rng: random.Random,
+        complete: bool = True,
     ) -> list[NodeDelta]:
         """What the owner of ``digest`` lacks, within ``max_kvs`` key-values.
 
+        Only a ``complete`` digest (every node its owner knows) says that a node missing
+        from it is lacking; a partial one is answered for the nodes it lists.
         Nodes are visited in random order so a budget that truncates the delta still
         lets every node's state through over successive rounds.
         """
@@ -155,7 +158,7 @@ class ClusterState:
                 elif theirs.gen == node.generation:
                     stale.append((node, theirs.maxv))
             # else: they are as new or newer; heartbeats travel in digests
-        if matched < len(nodes):
+        if complete and matched < len(nodes):
             seen = {d.id for d in digest}
             stale.extend((node, 0) for node_id, node in nodes.items() if node_id not in seen)
         rng.shuffle(stale)
