@@ -24,8 +24,9 @@ Checked on every step (an AssertionError stops the run at once):
 * a committed result is the current attempt's: the highest attempt number dispatched
   for that subtask, from the node it went to, and it is what that worker produced;
 * a dispatch is rendered from the committed upstream results;
-* a worker runs at most ``slots`` attempts at once (counted here, from Start/end, and
-  by the core) and holds at most ``slots + queue``;
+* a worker runs at most ``slots`` shell attempts at once (counted here, from Start to
+  its end, and by the core) and holds at most ``slots + queue``; at most
+  ``max_concurrency`` llm requests per model profile;
 * a worker's durable outbox is its in-memory outbox.
 
 At the end: every task finished, its records agree with what was committed, and the
@@ -64,7 +65,7 @@ from protocol.messages import (
 )
 from swarmd.core import tasks as core
 from swarmd.core.jobspec import JobSpec, parse_job
-from swarmd.core.pricing import GiB, PeerCapacity
+from swarmd.core.pricing import GiB, ModelOffer, PeerCapacity
 from swarmd.core.worker import (
     AttemptKey,
     Persist,
@@ -90,6 +91,7 @@ CHAOS_UNTIL = 90.0  # chaos starts before this; then everything heals
 CONFIG = core.CoordinatorConfig(lease_s=LEASE, restore_grace_s=LEASE)
 COORD = "coord"
 COORD_ADDR = "10.0.0.1:7946"
+MODEL = "fast"  # the llm model profile some workers serve
 MEMORY = Path(":memory:")  # a Store in memory: the "disk" is the Store object, kept
 
 
@@ -189,6 +191,7 @@ class Host:
     incarnation: int = 0  # a new one at each start and crash: stale timers see it
     frozen_until: float = 0.0
     executing: dict[AttemptKey, int] = field(default_factory=dict)  # attempt -> run token
+    executing_llm: set[AttemptKey] = field(default_factory=set)  # of which llm requests
     disk: dict[AttemptKey, AttemptResult] = field(default_factory=dict)  # store.outbox
     # What the coordinator's membership knows of it.
     member: bool = True
@@ -258,10 +261,12 @@ class Sim:
         for i in range(chaos.workers):
             slots = self.rng.randint(1, 3)
             queue = self.rng.choice([0, 1, 2, None])
+            # The first node always serves the model profile, some others too.
+            models = {MODEL: self.rng.randint(1, 2)} if i == 0 or self.rng.random() < 0.4 else {}
             host = Host(
                 node_id=f"n{i}",
                 addr=f"10.0.1.{i}:7946",
-                config=WorkerConfig(slots=slots, queue=queue),
+                config=WorkerConfig(slots=slots, queue=queue, models=models),
                 store=Store(MEMORY),
             )
             self.hosts[host.node_id] = host
@@ -316,6 +321,11 @@ class Sim:
             else:
                 held = max(ours, host.gossiped_load)
             slots = host.config.slots
+            in_flight = 0 if load is None else load.models.get(MODEL, 0)
+            models = tuple(
+                ModelOffer(name, "tiny", frozenset(), limit, 0.0, None, None, in_flight)
+                for name, limit in host.config.models.items()
+            )
             out.append(
                 PeerCapacity(
                     node_id=host.node_id,
@@ -334,7 +344,7 @@ class Sim:
                     queue=0,  # counted in held
                     rtt_s=0.001,
                     cost_per_hour=0.0,
-                    models=(),
+                    models=models,
                     queue_max=host.config.queue_limit,
                 )
             )
@@ -446,6 +456,7 @@ class Sim:
         host.core = None
         host.incarnation += 1
         host.executing.clear()
+        host.executing_llm.clear()
         self.at(downtime, partial(self.start_worker, host))
 
     def stop_worker(self, host: Host, downtime: float) -> None:
@@ -543,22 +554,33 @@ class Sim:
                 host.disk.pop(e.key, None)
         if puts or drops:
             host.store.update_outbox(puts, drops)
-        slots = host.config.slots
-        assert len(host.executing) <= slots, (host.node_id, "runs", sorted(host.executing))
-        assert w.busy <= slots and len(w.running_keys()) <= slots, (host.node_id, w.busy)
-        assert w.load <= slots + host.config.queue_limit, (host.node_id, "holds", w.load)
-        assert len(w.held) <= slots + host.config.queue_limit, (host.node_id, len(w.held))
+        slots, queue = host.config.slots, host.config.queue_limit
+        requests = host.config.models.get(MODEL, 0)  # llm: at most this many at once
+        shell = sorted(host.executing.keys() - host.executing_llm)
+        assert len(shell) <= slots, (host.node_id, "runs", shell)
+        llm = len(host.executing_llm)
+        assert llm <= requests, (host.node_id, "llm requests", llm)
+        assert w.busy <= slots, (host.node_id, "busy", w.busy)
+        assert len(w.running_keys()) <= slots + requests, (host.node_id, w.running_keys())
+        assert w.load <= slots + queue, (host.node_id, "holds", w.load)
+        assert len(w.held) <= slots + queue + requests, (host.node_id, "holds", len(w.held))
         assert set(w.outbox) == set(host.disk), (host.node_id, "outbox not durable")
-        self.max_running[host.node_id] = max(self.max_running[host.node_id], len(host.executing))
+        self.max_running[host.node_id] = max(self.max_running[host.node_id], len(shell))
         self.max_held[host.node_id] = max(self.max_held[host.node_id], w.load)
 
     def start_attempt(self, host: Host, e: Start) -> None:
         d = e.dispatch
-        for arg in d.spec["run"][1:]:  # rendered from the committed upstream results
+        llm = d.spec["kind"] == "llm"
+        args = d.spec["prompt"].split()[1:] if llm else d.spec["run"][1:]
+        for arg in args:  # rendered from the committed upstream results
             upstream, _, value = arg.partition("=")
             assert value == self.committed[(d.task, upstream)], (arg, d)
         self.seq += 1
         host.executing[e.key] = self.seq
+        if llm:
+            assert d.model == MODEL
+            host.executing_llm.add(e.key)
+            host.counters["llm_started"] += 1
         self.runs[e.key] += 1
         self.at(self.rng.uniform(0.1, 15.0), partial(self.end_attempt, host, e.key, self.seq))
 
@@ -573,6 +595,7 @@ class Sim:
             self.at(host.frozen_until - self.now, end)
             return
         del host.executing[key]
+        host.executing_llm.discard(key)
         if stopped:
             cancelled = w.was_cancelled(key)
             why = "cancelled by the coordinator" if cancelled else "worker shutting down"
@@ -652,9 +675,13 @@ class Sim:
         subtasks: list[dict[str, Any]] = []
         for i in range(self.rng.randint(1, 5)):
             after = sorted(self.rng.sample([s["id"] for s in subtasks], min(i, 2)))
-            run = ["echo", *(f"{up}={{{{ {up}.stdout }}}}" for up in after)]
-            subtasks.append({"id": f"s{i}", "kind": "shell", "run": run, "after": after})
-            subtasks[-1]["retries"] = 4
+            args = [f"{up}={{{{ {up}.stdout }}}}" for up in after]
+            subtask: dict[str, Any] = {"id": f"s{i}", "after": after, "retries": 4}
+            if self.rng.random() < 0.2:
+                subtask.update(kind="llm", model=MODEL, prompt=" ".join(["say", *args]))
+            else:
+                subtask.update(kind="shell", run=["echo", *args])
+            subtasks.append(subtask)
         job: dict[str, Any] = {"name": f"job{n}", "subtasks": subtasks}
         job["priority"] = self.rng.choice(["critical", "high", "normal", "low"])
         if self.rng.random() < self.chaos.deadlines:
@@ -764,8 +791,10 @@ def test_every_task_ends_with_exactly_one_commit_per_subtask(seed: int) -> None:
     20%, latency up to 2 s, stragglers, crashes, freezes, partitions)."""
     chaos = Chaos() if seed == 0 else Chaos.of(random.Random(seed))
     sim = simulate(seed, chaos)
-    done = sum(state == "done" for state in sim.finished.values())
-    assert done >= chaos.tasks // 2, Counter(sim.finished.values())  # chaos costs some
+    # Chaos costs some tasks (retries run out, deadlines pass), not most of them.
+    plain = [t for t, job in sim.submitted.items() if job.deadline_s is None]
+    states = Counter(sim.finished[t] for t in plain if sim.finished[t] != "cancelled")
+    assert states["done"] >= states.total() // 3, states
 
 
 @settings(max_examples=60, deadline=None, derandomize=True)  # derandomized: not flaky
@@ -806,7 +835,7 @@ def test_the_simulation_exercises_the_hard_paths() -> None:
     """Across a few seeds, every path the checks are about is taken: stale results are
     fenced off, refusals, losses, re-dispatches, worker queues, resends, duplicate
     dispatches, cancellations, deadlines, graceful stops that hand work back, restored
-    outboxes, coordinator restores."""
+    outboxes, coordinator restores, llm requests."""
     coord: Counter[str] = Counter()
     workers: Counter[str] = Counter()
     net: Counter[str] = Counter()
@@ -827,6 +856,7 @@ def test_the_simulation_exercises_the_hard_paths() -> None:
     assert workers["cancelled"] > 0 and workers["restored"] > 0 and workers["crashes"] > 0
     assert workers["attempts_lost_in_crash"] > 0 and workers["refused"] > 0
     assert workers["graceful_stops"] > 0 and workers["outcome_handed_back"] > 0
+    assert workers["llm_started"] > 0
     assert net["lost"] > 0 and net["duplicated"] > 0 and net["late"] > 0
     assert queued > 0
 
