@@ -167,8 +167,9 @@ class Coordination:
             node_id=node_id,
             node_name=node_name,
             config=config or core.CoordinatorConfig(),
-            # Workers refuse when their slots are full (they do not queue), so a full
-            # peer is not a candidate: dispatching to it would only earn a refusal.
+            # A worker holds shell/python subtasks up to its gossiped queue_max beyond its
+            # slots (pricing reads it per peer); a full model profile or a peer that
+            # gossips no queue_max refuses, so it is not a candidate at all.
             pricing=PricingConfig(max_queue=0),
         )
         self._inputs: dict[str, dict[str, bytes]] = {}

@@ -118,7 +118,7 @@ def test_progress_every_third_of_the_lease_while_held_queued_or_running() -> Non
 
 def test_results_stay_in_the_outbox_until_acked_and_resends_back_off() -> None:
     w = WorkerCore("w1", WorkerConfig(slots=1, resend_first_s=2.0, resend_max_s=5.0))
-    w.on_dispatch(dispatch("a"), 0.0)
+    w.on_dispatch(dispatch("a", lease_s=60.0), 0.0)
     effects = w.on_finished(("t1", "a", 1), result("a"), 0.5)
     assert [type(e) for e in effects] == [Send, Persist]
     assert w.tick(2.0) == []  # a fresh result is not sent twice at once
@@ -169,3 +169,11 @@ def test_restored_results_are_due_at_once() -> None:
     w = WorkerCore("w1")
     w.restore([("127.0.0.1:7001", result("a"))], 10.0)
     assert [r.subtask for r in sent(w.tick(10.0), AttemptResult)] == ["a"]
+
+
+def test_resends_keep_within_a_third_of_the_lease_as_progress_did() -> None:
+    w = WorkerCore("w1", WorkerConfig(slots=1, resend_first_s=2.0, resend_max_s=30.0))
+    w.on_dispatch(dispatch("a", lease_s=3.0), 0.0)
+    w.on_finished(("t1", "a", 1), result("a"), 0.0)
+    sends = [t / 10 for t in range(1, 60) if sent(w.tick(t / 10), AttemptResult)]
+    assert sends == [1.0, 2.0, 3.0, 4.0, 5.0]  # every 1 s (lease 3 s), never 2, 4, 8 s

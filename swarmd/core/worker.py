@@ -17,8 +17,9 @@ Admission (every dispatch, whatever the coordinator believed):
 A refused dispatch is answered with a refusal (``DispatchReply``); an accepted one gets
 no reply: a ``Progress`` when it starts says so, then one every third of its lease while
 it is held, queued or running. A finished attempt's result stays in the outbox, sent
-again with a doubling back-off (``resend_first_s`` .. ``resend_max_s``) until its
-coordinator acknowledges it, across restarts too (:meth:`WorkerCore.restore`).
+again with a doubling back-off (``resend_first_s`` .. ``resend_max_s``, at most a third
+of the attempt's lease, as its progress went) until its coordinator acknowledges it,
+across restarts too (:meth:`WorkerCore.restore`).
 """
 
 from __future__ import annotations
@@ -118,6 +119,7 @@ class _Outgoing:
     message: AttemptResult
     next_send: float
     backoff: float
+    max_backoff: float
 
 
 def key_of(m: Dispatch | CancelAttempt | ResultAck | AttemptResult) -> AttemptKey:
@@ -285,8 +287,11 @@ class WorkerCore:
         self.counters["finished"] += 1
         message = msgspec.structs.replace(result, node=self.node_id, load=self.load)
         addr = held.dispatch.coordinator.addr
-        first = self.config.resend_first_s
-        self.outbox[key] = _Outgoing(addr, message, now + first, first)
+        # Resent at least every third of the lease, as progress went while it ran: a
+        # coordinator that missed the result would otherwise give the attempt up.
+        longest = min(self.config.resend_max_s, self._beat_every(held.dispatch))
+        first = min(self.config.resend_first_s, longest)
+        self.outbox[key] = _Outgoing(addr, message, now + first, first, longest)
         # Sent first: the outbox is for resends (the coordinator may not have heard), so
         # its write need not delay the first send; a crash before it re-runs the attempt.
         effects: list[Effect] = [Send(addr, message), Persist(key, addr, message)]
@@ -314,7 +319,7 @@ class WorkerCore:
         for out in self.outbox.values():
             if out.next_send <= now:
                 self.counters["resent"] += 1
-                out.backoff = min(self.config.resend_max_s, out.backoff * 2)
+                out.backoff = min(out.max_backoff, out.backoff * 2)
                 out.next_send = now + out.backoff
                 effects.append(Send(out.addr, out.message))
         return effects
@@ -328,4 +333,6 @@ class WorkerCore:
         """Unacknowledged results kept from before a restart: due at once."""
         first = self.config.resend_first_s
         for addr, message in entries:
-            self.outbox[key_of(message)] = _Outgoing(addr, message, now, first / 2)
+            self.outbox[key_of(message)] = _Outgoing(
+                addr, message, now, first / 2, self.config.resend_max_s
+            )
