@@ -682,8 +682,11 @@ def test_restore_resumes_an_unfinished_task() -> None:
     # d's old attempt 1 is still fenced off after the restart.
     assert answer(r, first["d"], ok(), 501.5) == [Ack("t1", "d", 1, first["d"].node_id, False)]
     store.apply(answer(r, d2, ok(), 502.0))
-    # c's worker never reports (the dispatch was lost in the crash): lost after the grace.
-    assert r.tick(529.9) == []
+    # c's worker never reports (the dispatch was lost in the crash): asked again (the
+    # same attempt, nothing journaled) and, still silent, lost after the grace.
+    resent = r.tick(529.9)
+    assert [(d.subtask_id, d.attempt) for d in of(resent, Dispatch)] == [("c", 1)]
+    assert resent == of(resent, Dispatch)
     store.apply(r.tick(530.0))
     c2 = one(store.apply(r.schedule(peers, now=531.0)), Dispatch)
     assert (c2.subtask_id, c2.attempt) == ("c", 2)
@@ -785,6 +788,8 @@ def test_exactly_one_commit_per_subtask_whatever_the_interleaving(
     def absorb(effects: Sequence[Effect]) -> None:
         for e in effects:
             if isinstance(e, Dispatch):
+                if live.get(e.subtask_id) == (e.attempt, e.node_id):
+                    continue  # the same attempt sent again: no word on it yet
                 numbers[e.subtask_id].append(e.attempt)
                 assert e.attempt == len(numbers[e.subtask_id])  # 1, 2, 3 ...
                 live[e.subtask_id] = (e.attempt, e.node_id)
@@ -892,3 +897,28 @@ def test_result_data_round_trips() -> None:
     r = Result(1, "o", "e", "out", {"total_tokens": 3}, ("f",), "err", True, 1.5, 0.1)
     assert Result.from_data(json.loads(json.dumps(r.to_data()))) == r
     assert replace(r, app_failed=False).worker_error and Result().ok
+
+
+def test_a_dispatch_no_word_came_for_is_sent_again_until_the_worker_speaks() -> None:
+    c = coordinator(lease_s=10.0, dispatch_resend_s=2.0)
+    c.submit("t1", job(sh("a")), now=0.0)
+    d = one(c.schedule(PEERS, now=0.0), Dispatch)
+    assert c.next_wakeup(0.0) == 2.0
+    assert c.tick(1.9) == []
+    again = one(c.tick(2.0), Dispatch)  # lost on the way? the same attempt, same node
+    assert (again.attempt, again.node_id, again.spec) == (d.attempt, d.node_id, d.spec)
+    assert c.counters["dispatch_resent"] == 1 and c.next_wakeup(2.0) == 4.0
+    accept(c, d, 2.5)  # its start: the worker has it
+    assert c.tick(4.0) == [] and c.next_wakeup(4.0) == 12.5  # only the lease now
+
+
+def test_a_restored_coordinator_asks_again_at_once_for_attempts_that_were_out() -> None:
+    c = coordinator(lease_s=10.0, restore_grace_s=30.0)
+    journal = [e for e in c.submit("t1", job(sh("a")), now=0.0) if isinstance(e, Journal)]
+    fx = c.schedule(PEERS, now=0.0)
+    journal += [e for e in fx if isinstance(e, Journal)]
+    d = one(fx, Dispatch)
+    r = coordinator(lease_s=10.0, restore_grace_s=30.0)
+    r.restore(journal, now=100.0)
+    again = one(r.tick(100.0), Dispatch)  # not only after the 30 s grace
+    assert (again.attempt, again.node_id) == (d.attempt, d.node_id)

@@ -276,6 +276,7 @@ class Sim:
         self.submitted: dict[str, JobSpec] = {}
         self.finished: dict[str, str] = {}
         self.dispatched: dict[tuple[str, str], int] = {}  # highest attempt sent
+        self.resent = 0  # dispatches sent again (no word from the worker yet)
         self.sent_to: dict[AttemptKey, str] = {}  # attempt -> node
         self.commits: Counter[tuple[str, str]] = Counter()
         self.committed: dict[tuple[str, str], str] = {}  # stdout of committed results
@@ -363,6 +364,12 @@ class Sim:
         for e in effects:
             if isinstance(e, core.Dispatch):
                 key = (e.task_id, e.subtask_id)
+                sent_before = self.sent_to.get((*key, e.attempt))
+                if sent_before is not None:  # the same attempt again (no word on it yet)
+                    assert e.attempt == self.dispatched[key], ("an old attempt resent", e)
+                    assert e.node_id == sent_before, ("an attempt resent elsewhere", e)
+                    self.resent += 1
+                    continue
                 assert e.attempt > self.dispatched.get(key, 0), ("attempt reused", e)
                 self.dispatched[key] = e.attempt
                 self.sent_to[(e.task_id, e.subtask_id, e.attempt)] = e.node_id
@@ -848,6 +855,7 @@ def test_the_simulation_exercises_the_hard_paths() -> None:
             workers.update(host.counters)
             queued += sim.max_held[host.node_id] > host.config.slots
     assert coord["stale_results"] > 0 and coord["stale_messages"] > 0
+    assert coord["dispatch_resent"] > 0
     assert coord["refused"] > 0 and coord["lost"] > 0 and coord["redispatched"] > 0
     assert coord["app_failures"] > 0 and coord["worker_errors"] > 0
     assert coord["restored_tasks"] > 0 and coord["deadline_exceeded"] > 0

@@ -67,6 +67,7 @@ class Lifecycle(Bookkeeping):
             model=winner.model,
             started=now,
             lease_until=now + self.config.lease_s,
+            resend_at=now + self.config.dispatch_resend_s,
         )
         rec.attempts.append(attempt)
         advance(SUBTASK, rec, event)
@@ -84,17 +85,19 @@ class Lifecycle(Bookkeeping):
             advance(TASK, task, "start")
             self._touch(batch, task)
         self._touch(batch, task, rec)
-        batch.effects.append(
-            Dispatch(
-                task_id=task.id,
-                subtask_id=rec.id,
-                attempt=attempt.number,
-                node_id=winner.node_id,
-                spec=rec.rendered,
-                lease_s=self.config.lease_s,
-                model=winner.model,
-                upstream=rec.upstream,
-            )
+        batch.effects.append(self._dispatch_effect(task, rec, attempt))
+
+    def _dispatch_effect(self, task: TaskRecord, rec: SubtaskRecord, attempt: Attempt) -> Dispatch:
+        assert rec.rendered is not None
+        return Dispatch(
+            task_id=task.id,
+            subtask_id=rec.id,
+            attempt=attempt.number,
+            node_id=attempt.node_id,
+            spec=rec.rendered,
+            lease_s=self.config.lease_s,
+            model=attempt.model,
+            upstream=rec.upstream,
         )
 
     def _attempt_failed(

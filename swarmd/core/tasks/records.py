@@ -40,6 +40,9 @@ class CoordinatorConfig:
     backoff_factor: float = 2.0
     backoff_max_s: float = 10.0
     refused_wait_s: float = 1.0  # every candidate refused: wait this long, then price again
+    # No word yet on a dispatch (its start, a refusal, its result) after this long: send
+    # it again (a worker ignores a duplicate, or answers with the result it kept).
+    dispatch_resend_s: float = 2.0
     restore_grace_s: float | None = None  # lease given to re-adopted attempts (None: lease_s)
     aging_s: float = DEFAULT_AGING_S  # ready queue aging, see swarmd.core.queue
     placements_kept: int = 8  # winning placements kept per subtask for explain
@@ -150,6 +153,7 @@ class Attempt:
     state: AttemptState = "dispatched"
     error: str | None = None
     ended: float | None = None
+    resend_at: float | None = None  # no word from its worker yet: dispatch again then
 
     def to_data(self) -> dict[str, Any]:
         return {

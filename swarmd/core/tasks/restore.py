@@ -88,6 +88,8 @@ class Restore(Lifecycle):
         rec.state = SUBTASK.parse(data["state"])  # a snapshot, not a transition
         rec.attempt = int(data.get("attempt", 0))
         rec.attempts = [Attempt.from_data(a, lease) for a in data.get("attempts", ())]
+        if rec.attempts and rec.attempts[-1].state in IN_FLIGHT:
+            rec.attempts[-1].resend_at = now  # its worker may never have had it
         result = data.get("result")
         rec.result = None if result is None else Result.from_data(result)
         rec.reasons = list(data.get("reasons", ()))

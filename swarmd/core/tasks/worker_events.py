@@ -44,6 +44,7 @@ class WorkerEvents(Lifecycle):
             return self._stale(task_id, subtask_id, attempt, node_id)
         _, rec, current = live
         current.lease_until = now + self.config.lease_s
+        current.resend_at = None  # its worker has it
         if current.state == "dispatched":
             # Not journaled: a restarted coordinator treats dispatched and running alike.
             advance(ATTEMPT, current, "accepted")
