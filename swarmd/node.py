@@ -14,13 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 from collections import Counter
 from typing import Any
 
-import zmq
-import zmq.asyncio
 from zeroconf import NonUniqueNameException
 
 from protocol.messages import (
@@ -56,7 +53,8 @@ from .own_state import OwnState
 from .peer_view import PricingView, peer_facts
 from .statedir import LocalIdentity, StartupError
 from .store import Store
-from .transport import Reply, Transport
+from .transport import BindError, Reply, TransportFactory, listening
+from .transport.base import Transport
 from .work import Clock, Coordination
 from .worker import Worker
 
@@ -70,8 +68,17 @@ def _no_reply(_message: Any) -> bool:
 
 
 class Node:
-    def __init__(self, config: Config, log: logging.Logger | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        log: logging.Logger | None = None,
+        *,
+        transport: TransportFactory | None = None,
+    ) -> None:
+        """``transport`` builds the node's transport (default: ZeroMQ with CURVE on
+        ``bind:port`` and the control socket; tests pass a memory hub's ``open``)."""
         self.config = config
+        self._open_transport = transport or listening(config.bind, config.port, config.control_path)
         self.log = log or logging.getLogger("swarmd")
         self.counters: Counter[str] = Counter()
         self.lifecycle = Lifecycle(self.log)
@@ -87,7 +94,6 @@ class Node:
         self.worker: Worker | None = None
         self.pricing: PricingView | None = None
         self.control: Control | None = None
-        self.ctx: zmq.asyncio.Context | None = None
         self.transport: Transport | None = None
         self.http: Any = None  # swarmd.httpapi.HttpApi with [node] metrics_port
         self.dashboard: Any = None  # swarmd.dashboard.Dashboard with [node] dashboard_port
@@ -175,7 +181,18 @@ class Node:
         membership.on_peer_gone = coordination.on_peer_gone
         membership.on_new_identity = self._on_new_identity
         coordination.restore()
-        self._open_transport(coordination)
+        try:
+            self.transport = await self._open_transport(
+                address=self.address,
+                keys=ident.keys,
+                on_server=self._on_server,
+                on_link=self._on_link,
+                on_undelivered=lambda _addr, messages: coordination.on_undelivered(messages),
+                counters=self.counters,
+                log=self.log.getChild("transport"),
+            )
+        except BindError as exc:
+            raise StartupError(str(exc)) from None
         if cfg.metrics_port is not None:
             await self._start_http()
         self._start_loops(own, membership, coordination, worker)
@@ -191,33 +208,6 @@ class Node:
             cfg.control_path,
             f"mDNS on {', '.join(self.interfaces)}" if cfg.mdns else "mDNS off",
         )
-
-    def _open_transport(self, coordination: Coordination) -> None:
-        cfg = self.config
-        assert self.identity is not None
-        self.ctx = zmq.asyncio.Context()
-        self.transport = transport = Transport(
-            ctx=self.ctx,
-            keys=self.identity.keys,
-            on_server=self._on_server,
-            on_link=self._on_link,
-            log=self.log.getChild("transport"),
-            counters=self.counters,
-            on_undelivered=lambda _addr, messages: coordination.on_undelivered(messages),
-        )
-        transport.start_auth()
-        try:
-            transport.bind_tcp(cfg.bind, cfg.port)
-        except zmq.ZMQError as exc:
-            raise StartupError(f"cannot listen on {cfg.bind}:{cfg.port}: {exc}") from None
-        control_path = cfg.control_path
-        with contextlib.suppress(FileNotFoundError):
-            control_path.unlink()  # stale: the state-dir lock proves no daemon owns it
-        try:
-            transport.bind_ipc(str(control_path))
-        except zmq.ZMQError as exc:
-            raise StartupError(f"cannot create control socket {control_path}: {exc}") from None
-        os.chmod(control_path, 0o600)
 
     def _start_loops(
         self, own: OwnState, membership: Membership, coordination: Coordination, worker: Worker
@@ -316,14 +306,10 @@ class Node:
             await self.worker.close()
         if self.transport is not None:
             await self.transport.close()
-            with contextlib.suppress(FileNotFoundError):
-                self.config.control_path.unlink()
         if self.own is not None:
             self.own.probe.close()
         if self.store is not None:
             self.store.close()
-        if self.ctx is not None:
-            self.ctx.term()
         if self.identity is not None:
             self.identity.release()
 
