@@ -53,7 +53,7 @@ class BadRequest(Exception):
 class HttpApi:
     def __init__(self, node: Any, log: logging.Logger) -> None:
         self.node: MetricsNode = node
-        self._node_any = node  # for the private bits health reads (_last_tick, _stop)
+        self._node_any = node  # for what health reads beyond MetricsNode (last_tick, stopping)
         self.log = log
         self.metrics = NodeMetrics(node)
         self.started = time.monotonic()
@@ -84,9 +84,9 @@ class HttpApi:
         node = self._node_any
         now = time.monotonic()
         interval = node.config.gossip.interval_s
-        last_tick = now - node._last_tick
+        last_tick = now - node.last_tick
         stalled = last_tick > max(1.0, interval * STALL_FACTOR)
-        stopping = node._stop.is_set()
+        stopping = node.stopping
         members = node.members()
         body = {
             "status": "stopping" if stopping else "stalled" if stalled else "ok",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import socket
@@ -206,17 +205,17 @@ def test_health_is_503_when_the_gossip_loop_stalls_or_the_node_stops() -> None:
         members=list,
         worker=SimpleNamespace(running={}),
         coordination=SimpleNamespace(),
-        _last_tick=time.monotonic(),
-        _stop=asyncio.Event(),
+        last_tick=time.monotonic(),
+        stopping=False,
     )
     api = HttpApi(node, logging.getLogger("test"))
     assert api.health()[0] == 200
     assert api.health()[1]["draining"] is True  # draining is healthy: it just takes no work
-    node._last_tick -= 3.0  # 15 gossip intervals of 200 ms without a tick
+    node.last_tick -= 3.0  # 15 gossip intervals of 200 ms without a tick
     status, body = api.health()
     assert (status, body["status"]) == (503, "stalled") and body["last_tick_s"] >= 3.0
-    node._last_tick = time.monotonic()
-    node._stop.set()
+    node.last_tick = time.monotonic()
+    node.stopping = True
     status, body = api.health()
     assert (status, body["status"]) == (503, "stopping")
 

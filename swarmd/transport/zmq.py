@@ -1,4 +1,5 @@
-"""ZeroMQ transport: one CURVE ROUTER for everything that comes in, one DEALER per peer.
+"""ZeroMQ transport (a :class:`~.base.Transport`): one CURVE ROUTER for everything that
+comes in, one DEALER per peer.
 
 Security (libzmq 4.3 facts, see DESIGN.md): a CURVE server with no ZAP handler accepts
 any client, so the server socket sets ``ZAP_DOMAIN`` *and* ``ZAP_ENFORCE_DOMAIN=1`` and
@@ -20,10 +21,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import zmq
 import zmq.asyncio
@@ -33,18 +36,19 @@ from zmq.utils.monitor import parse_monitor_message
 from protocol import MAX_FRAME_BYTES, ProtocolError, codec
 from protocol.messages import AnyMessage, Bundle, Message, WorkItem
 
-from .identity import ClusterKeys
+from ..identity import ClusterKeys
+from .base import (
+    BindError,
+    LinkHandler,
+    ServerHandler,
+    TransportFactory,
+    UndeliveredHandler,
+)
 
 ZAP_DOMAIN = "swarmd"
 POLL_MS = 250
 LINK_IDLE_S = 60.0
 
-Reply = Callable[[Message], bool]
-# (message, a function that answers its sender, whether it came over the local socket)
-ServerHandler = Callable[[AnyMessage, Reply, bool], None]
-LinkHandler = Callable[[str, AnyMessage], None]
-# (address, work messages that could not be sent there: not connected, or its queue full)
-UndeliveredHandler = Callable[[str, list[WorkItem]], None]
 BUNDLE_MAX = 4096  # items in one Bundle (the protocol's limit)
 
 _HANDSHAKE_EVENTS = {
@@ -90,7 +94,7 @@ class _Link:
     pending: list[WorkItem] = field(default_factory=list)  # bundled at the end of the turn
 
 
-class Transport:
+class ZmqTransport:
     def __init__(
         self,
         *,
@@ -115,6 +119,8 @@ class Transport:
         self._links: dict[str, _Link] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.endpoints: list[str] = []
+        self.owns_context = False  # close() terminates ctx (set by listening())
+        self._ipc_paths: list[str] = []  # removed on close()
 
     # ------------------------------------------------------------ setup
 
@@ -153,6 +159,7 @@ class Transport:
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         endpoint = f"ipc://{path}"
         sock.bind(endpoint)
+        self._ipc_paths.append(path)
         self._serve(sock, local=True)
         self.endpoints.append(endpoint)
         return endpoint
@@ -357,6 +364,66 @@ class Transport:
         if self._auth is not None:
             self._auth.stop()
             self._auth = None
+        for path in self._ipc_paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        self._ipc_paths.clear()
+        if self.owns_context:
+            self.ctx.term()
+
+
+Transport = ZmqTransport  # its name before transport/ was a package
+
+
+def listening(bind: str, port: int, control_path: Path | None) -> TransportFactory:
+    """The daemon's transport: its own context, ZAP, the cluster socket on
+    ``bind:port`` and (unless None) the owner-only control socket at ``control_path``."""
+
+    async def open_transport(
+        *,
+        address: str,
+        keys: ClusterKeys,
+        on_server: ServerHandler,
+        on_link: LinkHandler,
+        on_undelivered: UndeliveredHandler | None,
+        counters: Counter[str],
+        log: logging.Logger,
+    ) -> ZmqTransport:
+        transport = ZmqTransport(
+            ctx=zmq.asyncio.Context(),
+            keys=keys,
+            on_server=on_server,
+            on_link=on_link,
+            log=log,
+            counters=counters,
+            on_undelivered=on_undelivered,
+        )
+        transport.owns_context = True
+        try:
+            transport.start_auth()
+            _bind(transport, bind, port, control_path)
+        except BaseException:
+            await transport.close()
+            raise
+        return transport
+
+    return open_transport
+
+
+def _bind(transport: ZmqTransport, bind: str, port: int, control_path: Path | None) -> None:
+    try:
+        transport.bind_tcp(bind, port)
+    except zmq.ZMQError as exc:
+        raise BindError(f"cannot listen on {bind}:{port}: {exc}") from None
+    if control_path is None:
+        return
+    with contextlib.suppress(FileNotFoundError):
+        control_path.unlink()  # stale: the state-dir lock proves no daemon owns it
+    try:
+        transport.bind_ipc(str(control_path))
+    except zmq.ZMQError as exc:
+        raise BindError(f"cannot create control socket {control_path}: {exc}") from None
+    os.chmod(control_path, 0o600)
 
 
 def _parts(items: list[WorkItem]) -> list[list[WorkItem]]:

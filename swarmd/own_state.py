@@ -1,0 +1,103 @@
+"""What this node gossips about itself: its hardware, its model endpoints (with their
+measured latency), its policy (slots, shell, cost) and whether it is draining.
+
+:meth:`OwnState.values` is the full set, published when the gossip state is (re)built;
+the two probe loops re-measure hardware and model endpoints and publish what changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from protocol.messages import Hardware, ModelProfile
+
+from .config import Config
+from .hardware import HardwareProbe
+
+MODEL_PROBE_INTERVAL_S = 15.0
+MODEL_PROBE_TIMEOUT_S = 10.0
+HARDWARE_PROBE_TIMEOUT_S = 30.0
+
+Publish = Callable[[str, Any], object]  # (key, value): set this node's gossiped key
+
+
+class OwnState:
+    def __init__(self, config: Config, probe: HardwareProbe, log: logging.Logger) -> None:
+        self.config = config
+        self.probe = probe
+        self.log = log
+        self.hardware: Hardware | None = None  # measured by measure_hardware()
+        self.model_latency_ms: dict[str, float | None] = {}
+        self.draining = False  # swarmctl drain, or SIGTERM: no new work
+
+    async def measure_hardware(self) -> None:
+        self.hardware = await asyncio.to_thread(self.probe.probe)
+
+    def values(self) -> dict[str, Any]:
+        """Every key-value this node publishes about itself, as of now."""
+        cfg = self.config
+        return {
+            "name": cfg.name,
+            "hw": msgspec.to_builtins(self.hardware),
+            "models": self._models(),
+            "draining": self.draining,
+            "queue": 0,
+            "slots": cfg.max_concurrency if cfg.allow_shell else 0,
+            "queue_max": cfg.max_concurrency,  # held beyond the slots, queued
+            "busy": 0,
+            "allow_shell": cfg.allow_shell,
+            "cost_per_hour": float(cfg.cost_per_hour),
+            "on_battery": cfg.on_battery,
+            "speed": float(cfg.speed),
+        }
+
+    def model_profiles(self) -> list[ModelProfile]:
+        latency = self.model_latency_ms
+        return [
+            ModelProfile(
+                name=m.name,
+                model=m.model,
+                endpoint=m.endpoint,
+                capabilities=list(m.capabilities),
+                max_concurrency=m.max_concurrency,
+                cost_per_mtok=m.cost_per_mtok,
+                latency_ms=latency.get(m.name),
+            )
+            for m in self.config.models
+        ]
+
+    def _models(self) -> list[Any]:
+        return [msgspec.to_builtins(p) for p in self.model_profiles()]
+
+    async def hardware_loop(self, publish: Publish) -> None:
+        """Re-measure the hardware every ``hardware_interval_s`` and publish it."""
+        while True:
+            await asyncio.sleep(self.config.hardware_interval_s)
+            try:
+                self.hardware = await asyncio.wait_for(
+                    asyncio.to_thread(self.probe.probe), HARDWARE_PROBE_TIMEOUT_S
+                )
+            except TimeoutError:
+                self.log.warning("hardware probe took over 30 s; keeping the last values")
+                continue
+            publish("hw", msgspec.to_builtins(self.hardware))
+
+    async def model_loop(self, publish: Publish) -> None:
+        """Measure each local model endpoint (a 1-token completion) and publish it."""
+        from .executors.llm import measure_latency
+
+        while True:
+            for m in self.config.models:
+                seconds = await measure_latency(m.endpoint, m.model, timeout=MODEL_PROBE_TIMEOUT_S)
+                if seconds is None and self.model_latency_ms.get(m.name) is not None:
+                    self.log.warning("model %s at %s is not answering", m.name, m.endpoint)
+                self.model_latency_ms[m.name] = (
+                    None if seconds is None else round(seconds * 1000, 1)
+                )
+            publish("models", self._models())
+            await asyncio.sleep(MODEL_PROBE_INTERVAL_S)

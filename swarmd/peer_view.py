@@ -1,0 +1,92 @@
+"""The peers as pricing and admission see them, built from the gossiped member states.
+
+:meth:`PricingView.capacities` feeds the coordinator's placement (with the freshest
+count of attempts each peer holds); :func:`peer_facts` feeds submit-time admission
+(can any live peer run this subtask at all?).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .core.failure import Liveness
+from .core.gossip import Member
+from .core.jobspec import PeerFacts
+from .core.pricing import PeerCapacity, peer_from_gossip
+from .core.tasks import NodeLoad
+from .work import LoadReport
+
+REPORT_FRESH_S = 1.0  # a worker's own load report beats its gossip for this long
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and value >= 0 else 0
+
+
+class PricingView:
+    def __init__(
+        self,
+        members: Callable[[], list[Member]],
+        reports: Mapping[str, LoadReport],
+        own_load: Callable[[], int],
+    ) -> None:
+        self.members = members
+        self.reports = reports  # node id -> the latest load it reported (live dict)
+        self.own_load = own_load  # attempts this node's worker holds
+
+    def capacities(self, loads: dict[str, NodeLoad]) -> list[PeerCapacity]:
+        """The peers as pricing sees them, with the freshest count of each one's
+        shell/python attempts held: our own exactly, for a peer that spoke in the last
+        REPORT_FRESH_S ours now plus what it held of others' then, else the larger of
+        ours and what it gossiped (up to a gossip round old)."""
+        out = []
+        now = time.monotonic()
+        for m in self.members():
+            values = {k: v.value for k, v in m.state.kvs.items()}
+            load = loads.get(m.node_id)
+            ours = 0 if load is None else load.slots
+            report = self.reports.get(m.node_id)
+            if m.is_self:
+                held = max(ours, self.own_load())
+            elif report is not None and now - report.at < REPORT_FRESH_S:
+                held = ours + report.others()
+            else:
+                held = max(ours, _count(values.get("busy")) + _count(values.get("queue")))
+            values["queue"] = 0  # counted in held
+            out.append(
+                peer_from_gossip(
+                    m.node_id,
+                    values,
+                    alive=m.liveness is Liveness.ALIVE,
+                    rtt_s=0.0 if m.is_self else m.rtt_s,
+                    slots_busy=held,
+                    model_in_flight=None if load is None else load.models,
+                )
+            )
+        return out
+
+
+def peer_facts(members: list[Member]) -> list[PeerFacts]:
+    """What admission checks a job against: each live peer's capabilities and limits."""
+    facts = []
+    for m in members:
+        if m.liveness is not Liveness.ALIVE:
+            continue
+        state = m.state
+        hw = state.get("hw") or {}
+        gpus = hw.get("gpus") or []
+        models = state.get("models") or []
+        facts.append(
+            PeerFacts(
+                name=state.get("name") or m.node_id,
+                node_id=m.node_id,
+                capabilities=frozenset(c for p in models for c in p.get("capabilities", [])),
+                models=frozenset(p.get("name", "") for p in models),
+                max_vram_total=max((g.get("vram_total", 0) for g in gpus), default=0),
+                ram_total=(hw.get("memory") or {}).get("total", 0),
+                allow_shell=bool(state.get("allow_shell", True)),
+            )
+        )
+    return facts
