@@ -6,9 +6,9 @@ One coordinator (it runs no work itself) and two worker daemons, each with
 ``max_concurrency`` slots. Throughput: one job of N python no-op subtasks
 (``operator:truth``), from submit until the task is done. Latency: single-subtask
 tasks submitted one after another, each timed from submit until the coordinator says
-it is done (a watch request over the local control socket, answered when the task
-changes: pushed, not polled; the full status is read once it is final, and that read
-is inside the timing). Writes bench/results/dispatch.json.
+it is done (one watch request over the local control socket, answered when the task
+ends, with its result: pushed, not polled; the result is inside the timing, as
+``ray.get`` returns the value). Writes bench/results/dispatch.json.
 
 Importable: :func:`measure` runs both and returns the result dict (``bench/compare.py``
 uses it); :class:`Swarm` starts and stops the three daemons.
@@ -36,8 +36,6 @@ if str(ROOT) not in sys.path:
 from protocol.messages import (  # noqa: E402
     SubmitReply,
     SubmitRequest,
-    TaskReply,
-    TaskRequest,
 )
 from swarmctl.client import Client  # noqa: E402
 from tests.harness import Daemon, new_secret, wait_until  # noqa: E402
@@ -56,18 +54,16 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 
 def wait_done(client: Client, task: str, timeout: float) -> dict[str, Any]:
-    """Wait (the coordinator pushes: a watch answered when the task changes) until the
-    task is final; its full status then."""
+    """Wait until the task is final (the coordinator pushes: one watch request answered
+    when the task ends, with its result, as ``ray.get`` returns a task's value); the
+    task's result."""
     deadline = time.monotonic() + timeout
-    seen = 0
     while time.monotonic() < deadline:
         left = max(0.0, deadline - time.monotonic())
-        row = client.watch(task, seen, min(10.0, left), final_only=True)
-        seen = row["version"]
+        row = client.watch(task, 0, min(10.0, left), final_only=True, with_result=True)
         if row["state"] in FINAL:
-            reply = client.request(TaskRequest(task=task, what="status"))
-            assert isinstance(reply, TaskReply)
-            return reply.body
+            result: dict[str, Any] = row["result"]
+            return result
     raise TimeoutError(task)
 
 
@@ -135,11 +131,11 @@ def throughput(client: Client, subtasks: int, timeout: float = 1800) -> dict[str
     started = time.perf_counter()
     task = submit(client, subtasks)
     submitted = time.perf_counter()
-    status = wait_done(client, task, timeout)
+    result = wait_done(client, task, timeout)
     elapsed = time.perf_counter() - started
-    assert status["state"] == "done", status["state"]
+    assert result["state"] == "done", result["state"]
     per_peer: dict[str, int] = {}
-    for sub in status["subtasks"]:
+    for sub in result["subtasks"].values():
         per_peer[sub["peer"]] = per_peer.get(sub["peer"], 0) + 1
     return {
         "subtasks": subtasks,
@@ -157,9 +153,9 @@ def latencies(client: Client, n: int) -> list[float]:
     out = []
     for _ in range(n):
         t0 = time.perf_counter()
-        status = wait_done(client, submit(client, 1), 60)
+        result = wait_done(client, submit(client, 1), 60)
         out.append(time.perf_counter() - t0)
-        assert status["state"] == "done", status
+        assert result["state"] == "done", result
     return sorted(out)
 
 

@@ -316,10 +316,12 @@ class WatchRequest(Message, tag="watch"):
     seen: Count = 0
     timeout_s: Annotated[float, Meta(ge=0, le=60)] = 10.0
     final_only: bool = False  # answer only when the task ends (or at the timeout)
+    with_result: bool = False  # once it ended, the answer carries its result too
 
 
 class WatchReply(Message, tag="watch_reply"):
-    """The task's summary row (``swarmctl tasks``) with ``version``, its change count."""
+    """The task's summary row (``swarmctl tasks``) with ``version``, its change count,
+    and ``result`` (as ``swarmctl result --json``) once it ended, if asked."""
 
     task: dict[str, Any]
 

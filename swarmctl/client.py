@@ -103,11 +103,23 @@ class Client:
         raise Unreachable(f"no answer from {self.where} within {wait_s:g} s ({hint})")
 
     def watch(
-        self, task: str, seen: int = 0, timeout_s: float = 10.0, final_only: bool = False
+        self,
+        task: str,
+        seen: int = 0,
+        timeout_s: float = 10.0,
+        final_only: bool = False,
+        with_result: bool = False,
     ) -> dict[str, Any]:
         """The task's summary once it changed after version ``seen`` (or is final, or
-        ``timeout_s`` passed; only the end with ``final_only``): the node pushes."""
-        request = WatchRequest(task=task, seen=seen, timeout_s=timeout_s, final_only=final_only)
+        ``timeout_s`` passed; only the end with ``final_only``; with its ``result`` once
+        it ended with ``with_result``): the node pushes."""
+        request = WatchRequest(
+            task=task,
+            seen=seen,
+            timeout_s=timeout_s,
+            final_only=final_only,
+            with_result=with_result,
+        )
         reply = self.request(request, timeout_s + self.timeout_s)
         if not isinstance(reply, WatchReply):
             raise RequestFailed(f"unexpected reply from {self.where}: {type(reply).__name__}")

@@ -39,7 +39,7 @@ from protocol.messages import (
 
 from .core.gossip import Member
 from .core.jobspec import JobError, PeerFacts, check_feasible, parse_job
-from .core.tasks import UnknownTask
+from .core.tasks import FINAL_TASK, UnknownTask
 from .work import Coordination
 
 
@@ -183,9 +183,12 @@ class Control:
         try:
             if isinstance(request, LogsRequest):
                 return await self.node.coordination.logs(request)
-            row = await self.node.coordination.watch(
+            coordination = self.node.coordination
+            row = await coordination.watch(
                 request.task, request.seen, request.timeout_s, request.final_only
             )
+            if request.with_result and row["state"] in FINAL_TASK:
+                row["result"] = coordination.coordinator.result(request.task)
         except UnknownTask:
             return self._unknown(request.task)
         except KeyError as exc:  # a subtask id that is not the task's

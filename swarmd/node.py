@@ -152,6 +152,7 @@ class Node:
         )
         self.control = Control(self)
         self.store = store = Store(cfg.state_dir / "swarmd.db")
+        store.start_checkpointer()
         self.coordination = coordination = Coordination(
             node_id=ident.node_id,
             node_name=cfg.name,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from .core.failure import Liveness
@@ -35,6 +36,8 @@ class PricingView:
         self.members = members
         self.reports = reports  # node id -> the latest load it reported (live dict)
         self.own_load = own_load  # attempts this node's worker holds
+        # Each member's capacity as last built from its gossip, by (generation, versions).
+        self._built: dict[str, tuple[tuple[int, int], PeerCapacity]] = {}
 
     def capacities(self, loads: dict[str, NodeLoad]) -> list[PeerCapacity]:
         """The peers as pricing sees them, with the freshest count of each one's
@@ -43,8 +46,8 @@ class PricingView:
         ours and what it gossiped (up to a gossip round old)."""
         out = []
         now = time.monotonic()
+        cache: dict[str, tuple[tuple[int, int], PeerCapacity]] = {}
         for m in self.members():
-            values = {k: v.value for k, v in m.state.kvs.items()}
             load = loads.get(m.node_id)
             ours = 0 if load is None else load.slots
             report = self.reports.get(m.node_id)
@@ -53,18 +56,27 @@ class PricingView:
             elif report is not None and now - report.at < REPORT_FRESH_S:
                 held = ours + report.others()
             else:
-                held = max(ours, _count(values.get("busy")) + _count(values.get("queue")))
-            values["queue"] = 0  # counted in held
-            out.append(
-                peer_from_gossip(
-                    m.node_id,
-                    values,
-                    alive=m.liveness is Liveness.ALIVE,
-                    rtt_s=0.0 if m.is_self else m.rtt_s,
-                    slots_busy=held,
-                    model_in_flight=None if load is None else load.models,
-                )
-            )
+                gossiped = _count(m.state.get("busy")) + _count(m.state.get("queue"))
+                held = max(ours, gossiped)
+            live = {
+                "alive": m.liveness is Liveness.ALIVE,
+                "rtt_s": 0.0 if m.is_self else m.rtt_s,
+                "slots_busy": held,
+            }
+            # Any change to a key raises its version: the sum tells "unchanged" for sure.
+            version = (m.state.generation, sum(v.version for v in m.state.kvs.values()))
+            known = self._built.get(m.node_id)
+            if load is not None and load.models:  # in-flight counts per model: build anew
+                values = {k: v.value for k, v in m.state.kvs.items()} | {"queue": 0}
+                peer = peer_from_gossip(m.node_id, values, model_in_flight=load.models, **live)
+            elif known is not None and known[0] == version:
+                peer = replace(known[1], **live)  # what it gossiped is unchanged
+            else:
+                values = {k: v.value for k, v in m.state.kvs.items()} | {"queue": 0}
+                peer = peer_from_gossip(m.node_id, values, **live)  # queue counted in held
+                cache[m.node_id] = (version, peer)
+            out.append(peer)
+        self._built.update(cache)
         return out
 
 

@@ -14,7 +14,9 @@ and they go in one transaction, so journaling does not limit dispatch throughput
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,10 @@ CREATE TABLE IF NOT EXISTS outbox (
 
 
 WAL_LIMIT = 8 << 20  # bytes the -wal file keeps after a checkpoint
+# The writer checkpoints only past this many WAL pages (a fallback): the checkpointer
+# thread does it every CHECKPOINT_S, off the event loop, so a commit never pays for one.
+WRITER_CHECKPOINT_PAGES = 16384
+CHECKPOINT_S = 1.0
 
 
 class Store:
@@ -50,10 +56,39 @@ class Store:
         self.db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
         self.db.executescript(_SCHEMA)
         self.transactions = 0  # written so far (swarmctl stats: store_transactions)
+        self._checkpointer: threading.Thread | None = None
+        self._closing = threading.Event()
         row = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM journal").fetchone()
         self._seq = int(row[0])
 
+    def start_checkpointer(self) -> None:
+        """Checkpoint the WAL from a thread of its own (its own connection), every
+        CHECKPOINT_S while there were writes, so commits on the loop stay short."""
+        if self._checkpointer is not None or str(self.path) == ":memory:":
+            return
+        self.db.execute(f"PRAGMA wal_autocheckpoint={WRITER_CHECKPOINT_PAGES}")
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_loop, name="swarmd-checkpoint", daemon=True
+        )
+        self._checkpointer.start()
+
+    def _checkpoint_loop(self) -> None:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
+        seen = -1
+        try:
+            while not self._closing.wait(CHECKPOINT_S):
+                if self.transactions != seen:
+                    seen = self.transactions
+                    with contextlib.suppress(sqlite3.Error):  # busy: the next round
+                        db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            db.close()
+
     def close(self) -> None:
+        self._closing.set()
+        if self._checkpointer is not None:
+            self._checkpointer.join(timeout=5)
         self.db.close()
 
     # ------------------------------------------------------------ coordinator journal

@@ -176,6 +176,7 @@ class Coordination:
         self._finished: dict[str, asyncio.Event] = {}
         self._wake = asyncio.Event()
         self._pending: list[core.Effect] = []  # this turn's effects, for flush()
+        self._loads: dict[str, core.NodeLoad] | None = None  # this turn's, for _reported
         self._flush_due = False
         self.journal_writes = 0
         self.journal_commits = 0
@@ -252,6 +253,19 @@ class Coordination:
                 return
             self._flush_due = True
             loop.call_soon(self.flush)
+
+    def _turn_loads(self) -> dict[str, core.NodeLoad]:
+        """Our attempts in flight per node, counted once per turn of the event loop."""
+        if self._loads is not None:
+            return self._loads
+        loads = self.coordinator.load_by_node()
+        with contextlib.suppress(RuntimeError):  # no loop (a tool or a test): no caching
+            asyncio.get_running_loop().call_soon(self._forget_loads)
+            self._loads = loads
+        return loads
+
+    def _forget_loads(self) -> None:
+        self._loads = None
 
     def flush(self) -> None:
         self._flush_due = False
@@ -449,7 +463,7 @@ class Coordination:
     def _reported(self, node_id: str, load: int | None) -> None:
         """A worker's own count of attempts it holds, with how many of them were ours."""
         if load is not None:
-            ours = self.coordinator.load_by_node().get(node_id)
+            ours = self._turn_loads().get(node_id)
             self.reports[node_id] = LoadReport(
                 load, 0 if ours is None else ours.slots, time.monotonic()
             )

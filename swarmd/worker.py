@@ -2,8 +2,8 @@
 
 The core decides (admission, queue, progress, outbox, resends); this shell carries its
 effects out: an executor task per started attempt, messages through ``send``, and the
-outbox in SQLite, written once per turn of the event loop for everything that turn
-produced (a group commit) — as is the acknowledged results' removal.
+outbox in SQLite, written behind: every OUTBOX_WRITE_S, in one transaction, what is
+still unacknowledged then (most results are acknowledged sooner and never written).
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ from .executors.output import LiveOutput
 from .store import Store
 
 Send = Callable[[str, Message], bool]  # (node address, message) -> queued?
-TICK_S = 0.2  # the timer's longest sleep: WorkerConfig.min_progress_s
+TICK_S = 0.2  # the timer's longest sleep (it wakes early for a start to tell)
 LIVE_S = 0.25  # a running shell attempt's new output goes out this often
+OUTBOX_WRITE_S = 0.05  # results wait this long for their ack before being written
 
 
 def request_of(d: Dispatch, models: Mapping[str, tuple[str, str, int]]) -> ExecRequest:
@@ -114,9 +115,11 @@ class Worker:
         self.core = core.WorkerCore(node_id, config)
         self.running: dict[AttemptKey, asyncio.Task[None]] = {}
         self._pool: Any = None
-        self._puts: dict[AttemptKey, tuple[str, bytes]] = {}  # outbox writes this turn
+        self._puts: dict[AttemptKey, tuple[str, AttemptResult]] = {}  # outbox, not written yet
         self._drops: set[AttemptKey] = set()
         self._flush_due = False
+        self._wake = asyncio.Event()  # a start the timer must tell of sooner
+        self._asleep_until = 0.0
         self.core.restore(self._stored_outbox(), time.monotonic())
 
     # ------------------------------------------------------------ views
@@ -176,13 +179,15 @@ class Worker:
                 self.send(e.addr, e.message)
             elif isinstance(e, core.Start):
                 self.running[e.key] = asyncio.ensure_future(self._run(e.key, e.dispatch))
+                if self._asleep_until > time.monotonic() + self.core.config.start_notice_s:
+                    self._wake.set()  # the timer would tell of this start too late
             elif isinstance(e, core.Stop):
                 task = self.running.get(e.key)
                 if task is not None:
                     task.cancel()
             elif isinstance(e, core.Persist):
                 self._drops.discard(e.key)
-                self._puts[e.key] = (e.addr, codec.encode(e.message))
+                self._puts[e.key] = (e.addr, e.message)
                 self._flush_soon()
             elif isinstance(e, core.Unpersist) and self._puts.pop(e.key, None) is None:
                 self._drops.add(e.key)
@@ -191,17 +196,18 @@ class Worker:
     def _flush_soon(self) -> None:
         if not self._flush_due:
             self._flush_due = True
-            asyncio.get_running_loop().call_soon(self.flush)
+            asyncio.get_running_loop().call_later(OUTBOX_WRITE_S, self.flush)
 
     def flush(self) -> None:
-        """Write this turn's outbox changes in one transaction."""
+        """Write the outbox changes of the last OUTBOX_WRITE_S in one transaction. A
+        result acknowledged before that is never written (write-behind: a crash in
+        between only re-runs the attempt, as a crash before it ended would)."""
         self._flush_due = False
         puts, drops = self._puts, self._drops
         self._puts, self._drops = {}, set()
         if puts or drops:
-            self.store.update_outbox(
-                [(*k, addr, data) for k, (addr, data) in puts.items()], list(drops)
-            )
+            rows = [(*k, addr, codec.encode(m)) for k, (addr, m) in puts.items()]
+            self.store.update_outbox(rows, list(drops))
 
     def _stored_outbox(self) -> list[tuple[str, AttemptResult]]:
         out = []
@@ -292,9 +298,12 @@ class Worker:
         while True:
             self._apply(self.core.tick(time.monotonic()))
             wakeup = self.core.next_wakeup()
-            # At most TICK_S: what started since is due no sooner than min_progress_s.
-            delay = TICK_S if wakeup is None else min(TICK_S, max(0.005, wakeup - time.monotonic()))
-            await asyncio.sleep(delay)
+            now = time.monotonic()
+            delay = TICK_S if wakeup is None else min(TICK_S, max(0.005, wakeup - now))
+            self._asleep_until = now + delay
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
 
     def hand_back(self) -> None:
         """Shutting down: queued attempts end at once, running ones are cancelled."""

@@ -14,6 +14,7 @@ import zmq
 
 from protocol import codec
 from protocol.messages import Bundle, Dispatch, DispatchReply, NodeRef
+from swarmctl.client import Client
 from swarmd.core.worker import SHELL_DISABLED
 from swarmd.identity import ClusterKeys
 from swarmd.transport import curve_client
@@ -93,6 +94,15 @@ def test_submit_wait_of_one_command_relays_its_output_and_exit_code(
     assert "err-line" in done.stderr and "task " in done.stderr  # the id goes to stderr
     ok = swarmctl("submit", "--wait", "--", "true", state_dir=d.state_dir)
     assert (ok.returncode, ok.stdout) == (0, "")
+    # One watch answered at the end, with the result: a wait in one round trip.
+    echo = swarmctl("submit", "--", "echo", "pushed", state_dir=d.state_dir).stdout.strip()
+    client = Client(d.state_dir)
+    try:
+        row = client.watch(echo, 0, 10.0, final_only=True, with_result=True)
+    finally:
+        client.close()
+    assert row["state"] == "done" and row["version"] > 0
+    assert [s["stdout"] for s in row["result"]["subtasks"].values()] == ["pushed\n"]
     # status --wait: pushed progress until the end, then the status and its exit code.
     task = swarmctl("submit", "--", "sleep", "0.3", state_dir=d.state_dir).stdout.strip()
     waited = swarmctl("status", "--wait", task, state_dir=d.state_dir)

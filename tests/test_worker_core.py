@@ -61,22 +61,30 @@ def test_slots_then_a_bounded_queue_then_refusal() -> None:
     assert (w.busy, w.queued, w.load) == (2, 1, 3)
     refused = sent(w.on_dispatch(dispatch("d"), 0.0), DispatchReply)
     assert [(r.accepted, r.reason, r.load) for r in refused] == [(False, "all slots busy", 3)]
-    # A slot frees: the queued one starts, in the same call, and says so.
+    # A slot frees: the queued one starts, in the same call.
     effects = w.on_finished(("t1", "a", 1), result("a"), 1.0)
     assert started(effects) == ["c"]
-    assert [p.subtask for p in sent(effects, Progress)] == ["c"]
     assert [r.load for r in sent(effects, AttemptResult)] == [2]
     assert (w.busy, w.queued) == (2, 0)
 
 
-def test_an_accepted_dispatch_gets_no_reply_but_a_start_notice() -> None:
-    w = WorkerCore("w1", WorkerConfig(slots=1))
+def test_an_accepted_dispatch_gets_no_reply_but_a_start_notice_if_it_still_runs() -> None:
+    w = WorkerCore("w1", WorkerConfig(slots=1, queue=1, start_notice_s=0.05))
     effects = w.on_dispatch(dispatch("a"), 0.0)
-    assert sent(effects, DispatchReply) == []
-    [notice] = sent(effects, Progress)
-    assert (notice.subtask, notice.note, notice.node, notice.load) == ("a", "started", "w1", 1)
-    assert w.on_dispatch(dispatch("a"), 0.1) == []  # a duplicate: nothing new
+    assert started(effects) == ["a"] and sent(effects, DispatchReply) == []
+    assert sent(effects, Progress) == []  # not yet: a short attempt's result says it all
+    assert w.on_dispatch(dispatch("a"), 0.01) == []  # a duplicate: nothing new
     assert w.counters["duplicate_dispatches"] == 1
+    assert w.next_wakeup() == 0.05 and w.tick(0.04) == []
+    [notice] = sent(w.tick(0.05), Progress)
+    assert (notice.subtask, notice.note, notice.node, notice.load) == ("a", "started", "w1", 1)
+    # One that finishes sooner is never announced: its result is the only word.
+    w.on_dispatch(dispatch("b"), 0.1)  # queued behind a
+    effects = w.on_finished(("t1", "a", 1), result("a"), 0.2)
+    assert started(effects) == ["b"]
+    effects = w.on_finished(("t1", "b", 1), result("b"), 0.21)
+    assert [type(m).__name__ for m in sent(effects, Progress | AttemptResult)] == ["AttemptResult"]
+    assert sent(w.tick(0.3), Progress) == []
 
 
 def test_allow_shell_false_refuses_shell_and_python_whatever_the_coordinator_thought() -> None:
@@ -106,14 +114,16 @@ def test_draining_refuses() -> None:
 
 
 def test_progress_every_third_of_the_lease_while_held_queued_or_running() -> None:
-    w = WorkerCore("w1", WorkerConfig(slots=1, queue=1))
+    config = WorkerConfig(slots=1, queue=1, start_notice_s=0.05, queued_notice_s=0.5)
+    w = WorkerCore("w1", config)
     w.on_dispatch(dispatch("a", lease_s=3.0), 0.0)
     w.on_dispatch(dispatch("b", lease_s=3.0), 0.0)
-    assert w.next_wakeup() == 1.0
-    assert w.tick(0.5) == []
-    notes = {p.subtask: p.note for p in sent(w.tick(1.0), Progress)}
+    assert {p.subtask: p.note for p in sent(w.tick(0.05), Progress)} == {"a": "started"}
+    assert {p.subtask: p.note for p in sent(w.tick(0.5), Progress)} == {"b": "queued"}
+    assert w.next_wakeup() == 1.05
+    notes = {p.subtask: p.note for p in sent(w.tick(1.5), Progress)}
     assert notes == {"a": "running", "b": "queued"}
-    assert w.next_wakeup() == 2.0
+    assert w.next_wakeup() == 2.5
 
 
 def test_results_stay_in_the_outbox_until_acked_and_resends_back_off() -> None:

@@ -15,11 +15,13 @@ Admission (every dispatch, whatever the coordinator believed):
 * a draining worker takes nothing new.
 
 A refused dispatch is answered with a refusal (``DispatchReply``); an accepted one gets
-no reply: a ``Progress`` when it starts says so, then one every third of its lease while
-it is held, queued or running. A finished attempt's result stays in the outbox, sent
-again with a doubling back-off (``resend_first_s`` .. ``resend_max_s``, at most a third
-of the attempt's lease, as its progress went) until its coordinator acknowledges it,
-across restarts too (:meth:`WorkerCore.restore`).
+no reply: a ``Progress`` says it started (``start_notice_s`` after, if it is still
+running then: a result says more) or that it waits in the queue (after at most
+``queued_notice_s``), then one goes every third of its lease while it is held.
+A finished attempt's result stays in the outbox, sent again with a doubling back-off
+(``resend_first_s`` .. ``resend_max_s``, at most a third of the attempt's lease, as its
+progress went) until its coordinator acknowledges it, across restarts too
+(:meth:`WorkerCore.restore`).
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ class WorkerConfig:
     resend_first_s: float = 2.0
     resend_max_s: float = 30.0
     min_progress_s: float = 0.2
+    start_notice_s: float = 0.05  # a start is told this long after it, if still running
+    queued_notice_s: float = 1.0  # a queued attempt is first told of this soon
 
     @property
     def queue_limit(self) -> int:
@@ -110,6 +114,7 @@ class _Held:
     model: str | None  # an llm attempt's profile; None: a shell/python slot
     next_beat: float
     running: bool = False
+    told: bool = False  # its coordinator heard it started
     cancelled: bool = False  # by its coordinator
 
 
@@ -181,7 +186,9 @@ class WorkerCore:
             )
             return [Send(d.coordinator.addr, reply)]
         model = d.model if d.spec.get("kind") == "llm" else None
-        self.held[key] = _Held(d, model, now + self._beat_every(d))
+        # Queued: told soon (before its coordinator would dispatch it again), then as due.
+        first = min(self._beat_every(d), self.config.queued_notice_s)
+        self.held[key] = _Held(d, model, now + first)
         self.counters["accepted"] += 1
         if model is not None:
             self._model_use[model] += 1
@@ -233,12 +240,14 @@ class WorkerCore:
         return max(self.config.min_progress_s, d.lease_s / 3)
 
     def _start(self, key: AttemptKey, now: float) -> list[Effect]:
+        """Run it; its start is told ``start_notice_s`` later if it still runs then (a
+        short attempt's result says it all, one message fewer)."""
         held = self.held[key]
         held.running = True
-        held.next_beat = now + self._beat_every(held.dispatch)
+        held.next_beat = now + self.config.start_notice_s
         if held.model is None:
             self._running_slots += 1
-        return [Start(key, held.dispatch), self._progress(held, "started")]
+        return [Start(key, held.dispatch)]
 
     def _start_queued(self, now: float) -> list[Effect]:
         effects: list[Effect] = []
@@ -315,7 +324,9 @@ class WorkerCore:
         for held in self.held.values():
             if held.next_beat <= now:
                 held.next_beat = now + self._beat_every(held.dispatch)
-                effects.append(self._progress(held, "running" if held.running else "queued"))
+                note = "queued" if not held.running else "running" if held.told else "started"
+                held.told = held.told or held.running
+                effects.append(self._progress(held, note))
         for out in self.outbox.values():
             if out.next_send <= now:
                 self.counters["resent"] += 1

@@ -388,11 +388,11 @@ def _resolve(call: str) -> Any:
 def _invoke(message: _Call) -> _Reply:
     out, err = _TailText(message.limit), _TailText(message.limit)
     saved_env = {k: os.environ.get(k) for k in message.env}
-    saved_cwd = os.getcwd()
-    saved_path = list(sys.path)
+    saved_cwd = os.getcwd() if message.cwd else None  # a call without files stays put
+    extra = [p for p in message.env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    saved_path = list(sys.path) if extra else None
     try:
         os.environ.update(message.env)
-        extra = [p for p in message.env.get("PYTHONPATH", "").split(os.pathsep) if p]
         sys.path[:0] = extra
         if message.cwd:
             os.chdir(message.cwd)
@@ -424,9 +424,11 @@ def _invoke(message: _Call) -> _Reply:
             truncated=out.truncated or err.truncated,
         )
     finally:
-        sys.path[:] = saved_path
-        with contextlib.suppress(OSError):
-            os.chdir(saved_cwd)
+        if saved_path is not None:
+            sys.path[:] = saved_path
+        if saved_cwd is not None:
+            with contextlib.suppress(OSError):
+                os.chdir(saved_cwd)
         for key, old in saved_env.items():
             if old is None:
                 os.environ.pop(key, None)

@@ -81,16 +81,21 @@ def render(task: TaskRecord, rec: SubtaskRecord) -> str | None:
     """Set the rendered spec and the pricing demand; an error message if it fails."""
     results = {
         sid: task.subtasks[sid].result.template_fields()  # type: ignore[union-attr]
-        for sid in upstream_ids(task, rec)
+        for sid in (upstream_ids(task, rec) if rec.spec.after else ())
         if task.subtasks[sid].result is not None
     }
     spec = rec.spec
+    templated = [*spec.run, spec.prompt or "", spec.system or ""]
     try:
-        rendered = replace(
-            spec,
-            run=tuple(template.render(arg, results) for arg in spec.run),
-            prompt=None if spec.prompt is None else template.render(spec.prompt, results),
-            system=None if spec.system is None else template.render(spec.system, results),
+        rendered = (
+            replace(
+                spec,
+                run=tuple(template.render(arg, results) for arg in spec.run),
+                prompt=None if spec.prompt is None else template.render(spec.prompt, results),
+                system=None if spec.system is None else template.render(spec.system, results),
+            )
+            if any("{{" in text for text in templated)
+            else spec  # nothing to fill in (most subtasks)
         )
     except KeyError as exc:
         return f"template: {exc.args[0]}"

@@ -28,6 +28,7 @@ from swarmd.core.tasks.transitions import (
 )
 
 _REFUSALS_KEPT: Final = 8  # refusal notes kept per subtask for explain
+_NONE: Final[frozenset[str]] = frozenset()
 
 
 # ---------------------------------------------------------------- configuration
@@ -224,6 +225,8 @@ class SubtaskRecord:
         return self.state in FINAL_SUBTASK
 
     def failed_nodes(self) -> frozenset[str]:
+        if not self.attempts:
+            return _NONE
         return frozenset(a.node_id for a in self.attempts if a.state in ("lost", "failed"))
 
     def to_data(self, task_id: str) -> dict[str, Any]:
