@@ -156,7 +156,7 @@ class Control:
             check_feasible(job, self.node.peer_facts())
         except JobError as exc:
             return ErrorReply(code="bad_request", message=str(exc)[:4000])
-        task_id = self.node.coordination.submit(job, request.files)
+        task_id = self.node.coordination.submit(job, request.files, request.job)
         return SubmitReply(task=task_id)
 
     def task(self, request: TaskRequest) -> ControlReply:

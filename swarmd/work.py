@@ -205,12 +205,15 @@ class Coordination:
     def new_task_id(self) -> str:
         return f"{self.node_id[:6]}-{secrets.token_hex(5)}"
 
-    def submit(self, job: JobSpec, files: Mapping[str, bytes]) -> str:
+    def submit(
+        self, job: JobSpec, files: Mapping[str, bytes], data: Mapping[str, Any] | None = None
+    ) -> str:
+        """Coordinate ``job`` (parsed from ``data``, if given: journaled as it came)."""
         task_id = self.new_task_id()
         if files:
             self.store.put_inputs(task_id, files)
             self._inputs[task_id] = dict(files)
-        self.run(self.coordinator.submit(task_id, job, self.clock()))
+        self.run(self.coordinator.submit(task_id, job, self.clock(), data))
         self.log.info("task %s (%s): %d subtask(s)", task_id, job.name, len(job.subtasks))
         self.place()  # at once, not on the loop's next turn
         self.flush()  # journaled before the caller hears of the task

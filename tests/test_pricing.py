@@ -26,6 +26,7 @@ from swarmd.core.pricing import (
     explain_table,
     peer_from_gossip,
     price,
+    reprice,
 )
 from tests.capacity import peer
 
@@ -674,3 +675,27 @@ def test_input_s_adds_transfer_time_per_node() -> None:
     llm = peer("gpu", models=(offer(tokens_per_s=100.0),))
     ask = Demand("llm", capability="lint", est_tokens=100, input_s=(("gpu", 0.5),))
     assert by_name(price(ask, [llm], CONFIG))["gpu"].score == pytest.approx(1.0 + 0.5 + 0.001)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    busy=st.lists(st.integers(0, 9), min_size=1, max_size=6),
+    rtts=st.lists(st.floats(0.0, 0.05), min_size=6, max_size=6),
+    changes=st.lists(st.tuples(st.integers(0, 5), st.integers(0, 3)), max_size=8),
+    queue_max=st.integers(0, 4),
+)
+def test_repricing_the_changed_peers_equals_pricing_anew(
+    busy: list[int], rtts: list[float], changes: list[tuple[int, int]], queue_max: int
+) -> None:
+    """The schedule pass reprices only the peers a dispatch changed: the same answer."""
+    peers = [
+        peer(f"n{i}", slots_busy=b, rtt_s=rtts[i], queue_max=queue_max) for i, b in enumerate(busy)
+    ]
+    demand = Demand(kind="shell", est_seconds=2.0)
+    placement = price(demand, peers, CONFIG)
+    for index, more in changes:
+        if index >= len(peers):
+            continue
+        peers[index] = replace(peers[index], slots_busy=peers[index].slots_busy + more)
+        placement = reprice(placement, demand, [peers[index]], CONFIG)
+        assert placement == price(demand, peers, CONFIG)

@@ -464,6 +464,27 @@ def price(
 ) -> Placement:
     """Price one demand against every peer; the lowest score among feasible peers wins."""
     rows = [_candidate(demand, peer, config, exclude, throughput) for peer in peers]
+    return _placement(rows)
+
+
+def reprice(
+    placement: Placement,
+    demand: Demand,
+    changed: Sequence[PeerCapacity],
+    config: PricingConfig,
+    exclude: frozenset[str] = frozenset(),
+    *,
+    throughput: ThroughputTracker | None = None,
+) -> Placement:
+    """``placement`` of ``demand`` again after only the ``changed`` peers changed (a
+    dispatch made one busier): those are priced anew, the rest kept."""
+    rows = {c.node_id: c for c in placement.candidates}
+    for peer in changed:
+        rows[peer.node_id] = _candidate(demand, peer, config, exclude, throughput)
+    return _placement(list(rows.values()))
+
+
+def _placement(rows: list[Candidate]) -> Placement:
     feasible = sorted((c for c in rows if c.feasible), key=lambda c: (c.score or 0.0, c.node_id))
     infeasible = sorted((c for c in rows if not c.feasible), key=lambda c: (c.name, c.node_id))
     candidates = (*feasible, *infeasible)

@@ -4,6 +4,9 @@ together from its parts (one concern each) and the calls that start and end a ta
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from swarmd.core.jobspec import JobSpec, job_to_data
 from swarmd.core.tasks.effects import Batch, Effect, Journal
 from swarmd.core.tasks.graph import new_task
@@ -36,9 +39,13 @@ class Coordinator(Scheduler, WorkerEvents, Timeouts, Restore, Views):
     first in the list), then send the rest.
     """
 
-    def submit(self, task_id: str, job: JobSpec, now: float) -> list[Effect]:
+    def submit(
+        self, task_id: str, job: JobSpec, now: float, data: Mapping[str, Any] | None = None
+    ) -> list[Effect]:
         """Accept a validated job as task ``task_id``. ValueError if the id is taken,
-        JobError if the graph is broken (unknown ``after``, cycle)."""
+        JobError if the graph is broken (unknown ``after``, cycle). ``data`` is the job
+        as it was parsed from, if the caller has it (journaled as it is, else the job is
+        written out again)."""
         if task_id in self._tasks:
             raise ValueError(f"task {task_id!r} exists already")
         task = new_task(task_id, job, now, self.pricing)
@@ -50,7 +57,7 @@ class Coordinator(Scheduler, WorkerEvents, Timeouts, Restore, Views):
                 "task",
                 {
                     "task": task_id,
-                    "job": job_to_data(job),
+                    "job": job_to_data(job) if data is None else data,
                     "submitted": now,
                     "deadline": task.deadline,
                 },

@@ -85,7 +85,9 @@ def render(task: TaskRecord, rec: SubtaskRecord) -> str | None:
         if task.subtasks[sid].result is not None
     }
     spec = rec.spec
-    templated = [*spec.run, spec.prompt or "", spec.system or ""]
+    templated = "{{" in (spec.prompt or "") or "{{" in (spec.system or "")
+    for arg in spec.run:
+        templated = templated or "{{" in arg
     try:
         rendered = (
             replace(
@@ -94,7 +96,7 @@ def render(task: TaskRecord, rec: SubtaskRecord) -> str | None:
                 prompt=None if spec.prompt is None else template.render(spec.prompt, results),
                 system=None if spec.system is None else template.render(spec.system, results),
             )
-            if any("{{" in text for text in templated)
+            if templated
             else spec  # nothing to fill in (most subtasks)
         )
     except KeyError as exc:

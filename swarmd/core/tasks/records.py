@@ -27,7 +27,7 @@ from swarmd.core.tasks.transitions import (
     TaskState,
 )
 
-_REFUSALS_KEPT: Final = 8  # refusal notes kept per subtask for explain
+REFUSALS_KEPT: Final = 8  # refusal notes kept per subtask for explain
 _NONE: Final[frozenset[str]] = frozenset()
 
 
@@ -195,7 +195,7 @@ class SubtaskRecord:
     error: str | None = None  # why the subtask failed or was cancelled
     failures: int = 0  # failed attempts that count against spec.retries
     refusals: int = 0
-    refusal_notes: deque[str] = field(default_factory=lambda: deque(maxlen=_REFUSALS_KEPT))
+    refusal_notes: list[str] = field(default_factory=list)  # the last REFUSALS_KEPT
     not_before: float = -math.inf  # backoff: not dispatched before this time
     retrying: bool = False  # the next dispatch is a retry after a failure
     finished: float | None = None

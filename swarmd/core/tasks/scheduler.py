@@ -7,11 +7,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from swarmd.core.pricing import Demand, PeerCapacity, Placement, price
+from swarmd.core.pricing import Demand, PeerCapacity, Placement, price, reprice
 from swarmd.core.tasks.backlog import Kind
 from swarmd.core.tasks.effects import Batch, Effect
 from swarmd.core.tasks.lifecycle import Lifecycle
 from swarmd.core.tasks.records import SubtaskRecord
+
+# (demand, nodes excluded) -> its placement in this pass, and the nodes changed since
+_Priced = dict[tuple[Demand, frozenset[str]], tuple[Placement, set[str]]]
 
 
 class Scheduler(Lifecycle):
@@ -29,14 +32,14 @@ class Scheduler(Lifecycle):
         if not len(self._backlog):
             return []
         view = {p.node_id: p for p in peers}
-        infeasible: dict[tuple[Demand, frozenset[str]], Placement] = {}
+        priced: _Priced = {}
         blocked: set[Kind] = set()
         for key in self._backlog.walk(now):
             task = self._tasks[key[0]]
             rec = task.subtasks[key[1]]
             if rec.not_before > now or rec.demand is None:
                 continue
-            placement = self._price(rec, list(view.values()), infeasible)
+            placement = self._price(rec, view, priced)
             winner = placement.winner
             if winner is None:
                 blocked.add(self._backlog.kind(key))
@@ -51,30 +54,37 @@ class Scheduler(Lifecycle):
             peer = view.get(winner.node_id)
             if peer is not None:
                 view[winner.node_id] = _one_more(peer, winner.model)
+                for _, changed in priced.values():
+                    changed.add(winner.node_id)
         return self._finish(batch)
 
     def _price(
-        self,
-        rec: SubtaskRecord,
-        peers: Sequence[PeerCapacity],
-        infeasible: dict[tuple[Demand, frozenset[str]], Placement],
+        self, rec: SubtaskRecord, view: dict[str, PeerCapacity], priced: _Priced
     ) -> Placement:
-        assert rec.demand is not None
+        """Each distinct demand is priced against every peer once per pass; after that
+        only against the peers a dispatch has changed since."""
+        demand = rec.demand
+        assert demand is not None
         # Prefer peers this subtask has not failed on; fall back to them if none else fits.
         failed = rec.failed_nodes()
         tries = [failed, frozenset()] if failed else [frozenset()]
         placement: Placement | None = None
         for exclude in tries:
-            cache_key = (rec.demand, exclude)
-            cached = infeasible.get(cache_key)
-            if cached is not None:
-                placement = cached
-                continue
-            placement = price(rec.demand, peers, self.pricing, exclude, throughput=self.throughput)
+            known = priced.get((demand, exclude))
+            if known is None:
+                peers = list(view.values())
+                placement = price(demand, peers, self.pricing, exclude, throughput=self.throughput)
+            elif known[1] and (known[0].winner is not None):
+                # Dispatches only make peers busier: an infeasible demand stays so.
+                changed = [view[n] for n in known[1]]
+                placement = reprice(
+                    known[0], demand, changed, self.pricing, exclude, throughput=self.throughput
+                )
+            else:
+                placement = known[0]
+            priced[(demand, exclude)] = (placement, set())
             if placement.winner is not None:
                 break
-            # Dispatches only make peers busier, so it stays infeasible in this pass.
-            infeasible[cache_key] = placement
         assert placement is not None
         rec.last_placement = placement
         rec.priced += 1

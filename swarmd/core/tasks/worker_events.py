@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from swarmd.core.tasks.effects import Ack, Batch, CancelAttempt, Effect
 from swarmd.core.tasks.lifecycle import Lifecycle
-from swarmd.core.tasks.records import Attempt, Result, SubtaskRecord, TaskRecord
+from swarmd.core.tasks.records import REFUSALS_KEPT, Attempt, Result, SubtaskRecord, TaskRecord
 from swarmd.core.tasks.transitions import ATTEMPT, IN_FLIGHT, SUBTASK, advance
 
 
@@ -72,6 +72,7 @@ class WorkerEvents(Lifecycle):
         self.counters["refused"] += 1
         rec.refusals += 1
         rec.refusal_notes.append(f"attempt {current.number} refused by {current.peer}: {reason}")
+        del rec.refusal_notes[:-REFUSALS_KEPT]
         rec.attempts.pop()  # it never ran; its number stays used
         del self._in_flight[(task.id, rec.id)]
         rec.refused_by.add(node_id)
