@@ -1,7 +1,7 @@
 """swarmd side by side with Dask distributed, Ray and Celery+Redis, in one run.
 
     .venv/bin/python bench/compare.py [--subtasks 10000] [--sequential 200]
-                                      [--only swarmd,dask,ray,celery] [--quick]
+                                      [--only swarmd,dask,ray,celery] [--quick] [--rounds 1]
 
 Every system gets the same shape on this machine, everything on 127.0.0.1: one
 scheduler/coordinator/broker that runs no work and two worker processes with 4 slots
@@ -33,6 +33,7 @@ import platform
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -138,7 +139,12 @@ def markdown(result: dict[str, Any]) -> str:
             "",
             f"Machine: {machine.get('cpu_count')} CPU ({machine.get('cpu_model')}), "
             f"Python {machine.get('python')}, load average {machine.get('loadavg_before')} "
-            f"before the run.",
+            f"before the run"
+            + (
+                f"; each figure the median of {result['rounds']} alternating rounds."
+                if result.get("rounds", 1) > 1
+                else "."
+            ),
         ]
     return "\n".join(lines) + "\n"
 
@@ -423,14 +429,35 @@ def measure_one(
     return result
 
 
+FIGURES = ("throughput_per_s", "latency_median_ms", "latency_p99_ms", "elapsed_s")
+
+
+def combine(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One system's rounds as one result: each figure the median over the rounds that
+    ran (the first round's other fields), with every round's figures kept."""
+    ran = [r for r in rounds if "skipped" not in r]
+    if len(rounds) == 1 or not ran:
+        return rounds[0]
+    out = dict(ran[0])
+    for key in FIGURES:
+        values = [r[key] for r in ran if isinstance(r.get(key), int | float)]
+        if values:
+            out[key] = round(statistics.median(values), 2)
+    out["rounds"] = [{k: r.get(k) for k in (*FIGURES, "skipped")} for r in rounds]
+    return out
+
+
 def run(
     quick: bool = False,
     subtasks: int | None = None,
     sequential: int | None = None,
     only: Sequence[str] = SYSTEMS,
     log: bool = True,
+    rounds: int = 1,
 ) -> dict[str, Any]:
-    """Measure each system in ``only`` one after another; the result dict."""
+    """Measure each system in ``only`` one after another, ``rounds`` times over
+    (alternating, so a noisy minute on a shared machine hits all of them); each
+    figure is the median of its rounds. The result dict."""
     default = QUICK if quick else FULL
     n = subtasks or default[0]
     seq = sequential or default[1]
@@ -460,13 +487,17 @@ def run(
                     f"(see {(VENV / 'install.log').relative_to(ROOT)})"
                 )
     result["machine"]["peer_versions"] = versions
+    result["rounds"] = rounds
+    measured: dict[str, list[dict[str, Any]]] = {}
+    for _ in range(max(1, rounds)):
+        for name in SYSTEMS:
+            if name in only and name not in skipped:
+                measured.setdefault(name, []).append(measure_one(name, n, seq, python, log))
     for name in SYSTEMS:
-        if name not in only:
-            continue
-        if name in skipped:
+        if name in skipped and name in only:
             result["results"][name] = {"skipped": skipped[name]}
-            continue
-        result["results"][name] = measure_one(name, n, seq, python, log)
+        elif name in measured:
+            result["results"][name] = combine(measured[name])
     result["machine"]["loadavg_after"] = _loadavg()
     result["ratios"] = ratios(result["results"])
     return result
@@ -478,11 +509,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--sequential", type=int, help=f"default {FULL[1]} ({QUICK[1]} quick)")
     parser.add_argument("--only", default=",".join(SYSTEMS), help="comma-separated systems")
     parser.add_argument("--quick", action="store_true", help="the small size (CI, development)")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="measure all systems this many times, alternating"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     try:
-        result = run(args.quick, args.subtasks, args.sequential, only)
+        result = run(args.quick, args.subtasks, args.sequential, only, rounds=args.rounds)
     except ValueError as exc:
         parser.error(str(exc))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -75,3 +75,34 @@ def test_swarmd_only_run_through_real_daemons() -> None:
     assert result["machine"]["cpu_count"] and result["machine"]["python"]
     assert result["ratios"] == {}
     assert "| swarmd |" in compare.markdown(result)
+
+
+def test_rounds_are_combined_as_medians_and_kept() -> None:
+    rounds = [
+        {
+            "version": "1",
+            "throughput_per_s": 100.0,
+            "latency_median_ms": 3.0,
+            "latency_p99_ms": 9.0,
+        },
+        {
+            "version": "1",
+            "throughput_per_s": 300.0,
+            "latency_median_ms": 1.0,
+            "latency_p99_ms": 5.0,
+        },
+        {
+            "version": "1",
+            "throughput_per_s": 200.0,
+            "latency_median_ms": 2.0,
+            "latency_p99_ms": 7.0,
+        },
+    ]
+    out = compare.combine(rounds)
+    assert (out["throughput_per_s"], out["latency_median_ms"], out["latency_p99_ms"]) == (
+        200.0, 2.0, 7.0,
+    )  # fmt: skip
+    assert [r["throughput_per_s"] for r in out["rounds"]] == [100.0, 300.0, 200.0]
+    assert compare.combine(rounds[:1]) == rounds[0]
+    skipped = [{"skipped": "no wheel"}, {"skipped": "no wheel"}]
+    assert compare.combine(skipped) == {"skipped": "no wheel"}
