@@ -1,7 +1,7 @@
 """swarmd side by side with Dask distributed, Ray and Celery+Redis, in one run.
 
     .venv/bin/python bench/compare.py [--subtasks 10000] [--sequential 200]
-                                      [--only swarmd,dask,ray,celery] [--quick] [--rounds 1]
+                                      [--only swarmd,dask,ray,celery] [--quick] [--rounds 3]
 
 Every system gets the same shape on this machine, everything on 127.0.0.1: one
 scheduler/coordinator/broker that runs no work and two worker processes with 4 slots
@@ -58,6 +58,7 @@ IMPORTS = {"dask": "distributed", "ray": "ray", "celery": "celery"}
 SLOTS = 4
 FULL = (10_000, 200)  # subtasks, sequential round trips
 QUICK = (1_000, 30)
+FULL_ROUNDS = 3  # the full run measures every system 3 times, alternating: medians
 PEER_TIMEOUT_S = 900.0
 
 
@@ -453,12 +454,13 @@ def run(
     sequential: int | None = None,
     only: Sequence[str] = SYSTEMS,
     log: bool = True,
-    rounds: int = 1,
+    rounds: int | None = None,
 ) -> dict[str, Any]:
     """Measure each system in ``only`` one after another, ``rounds`` times over
     (alternating, so a noisy minute on a shared machine hits all of them); each
     figure is the median of its rounds. The result dict."""
     default = QUICK if quick else FULL
+    rounds = rounds or (1 if quick else FULL_ROUNDS)
     n = subtasks or default[0]
     seq = sequential or default[1]
     unknown = [s for s in only if s not in SYSTEMS]
@@ -489,7 +491,7 @@ def run(
     result["machine"]["peer_versions"] = versions
     result["rounds"] = rounds
     measured: dict[str, list[dict[str, Any]]] = {}
-    for _ in range(max(1, rounds)):
+    for _ in range(rounds):
         for name in SYSTEMS:
             if name in only and name not in skipped:
                 measured.setdefault(name, []).append(measure_one(name, n, seq, python, log))
@@ -510,7 +512,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--only", default=",".join(SYSTEMS), help="comma-separated systems")
     parser.add_argument("--quick", action="store_true", help="the small size (CI, development)")
     parser.add_argument(
-        "--rounds", type=int, default=1, help="measure all systems this many times, alternating"
+        "--rounds",
+        type=int,
+        help=f"measure every system this many times, alternating (default {FULL_ROUNDS}, 1 quick)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
