@@ -9,6 +9,7 @@ Pure functions of the records and the pricing configuration.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Final
 
 from swarmd.core import template
 from swarmd.core.jobspec import (
@@ -107,7 +108,7 @@ def render(task: TaskRecord, rec: SubtaskRecord) -> str | None:
     if spec.kind == "llm":
         max_tokens = spec.max_tokens if spec.max_tokens is not None else DEFAULT_MAX_TOKENS
         est_tokens = estimate_llm_tokens(rendered.prompt or "", max_tokens, rendered.system)
-    rec.demand = Demand(
+    demand = Demand(
         kind=spec.kind,
         capability=spec.capability,
         model=spec.model,
@@ -117,4 +118,21 @@ def render(task: TaskRecord, rec: SubtaskRecord) -> str | None:
         est_tokens=est_tokens,
         est_seconds=spec.estimate_s,
     )
+    rec.demand = _intern(demand)
     return None
+
+
+_DEMANDS: dict[Demand, Demand] = {}  # one object per distinct demand: cheap to compare
+_DEMANDS_KEPT: Final = 4096
+
+
+def _intern(demand: Demand) -> Demand:
+    """The one object for this demand: ready subtasks asking alike share it, so the
+    queue's and the scheduler's dictionaries of demands compare by identity."""
+    known = _DEMANDS.get(demand)
+    if known is not None:
+        return known
+    if len(_DEMANDS) >= _DEMANDS_KEPT:
+        _DEMANDS.clear()  # a pure cache: starting over only costs comparisons
+    _DEMANDS[demand] = demand
+    return demand
