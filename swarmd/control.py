@@ -182,9 +182,9 @@ class Control:
     async def answer_later(self, request: WatchRequest | LogsRequest) -> ControlReply:
         try:
             if isinstance(request, LogsRequest):
-                return await self.node.coordination.logs(request)
+                return await self.node.coordination.watchers.logs(request)
             coordination = self.node.coordination
-            row = await coordination.watch(
+            row = await coordination.watchers.watch(
                 request.task, request.seen, request.timeout_s, request.final_only
             )
             if request.with_result and row["state"] in FINAL_TASK:

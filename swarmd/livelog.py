@@ -77,9 +77,12 @@ class LiveLogs:
             return out_at, b"", err_at, b""
         return (*log.out.since(out_at), *log.err.since(err_at))
 
-    def drop(self, task: str, subtask: str) -> None:
-        """The subtask ended: its result holds the output from now on."""
-        self._logs.pop((task, subtask), None)
+    def drop(self, task: str, subtask: str, attempt: int) -> None:
+        """That attempt ended: its result holds its output from now on (a later
+        attempt's output is kept)."""
+        log = self._logs.get((task, subtask))
+        if log is not None and log.attempt <= attempt:
+            del self._logs[(task, subtask)]
 
     def forget(self, task: str) -> None:
         for key in [k for k in self._logs if k[0] == task]:

@@ -25,8 +25,6 @@ from protocol.messages import (
     CancelAttempt,
     Dispatch,
     DispatchReply,
-    LogsReply,
-    LogsRequest,
     Message,
     NodeRef,
     Progress,
@@ -37,10 +35,9 @@ from .core import tasks as core
 from .core import template
 from .core.jobspec import JobSpec, SubtaskSpec
 from .core.pricing import PeerCapacity, PricingConfig
-from .livelog import LiveLogs
 from .store import Store
+from .watchers import TaskWatchers
 
-RESEND_S = 2.0
 Send = Callable[[str, Message], bool]  # (node address, message) -> queued?
 
 
@@ -109,15 +106,6 @@ def render_files(
 
 # ---------------------------------------------------------------- coordinator side
 
-WATCH_MIN_S = 0.2  # a watcher hears of progress at most this often (the end at once)
-
-
-def _only_subtask(task: core.TaskRecord) -> str:
-    if len(task.subtasks) != 1:
-        names = ", ".join(sorted(task.subtasks))
-        raise KeyError(f"task {task.id} has {len(task.subtasks)} subtasks: name one of {names}")
-    return next(iter(task.subtasks))
-
 
 def _task_of(effect: core.Effect) -> str | None:
     if isinstance(effect, core.Journal):
@@ -181,9 +169,7 @@ class Coordination:
         self.journal_writes = 0
         self.journal_commits = 0
         self.reports: dict[str, LoadReport] = {}  # node id -> the latest load it reported
-        self.live = LiveLogs()  # running shell subtasks' output, for logs -f
-        self._versions: dict[str, int] = {}  # task id -> changes seen (for watchers)
-        self._watchers: dict[str, list[asyncio.Future[None]]] = {}
+        self.watchers = TaskWatchers(self.coordinator)  # clients told of changes
         # Metrics: seconds from sending a Dispatch to its "accepted" (None: not measured).
         self.on_dispatch_latency: Callable[[float], None] | None = None
         self._dispatched_at: dict[tuple[str, str, int], float] = {}
@@ -304,7 +290,7 @@ class Coordination:
                 self._finished.setdefault(effect.task_id, asyncio.Event()).set()
         # Watchers hear of a change once it is journaled.
         for task_id in dict.fromkeys(_task_of(e) for e in effects):
-            self._changed(task_id)
+            self.watchers.changed(task_id)
 
     def _to(self, node_id: str, message: Message) -> bool:
         addr = self.address_of(node_id)
@@ -365,8 +351,8 @@ class Coordination:
             has_output = message.out or message.err
             sender = self._sender_of(message.task, message.subtask, message.attempt)
             if has_output and sender == message.node:
-                self.live.take(message)
-            self._changed(message.task)  # it may have started, or said more
+                self.watchers.live.take(message)
+            self.watchers.changed(message.task)  # it may have started, or said more
             self._reported(message.node, message.load)
             self._first_word(message.task, message.subtask, message.attempt)
             self.run(
@@ -376,86 +362,7 @@ class Coordination:
             self._reported(message.node, message.load)
             self._first_word(message.task, message.subtask, message.attempt)
             self._on_result(message, now)
-            self.live.drop(message.task, message.subtask)
-
-    # ------------------------------------------------------------ watchers (push)
-
-    def _changed(self, task_id: str | None) -> None:
-        if task_id is None:
-            return
-        try:
-            self.coordinator.record(task_id)
-        except core.UnknownTask:  # forgotten: its watchers hear "unknown task"
-            self._versions.pop(task_id, None)
-        else:
-            self._versions[task_id] = self._versions.get(task_id, 0) + 1
-        waiting = self._watchers.pop(task_id, None)
-        for future in waiting or ():
-            if not future.done():
-                future.set_result(None)
-
-    async def watch(
-        self, task_id: str, seen: int, timeout_s: float, final_only: bool = False
-    ) -> dict[str, Any]:
-        """The task's summary once it changed after version ``seen`` (progress at most
-        every WATCH_MIN_S per watcher, or never with ``final_only``), at once when it
-        is final; UnknownTask if unknown."""
-        c = self.coordinator
-        deadline = time.monotonic() + timeout_s
-        not_before = deadline if final_only else time.monotonic() + WATCH_MIN_S if seen else 0.0
-        while True:
-            version = self._versions.get(task_id, 0)
-            final = c.record(task_id).final  # O(1); the summary is O(subtasks): at the end
-            left = deadline - time.monotonic()
-            if final or left <= 0 or (version > seen and time.monotonic() >= not_before):
-                return {**c.summary(task_id), "version": version}
-            if version > seen:  # changed, but the last answer was just now: the end only
-                left = min(left, not_before - time.monotonic())
-            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._watchers.setdefault(task_id, []).append(future)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(future, max(0.0, left))
-
-    def _final(self, task: str, subtask: str) -> bool:
-        with contextlib.suppress(KeyError):
-            return self.coordinator.record(task).subtasks[subtask].final
-        return True
-
-    async def logs(self, request: LogsRequest) -> LogsReply:
-        """A subtask's output from the request's offsets on: the live output while it
-        runs, its result's once it ended. UnknownTask / KeyError for unknown ids."""
-        task = self.coordinator.record(request.task)
-        subtask = request.subtask or _only_subtask(task)
-        if subtask not in task.subtasks:
-            names = ", ".join(sorted(task.subtasks))
-            raise KeyError(f"task {task.id} has no subtask {subtask!r} (it has: {names})")
-        deadline = time.monotonic() + request.timeout_s
-        while True:
-            rec = self.coordinator.record(request.task).subtasks[subtask]
-            if rec.final:
-                out = (rec.result.stdout if rec.result else "").encode()
-                err = (rec.result.stderr if rec.result else "").encode()
-                out_at, err_at = min(request.out_at, len(out)), min(request.err_at, len(err))
-                out, err = out[out_at:], err[err_at:]
-            else:
-                out_at, out, err_at, err = self.live.read(
-                    request.task, subtask, request.out_at, request.err_at
-                )
-            left = deadline - time.monotonic()
-            if rec.final or out or err or not request.follow or left <= 0:
-                return LogsReply(
-                    subtask=subtask,
-                    state=rec.state,
-                    out=out,
-                    out_at=out_at,
-                    err=err,
-                    err_at=err_at,
-                    final=rec.final,
-                )
-            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._watchers.setdefault(request.task, []).append(future)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(future, left)
+            self.watchers.live.drop(message.task, message.subtask, message.attempt)
 
     def _first_word(self, task: str, subtask: str, attempt: int) -> None:
         """Dispatch -> the worker's first word on it (its start, or its result)."""
@@ -552,7 +459,6 @@ class Coordination:
             return
         self.run(effects)
         for task_id in gone:
-            self.live.forget(task_id)
             self._inputs.pop(task_id, None)
             self._finished.pop(task_id, None)
         for key in [k for k in self._dispatched_at if k[0] in gone]:
