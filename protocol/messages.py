@@ -370,6 +370,10 @@ class Dispatch(Message, tag="dispatch"):
     spec: dict[str, Any]
     inputs: Files = {}
     model: Name | None = None
+    # The worker's generation when this attempt was first sent: a worker that restarted
+    # since (another generation) refuses it, so a dispatch sent again after a lost
+    # answer never runs an attempt twice on one node.
+    generation: Count | None = None
 
 
 class DispatchReply(Message, tag="dispatch_reply"):

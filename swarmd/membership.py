@@ -124,6 +124,11 @@ class Membership:
             a for m in self.members() if m.liveness is Liveness.ALIVE and (a := m.state.get("addr"))
         }
 
+    def generation_of(self, node_id: str) -> int | None:
+        """The member's generation as gossip knows it; None if unknown."""
+        node = self.gossip.state.nodes.get(node_id)
+        return None if node is None else node.generation
+
     def address_of(self, node_id: str) -> str | None:
         """Where a live (or suspect) member listens; None if it is not one."""
         node = self.gossip.state.nodes.get(node_id)

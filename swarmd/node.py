@@ -159,6 +159,7 @@ class Node:
             store=store,
             send=self._send_to,
             address_of=membership.address_of,
+            generation_of=membership.generation_of,
             peers=lambda loads: pricing.capacities(loads),
             me=lambda: membership.me,
             clock=Clock(),
@@ -174,6 +175,7 @@ class Node:
             allow_shell=cfg.allow_shell,
             models={m.name: (m.endpoint, m.model, m.max_concurrency) for m in cfg.models},
             log=self.log.getChild("worker"),
+            generation=membership.generation,
         )
         self.pricing = pricing = PricingView(
             membership.members, coordination.reports, lambda: worker.load
@@ -400,6 +402,8 @@ class Node:
         """After an identity conflict: the worker and coordinator speak as ``node_id``."""
         if self.worker is not None:
             self.worker.node_id = node_id
+            if self.membership is not None:
+                self.worker.core.generation = self.membership.generation
         if self.coordination is not None:
             self.coordination.node_id = node_id
         if renamed and self.config.mdns:

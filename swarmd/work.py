@@ -107,6 +107,9 @@ def render_files(
 # ---------------------------------------------------------------- coordinator side
 
 
+SENT_KEPT = 65536  # attempts whose first dispatch's worker generation is remembered
+
+
 def _task_of(effect: core.Effect) -> str | None:
     if isinstance(effect, core.Journal):
         task_id = effect.data.get("task")
@@ -137,6 +140,7 @@ class Coordination:
         store: Store,
         send: Send,
         address_of: Callable[[str], str | None],
+        generation_of: Callable[[str], int | None] = lambda _node_id: None,
         peers: Callable[[dict[str, core.NodeLoad]], Sequence[PeerCapacity]],
         me: Callable[[], NodeRef],
         clock: Clock,
@@ -148,6 +152,10 @@ class Coordination:
         self.store = store
         self.send = send
         self.address_of = address_of
+        self.generation_of = generation_of
+        # Each attempt's worker generation when first sent: a dispatch sent again names
+        # it, so a worker that restarted since refuses instead of running it twice.
+        self._sent_generation: dict[tuple[str, str, int], int | None] = {}
         self.peers = peers
         self.clock = clock
         self.log = log
@@ -304,6 +312,11 @@ class Coordination:
     def _dispatch(self, d: core.Dispatch) -> None:
         files = render_files(files_for(d.spec, self._task_files(d.task_id)), d.upstream)
         me = self.me()
+        key = (d.task_id, d.subtask_id, d.attempt)
+        if key not in self._sent_generation:
+            self._sent_generation[key] = self.generation_of(d.node_id)
+            while len(self._sent_generation) > SENT_KEPT:  # attempts long over
+                del self._sent_generation[next(iter(self._sent_generation))]
         message = Dispatch(
             task=d.task_id,
             subtask=d.subtask_id,
@@ -313,9 +326,10 @@ class Coordination:
             spec=spec_to_wire(d.spec),
             inputs=files,
             model=d.model,
+            generation=self._sent_generation[key],
         )
         if self.on_dispatch_latency is not None:
-            self._dispatched_at[(d.task_id, d.subtask_id, d.attempt)] = time.monotonic()
+            self._dispatched_at.setdefault(key, time.monotonic())
             while len(self._dispatched_at) > 4096:  # replies that never came
                 del self._dispatched_at[next(iter(self._dispatched_at))]
         if not self._to(d.node_id, message):
@@ -348,9 +362,9 @@ class Coordination:
                 )
                 self.wake()
         elif isinstance(message, Progress):
-            has_output = message.out or message.err
-            sender = self._sender_of(message.task, message.subtask, message.attempt)
-            if has_output and sender == message.node:
+            if (message.out or message.err) and message.node == self._sender_of(
+                message.task, message.subtask, message.attempt
+            ):
                 self.watchers.live.take(message)
             self.watchers.changed(message.task)  # it may have started, or said more
             self._reported(message.node, message.load)
@@ -362,6 +376,7 @@ class Coordination:
             self._reported(message.node, message.load)
             self._first_word(message.task, message.subtask, message.attempt)
             self._on_result(message, now)
+            self._sent_generation.pop((message.task, message.subtask, message.attempt), None)
             self.watchers.live.drop(message.task, message.subtask, message.attempt)
 
     def _first_word(self, task: str, subtask: str, attempt: int) -> None:

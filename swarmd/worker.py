@@ -98,6 +98,7 @@ class Worker:
         log: logging.Logger,
         limits: Limits | None = None,
         queue: int | None = None,
+        generation: int | None = None,
     ) -> None:
         self.store = store
         self.send = send
@@ -112,7 +113,7 @@ class Worker:
             allow_shell=allow_shell,
             models={name: m[2] for name, m in models.items()},
         )
-        self.core = core.WorkerCore(node_id, config)
+        self.core = core.WorkerCore(node_id, config, generation)
         self.running: dict[AttemptKey, asyncio.Task[None]] = {}
         self._pool: Any = None
         self._puts: dict[AttemptKey, tuple[str, AttemptResult]] = {}  # outbox, not written yet

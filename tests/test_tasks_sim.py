@@ -225,6 +225,7 @@ class SimCoordination(Coordination):
             store=sim.coord_store,
             send=sim.from_coordinator,
             address_of=sim.address_of,
+            generation_of=sim.generation_of,
             peers=sim.view,
             me=lambda: me,
             clock=SimClock(sim),
@@ -276,6 +277,7 @@ class Sim:
         self.submitted: dict[str, JobSpec] = {}
         self.finished: dict[str, str] = {}
         self.dispatched: dict[tuple[str, str], int] = {}  # highest attempt sent
+        self.starts: Counter[AttemptKey] = Counter()  # executions of each attempt
         self.resent = 0  # dispatches sent again (no word from the worker yet)
         self.sent_to: dict[AttemptKey, str] = {}  # attempt -> node
         self.commits: Counter[tuple[str, str]] = Counter()
@@ -305,6 +307,10 @@ class Sim:
     def address_of(self, node_id: str) -> str | None:
         host = self.hosts.get(node_id)
         return host.addr if host is not None and host.member else None
+
+    def generation_of(self, node_id: str) -> int | None:
+        host = self.hosts.get(node_id)
+        return None if host is None else host.known_generation
 
     def view(self, loads: dict[str, core.NodeLoad]) -> list[PeerCapacity]:
         """The peers as swarmd.node._capacities builds them."""
@@ -441,7 +447,7 @@ class Sim:
         host.incarnation += 1
         host.generation += 1
         host.frozen_until = 0.0
-        host.core = WorkerCore(host.node_id, host.config)
+        host.core = WorkerCore(host.node_id, host.config, host.generation)
         stored = [(addr, codec.decode(data)) for addr, data in host.store.outbox()]
         restored = [(addr, m) for addr, m in stored if isinstance(m, AttemptResult)]
         assert {(m.task, m.subtask, m.attempt) for _, m in restored} == set(host.disk)
@@ -582,6 +588,8 @@ class Sim:
         for arg in args:  # rendered from the committed upstream results
             upstream, _, value = arg.partition("=")
             assert value == self.committed[(d.task, upstream)], (arg, d)
+        self.starts[e.key] += 1  # an attempt runs once: sent again, it is not run again
+        assert self.starts[e.key] == 1, ("an attempt ran twice", e.key, host.node_id)
         self.seq += 1
         host.executing[e.key] = self.seq
         if llm:

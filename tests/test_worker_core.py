@@ -187,3 +187,21 @@ def test_resends_keep_within_a_third_of_the_lease_as_progress_did() -> None:
     w.on_finished(("t1", "a", 1), result("a"), 0.0)
     sends = [t / 10 for t in range(1, 60) if sent(w.tick(t / 10), AttemptResult)]
     assert sends == [1.0, 2.0, 3.0, 4.0, 5.0]  # every 1 s (lease 3 s), never 2, 4, 8 s
+
+
+def test_a_dispatch_for_another_run_of_this_node_is_refused() -> None:
+    """Sent again after a lost answer to a worker that restarted since: not run twice."""
+    w = WorkerCore("w1", WorkerConfig(slots=1), generation=3)
+    [r] = sent(w.on_dispatch(dispatch("a", generation=2), 0.0), DispatchReply)
+    assert not r.accepted and "generation 2" in r.reason and "generation 3" in r.reason
+    assert started(w.on_dispatch(dispatch("b", generation=3), 0.0)) == ["b"]
+    assert started(w.on_dispatch(dispatch("c", generation=None), 0.0)) == []  # queued
+
+
+def test_a_late_copy_of_an_acknowledged_dispatch_is_not_run_again() -> None:
+    w = WorkerCore("w1", WorkerConfig(slots=1))
+    w.on_dispatch(dispatch("a"), 0.0)
+    w.on_finished(("t1", "a", 1), result("a"), 0.1)
+    w.on_ack(ResultAck(task="t1", subtask="a", attempt=1, committed=True))
+    assert w.on_dispatch(dispatch("a"), 0.5) == []  # the copy sent while the answer flew
+    assert w.counters["duplicate_dispatches"] == 1 and w.load == 0

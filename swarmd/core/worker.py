@@ -44,6 +44,7 @@ from protocol.messages import (
 
 AttemptKey = tuple[str, str, int]  # (task, subtask, attempt)
 
+DONE_KEPT = 10_000  # acknowledged attempts remembered, so a late dispatch is not rerun
 SHELL_DISABLED = "shell and python subtasks are disabled on this node (allow_shell = false)"
 
 
@@ -132,8 +133,11 @@ def key_of(m: Dispatch | CancelAttempt | ResultAck | AttemptResult) -> AttemptKe
 
 
 class WorkerCore:
-    def __init__(self, node_id: str, config: WorkerConfig | None = None) -> None:
+    def __init__(
+        self, node_id: str, config: WorkerConfig | None = None, generation: int | None = None
+    ) -> None:
         self.node_id = node_id
+        self.generation = generation  # this run of the node (dispatches name the one)
         self.config = config or WorkerConfig()
         self.draining = False
         self.counters: Counter[str] = Counter()
@@ -142,6 +146,9 @@ class WorkerCore:
         self._running_slots = 0
         self._model_use: Counter[str] = Counter()
         self.outbox: dict[AttemptKey, _Outgoing] = {}
+        # Attempts whose result was acknowledged: a late copy of their dispatch (sent
+        # again while the answer was on its way) is not run again. The last DONE_KEPT.
+        self._done: dict[AttemptKey, None] = {}
 
     # ------------------------------------------------------------ views
 
@@ -166,7 +173,7 @@ class WorkerCore:
 
     def on_dispatch(self, d: Dispatch, now: float) -> list[Effect]:
         key = key_of(d)
-        if key in self.held:
+        if key in self.held or key in self._done:
             self.counters["duplicate_dispatches"] += 1
             return []
         done = self.outbox.get(key)
@@ -197,6 +204,11 @@ class WorkerCore:
         return self._start_queued(now)
 
     def _refusal(self, d: Dispatch) -> str | None:
+        if d.generation is not None and self.generation not in (None, d.generation):
+            return (
+                f"sent to generation {d.generation} of this node, which runs generation "
+                f"{self.generation} (it restarted)"
+            )
         if self.draining:
             return "draining"
         kind = d.spec.get("kind", "shell")
@@ -231,7 +243,10 @@ class WorkerCore:
     def on_ack(self, m: ResultAck) -> list[Effect]:
         key = key_of(m)
         self.counters["acked"] += 1
-        self.outbox.pop(key, None)
+        if self.outbox.pop(key, None) is not None:
+            self._done[key] = None
+            if len(self._done) > DONE_KEPT:
+                del self._done[next(iter(self._done))]
         return [Unpersist(key)]  # also one from before a restart that restore missed
 
     # ------------------------------------------------------------ attempts

@@ -14,8 +14,8 @@ from .base import (
     TransportFactory,
     UndeliveredHandler,
 )
+from .bundler import BUNDLE_MAX, Bundler
 from .zmq import (
-    BUNDLE_MAX,
     LINK_IDLE_S,
     POLL_MS,
     ZAP_DOMAIN,
@@ -31,6 +31,7 @@ __all__ = [
     "POLL_MS",
     "ZAP_DOMAIN",
     "BindError",
+    "Bundler",
     "LinkHandler",
     "Reply",
     "ServerHandler",

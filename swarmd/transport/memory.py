@@ -25,8 +25,8 @@ from protocol.messages import AnyMessage, Bundle, Message, WorkItem
 
 from ..identity import ClusterKeys
 from .base import BindError, LinkHandler, ServerHandler, UndeliveredHandler
+from .bundler import Bundler
 
-BUNDLE_MAX = 4096  # items in one Bundle (the protocol's limit)
 LOCAL = "(local)"  # the sender address of requests made through MemoryHub.request
 
 
@@ -163,8 +163,7 @@ class MemoryTransport:
         self.log = log
         self.fingerprint = keys.fingerprint  # nodes of another cluster cannot talk
         self._links: set[str] = set()
-        self._pending: dict[str, list[WorkItem]] = {}
-        self._flush_due = False
+        self._bundler = Bundler(self._send_frame, self._undelivered, counters)
         self.closed = False
 
     @property
@@ -184,10 +183,7 @@ class MemoryTransport:
             return False
         self._links.add(addr)
         if isinstance(message, WorkItem):
-            self._pending.setdefault(addr, []).append(message)
-            if not self._flush_due:
-                self._flush_due = True
-                asyncio.get_running_loop().call_soon(self.flush)
+            self._bundler.hold(addr, message)
             return True
         return self._send_frame(addr, codec.encode(message))
 
@@ -202,19 +198,11 @@ class MemoryTransport:
         return True
 
     def flush(self) -> None:
-        self._flush_due = False
-        pending, self._pending = self._pending, {}
-        for addr, items in pending.items():
-            undelivered: list[WorkItem] = []
-            for i in range(0, len(items), BUNDLE_MAX):
-                part = items[i : i + BUNDLE_MAX]
-                frame = codec.encode(part[0] if len(part) == 1 else Bundle(items=part))
-                if self._send_frame(addr, frame):
-                    self.counters["sent_items"] += len(part)
-                else:
-                    undelivered += part
-            if undelivered and self.on_undelivered is not None:
-                self.on_undelivered(addr, undelivered)
+        self._bundler.flush()
+
+    def _undelivered(self, addr: str, items: list[WorkItem]) -> None:
+        if self.on_undelivered is not None:
+            self.on_undelivered(addr, items)
 
     def close_idle_links(self, keep: set[str]) -> None:
         self._links &= keep  # no idle time here: a link costs nothing

@@ -34,7 +34,7 @@ from zmq.auth.asyncio import AsyncioAuthenticator
 from zmq.utils.monitor import parse_monitor_message
 
 from protocol import MAX_FRAME_BYTES, ProtocolError, codec
-from protocol.messages import AnyMessage, Bundle, Message, WorkItem
+from protocol.messages import AnyMessage, Message, WorkItem
 
 from ..identity import ClusterKeys
 from .base import (
@@ -44,12 +44,12 @@ from .base import (
     TransportFactory,
     UndeliveredHandler,
 )
+from .bundler import Bundler
 
 ZAP_DOMAIN = "swarmd"
 POLL_MS = 250
 LINK_IDLE_S = 60.0
 
-BUNDLE_MAX = 4096  # items in one Bundle (the protocol's limit)
 
 _HANDSHAKE_EVENTS = {
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake_failed",
@@ -91,7 +91,6 @@ class _Link:
     sync: zmq.Socket[bytes]
     task: asyncio.Task[None] | None = None
     last_used: float = field(default_factory=time.monotonic)
-    pending: list[WorkItem] = field(default_factory=list)  # bundled at the end of the turn
 
 
 class ZmqTransport:
@@ -108,7 +107,6 @@ class ZmqTransport:
     ) -> None:
         self.ctx = ctx
         self.on_undelivered = on_undelivered
-        self._flush_due = False
         self.keys = keys
         self.on_server = on_server
         self.on_link = on_link
@@ -118,6 +116,7 @@ class ZmqTransport:
         self._servers: list[tuple[zmq.asyncio.Socket, zmq.Socket[bytes]]] = []
         self._links: dict[str, _Link] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._bundler = Bundler(self._send_to, self._undelivered, self.counters)
         self.endpoints: list[str] = []
         self.owns_context = False  # close() terminates ctx (set by listening())
         self._ipc_paths: list[str] = []  # removed on close()
@@ -256,18 +255,13 @@ class ZmqTransport:
         """Send to a peer's address over our link to it; drops (and counts) if full.
 
         Work messages are held until the end of this turn of the event loop, then all
-        of a turn's for one peer go as one :class:`Bundle` (one frame, one wake-up of
-        ZeroMQ's I/O thread and of the peer); what cannot go then is handed to
+        of a turn's for one peer go as one bundle (one frame, one wake-up of ZeroMQ's
+        I/O thread and of the peer); what cannot go then is handed to
         ``on_undelivered``."""
         link = self._links.get(addr) or self._open_link(addr)
         link.last_used = time.monotonic()
         if isinstance(message, WorkItem):
-            link.pending.append(message)
-            if len(link.pending) >= BUNDLE_MAX:
-                self._flush_link(link)
-            elif not self._flush_due:
-                self._flush_due = True
-                asyncio.get_running_loop().call_soon(self.flush)
+            self._bundler.hold(addr, message)
             return True
         return self._send_frame(link, codec.encode(message))
 
@@ -280,29 +274,16 @@ class ZmqTransport:
             self.counters["send_dropped"] += 1  # not connected yet or queue full
             return False
 
+    def _send_to(self, addr: str, frame: bytes) -> bool:
+        return self._send_frame(self._links.get(addr) or self._open_link(addr), frame)
+
+    def _undelivered(self, addr: str, items: list[WorkItem]) -> None:
+        if self.on_undelivered is not None:
+            self.on_undelivered(addr, items)
+
     def flush(self) -> None:
         """Send every link's held work messages (bundled)."""
-        self._flush_due = False
-        for link in list(self._links.values()):
-            if link.pending:
-                self._flush_link(link)
-
-    def _flush_link(self, link: _Link) -> None:
-        items, link.pending = link.pending, []
-        undelivered = [m for part in _parts(items) for m in self._send_items(link, part)]
-        if undelivered and self.on_undelivered is not None:
-            self.on_undelivered(link.addr, undelivered)
-
-    def _send_items(self, link: _Link, items: list[WorkItem]) -> list[WorkItem]:
-        """Send ``items`` in one frame (halved until each part fits); what did not go."""
-        frame = codec.encode(items[0] if len(items) == 1 else Bundle(items=items))
-        if len(frame) > MAX_FRAME_BYTES and len(items) > 1:
-            half = len(items) // 2
-            return self._send_items(link, items[:half]) + self._send_items(link, items[half:])
-        if self._send_frame(link, frame):
-            self.counters["sent_items"] += len(items)
-            return []
-        return items
+        self._bundler.flush()
 
     def _open_link(self, addr: str) -> _Link:
         sock = self.ctx.socket(zmq.DEALER)
@@ -424,7 +405,3 @@ def _bind(transport: ZmqTransport, bind: str, port: int, control_path: Path | No
     except zmq.ZMQError as exc:
         raise BindError(f"cannot create control socket {control_path}: {exc}") from None
     os.chmod(control_path, 0o600)
-
-
-def _parts(items: list[WorkItem]) -> list[list[WorkItem]]:
-    return [items[i : i + BUNDLE_MAX] for i in range(0, len(items), BUNDLE_MAX)]

@@ -87,9 +87,9 @@ class Restore(Lifecycle):
     ) -> None:
         rec.state = SUBTASK.parse(data["state"])  # a snapshot, not a transition
         rec.attempt = int(data.get("attempt", 0))
+        # Not dispatched again at once: which run (generation) of its worker had it is
+        # not journaled, so a worker restarted since could run it a second time.
         rec.attempts = [Attempt.from_data(a, lease) for a in data.get("attempts", ())]
-        if rec.attempts and rec.attempts[-1].state in IN_FLIGHT:
-            rec.attempts[-1].resend_at = now  # its worker may never have had it
         result = data.get("result")
         rec.result = None if result is None else Result.from_data(result)
         rec.reasons = list(data.get("reasons", ()))
