@@ -54,9 +54,11 @@ never wins; with no feasible peer the winner is ``None`` and ``reason`` says why
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any
+
+from .capacity import GiB, Kind, ModelOffer, PeerCapacity, peer_from_gossip
 
 __all__ = [
     "Candidate",
@@ -71,54 +73,8 @@ __all__ = [
     "explain_table",
     "peer_from_gossip",
     "price",
+    "reprice",
 ]
-
-GiB = 1 << 30
-
-Kind = Literal["shell", "llm", "python"]
-BatteryPolicy = Literal["pause", "run"]
-
-# ---------------------------------------------------------------- the cluster view
-
-
-@dataclass(frozen=True, slots=True)
-class ModelOffer:
-    """One model profile a peer serves (``[models.NAME]`` in its config)."""
-
-    name: str  # profile name, e.g. "fast"
-    model: str
-    capabilities: frozenset[str]
-    max_concurrency: int
-    cost_per_mtok: float
-    latency_ms: float | None  # measured, None until measured
-    tokens_per_s: float | None  # measured, None until measured
-    in_flight: int = 0  # requests running on this profile, as far as the coordinator knows
-
-
-@dataclass(frozen=True, slots=True)
-class PeerCapacity:
-    """What one node offers right now, as the coordinator sees it."""
-
-    node_id: str
-    name: str
-    alive: bool  # liveness == alive (suspect/dead/left are not candidates)
-    draining: bool
-    on_battery: bool  # battery present and not plugged
-    battery_policy: BatteryPolicy
-    cores: int
-    load: float  # 1-minute load average per core
-    ram_available: int
-    gpus_vram_free: tuple[int, ...]
-    gpus_vram_total: tuple[int, ...]
-    slots_total: int  # shell/python slots (max_concurrency)
-    slots_busy: int
-    queue: int  # shell/python subtasks waiting on that peer
-    rtt_s: float | None  # None for self -> 0
-    cost_per_hour: float
-    models: tuple[ModelOffer, ...]
-    speed: float = 1.0  # declared relative speed for shell/python work (> 0)
-    queue_max: int | None = None  # shell/python it holds beyond slots; None: max_queue
-
 
 # ---------------------------------------------------------------- the question
 
@@ -527,112 +483,3 @@ def explain_table(placement: Placement) -> list[dict[str, Any]]:
         }
         for c in placement.candidates
     ]
-
-
-# ---------------------------------------------------------------- from gossip
-
-
-def _opt_count(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
-
-
-def _int(value: Any, default: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return default
-    if not math.isfinite(value):
-        return default
-    return int(value)
-
-
-def _float(value: Any, default: float = 0.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return default
-    return float(value) if math.isfinite(value) else default
-
-
-def _opt_float(value: Any) -> float | None:
-    """A measurement: a finite number >= 0, else None (not measured)."""
-    number = _float(value, -1.0)
-    return number if number >= 0.0 else None
-
-
-def _list(value: Any) -> list[Any] | tuple[Any, ...]:
-    return value if isinstance(value, (list, tuple)) else ()
-
-
-def _dict(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
-def peer_from_gossip(
-    node_id: str,
-    values: Mapping[str, Any],
-    *,
-    alive: bool,
-    rtt_s: float | None,
-    slots_busy: int | None = None,
-    model_in_flight: Mapping[str, int] | None = None,
-) -> PeerCapacity:
-    """Build a :class:`PeerCapacity` from a node's gossiped key-values (as builtins).
-
-    Reads ``name``, ``hw`` ({cpu {cores, load}, memory {available}, battery {plugged} |
-    None, gpus [{vram_total, vram_free}]}), ``models`` ([{name, model, capabilities,
-    max_concurrency, cost_per_mtok, latency_ms, tokens_per_s?}]), ``draining`` and
-    ``queue``. Optional keys, with these defaults when a node does not gossip them:
-    ``slots`` (shell/python slots, default ``cores``), ``busy`` (slots in use, default 0;
-    ``slots_busy`` overrides it with what the coordinator knows), ``cost_per_hour``
-    (0.0), ``queue_max`` (shell/python subtasks it holds beyond its slots: the
-    worker's own limit; absent: ``PricingConfig.max_queue``), ``on_battery`` (the
-    battery policy, "pause") and ``speed`` (the declared relative speed, 1.0; anything
-    not a finite number > 0 reads as 1.0). Malformed parts read as absent.
-    ``model_in_flight`` maps a profile name to requests known to be running.
-    """
-    hw = _dict(values.get("hw"))
-    cpu = _dict(hw.get("cpu"))
-    memory = _dict(hw.get("memory"))
-    battery = hw.get("battery")
-    on_battery = isinstance(battery, Mapping) and battery.get("plugged") is False
-    gpus = [g for g in _list(hw.get("gpus")) if isinstance(g, Mapping)]
-    cores = max(0, _int(cpu.get("cores")))
-    in_flight = model_in_flight or {}
-    offers: list[ModelOffer] = []
-    for m in _list(values.get("models")):
-        if not isinstance(m, Mapping) or not isinstance(m.get("name"), str):
-            continue
-        caps = _list(m.get("capabilities"))
-        offers.append(
-            ModelOffer(
-                name=m["name"],
-                model=str(m.get("model", "")),
-                capabilities=frozenset(c for c in caps if isinstance(c, str)),
-                max_concurrency=max(1, _int(m.get("max_concurrency"), 1)),
-                cost_per_mtok=max(0.0, _float(m.get("cost_per_mtok"))),
-                latency_ms=_opt_float(m.get("latency_ms")),
-                tokens_per_s=_opt_float(m.get("tokens_per_s")),
-                in_flight=in_flight.get(m["name"], 0),
-            )
-        )
-    policy = values.get("on_battery")
-    name = values.get("name")
-    speed = _float(values.get("speed"), 1.0)
-    return PeerCapacity(
-        node_id=node_id,
-        name=name if isinstance(name, str) and name else node_id,
-        alive=alive,
-        draining=values.get("draining") is True,
-        on_battery=on_battery,
-        battery_policy="run" if policy == "run" else "pause",
-        cores=cores,
-        load=max(0.0, _float(cpu.get("load"))),
-        ram_available=max(0, _int(memory.get("available"))),
-        gpus_vram_free=tuple(max(0, _int(g.get("vram_free"))) for g in gpus),
-        gpus_vram_total=tuple(max(0, _int(g.get("vram_total"))) for g in gpus),
-        slots_total=max(0, _int(values.get("slots"), cores)),
-        slots_busy=max(0, slots_busy if slots_busy is not None else _int(values.get("busy"))),
-        queue=max(0, _int(values.get("queue"))),
-        queue_max=_opt_count(values.get("queue_max")),
-        rtt_s=rtt_s,
-        cost_per_hour=max(0.0, _float(values.get("cost_per_hour"))),
-        models=tuple(offers),
-        speed=speed if speed > 0.0 else 1.0,
-    )
