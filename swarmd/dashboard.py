@@ -53,7 +53,8 @@ MAX_HEADERS = 64
 READ_TIMEOUT_S = 10.0
 WRITE_TIMEOUT_S = 10.0
 MAX_CONNECTIONS = 64
-EVENT_INTERVAL_S = 1.0
+EVENT_INTERVAL_S = 1.0  # a new state at least this often (peers' load, liveness)
+EVENT_MIN_S = 0.2  # and when a task changes, but not more often than this
 RECENT_TASKS = 25
 STATE_CACHE_S = 0.2  # several viewers share one rendering of the state
 
@@ -473,8 +474,24 @@ class Dashboard:
                 self.log.exception("dashboard: cannot render the state")
                 w.write(b": state unavailable\n\n")
             await asyncio.wait_for(w.drain(), WRITE_TIMEOUT_S)
+            await self._next_event()
+
+    async def _next_event(self) -> None:
+        """Until a task changes (pushed by the coordinator's watchers, as to `swarmctl
+        --wait`), at most every EVENT_MIN_S, or EVENT_INTERVAL_S pass, or closing."""
+        closing = asyncio.ensure_future(self._closing.wait())
+        try:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), EVENT_INTERVAL_S)
+                await asyncio.wait_for(asyncio.shield(closing), EVENT_MIN_S)
+            if closing.done():
+                return
+            changed = asyncio.ensure_future(
+                self.node.coordination.watchers.any_change(EVENT_INTERVAL_S - EVENT_MIN_S)
+            )
+            await asyncio.wait({closing, changed}, return_when=asyncio.FIRST_COMPLETED)
+            changed.cancel()
+        finally:
+            closing.cancel()
 
     async def _respond(
         self,

@@ -27,6 +27,7 @@ class TaskWatchers:
         self.live = LiveLogs()  # running shell subtasks' output, for logs -f
         self._versions: dict[str, int] = {}  # task id -> changes seen
         self._waiting: dict[str, list[asyncio.Future[None]]] = {}
+        self._any: list[asyncio.Future[None]] = []  # waiting on any task (the dashboard)
 
     def changed(self, task_id: str | None) -> None:
         """The task changed (or was forgotten): wake whoever waits on it."""
@@ -39,9 +40,17 @@ class TaskWatchers:
             self.live.forget(task_id)
         else:
             self._versions[task_id] = self._versions.get(task_id, 0) + 1
-        for future in self._waiting.pop(task_id, None) or ():
+        waiting, self._any = [*self._waiting.pop(task_id, ()), *self._any], []
+        for future in waiting:
             if not future.done():
                 future.set_result(None)
+
+    async def any_change(self, timeout_s: float) -> None:
+        """Until some task changes, or ``timeout_s`` passes."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._any.append(future)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(future, max(0.0, timeout_s))
 
     async def _next_change(self, task_id: str, timeout_s: float) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -19,7 +19,15 @@ import pytest
 
 from swarmd.core.jobspec import parse_job
 from swarmd.core.tasks import Coordinator
-from swarmd.dashboard import Dashboard, DashboardError, check_settings, parse_head, safe_endpoint
+from swarmd.dashboard import (
+    EVENT_INTERVAL_S,
+    Dashboard,
+    DashboardError,
+    check_settings,
+    parse_head,
+    safe_endpoint,
+)
+from swarmd.watchers import TaskWatchers
 from tests.browser import Browser, find_chromium
 from tests.harness import ROOT, Daemon, free_port, new_secret, swarmctl, wait_until
 
@@ -37,7 +45,7 @@ def fake_node(secret: bytes, task_name: str = "hello") -> Any:
     coordinator.submit("abc123-0001", job, time.time())
     return SimpleNamespace(
         members=lambda: [],
-        coordination=SimpleNamespace(coordinator=coordinator),
+        coordination=SimpleNamespace(coordinator=coordinator, watchers=TaskWatchers(coordinator)),
         node_id="abc123",
         name="n1",
         address="127.0.0.1:7946",
@@ -152,6 +160,25 @@ def test_events_stream_the_state() -> None:
         await asyncio.wait_for(reader2.readuntil(b"data: "), 5)
 
     serve(fake_node(bytes(32)), check)
+
+
+def test_a_task_change_is_pushed_without_waiting_for_the_interval() -> None:
+    """The stream uses the coordinator's watchers, as `swarmctl --wait` does."""
+    node = fake_node(bytes(32))
+
+    async def check(d: Dashboard) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", d.port)
+        writer.write(get("/api/events"))
+        await asyncio.wait_for(reader.readuntil(b"data: "), 5)
+        await asyncio.wait_for(reader.readline(), 5)
+        first = time.monotonic()
+        await asyncio.sleep(0.3)
+        node.coordination.watchers.changed(node.coordination.coordinator.task_ids()[0])
+        await asyncio.wait_for(reader.readuntil(b"data: "), 5)
+        assert time.monotonic() - first < EVENT_INTERVAL_S - 0.2  # not the next interval
+        writer.close()
+
+    serve(node, check)
 
 
 def test_access_with_a_token() -> None:
