@@ -147,12 +147,12 @@ def _job_from_argument(job: dict[str, Any] | str) -> JobSpec:
 def _collect(job: JobSpec, workdir: str | None) -> dict[str, bytes]:
     if not any(s.inputs for s in job.subtasks):
         return {}
-    from .cli import _collect_inputs  # the same checks and limits as `swarmctl submit -f`
+    from .task_commands import collect_inputs  # the same checks and limits as `submit -f`
 
     root = Path(workdir) if workdir else Path.cwd()
     if not root.is_dir():
         raise JobError(f"workdir {str(root)!r} is not a directory")
-    return _collect_inputs(job, root)
+    return collect_inputs(job, root)
 
 
 def build_server(state_dir: Path, node: str | None = None, timeout_s: float = 3.0) -> Any:

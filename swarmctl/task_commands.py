@@ -1,0 +1,334 @@
+"""swarmctl's task commands: submit, status, logs, result, tasks, cancel, explain.
+
+They register on :data:`swarmctl.cli.main` (imported there at the end).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from protocol.messages import (
+    LogsReply,
+    LogsRequest,
+    SubmitReply,
+    SubmitRequest,
+    TaskReply,
+    TaskRequest,
+    TasksReply,
+    TasksRequest,
+)
+from swarmd.core.jobspec import (
+    JobError,
+    JobSpec,
+    check_input_sizes,
+    job_format,
+    job_to_data,
+    load_job_text,
+    single_command_job,
+    single_prompt_job,
+)
+
+from .cli import EXIT_FAILED, EXIT_USAGE, Ctx, main
+
+MAX_INPUT_BYTES = 12 * 1024 * 1024  # all shipped files of a job: they travel in one frame
+MAX_INPUT_FILE_BYTES = 12 * 1024 * 1024
+
+
+def collect_inputs(job: JobSpec, root: Path) -> dict[str, bytes]:
+    """Read every ``inputs`` path of the job from ``root``; exit 2 naming what's wrong."""
+    sizes: dict[str, int | None] = {}
+    paths: dict[str, Path] = {}
+    for spec in job.subtasks:
+        for rel in spec.inputs:
+            full = root / rel
+            if full.is_dir():
+                found = False
+                for f in sorted(full.rglob("*")):
+                    if f.is_file():
+                        key = f.relative_to(root).as_posix()
+                        sizes[key], paths[key] = f.stat().st_size, f
+                        found = True
+                if not found:
+                    sizes[rel] = 0
+            elif full.is_file():
+                sizes[rel], paths[rel] = full.stat().st_size, full
+            else:
+                sizes[rel] = None
+    check_input_sizes(job, sizes, MAX_INPUT_BYTES, MAX_INPUT_FILE_BYTES)
+    return {key: path.read_bytes() for key, path in paths.items()}
+
+
+def _build_job(
+    job_file: Path | None, prompt: str | None, command: tuple[str, ...], options: dict[str, Any]
+) -> JobSpec:
+    given = sum(x is not None and x != () for x in (job_file, prompt, command or None))
+    if given != 1:
+        raise click.UsageError("give exactly one of -f JOBFILE, --prompt TEXT or -- CMD [ARG]...")
+    if job_file is not None:
+        try:
+            text = job_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise JobError(f"cannot read {job_file}: {exc}") from None
+        return load_job_text(text, job_format(job_file.name), str(job_file))
+    opts = {k: v for k, v in options.items() if v is not None}
+    if prompt is not None:
+        capability = opts.pop("capability", None)
+        return single_prompt_job(prompt, capability, **opts)
+    return single_command_job(list(command), **opts)
+
+
+@main.command(context_settings={"ignore_unknown_options": False})
+@click.option("-f", "job_file", type=click.Path(path_type=Path, dir_okay=False), help="job file")
+@click.option("--prompt", help="one LLM subtask with this prompt")
+@click.option("--wait", is_flag=True, help="show progress and wait for the end")
+@click.option("--name")
+@click.option("--priority", type=click.Choice(["critical", "high", "normal", "low"]))
+@click.option("--deadline", help="e.g. 10m")
+@click.option("--capability")
+@click.option("--min-vram", help="e.g. 16GiB")
+@click.option("--timeout", "subtask_timeout", help="per subtask, e.g. 2m")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.pass_obj
+def submit(
+    obj: Ctx,
+    job_file: Path | None,
+    prompt: str | None,
+    wait: bool,
+    name: str | None,
+    priority: str | None,
+    deadline: str | None,
+    capability: str | None,
+    min_vram: str | None,
+    subtask_timeout: str | None,
+    command: tuple[str, ...],
+) -> None:
+    """Submit a task: -f JOBFILE, --prompt TEXT --capability CAP, or -- CMD [ARG]..."""
+    options = {
+        "name": name,
+        "priority": priority,
+        "deadline": deadline,
+        "capability": capability,
+        "min_vram": min_vram,
+        "timeout": subtask_timeout,
+    }
+    try:
+        job = _build_job(job_file, prompt, command, options)
+        files = collect_inputs(job, Path.cwd())
+    except JobError as exc:
+        obj.fail(EXIT_USAGE, str(exc))
+    reply = obj.call(SubmitRequest(job=job_to_data(job), files=files))
+    assert isinstance(reply, SubmitReply)
+    if not wait:
+        if obj.as_json:
+            obj.emit_json({"task": reply.task})
+        else:
+            click.echo(reply.task)
+        return
+    relay = bool(command) and not obj.as_json  # as `ssh host CMD`: its output, its exit
+    if relay:
+        click.echo(f"task {reply.task}", err=True)
+    status = _wait(obj, reply.task, quiet=relay)
+    if obj.as_json:
+        obj.emit_json(status)
+    elif relay:
+        sys.exit(_relay_command(obj, reply.task))
+    else:
+        _print_status(status)
+    sys.exit(0 if status["state"] == "done" else EXIT_FAILED)
+
+
+def _relay_command(obj: Ctx, task: str) -> int:
+    """Write the single command's stdout and stderr; its exit code (1 if it had none)."""
+    body = _task(obj, task, "result").body
+    for sub in body.get("subtasks", {}).values():
+        sys.stdout.write(sub.get("stdout") or "")
+        sys.stdout.flush()
+        sys.stderr.write(sub.get("stderr") or "")
+        code = sub.get("exit_code")
+        if isinstance(code, int):
+            return code
+        reason = sub.get("error") or body.get("state")
+        click.echo(f"swarmctl: the command did not run to its end: {reason}", err=True)
+    return EXIT_FAILED
+
+
+def _wait(obj: Ctx, task: str, quiet: bool = False) -> dict[str, Any]:
+    """Show the task's progress as the daemon pushes it; its full status at the end."""
+    quiet = quiet or obj.as_json
+    tty = sys.stderr.isatty() and not quiet
+    last = ""
+    seen = 0
+    while True:
+        row = obj.watch(task, seen)
+        seen = row["version"]
+        line = _summary_line(row)
+        if tty:
+            click.echo("\r\x1b[K" + line, nl=False, err=True)
+        elif line != last and not quiet:
+            click.echo(line, err=True)
+        last = line
+        if row["state"] in ("done", "failed", "cancelled"):
+            if tty:
+                click.echo("", err=True)
+            return _task(obj, task, "status").body
+
+
+def _summary_line(row: dict[str, Any]) -> str:
+    return (
+        f"{row['id']} {row['state']}: {row['done']}/{row['subtasks']} done, "
+        f"{row.get('running', 0)} running, {row.get('queued', 0)} queued, {row['failed']} failed"
+    )
+
+
+def _print_status(status: dict[str, Any]) -> None:
+    click.echo(f"task {status['id']} ({status.get('name')}): {status['state']}")
+    for sub in status.get("subtasks", []):
+        extra = f" exit {sub['exit_code']}" if sub.get("exit_code") is not None else ""
+        error = f"  error: {sub['error']}" if sub.get("error") else ""
+        click.echo(
+            f"  {sub['id']:16} {sub['state']:10} peer={sub.get('peer') or '-'} "
+            f"attempts={sub.get('attempts', 0)}{extra}{error}"
+        )
+
+
+def _task(obj: Ctx, task: str, what: str, artifacts: bool = False) -> TaskReply:
+    reply = obj.call(TaskRequest(task=task, what=what, artifacts=artifacts))  # type: ignore[arg-type]
+    assert isinstance(reply, TaskReply)
+    return reply
+
+
+@main.command()
+@click.option("-f", "--follow", is_flag=True, help="print new output until the subtask ends")
+@click.argument("task")
+@click.argument("subtask", required=False)
+@click.pass_obj
+def logs(obj: Ctx, follow: bool, task: str, subtask: str | None) -> None:
+    """A shell subtask's stdout and stderr (SUBTASK may be left out for a task of
+    one); -f follows them live, as the coordinator hears them, until it ends."""
+    at = [0, 0]
+    collected = [bytearray(), bytearray()]
+    while True:
+        request = LogsRequest(
+            task=task, subtask=subtask or "", out_at=at[0], err_at=at[1], follow=follow
+        )
+        reply = obj.call(request, request.timeout_s + obj.timeout)
+        assert isinstance(reply, LogsReply)
+        for i, (start, data) in enumerate(((reply.out_at, reply.out), (reply.err_at, reply.err))):
+            if start > at[i]:
+                click.echo(f"[swarmd: {start - at[i]} bytes of output were dropped]", err=True)
+            at[i] = start + len(data)
+            collected[i] += data
+            if not obj.as_json and data:
+                stream = sys.stdout if i == 0 else sys.stderr
+                stream.buffer.write(data)
+                stream.flush()
+        if reply.final or not follow:
+            break
+    if obj.as_json:
+        text = [bytes(c).decode("utf-8", errors="replace") for c in collected]
+        obj.emit_json(
+            {"subtask": reply.subtask, "state": reply.state, "stdout": text[0], "stderr": text[1]}
+        )
+
+
+@main.command()
+@click.argument("task")
+@click.option("--wait", is_flag=True, help="show progress until the task ends")
+@click.pass_obj
+def status(obj: Ctx, task: str, wait: bool) -> None:
+    """State of a task and of each of its subtasks."""
+    body = _wait(obj, task) if wait else _task(obj, task, "status").body
+    obj.emit_json(body) if obj.as_json else _print_status(body)
+    if wait:
+        sys.exit(0 if body["state"] == "done" else EXIT_FAILED)
+
+
+@main.command()
+@click.argument("task")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), help="write artifacts")
+@click.pass_obj
+def result(obj: Ctx, task: str, out: Path | None) -> None:
+    """Outputs of a task's subtasks (stdout, LLM text, artifacts)."""
+    reply = _task(obj, task, "result", artifacts=out is not None)
+    if out is not None:
+        for subtask, files in reply.artifacts.items():
+            for name, data in files.items():
+                target = (out / subtask / name).resolve()
+                if not target.is_relative_to(out.resolve()):
+                    obj.fail(EXIT_FAILED, f"refusing artifact path {name!r}")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+    if obj.as_json:
+        obj.emit_json(reply.body)
+        return
+    click.echo(f"task {reply.body['id']}: {reply.body['state']}")
+    for sid, sub in reply.body.get("subtasks", {}).items():
+        click.echo(f"--- {sid} ({sub.get('state')}, peer {sub.get('peer') or '-'})")
+        text = sub.get("output") if sub.get("output") is not None else sub.get("stdout")
+        if text:
+            click.echo(text.rstrip("\n"))
+        if sub.get("stderr"):
+            click.echo(sub["stderr"].rstrip("\n"), err=True)
+
+
+@main.command()
+@click.pass_obj
+def tasks(obj: Ctx) -> None:
+    """The tasks this node coordinates."""
+    reply = obj.call(TasksRequest())
+    assert isinstance(reply, TasksReply)
+    if obj.as_json:
+        obj.emit_json(reply.tasks)
+        return
+    for t in reply.tasks:
+        click.echo("  ".join(str(t.get(k, "")) for k in ("id", "name", "state", "priority")))
+
+
+@main.command()
+@click.argument("task")
+@click.pass_obj
+def cancel(obj: Ctx, task: str) -> None:
+    """Cancel a task; running attempts are stopped on their peers."""
+    body = _task(obj, task, "cancel").body
+    obj.emit_json(body) if obj.as_json else _print_status(body)
+
+
+@main.command()
+@click.argument("task")
+@click.pass_obj
+def explain(obj: Ctx, task: str) -> None:
+    """Why each subtask went where it went: every peer, feasible or why not, scores."""
+    body = _task(obj, task, "explain").body
+    if obj.as_json:
+        obj.emit_json(body)
+        return
+    click.echo(f"task {body.get('id')} ({body.get('name')}): {body.get('state')}")
+    for sub in body.get("subtasks", []):
+        click.echo(f"\n{sub['id']} ({sub.get('state')}): priced {sub.get('priced', 0)} time(s)")
+        if sub.get("reason"):
+            click.echo(f"  {sub['reason']}")
+        rows = [["", "PEER", "FEASIBLE", "WAIT", "RTT", "RUN", "COST", "SCORE", "WHY NOT / BASIS"]]
+        for c in sub.get("candidates", []):
+            num = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+            rows.append(
+                [
+                    "*" if c.get("chosen") else "",
+                    c.get("peer") or c.get("node_id", "?")[:8],
+                    "yes" if c.get("feasible") else "no",
+                    num(c.get("wait_s")),
+                    num(c.get("rtt_s")),
+                    num(c.get("run_s")),
+                    num(c.get("cost")),
+                    num(c.get("score")),
+                    c.get("why_not") or c.get("basis") or "",
+                ]
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for r in rows:
+            click.echo(
+                "  " + "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
+            )
