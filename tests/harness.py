@@ -17,9 +17,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import zmq
+
 from protocol import codec
 from protocol.messages import PeersReply, PeersRequest, StatsReply, StatsRequest
 from swarmctl.client import Client, RequestFailed, Unreachable
+from swarmd.identity import ClusterKeys
+from swarmd.transport import curve_client
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -251,3 +255,12 @@ class BinaryDaemon(Daemon):
             with contextlib.suppress(OSError):
                 todo += map(int, Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
         return found
+
+
+def member_socket(ctx: zmq.Context[zmq.Socket[bytes]], d: Daemon, secret: str) -> zmq.Socket[bytes]:
+    """A DEALER that talks to ``d`` as a member of its cluster (CURVE with its keys)."""
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    curve_client(s, ClusterKeys.from_secret(bytes.fromhex(secret)))
+    s.connect(f"tcp://{d.address}")
+    return s

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,14 +14,6 @@ from tests.harness import Daemon, new_secret, swarmctl, wait_until
 FORM_WITHIN_S = 2.0
 DEAD_WITHIN_S = 3.0
 LEFT_WITHIN_S = 1.0
-
-
-@pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.stop()
 
 
 def start_cluster(tmp_path: Path, daemons: list[Daemon], n: int, **kw: object) -> list[Daemon]:

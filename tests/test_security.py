@@ -5,26 +5,15 @@ from __future__ import annotations
 import os
 import socket
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
-import pytest
 import zmq
 
 from protocol import codec
 from protocol.messages import PROTOCOL_VERSION, Dispatch, NodeRef, PeersRequest, Syn
 from swarmd.identity import ClusterKeys
-from swarmd.transport import curve_client
-from tests.harness import Daemon, new_secret, swarmctl, wait_until
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.stop()
+from tests.harness import Daemon, member_socket, new_secret, swarmctl, wait_until
 
 
 def test_another_cluster_never_appears_and_cannot_call_members(
@@ -87,16 +76,6 @@ def test_zap_denies_a_client_that_knows_the_server_key_but_not_the_secret(
         ctx.term()
 
 
-def _member_socket(
-    ctx: zmq.Context[zmq.Socket[bytes]], d: Daemon, secret: str
-) -> zmq.Socket[bytes]:
-    s = ctx.socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    curve_client(s, ClusterKeys.from_secret(bytes.fromhex(secret)))
-    s.connect(f"tcp://{d.address}")
-    return s
-
-
 def test_garbage_oversized_and_malformed_input_is_dropped_and_counted(
     tmp_path: Path, daemons: list[Daemon]
 ) -> None:
@@ -123,7 +102,7 @@ def test_garbage_oversized_and_malformed_input_is_dropped_and_counted(
     # 2. A member that misbehaves: every kind of bad frame.
     ctx = zmq.Context()
     try:
-        s = _member_socket(ctx, d, secret)
+        s = member_socket(ctx, d, secret)
         bad_frames = {
             "dropped_malformed": [b"\xc1\xc1 not msgpack"],
             "dropped_unknown_type": [
@@ -151,7 +130,7 @@ def test_garbage_oversized_and_malformed_input_is_dropped_and_counted(
         # 3. An oversized frame (> MAXMSGSIZE): libzmq disconnects the sender.
         s.send(b"\x00" * (codec.MAX_FRAME_BYTES + 1024))
         # The node still answers a member over TCP, and locally.
-        s2 = _member_socket(ctx, d, secret)
+        s2 = member_socket(ctx, d, secret)
         s2.send(codec.encode(PeersRequest()))
         assert s2.poll(5000), "no reply after oversized frame"
         reply = codec.decode(s2.recv())

@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import zmq
 
 from protocol import codec
@@ -17,16 +15,7 @@ from protocol.messages import Bundle, Dispatch, DispatchReply, NodeRef
 from swarmctl.client import Client
 from swarmd.core.worker import SHELL_DISABLED
 from swarmd.identity import ClusterKeys
-from swarmd.transport import curve_client
-from tests.harness import Daemon, free_port, new_secret, swarmctl, wait_until
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.stop()
+from tests.harness import Daemon, free_port, member_socket, new_secret, swarmctl, wait_until
 
 
 def test_a_worker_without_allow_shell_refuses_a_dispatched_python_call(
@@ -48,10 +37,7 @@ def test_a_worker_without_allow_shell_refuses_a_dispatched_python_call(
     inbox.curve_secretkey, inbox.curve_publickey = keys.secret_z85, keys.public_z85
     port = free_port()
     inbox.bind(f"tcp://127.0.0.1:{port}")
-    out = ctx.socket(zmq.DEALER)
-    out.setsockopt(zmq.LINGER, 0)
-    curve_client(out, keys)
-    out.connect(f"tcp://{d.address}")
+    out = member_socket(ctx, d, secret)
     try:
         me = NodeRef("coordinator1", 1, 1, f"127.0.0.1:{port}")
         spec = {"id": "p", "kind": "python", "call": "os:system", "args": ["touch /tmp/pwned"]}
