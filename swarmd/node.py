@@ -393,6 +393,7 @@ class Node:
         if self.worker is not None and self.membership is not None:
             self.membership.set("busy", self.worker.busy)  # no-ops while unchanged
             self.membership.set("queue", self.worker.queued)
+            self.membership.set("queue_max", self.worker.queue_limit)  # the worker's own
 
     def _keep_links(self, addresses: set[str]) -> None:
         if self.transport is not None:

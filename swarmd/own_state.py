@@ -48,7 +48,6 @@ class OwnState:
             "draining": self.draining,
             "queue": 0,
             "slots": cfg.max_concurrency if cfg.allow_shell else 0,
-            "queue_max": cfg.max_concurrency,  # held beyond the slots, queued
             "busy": 0,
             "allow_shell": cfg.allow_shell,
             "cost_per_hour": float(cfg.cost_per_hour),

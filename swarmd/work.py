@@ -175,7 +175,6 @@ class Coordination:
         self._loads: dict[str, core.NodeLoad] | None = None  # this turn's, for _reported
         self._flush_due = False
         self.journal_writes = 0
-        self.journal_commits = 0
         self.reports: dict[str, LoadReport] = {}  # node id -> the latest load it reported
         self.watchers = TaskWatchers(self.coordinator)  # clients told of changes
         # Metrics: seconds from sending a Dispatch to its "accepted" (None: not measured).
@@ -272,7 +271,6 @@ class Coordination:
             self.journal_writes += self.store.write_journal(
                 (e.kind, *e.key[1:], e.data) for e in journal
             )
-            self.journal_commits += 1
         for effect in effects:
             if isinstance(effect, core.Dispatch):
                 self._dispatch(effect)
