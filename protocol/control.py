@@ -1,0 +1,150 @@
+"""Control messages: swarmctl (and the MCP server, the dashboard) to a node."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from msgspec import Meta, Struct, field
+
+from protocol.base import Count, Files, Message, TaskId, Text
+
+
+class PeersRequest(Message, tag="peers"):
+    pass
+
+
+class PeerView(Struct):
+    """One row of ``swarmctl peers --json`` (CONTRACT.md)."""
+
+    id: str
+    name: str
+    address: str
+    state: Literal["alive", "suspect", "dead", "left"]
+    is_self: bool = field(name="self")
+    generation: int
+    draining: bool
+    rtt_ms: float | None
+    last_seen_s: float | None
+    cpu: dict[str, Any]
+    memory: dict[str, Any]
+    gpus: list[dict[str, Any]]
+    models: list[dict[str, Any]]
+    battery: dict[str, Any] | None = None
+
+
+class PeersReply(Message, tag="peers_reply"):
+    peers: list[PeerView]
+
+
+class JoinTokenRequest(Message, tag="join_token"):
+    pass
+
+
+class JoinTokenReply(Message, tag="join_token_reply"):
+    token: str
+
+
+class StatsRequest(Message, tag="stats"):
+    pass
+
+
+class StatsReply(Message, tag="stats_reply"):
+    node: str
+    name: str
+    counters: dict[str, int]
+
+
+class DrainRequest(Message, tag="drain"):
+    """``swarmctl drain`` / ``undrain``: stop (or resume) taking new work on this node.
+
+    Running attempts finish; the node gossips ``draining`` so coordinators stop
+    placing work on it."""
+
+    draining: bool = True
+
+
+class DrainReply(Message, tag="drain_reply"):
+    node: str  # id
+    name: str
+    draining: bool
+    running: Count  # attempts still running on the node
+
+
+class ErrorReply(Message, tag="error"):
+    code: Literal["bad_request", "not_allowed", "unsupported", "internal"]
+    message: Text
+
+
+# ---------------------------------------------------------------- tasks (swarmctl -> node)
+
+
+class SubmitRequest(Message, tag="submit"):
+    """A job (the JSON-able form of a job file) and the input files it ships."""
+
+    job: dict[str, Any]
+    files: Files = {}
+
+
+class SubmitReply(Message, tag="submit_reply"):
+    task: TaskId
+
+
+class TaskRequest(Message, tag="task"):
+    """status / result / cancel / explain of one task."""
+
+    task: TaskId
+    what: Literal["status", "result", "cancel", "explain"]
+    artifacts: bool = False  # result: include artifact contents
+
+
+class TaskReply(Message, tag="task_reply"):
+    body: dict[str, Any]
+    artifacts: dict[str, Files] = {}  # subtask id -> name -> bytes
+
+
+class WatchRequest(Message, tag="watch"):
+    """Answered (with a :class:`WatchReply`) as soon as the task has changed since
+    version ``seen``, or is final, or ``timeout_s`` passed: push, not poll."""
+
+    task: TaskId
+    seen: Count = 0
+    timeout_s: Annotated[float, Meta(ge=0, le=60)] = 10.0
+    final_only: bool = False  # answer only when the task ends (or at the timeout)
+    with_result: bool = False  # once it ended, the answer carries its result too
+
+
+class WatchReply(Message, tag="watch_reply"):
+    """The task's summary row (``swarmctl tasks``) with ``version``, its change count,
+    and ``result`` (as ``swarmctl result --json``) once it ended, if asked."""
+
+    task: dict[str, Any]
+
+
+class LogsRequest(Message, tag="logs"):
+    """A subtask's output from the given stream offsets on; with ``follow`` answered
+    once there is more, or it ended, or ``timeout_s`` passed."""
+
+    task: TaskId
+    subtask: Annotated[str, Meta(max_length=64)] = ""  # "" for a task's only subtask
+    out_at: Count = 0
+    err_at: Count = 0
+    follow: bool = False
+    timeout_s: Annotated[float, Meta(ge=0, le=60)] = 10.0
+
+
+class LogsReply(Message, tag="logs_reply"):
+    subtask: str
+    state: str
+    out: bytes = b""
+    out_at: Count = 0
+    err: bytes = b""
+    err_at: Count = 0
+    final: bool = False  # the subtask ended: nothing more will come
+
+
+class TasksRequest(Message, tag="tasks"):
+    pass
+
+
+class TasksReply(Message, tag="tasks_reply"):
+    tasks: list[dict[str, Any]]

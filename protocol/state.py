@@ -1,0 +1,85 @@
+"""The values a node gossips about itself, and the schema of each key."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+from protocol.base import Address, Bytes, Count, Name
+
+
+class Cpu(Struct):
+    cores: Count
+    model: Name = ""
+    load: float = 0.0  # 1-minute load average divided by cores
+
+
+class Memory(Struct):
+    total: Bytes
+    available: Bytes
+
+
+class Battery(Struct):
+    percent: float
+    plugged: bool
+
+
+class Gpu(Struct):
+    name: Name
+    vram_total: Bytes
+    vram_free: Bytes
+    source: Literal["nvml", "declared"]
+    utilization: float | None = None  # percent
+    temperature: float | None = None  # degrees C
+
+
+class Hardware(Struct):
+    cpu: Cpu
+    memory: Memory
+    battery: Battery | None = None
+    gpus: Annotated[list[Gpu], Meta(max_length=64)] = []
+    nvml: bool = False  # whether NVML was available on the node
+
+
+class ModelProfile(Struct):
+    name: Name
+    model: Name
+    endpoint: Annotated[str, Meta(max_length=1024)]
+    capabilities: Annotated[list[Name], Meta(max_length=64)] = []
+    max_concurrency: Annotated[int, Meta(ge=1)] = 1
+    cost_per_mtok: Annotated[float, Meta(ge=0)] = 0.0
+    latency_ms: float | None = None
+
+
+Models = Annotated[list[ModelProfile], Meta(max_length=64)]
+
+# The keys a node gossips about itself and the schema of each value.
+STATE_SCHEMAS: dict[str, Any] = {
+    "name": Name,
+    "addr": Address,
+    "status": Literal["alive", "left"],
+    "hw": Hardware,
+    "models": Models,
+    "draining": bool,
+    "queue": Count,  # shell/python attempts held here, queued for a slot
+    "slots": Count,  # shell/python attempts this node runs at once
+    "queue_max": Count,  # shell/python attempts it holds beyond its slots, at most
+    "busy": Count,  # of which in use
+    "allow_shell": bool,
+    "cost_per_hour": Annotated[float, Meta(ge=0)],
+    "on_battery": Literal["pause", "run"],
+    "speed": Annotated[float, Meta(gt=0, le=1000)],  # [hardware] speed, for shell/python
+}
+
+
+def validate_state_value(key: str, value: Any) -> Any:
+    """Check one gossiped value against its key's schema; unknown keys pass as-is.
+
+    Raises msgspec.ValidationError when a known key carries a malformed value.
+    """
+    schema = STATE_SCHEMAS.get(key)
+    if schema is None:
+        return value
+    return msgspec.convert(value, schema)

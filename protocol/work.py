@@ -1,0 +1,98 @@
+"""Work messages between nodes: dispatch, refusal, progress, result, ack, cancel, bundle."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from msgspec import Meta
+
+from protocol.base import LOG_CHUNK_BYTES, Count, Files, Message, Name, NodeId, TaskId, Text
+from protocol.gossip import NodeRef
+
+
+class Dispatch(Message, tag="dispatch"):
+    """Coordinator -> worker: run this attempt (templates already rendered)."""
+
+    task: TaskId
+    subtask: Annotated[str, Meta(max_length=64)]
+    attempt: Annotated[int, Meta(ge=1)]
+    coordinator: NodeRef
+    lease_s: Annotated[float, Meta(gt=0)]
+    spec: dict[str, Any]
+    inputs: Files = {}
+    model: Name | None = None
+    # The worker's generation when this attempt was first sent: a worker that restarted
+    # since (another generation) refuses it, so a dispatch sent again after a lost
+    # answer never runs an attempt twice on one node.
+    generation: Count | None = None
+
+
+class DispatchReply(Message, tag="dispatch_reply"):
+    """Worker -> coordinator: a refusal (full, draining, a kind it does not run). Since
+    version 2 an accepted attempt gets no reply: its first ``progress`` says it started."""
+
+    task: TaskId
+    subtask: Annotated[str, Meta(max_length=64)]
+    attempt: Annotated[int, Meta(ge=1)]
+    accepted: bool
+    reason: Text = ""
+    load: Count | None = None  # the worker's attempts held (running + queued) when sent
+
+
+class Progress(Message, tag="progress"):
+    """Worker -> coordinator when an attempt starts, then while it is held (queued or
+    running), every third of its lease: each one extends the lease."""
+
+    task: TaskId
+    subtask: Annotated[str, Meta(max_length=64)]
+    attempt: Annotated[int, Meta(ge=1)]
+    node: NodeId
+    note: Text = ""
+    load: Count | None = None
+    # A shell attempt's output since the last progress (swarmctl logs -f): the bytes
+    # and the stream offset they start at.
+    out: Annotated[bytes, Meta(max_length=LOG_CHUNK_BYTES)] = b""
+    out_at: Count = 0
+    err: Annotated[bytes, Meta(max_length=LOG_CHUNK_BYTES)] = b""
+    err_at: Count = 0
+
+
+class AttemptResult(Message, tag="result"):
+    """Worker -> coordinator; kept in the worker's outbox until acknowledged."""
+
+    task: TaskId
+    subtask: Annotated[str, Meta(max_length=64)]
+    attempt: Annotated[int, Meta(ge=1)]
+    node: NodeId
+    exit_code: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    output: str | None = None
+    usage: dict[str, Any] | None = None
+    artifacts: Files = {}
+    error: str | None = None
+    app_failed: bool = False
+    load: Count | None = None
+
+
+class ResultAck(Message, tag="result_ack"):
+    task: TaskId
+    subtask: Annotated[str, Meta(max_length=64)]
+    attempt: Annotated[int, Meta(ge=1)]
+    committed: bool  # False: a stale attempt, fenced off
+
+
+class CancelAttempt(Message, tag="cancel_attempt"):
+    task: TaskId
+    subtask: Annotated[str, Meta(max_length=64)]
+    attempt: Annotated[int, Meta(ge=1)]
+
+
+WorkItem = Dispatch | DispatchReply | Progress | AttemptResult | ResultAck | CancelAttempt
+
+
+class Bundle(Message, tag="bundle"):
+    """Several work messages for one peer in one frame: what a node queued for that peer
+    in one turn of its event loop. Each item is handled as if it came alone."""
+
+    items: Annotated[list[WorkItem], Meta(min_length=1, max_length=4096)]
