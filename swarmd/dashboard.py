@@ -29,8 +29,6 @@ import asyncio
 import base64
 import contextlib
 import hmac
-import ipaddress
-import json
 import logging
 import re
 import time
@@ -38,7 +36,7 @@ from collections import Counter
 from collections.abc import Callable
 from importlib import resources
 from typing import Any, Protocol
-from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
@@ -46,10 +44,18 @@ from . import __version__
 from .control import peers as peer_views
 from .core.gossip import Member
 from .core.tasks import UnknownTask
+from .http_head import (
+    BadRequest,
+    Request,
+    error_body,
+    host_name,
+    is_loopback,
+    parse_head,
+    response_head,
+)
 from .work import Coordination
 
 MAX_HEAD = 8192  # request line + headers, bytes
-MAX_HEADERS = 64
 READ_TIMEOUT_S = 10.0
 WRITE_TIMEOUT_S = 10.0
 MAX_CONNECTIONS = 64
@@ -58,38 +64,7 @@ EVENT_MIN_S = 0.2  # and when a task changes, but not more often than this
 RECENT_TASKS = 25
 STATE_CACHE_S = 0.2  # several viewers share one rendering of the state
 
-_TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _TASK_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
-_LOOPBACK_NAMES = {"localhost", "localhost.", "ip6-localhost"}
-
-_REASONS = {
-    200: "OK",
-    204: "No Content",
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    408: "Request Timeout",
-    413: "Content Too Large",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-    505: "HTTP Version Not Supported",
-}
-
-_SECURITY_HEADERS = (
-    ("Cache-Control", "no-store"),
-    ("X-Content-Type-Options", "nosniff"),
-    ("X-Frame-Options", "DENY"),
-    ("Referrer-Policy", "no-referrer"),
-    (
-        "Content-Security-Policy",
-        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-        "img-src data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
-        "frame-ancestors 'none'",
-    ),
-)
 
 
 class DashboardError(ValueError):
@@ -119,17 +94,6 @@ class DashboardNode(Protocol):
     def keys(self) -> _Keys: ...
 
 
-def is_loopback(host: str) -> bool:
-    """True for a loopback address or ``localhost``; False for anything else."""
-    host = host.strip("[]").lower()
-    if host in _LOOPBACK_NAMES or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def check_settings(bind: str, token: str | None) -> None:
     """Refuse a bind address beyond loopback without a token; refuse a weak token."""
     if token is not None and (len(token) < 16 or not token.isprintable() or " " in token):
@@ -155,69 +119,6 @@ def safe_endpoint(url: str) -> str:
     except ValueError:
         return ""
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
-class BadRequest(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-class Request(msgspec.Struct):
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    headers: dict[str, str]
-
-
-def parse_head(head: bytes) -> Request:
-    """Parse a request line and headers (up to and including the blank line)."""
-    try:
-        text = head.decode("latin-1")
-    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes any byte
-        raise BadRequest(400, "undecodable request") from None
-    lines = text.split("\r\n")
-    parts = lines[0].split(" ")
-    if len(parts) != 3:
-        raise BadRequest(400, "malformed request line")
-    method, target, version = parts
-    if not _TOKEN_RE.match(method):
-        raise BadRequest(400, "malformed method")
-    if not re.fullmatch(r"HTTP/\d\.\d", version):
-        raise BadRequest(400, "malformed HTTP version")
-    if version not in ("HTTP/1.0", "HTTP/1.1"):
-        raise BadRequest(505, f"{version} is not supported")
-    if not target.startswith("/") or any(c <= " " or c == "\x7f" for c in target):
-        raise BadRequest(400, "malformed request target")
-    headers: dict[str, str] = {}
-    fields = [line for line in lines[1:] if line]
-    if len(fields) > MAX_HEADERS:
-        raise BadRequest(431, "too many header fields")
-    for line in fields:
-        name, sep, value = line.partition(":")
-        if not sep or not _TOKEN_RE.match(name):
-            raise BadRequest(400, "malformed header field")
-        key = name.lower()
-        value = value.strip(" \t")
-        if key in headers and key in ("host", "authorization", "content-length"):
-            raise BadRequest(400, f"repeated {name} header")
-        headers[key] = f"{headers[key]}, {value}" if key in headers else value
-    if version == "HTTP/1.1" and "host" not in headers:
-        raise BadRequest(400, "missing Host header")
-    if "transfer-encoding" in headers:
-        raise BadRequest(400, "request bodies are not accepted")
-    length = headers.get("content-length", "0")
-    if not length.isdigit():
-        raise BadRequest(400, "malformed Content-Length")
-    if int(length) > 0:
-        raise BadRequest(413, "request bodies are not accepted")
-    split = urlsplit(target)
-    try:
-        query = parse_qs(split.query, keep_blank_values=True, max_num_fields=32)
-    except ValueError:
-        raise BadRequest(400, "malformed query") from None
-    return Request(method=method, path=unquote(split.path), query=query, headers=headers)
 
 
 class Dashboard:
@@ -354,7 +255,7 @@ class Dashboard:
                 self._conns.add(task)
             if len(self._conns) > MAX_CONNECTIONS:
                 self.counters["dashboard_busy"] += 1
-                await self._respond(w, 503, _error("too many connections"), head_only=False)
+                await self._respond(w, 503, error_body("too many connections"), head_only=False)
                 return
             await self._serve(reader, w)
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
@@ -376,22 +277,22 @@ class Dashboard:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT_S)
         except asyncio.LimitOverrunError:
             self.counters["dashboard_bad_requests"] += 1
-            await self._respond(w, 431, _error("request head too large"))
+            await self._respond(w, 431, error_body("request head too large"))
             await _linger(reader, w)
             return
         except asyncio.IncompleteReadError as exc:
             if exc.partial.strip():
                 self.counters["dashboard_bad_requests"] += 1
-                await self._respond(w, 400, _error("incomplete request"))
+                await self._respond(w, 400, error_body("incomplete request"))
             return
         except TimeoutError:
-            await self._respond(w, 408, _error("request timeout"))
+            await self._respond(w, 408, error_body("request timeout"))
             return
         try:
             request = parse_head(head)
         except BadRequest as exc:
             self.counters["dashboard_bad_requests"] += 1
-            await self._respond(w, exc.status, _error(exc.message))
+            await self._respond(w, exc.status, error_body(exc.message))
             await _linger(reader, w)
             return
         self.counters["dashboard_requests"] += 1
@@ -399,11 +300,15 @@ class Dashboard:
         denied = self._access(request)
         if denied is not None:
             status, message, extra = denied
-            await self._respond(w, status, _error(message), headers=extra, head_only=head_only)
+            await self._respond(w, status, error_body(message), headers=extra, head_only=head_only)
             return
         if request.method not in ("GET", "HEAD"):
             await self._respond(
-                w, 405, _error("only GET"), headers=[("Allow", "GET, HEAD")], head_only=head_only
+                w,
+                405,
+                error_body("only GET"),
+                headers=[("Allow", "GET, HEAD")],
+                head_only=head_only,
             )
             return
         path = request.path
@@ -415,7 +320,7 @@ class Dashboard:
             except Exception:
                 self.counters["dashboard_errors"] += 1
                 self.log.exception("dashboard: cannot render the state")
-                await self._respond(w, 500, _error("cannot render the state"))
+                await self._respond(w, 500, error_body("cannot render the state"))
                 return
             await self._respond(w, 200, body, head_only=head_only)
         elif path.startswith("/api/explain/"):
@@ -425,7 +330,9 @@ class Dashboard:
         elif path == "/favicon.ico":
             await self._respond(w, 204, b"", "image/x-icon", head_only=head_only)
         else:
-            await self._respond(w, 404, _error(f"no such page: {path[:200]}"), head_only=head_only)
+            await self._respond(
+                w, 404, error_body(f"no such page: {path[:200]}"), head_only=head_only
+            )
 
     def _access(self, request: Request) -> tuple[int, str, list[tuple[str, str]]] | None:
         if self.token is not None:
@@ -441,26 +348,26 @@ class Dashboard:
         # No token: loopback only. A browser sends the name it resolved in Host; a
         # rebinding attacker's page would send its own name, so refuse that.
         host = request.headers.get("host")
-        if host is not None and not is_loopback(_host_name(host)):
+        if host is not None and not is_loopback(host_name(host)):
             self.counters["dashboard_forbidden_host"] += 1
             return 403, "open the dashboard as http://127.0.0.1 or http://localhost", []
         return None
 
     async def _explain(self, w: asyncio.StreamWriter, task: str, head_only: bool) -> None:
         if not _TASK_RE.match(task):
-            await self._respond(w, 400, _error("malformed task id"), head_only=head_only)
+            await self._respond(w, 400, error_body("malformed task id"), head_only=head_only)
             return
         try:
             body = self._encode(self.node.coordination.coordinator.explain(task))
         except UnknownTask:
             await self._respond(
-                w, 404, _error(f"unknown task {task} on this node"), head_only=head_only
+                w, 404, error_body(f"unknown task {task} on this node"), head_only=head_only
             )
             return
         await self._respond(w, 200, body, head_only=head_only)
 
     async def _events(self, w: asyncio.StreamWriter, head_only: bool) -> None:
-        head = _head(200, "text/event-stream", None)
+        head = response_head(200, "text/event-stream", None)
         w.write(head)
         if head_only:
             await asyncio.wait_for(w.drain(), WRITE_TIMEOUT_S)
@@ -503,7 +410,7 @@ class Dashboard:
         headers: list[tuple[str, str]] | None = None,
         head_only: bool = False,
     ) -> None:
-        w.write(_head(status, content_type, len(body), headers))
+        w.write(response_head(status, content_type, len(body), headers))
         if not head_only:
             w.write(body)
         await asyncio.wait_for(w.drain(), WRITE_TIMEOUT_S)
@@ -523,28 +430,3 @@ async def _linger(reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None
             if not chunk:
                 break
             discarded += len(chunk)
-
-
-def _host_name(host: str) -> str:
-    if host.startswith("["):
-        return host[1 : host.find("]")] if "]" in host else host
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-
-
-def _error(message: str) -> bytes:
-    return json.dumps({"error": message}).encode()
-
-
-def _head(
-    status: int,
-    content_type: str,
-    length: int | None,
-    headers: list[tuple[str, str]] | None = None,
-) -> bytes:
-    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}"]
-    lines.append(f"Content-Type: {content_type}")
-    if length is not None:
-        lines.append(f"Content-Length: {length}")
-    lines.append("Connection: close")
-    lines += [f"{k}: {v}" for k, v in (*_SECURITY_HEADERS, *(headers or []))]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
