@@ -4,21 +4,18 @@ handlers, and starts and stops them.
 The pieces: the state dir (:mod:`.statedir`), what this node says about itself
 (:mod:`.own_state`), membership (:mod:`.membership`), pricing's view of the peers
 (:mod:`.peer_view`), the coordinator (:mod:`.work`), the worker (:mod:`.worker`), the
-control API (:mod:`.control`), the transport, discovery, the HTTP ports, and the stop
-and drain sequence (:mod:`.lifecycle`). Every attribute exists from ``__init__``;
-those built at start are None until then.
+control API (:mod:`.control`), the transport, discovery and the HTTP ports
+(:mod:`.node_services`), and the stop and drain sequence (:mod:`.lifecycle`). Every
+attribute exists from ``__init__``; those built at start are None until then.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 from collections import Counter
 from typing import Any
-
-from zeroconf import NonUniqueNameException
 
 from protocol.messages import (
     Ack,
@@ -36,11 +33,12 @@ from protocol.messages import (
     WorkMessage,
 )
 
+from . import node_services as services
 from . import sdnotify, statedir
 from .config import Config
 from .control import Control
 from .core.failure import Liveness
-from .core.gossip import IdentityConflict, Member
+from .core.gossip import Member
 from .core.jobspec import PeerFacts
 from .core.tasks import CoordinatorConfig
 from .discovery import Discovery, Sighting, advertise_address, choose_interfaces
@@ -138,6 +136,41 @@ class Node:
             cfg, HardwareProbe(cfg.gpus, log=self.log.getChild("hardware")), self.log
         )
         await own.measure_hardware()
+        membership, coordination, worker = self._build(ident, own)
+        coordination.restore()
+        try:
+            self.transport = await self._open_transport(
+                address=self.address,
+                keys=ident.keys,
+                on_server=self._on_server,
+                on_link=self._on_link,
+                on_undelivered=lambda _addr, messages: coordination.on_undelivered(messages),
+                counters=self.counters,
+                log=self.log.getChild("transport"),
+            )
+        except BindError as exc:
+            raise StartupError(str(exc)) from None
+        if cfg.metrics_port is not None:
+            self.http = await services.serve_http(self)
+        self._start_loops(own, membership, coordination, worker)
+        if cfg.dashboard_port is not None:
+            self.dashboard = await services.serve_dashboard(self)
+        if cfg.mdns:
+            await self._start_discovery()
+        self.log.info(
+            "listening on %s as %s (%s); control socket %s; %s",
+            f"{cfg.bind}:{cfg.port}",
+            self.address,
+            cfg.name,
+            cfg.control_path,
+            f"mDNS on {', '.join(self.interfaces)}" if cfg.mdns else "mDNS off",
+        )
+
+    def _build(
+        self, ident: LocalIdentity, own: OwnState
+    ) -> tuple[Membership, Coordination, Worker]:
+        """Membership, the journal, the coordinator, the worker and pricing, wired."""
+        cfg = self.config
         self.membership = membership = Membership(
             node_id=ident.node_id,
             generation=ident.generation,
@@ -182,34 +215,7 @@ class Node:
         )
         membership.on_peer_gone = coordination.on_peer_gone
         membership.on_new_identity = self._on_new_identity
-        coordination.restore()
-        try:
-            self.transport = await self._open_transport(
-                address=self.address,
-                keys=ident.keys,
-                on_server=self._on_server,
-                on_link=self._on_link,
-                on_undelivered=lambda _addr, messages: coordination.on_undelivered(messages),
-                counters=self.counters,
-                log=self.log.getChild("transport"),
-            )
-        except BindError as exc:
-            raise StartupError(str(exc)) from None
-        if cfg.metrics_port is not None:
-            await self._start_http()
-        self._start_loops(own, membership, coordination, worker)
-        if cfg.dashboard_port is not None:
-            await self._start_dashboard()
-        if cfg.mdns:
-            await self._start_discovery()
-        self.log.info(
-            "listening on %s as %s (%s); control socket %s; %s",
-            f"{cfg.bind}:{cfg.port}",
-            self.address,
-            cfg.name,
-            cfg.control_path,
-            f"mDNS on {', '.join(self.interfaces)}" if cfg.mdns else "mDNS off",
-        )
+        return membership, coordination, worker
 
     def _start_loops(
         self, own: OwnState, membership: Membership, coordination: Coordination, worker: Worker
@@ -224,66 +230,19 @@ class Node:
             spawn(own.model_loop(membership.set))
         spawn(worker.timer_loop())
 
-    async def _start_http(self) -> None:
-        from .httpapi import HttpApi
-
-        cfg = self.config
-        self.http = HttpApi(self, log=self.log.getChild("http"))
-        try:
-            await self.http.start(cfg.metrics_bind, cfg.metrics_port)
-        except OSError as exc:
-            where = f"{cfg.metrics_bind}:{cfg.metrics_port}"
-            raise StartupError(f"cannot serve metrics on {where}: {exc}") from None
-
-    async def _start_dashboard(self) -> None:
-        from .dashboard import Dashboard, DashboardError
-
-        cfg = self.config
-        try:
-            self.dashboard = Dashboard(
-                self,
-                bind=cfg.dashboard_bind,
-                port=cfg.dashboard_port or 0,
-                token=cfg.dashboard_token,
-                log=self.log.getChild("dashboard"),
-            )
-            await self.dashboard.start()
-        except DashboardError as exc:
-            raise StartupError(str(exc)) from None
-        except OSError as exc:
-            where = f"{cfg.dashboard_bind}:{cfg.dashboard_port}"
-            raise StartupError(f"cannot serve the dashboard on {where}: {exc}") from None
-        self.log.info("dashboard on %s", self.dashboard.url)
-
     async def _start_discovery(self) -> None:
         assert self.identity is not None and self.membership is not None
-        self.discovery = Discovery(
-            node_id=self.membership.node_id,
-            name=self.config.name,
-            port=self.config.port,
-            fingerprint=self.identity.keys.fingerprint,
-            interfaces=self.interfaces,
-            on_sighting=self._on_sighting,
-            log=self.log.getChild("mdns"),
+        self.discovery = await services.discover(
+            self.config,
+            self.identity,
+            self.membership,
+            self.interfaces,
+            self._on_sighting,
+            self.log,
         )
-        try:
-            await asyncio.wait_for(self.discovery.start(), 10.0)
-        except NonUniqueNameException:
-            # Another live node advertises our name *and* node id: a copied state dir.
-            self.discovery = None
-            conflict = IdentityConflict("(mDNS)", self.membership.generation)
-            self.membership.on_identity_conflict(conflict)
-        except Exception as exc:
-            self.log.warning("mDNS unavailable (%r); relying on --join seeds", exc)
-            self.discovery = None
-
-    async def _stop_discovery(self) -> None:
-        if self.discovery is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.discovery.stop(), 3.0)
 
     async def _restart_discovery(self) -> None:
-        await self._stop_discovery()
+        await services.stop_discovery(self.discovery)
         await self._start_discovery()
 
     async def _drain_before_exit(self) -> None:
@@ -303,7 +262,7 @@ class Node:
             await self.http.close()
         if self.dashboard is not None:
             await self.dashboard.close()
-        await self._stop_discovery()
+        await services.stop_discovery(self.discovery)
         if self.worker is not None:
             await self.worker.close()
         if self.transport is not None:

@@ -1,0 +1,92 @@
+"""The node's optional outward services, each started from the config: the metrics and
+health port, the dashboard, mDNS discovery. Each either starts or raises
+:class:`StartupError` with what went wrong (discovery only warns: seeds still work)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from zeroconf import NonUniqueNameException
+
+from .config import Config
+from .core.gossip import IdentityConflict
+from .discovery import Discovery, Sighting
+from .membership import Membership
+from .statedir import LocalIdentity, StartupError
+
+
+async def serve_http(node: Any) -> Any:
+    """``[node] metrics_port``: /metrics and /healthz (:mod:`.httpapi`)."""
+    from .httpapi import HttpApi
+
+    cfg: Config = node.config
+    http = HttpApi(node, log=node.log.getChild("http"))
+    try:
+        await http.start(cfg.metrics_bind, cfg.metrics_port)
+    except OSError as exc:
+        where = f"{cfg.metrics_bind}:{cfg.metrics_port}"
+        raise StartupError(f"cannot serve metrics on {where}: {exc}") from None
+    return http
+
+
+async def serve_dashboard(node: Any) -> Any:
+    """``[node] dashboard_port``: the web dashboard (:mod:`.dashboard`)."""
+    from .dashboard import Dashboard, DashboardError
+
+    cfg: Config = node.config
+    try:
+        dashboard = Dashboard(
+            node,
+            bind=cfg.dashboard_bind,
+            port=cfg.dashboard_port or 0,
+            token=cfg.dashboard_token,
+            log=node.log.getChild("dashboard"),
+        )
+        await dashboard.start()
+    except DashboardError as exc:
+        raise StartupError(str(exc)) from None
+    except OSError as exc:
+        where = f"{cfg.dashboard_bind}:{cfg.dashboard_port}"
+        raise StartupError(f"cannot serve the dashboard on {where}: {exc}") from None
+    node.log.info("dashboard on %s", dashboard.url)
+    return dashboard
+
+
+async def discover(
+    cfg: Config,
+    identity: LocalIdentity,
+    membership: Membership,
+    interfaces: list[str],
+    on_sighting: Callable[[Sighting], None],
+    log: logging.Logger,
+) -> Discovery | None:
+    """Advertise and browse over mDNS; None when mDNS is unavailable or our name and id
+    are already advertised by another live node (a copied state dir: a conflict)."""
+    discovery = Discovery(
+        node_id=membership.node_id,
+        name=cfg.name,
+        port=cfg.port,
+        fingerprint=identity.keys.fingerprint,
+        interfaces=interfaces,
+        on_sighting=on_sighting,
+        log=log.getChild("mdns"),
+    )
+    try:
+        await asyncio.wait_for(discovery.start(), 10.0)
+    except NonUniqueNameException:
+        membership.on_identity_conflict(IdentityConflict("(mDNS)", membership.generation))
+        return None
+    except Exception as exc:
+        log.warning("mDNS unavailable (%r); relying on --join seeds", exc)
+        return None
+    return discovery
+
+
+async def stop_discovery(discovery: Discovery | None) -> None:
+    if discovery is not None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(discovery.stop(), 3.0)
