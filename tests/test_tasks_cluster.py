@@ -19,13 +19,12 @@ COORDINATOR_CONFIG = "[node]\nallow_shell = false\n"
 BIG_GPU_CONFIG = '[hardware]\ngpus = [{ name = "RTX 4090", vram = "24GiB" }]\n'
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[list[Daemon]]:
+def _cluster(where: Path) -> Iterator[list[Daemon]]:
     secret = new_secret()
     nodes = [
-        Daemon(tmp_path, "n1", secret=secret, config=COORDINATOR_CONFIG),
-        Daemon(tmp_path, "n2", secret=secret, config=BIG_GPU_CONFIG),
-        Daemon(tmp_path, "n3", secret=secret),
+        Daemon(where, "n1", secret=secret, config=COORDINATOR_CONFIG),
+        Daemon(where, "n2", secret=secret, config=BIG_GPU_CONFIG),
+        Daemon(where, "n3", secret=secret),
     ]
     for d in nodes:
         d.start()
@@ -36,6 +35,18 @@ def cluster(tmp_path: Path) -> Iterator[list[Daemon]]:
     yield nodes
     for d in nodes:
         d.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[list[Daemon]]:
+    """A fresh cluster for a test that kills, stops or loads its nodes."""
+    yield from _cluster(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Daemon]]:
+    """One cluster for the tests that only submit what it refuses (it stays untouched)."""
+    yield from _cluster(tmp_path_factory.mktemp("shared"))
 
 
 def status(d: Daemon, task: str) -> dict[str, Any]:
@@ -152,6 +163,7 @@ def test_sigkill_of_the_worker_redispatches(cluster: list[Daemon]) -> None:
     assert json.loads(result.stdout)["subtasks"]["main"]["stdout"] == "finished\n"
 
 
+@pytest.mark.slow  # the same logic in seconds: test_node_memory.py's partitioned worker
 def test_a_stopped_worker_s_late_result_is_fenced_off(cluster: list[Daemon]) -> None:
     n1, n2, n3 = cluster
     task = submit(n1, "--", "sh", "-c", "sleep 1; echo done")
@@ -232,10 +244,11 @@ def test_cancel_stops_the_work_on_the_peer(cluster: list[Daemon], tmp_path: Path
     ids=["cycle", "unknown-after", "unknown-capability", "min-vram", "missing-input", "bad-kind"],
 )
 def test_invalid_job_files_exit_2(
-    cluster: list[Daemon], tmp_path: Path, job: str, message: str
+    shared_cluster: list[Daemon], tmp_path: Path, job: str, message: str
 ) -> None:
     (tmp_path / "job.toml").write_text(job)
-    out = swarmctl("submit", "-f", "job.toml", state_dir=cluster[0].state_dir, cwd=tmp_path)
+    n1 = shared_cluster[0]
+    out = swarmctl("submit", "-f", "job.toml", state_dir=n1.state_dir, cwd=tmp_path)
     assert out.returncode == 2, out
     assert message in out.stderr
     assert '"a"' in out.stderr  # names the subtask
