@@ -209,6 +209,7 @@ class Node:
             models={m.name: (m.endpoint, m.model, m.max_concurrency) for m in cfg.models},
             log=self.log.getChild("worker"),
             generation=membership.generation,
+            resources=own.resources(),
         )
         self.pricing = pricing = PricingView(
             membership.members, coordination.reports, lambda: worker.load

@@ -38,6 +38,14 @@ class OwnState:
     async def measure_hardware(self) -> None:
         self.hardware = await asyncio.to_thread(self.probe.probe)
 
+    def resources(self) -> tuple[int | None, int | None]:
+        """This node's RAM and its largest GPU's VRAM (0: none), bytes: what its worker
+        checks each dispatch against. None for what was not measured."""
+        hw = self.hardware
+        if hw is None:
+            return None, None
+        return hw.memory.total, max((g.vram_total for g in hw.gpus), default=0)
+
     def values(self) -> dict[str, Any]:
         """Every key-value this node publishes about itself, as of now."""
         cfg = self.config

@@ -99,6 +99,7 @@ class Worker:
         limits: Limits | None = None,
         queue: int | None = None,
         generation: int | None = None,
+        resources: tuple[int | None, int | None] = (None, None),  # RAM, largest GPU's VRAM
     ) -> None:
         self.store = store
         self.send = send
@@ -112,6 +113,8 @@ class Worker:
             queue=queue,
             allow_shell=allow_shell,
             models={name: m[2] for name, m in models.items()},
+            ram_total=resources[0],
+            vram_max=resources[1],
         )
         self.core = core.WorkerCore(node_id, config, generation)
         self.running: dict[AttemptKey, asyncio.Task[None]] = {}

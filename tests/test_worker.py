@@ -7,7 +7,9 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import pytest
 import zmq
 
 from protocol import codec
@@ -17,16 +19,25 @@ from swarmd.core.worker import SHELL_DISABLED
 from swarmd.identity import ClusterKeys
 from tests.harness import Daemon, free_port, member_socket, new_secret, swarmctl, wait_until
 
+PYTHON_CALL = {"id": "p", "kind": "python", "call": "os:system", "args": ["touch /tmp/pwned"]}
+BIG_GPU_JOB = {"id": "p", "kind": "shell", "run": ["true"], "min_vram": 80 << 30}
 
-def test_a_worker_without_allow_shell_refuses_a_dispatched_python_call(
-    tmp_path: Path, daemons: list[Daemon]
+
+@pytest.mark.parametrize(
+    ("config", "spec", "reason"),
+    [
+        ("[node]\nallow_shell = false\n", PYTHON_CALL, SHELL_DISABLED),  # os:system: a shell
+        ("", BIG_GPU_JOB, "min_vram 80 GiB: this node has 0 B of GPU memory on its largest GPU"),
+    ],
+    ids=["allow_shell", "min_vram"],
+)
+def test_a_worker_refuses_a_dispatch_its_policy_forbids(
+    tmp_path: Path, daemons: list[Daemon], config: str, spec: dict[str, Any], reason: str
 ) -> None:
-    """Whatever a coordinator believed: the worker itself refuses (`os:system` is a shell)."""
+    """Whatever a coordinator believed, sent straight to the worker over CURVE."""
     secret = new_secret()
     keys = ClusterKeys.from_secret(bytes.fromhex(secret))
-    d = Daemon(
-        tmp_path, "w", secret=secret, args=("--no-mdns",), config="[node]\nallow_shell = false\n"
-    )
+    d = Daemon(tmp_path, "w", secret=secret, args=("--no-mdns",), config=config)
     daemons.append(d)
     d.start().wait_ready()
     ctx = zmq.Context()
@@ -40,7 +51,6 @@ def test_a_worker_without_allow_shell_refuses_a_dispatched_python_call(
     out = member_socket(ctx, d, secret)
     try:
         me = NodeRef("coordinator1", 1, 1, f"127.0.0.1:{port}")
-        spec = {"id": "p", "kind": "python", "call": "os:system", "args": ["touch /tmp/pwned"]}
         dispatch = Dispatch(
             task="t-1", subtask="p", attempt=1, coordinator=me, lease_s=5, spec=spec
         )
@@ -56,7 +66,7 @@ def test_a_worker_without_allow_shell_refuses_a_dispatched_python_call(
         message = codec.decode(frame)
         replies = message.items if isinstance(message, Bundle) else [message]
         assert [(r.accepted, r.reason) for r in replies if isinstance(r, DispatchReply)] == [
-            (False, SHELL_DISABLED)
+            (False, reason)
         ]
         assert d.counters().get("worker_refused", 0) >= 1
         assert d.counters().get("worker_accepted", 0) == 0

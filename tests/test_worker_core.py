@@ -95,6 +95,26 @@ def test_allow_shell_false_refuses_shell_and_python_whatever_the_coordinator_tho
     assert w.load == 0 and w.counters["refused"] == 2
 
 
+def test_a_subtask_needing_more_memory_or_vram_than_the_node_has_is_refused() -> None:
+    gib = 1 << 30
+    w = WorkerCore("w1", WorkerConfig(slots=4, ram_total=16 * gib, vram_max=24 * gib))
+    asks = {"ram": {"min_ram": 32 * gib}, "vram": {"min_vram": 48 * gib}}
+    for sub, need in asks.items():
+        d = dispatch(sub, kind="shell")
+        d.spec.update(need)
+        [reply] = sent(w.on_dispatch(d, 0.0), DispatchReply)
+        assert not reply.accepted
+        assert reply.reason in (
+            "min_ram 32 GiB: this node has 16 GiB of memory",
+            "min_vram 48 GiB: this node has 24 GiB of GPU memory on its largest GPU",
+        )
+    fits = dispatch("fits", kind="shell")
+    fits.spec.update(min_ram=16 * gib, min_vram=24 * gib)
+    assert started(w.on_dispatch(fits, 0.0)) == ["fits"]
+    unmeasured = WorkerCore("w2", WorkerConfig(slots=4))  # nothing measured: not checked
+    assert started(unmeasured.on_dispatch(dispatch("any", kind="shell"), 0.0)) == ["any"]
+
+
 def test_llm_needs_the_profile_and_a_free_request() -> None:
     w = WorkerCore("w1", WorkerConfig(slots=0, models={"fast": 1}))
     [r] = sent(w.on_dispatch(dispatch("x", kind="llm", model="deep"), 0.0), DispatchReply)

@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 
@@ -41,6 +42,8 @@ from protocol.messages import (
     ResultAck,
     WorkItem,
 )
+
+from .jobspec.wording import format_size
 
 AttemptKey = tuple[str, str, int]  # (task, subtask, attempt)
 
@@ -59,6 +62,10 @@ class WorkerConfig:
     min_progress_s: float = 0.2
     start_notice_s: float = 0.05  # a start is told this long after it, if still running
     queued_notice_s: float = 1.0  # a queued attempt is first told of this soon
+    # This node's resources (None: not measured, not checked): a dispatch that needs
+    # more than the node has is refused, whatever its coordinator believed.
+    ram_total: int | None = None  # bytes
+    vram_max: int | None = None  # the largest GPU's memory, bytes (0: no GPU)
 
     @property
     def queue_limit(self) -> int:
@@ -219,12 +226,28 @@ class WorkerCore:
             return "model busy" if self._model_use[d.model or ""] >= limit else None
         if kind not in ("shell", "python"):
             return f"unknown subtask kind {kind!r}"
+        lacking = self._lacking(d.spec)
+        if lacking is not None:
+            return lacking
         if not self.config.allow_shell:
             return SHELL_DISABLED
         if self.config.slots <= 0:
             return "no shell/python slots on this node"
         if self.load >= self.config.slots + self.config.queue_limit:
             return "all slots busy"
+        return None
+
+    def _lacking(self, spec: Mapping[str, Any]) -> str | None:
+        """What the subtask needs beyond this node's memory or GPUs, if anything."""
+        config = self.config
+        checks = (
+            ("min_ram", config.ram_total, "memory"),
+            ("min_vram", config.vram_max, "GPU memory on its largest GPU"),
+        )
+        for key, have, what in checks:
+            need = spec.get(key, 0)
+            if have is not None and isinstance(need, int) and need > have:
+                return f"{key} {format_size(need)}: this node has {format_size(have)} of {what}"
         return None
 
     def on_cancel(self, m: CancelAttempt, now: float) -> list[Effect]:
