@@ -147,7 +147,7 @@ def _job_from_argument(job: dict[str, Any] | str) -> JobSpec:
 def _collect(job: JobSpec, workdir: str | None) -> dict[str, bytes]:
     if not any(s.inputs for s in job.subtasks):
         return {}
-    from .task_commands import collect_inputs  # the same checks and limits as `submit -f`
+    from .inputs import collect_inputs  # the same checks and limits as `submit -f`
 
     root = Path(workdir) if workdir else Path.cwd()
     if not root.is_dir():
