@@ -26,6 +26,7 @@ from swarmd.core.jobspec import (
     job_to_data,
     load_job_text,
     parse_job,
+    resolve_pins,
     single_command_job,
     single_prompt_job,
     topological_order,
@@ -1045,6 +1046,18 @@ def test_feasible_pins_and_combinations() -> None:
         )
     )
     check_feasible(spec, CLUSTER)
+
+
+def test_a_pin_by_id_prefix_becomes_the_full_id_and_a_name_stays() -> None:
+    spec = parse_job(
+        job(shell("a", node="bb"), shell("b", node="big"), shell("c"), shell("d", node="aa11"))
+    )
+    check_feasible(spec, CLUSTER)
+    pinned = resolve_pins(spec, CLUSTER)
+    assert [s.node for s in pinned.subtasks] == ["bb22", "big", None, "aa11"]
+    assert pinned.subtasks[1:] == spec.subtasks[1:]
+    unpinned = parse_job(job(shell("a", node="big"), shell("b")))
+    assert resolve_pins(unpinned, CLUSTER) is unpinned
 
 
 def test_no_shell_anywhere_and_no_gpu() -> None:
