@@ -144,6 +144,8 @@ def _job_from_argument(job: dict[str, Any] | str) -> JobSpec:
         except json.JSONDecodeError as exc:
             message = f"not valid JSON: line {exc.lineno}, column {exc.colno}: {exc.msg}"
             raise JobError(message, source="job") from None
+        except RecursionError:
+            raise JobError("not valid JSON: nested too deeply", source="job") from None
         if not isinstance(data, dict):
             raise JobError("expected a JSON object with the job's keys", source="job")
         job = data

@@ -160,6 +160,8 @@ def load(path: Path | None, overrides: dict[str, Any], state_dir: Path | None = 
             raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: {exc}") from None
+        except RecursionError:  # tomllib recurses once per level of [ or {
+            raise ConfigError(f"{path}: not valid TOML: nested too deeply") from None
     top = _Table(label, raw)
     node = _Table(f"{label} [node]", top.get("node", dict, {}))
     values: dict[str, Any] = {}

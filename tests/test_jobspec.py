@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -576,6 +576,23 @@ def test_json_syntax_error_has_line() -> None:
     with pytest.raises(JobError) as info:
         load_job_text('{"name": "x",\n "subtasks": [,]}', "json", "job.json")
     assert str(info.value) == "job.json: not valid JSON: line 2, column 15: Expecting value"
+
+
+@pytest.mark.parametrize(
+    ("text", "fmt"),
+    [
+        ("a = " + "[" * 100_000, "toml"),
+        ("a = " + "{b = " * 100_000, "toml"),
+        ('[[subtask]]\nid = "a"\nargs = ' + "[" * 100_000, "toml"),
+        ("[" * 100_000, "json"),
+        ('{"a": ' * 100_000, "json"),
+    ],
+    ids=["toml-arrays", "toml-tables", "toml-in-a-subtask", "json-arrays", "json-objects"],
+)
+def test_a_deeply_nested_job_file_is_a_job_error(text: str, fmt: Literal["toml", "json"]) -> None:
+    with pytest.raises(JobError) as info:
+        load_job_text(text, fmt, f"job.{fmt}")
+    assert str(info.value) == f"job.{fmt}: not valid {fmt.upper()}: nested too deeply"
 
 
 def test_json_duplicate_key_and_non_object() -> None:

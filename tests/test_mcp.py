@@ -186,6 +186,9 @@ def test_mcp_unreachable_daemon_is_a_tool_error(tmp_path: Path) -> None:
             assert "swarmd not reachable" in message and "control socket" in message, message
             message = await call_error(session, "submit_command", argv=["true"])
             assert "swarmd not reachable" in message
+            # a job as JSON text too deeply nested to parse: refused before any daemon call
+            message = await call_error(session, "submit_job", job="[" * 100_000)
+            assert message.endswith("job: not valid JSON: nested too deeply"), message
             # the server is still serving
             message = await call_error(session, "wait_task", task="x", timeout_s=1)
             assert "swarmd not reachable" in message

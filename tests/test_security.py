@@ -271,3 +271,11 @@ def test_links_that_stay_inside_are_followed_and_loops_refused(tmp_path: Path) -
         collect_inputs(
             load_job_text(_job_with_inputs(tmp_path, "data").read_text(), "toml", "j"), work
         )
+
+
+@pytest.mark.parametrize("name", ["job.toml", "job.json"])
+def test_a_deeply_nested_job_file_exits_2_without_a_traceback(tmp_path: Path, name: str) -> None:
+    (tmp_path / name).write_text(("a = " if name.endswith(".toml") else "") + "[" * 100_000)
+    out = swarmctl("submit", "-f", name, state_dir=tmp_path / "no-daemon", cwd=tmp_path)
+    assert out.returncode == 2, out
+    assert out.stderr == f"swarmctl: {name}: not valid {name[-4:].upper()}: nested too deeply\n"
