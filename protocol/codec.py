@@ -41,6 +41,8 @@ def decode(frame: bytes, max_bytes: int = MAX_FRAME_BYTES) -> AnyMessage:
         message: AnyMessage = _decoder.decode(frame)
     except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
         raise _classify(frame, exc) from None
+    except RecursionError:  # arrays or maps nested deeper than the interpreter's stack
+        raise ProtocolError("malformed", "nested too deeply") from None
     if message.v != PROTOCOL_VERSION:
         raise ProtocolError(
             "version", f"protocol version {message.v!r}, expected {PROTOCOL_VERSION}"

@@ -289,14 +289,20 @@ def undrain(obj: Ctx, node: str | None) -> None:
 
 
 @main.command("mcp")
+@click.option(
+    "--root",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    help="read job inputs only from inside DIR (default: the working directory, "
+    "unless that is /: then none)",
+)
 @click.pass_obj
-def mcp_command(obj: Ctx) -> None:
+def mcp_command(obj: Ctx, root: Path | None) -> None:
     """Serve the Model Context Protocol on stdio: tools for coding agents (MCP clients)."""
     try:
-        from .mcp_server import serve
+        from .mcp_server import default_root, serve
     except ImportError as exc:  # the mcp package is a dependency; say so if it is missing
         obj.fail(EXIT_USAGE, f"swarmctl mcp needs the mcp package (pip install mcp): {exc}")
-    serve(obj.state_dir, obj.node, obj.timeout)
+    serve(obj.state_dir, obj.node, obj.timeout, root.resolve() if root else default_root())
 
 
 from . import task_commands  # noqa: E402, F401 - registers submit, status, logs ...

@@ -10,6 +10,12 @@ Every tool talks to the daemon with the same synchronous control client as the o
 thread. A failure — no daemon, a refused job, an unknown task — is a tool error whose
 text says what is wrong; it never stops the server. Nothing but the protocol is
 written to stdout.
+
+Files: ``submit_job`` ships its ``inputs`` from a ``workdir`` that must lie inside the
+server's root (``swarmctl mcp --root DIR``; by default the directory it was started
+in), with the same checks as ``swarmctl submit`` (no symlink out of the workdir, only
+regular files). A server started in ``/`` without ``--root`` ships no files at all:
+clients such as Claude Desktop start their servers there, and ``/`` confines nothing.
 """
 
 from __future__ import annotations
@@ -138,25 +144,61 @@ def _job_from_argument(job: dict[str, Any] | str) -> JobSpec:
         except json.JSONDecodeError as exc:
             message = f"not valid JSON: line {exc.lineno}, column {exc.colno}: {exc.msg}"
             raise JobError(message, source="job") from None
+        except RecursionError:
+            raise JobError("not valid JSON: nested too deeply", source="job") from None
         if not isinstance(data, dict):
             raise JobError("expected a JSON object with the job's keys", source="job")
         job = data
     return parse_job(job, source=str(job.get("name", "job")))
 
 
-def _collect(job: JobSpec, workdir: str | None) -> dict[str, bytes]:
-    if not any(s.inputs for s in job.subtasks):
+def default_root(cwd: Path | None = None) -> Path | None:
+    """The root when ``--root`` is not given: the working directory, unless that is
+    ``/`` (which would confine nothing): then no root, and no files are shipped."""
+    here = (cwd or Path.cwd()).resolve()
+    return None if here == Path(here.anchor) else here
+
+
+def _workdir(root: Path | None, workdir: str | None) -> Path:
+    """The directory ``inputs`` are read from: ``workdir`` (relative to ``root``), which
+    must lie inside ``root`` once its links are resolved; ``root`` itself by default."""
+    if root is None:
+        raise JobError(
+            "this MCP server reads no files: it was started in / without a root "
+            "directory; start it as `swarmctl mcp --root DIR` to ship inputs from DIR"
+        )
+    try:
+        real = (root / workdir).resolve() if workdir else root.resolve()
+    except (OSError, RuntimeError, ValueError) as exc:  # a link loop, a NUL character
+        raise JobError(f"workdir {workdir!r}: {exc}") from None
+    if not real.is_relative_to(root.resolve()):
+        raise JobError(
+            f"workdir {workdir!r} is outside this server's root {str(root)!r}: inputs are "
+            "read only from inside it (swarmctl mcp --root DIR)"
+        )
+    if not real.is_dir():
+        raise JobError(f"workdir {workdir!r} is not a directory")
+    return real
+
+
+def _collect(job: JobSpec, workdir: str | None, root: Path | None) -> dict[str, bytes]:
+    wanted = any(s.inputs for s in job.subtasks)
+    if not wanted and not workdir:
         return {}
-    from .task_commands import collect_inputs  # the same checks and limits as `submit -f`
+    base = _workdir(root, workdir)  # a workdir given is checked, inputs or not
+    from .inputs import collect_inputs  # the same checks and limits as `submit -f`
 
-    root = Path(workdir) if workdir else Path.cwd()
-    if not root.is_dir():
-        raise JobError(f"workdir {str(root)!r} is not a directory")
-    return collect_inputs(job, root)
+    return collect_inputs(job, base) if wanted else {}
 
 
-def build_server(state_dir: Path, node: str | None = None, timeout_s: float = 3.0) -> Any:
-    """The MCP server with the swarm tools, talking to the node at ``state_dir``."""
+def build_server(
+    state_dir: Path,
+    node: str | None = None,
+    timeout_s: float = 3.0,
+    root: Path | None = None,
+) -> Any:
+    """The MCP server with the swarm tools, talking to the node at ``state_dir``;
+    ``submit_job`` reads inputs only from inside ``root`` (none without one)."""
     swarm = SwarmTools(state_dir, node, timeout_s)
     server = _Server("swarmd", instructions=INSTRUCTIONS)
 
@@ -238,14 +280,16 @@ def build_server(state_dir: Path, node: str | None = None, timeout_s: float = 3.
         "after": ["plan"]}]}. Other subtask keys: priority, retries, retry_on_error,
         min_vram, min_ram, capability, model, node (pin), env, system.
         `{{ ID.stdout }}` / `{{ ID.output }}` insert an upstream result. `inputs` are
-        paths relative to `workdir` (default: this server's working directory), shipped
-        with the job. A bad job (cycle, unknown id, a capability nobody offers, …) is an
-        error naming each bad subtask; fix them all and resubmit.
+        paths relative to `workdir`, shipped with the job; `workdir` (absolute, or
+        relative to the server's root directory; the root by default) must lie inside
+        that root, and no symlink may lead out of it. A bad job (cycle, unknown id, a
+        capability nobody offers, …) is an error naming each bad subtask; fix them all
+        and resubmit.
         """
 
         def submit() -> dict[str, Any]:
             spec = _job_from_argument(job)
-            return swarm.submit(spec, _collect(spec, workdir))
+            return swarm.submit(spec, _collect(spec, workdir, root))
 
         return await run(submit)
 
@@ -313,9 +357,11 @@ def build_server(state_dir: Path, node: str | None = None, timeout_s: float = 3.
     return server
 
 
-def serve(state_dir: Path, node: str | None = None, timeout_s: float = 3.0) -> None:
+def serve(
+    state_dir: Path, node: str | None = None, timeout_s: float = 3.0, root: Path | None = None
+) -> None:
     """Serve MCP on stdin/stdout until the client closes stdin."""
-    build_server(state_dir, node, timeout_s).run("stdio")
+    build_server(state_dir, node, timeout_s, root).run("stdio")
 
 
-__all__ = ["INSTRUCTIONS", "SwarmTools", "ToolError", "build_server", "serve"]
+__all__ = ["INSTRUCTIONS", "SwarmTools", "ToolError", "build_server", "default_root", "serve"]

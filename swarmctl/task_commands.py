@@ -24,7 +24,6 @@ from protocol.messages import (
 from swarmd.core.jobspec import (
     JobError,
     JobSpec,
-    check_input_sizes,
     job_format,
     job_to_data,
     load_job_text,
@@ -33,33 +32,7 @@ from swarmd.core.jobspec import (
 )
 
 from .cli import EXIT_FAILED, EXIT_USAGE, Ctx, main
-
-MAX_INPUT_BYTES = 12 * 1024 * 1024  # all shipped files of a job: they travel in one frame
-MAX_INPUT_FILE_BYTES = 12 * 1024 * 1024
-
-
-def collect_inputs(job: JobSpec, root: Path) -> dict[str, bytes]:
-    """Read every ``inputs`` path of the job from ``root``; exit 2 naming what's wrong."""
-    sizes: dict[str, int | None] = {}
-    paths: dict[str, Path] = {}
-    for spec in job.subtasks:
-        for rel in spec.inputs:
-            full = root / rel
-            if full.is_dir():
-                found = False
-                for f in sorted(full.rglob("*")):
-                    if f.is_file():
-                        key = f.relative_to(root).as_posix()
-                        sizes[key], paths[key] = f.stat().st_size, f
-                        found = True
-                if not found:
-                    sizes[rel] = 0
-            elif full.is_file():
-                sizes[rel], paths[rel] = full.stat().st_size, full
-            else:
-                sizes[rel] = None
-    check_input_sizes(job, sizes, MAX_INPUT_BYTES, MAX_INPUT_FILE_BYTES)
-    return {key: path.read_bytes() for key, path in paths.items()}
+from .inputs import collect_inputs
 
 
 def _build_job(

@@ -62,6 +62,7 @@ class Config:
     hardware_interval_s: float = 5.0
     metrics_port: int | None = None  # /metrics and /healthz over HTTP; off unless set
     metrics_bind: str = "127.0.0.1"
+    metrics_token: str | None = None  # required when metrics_bind is not loopback
     drain_grace_s: float = 20.0  # on SIGTERM: how long running work may finish
     dashboard_port: int | None = None  # the web dashboard (swarmd/dashboard.py); off unless set
     dashboard_bind: str = "127.0.0.1"
@@ -160,6 +161,8 @@ def load(path: Path | None, overrides: dict[str, Any], state_dir: Path | None = 
             raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: {exc}") from None
+        except RecursionError:  # tomllib recurses once per level of [ or {
+            raise ConfigError(f"{path}: not valid TOML: nested too deeply") from None
     top = _Table(label, raw)
     node = _Table(f"{label} [node]", top.get("node", dict, {}))
     values: dict[str, Any] = {}
@@ -177,6 +180,7 @@ def load(path: Path | None, overrides: dict[str, Any], state_dir: Path | None = 
         ("state_dir", str),
         ("metrics_port", int),
         ("metrics_bind", str),
+        ("metrics_token", str),
         ("dashboard_port", int),
         ("dashboard_bind", str),
         ("dashboard_token", str),
@@ -331,8 +335,15 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"on_battery {cfg.on_battery!r}: expected pause or run")
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level {cfg.log_level!r}: expected debug, info, warning or error")
-    if cfg.metrics_port is not None and not 0 < cfg.metrics_port < 65536:
-        raise ConfigError(f"metrics_port {cfg.metrics_port}: expected 1-65535")
+    if cfg.metrics_port is not None:
+        if not 0 < cfg.metrics_port < 65536:
+            raise ConfigError(f"metrics_port {cfg.metrics_port}: expected 1-65535")
+        from .httpapi import check_settings as check_metrics  # only when it is on
+
+        try:
+            check_metrics(cfg.metrics_bind, cfg.metrics_token)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     if cfg.dashboard_port is not None:
         if not 0 < cfg.dashboard_port < 65536:
             raise ConfigError(f"dashboard_port {cfg.dashboard_port}: expected 1-65535")

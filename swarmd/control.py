@@ -38,7 +38,14 @@ from protocol.messages import (
 )
 
 from .core.gossip import Member
-from .core.jobspec import JobError, PeerFacts, check_feasible, parse_job
+from .core.jobspec import (
+    JobError,
+    PeerFacts,
+    check_feasible,
+    job_to_data,
+    parse_job,
+    resolve_pins,
+)
 from .core.tasks import FINAL_TASK, UnknownTask
 from .work import Coordination
 
@@ -150,13 +157,17 @@ class Control:
         )
 
     def submit(self, request: SubmitRequest) -> ControlReply:
-        """Validate the job against the live cluster, then coordinate it here."""
+        """Validate the job against the live cluster, then coordinate it here. A
+        ``node`` pin by id prefix is kept (and journaled) as the full id it matched."""
         try:
             job = parse_job(request.job, source=str(request.job.get("name", "job")))
-            check_feasible(job, self.node.peer_facts())
+            peers = self.node.peer_facts()
+            check_feasible(job, peers)
         except JobError as exc:
             return ErrorReply(code="bad_request", message=str(exc)[:4000])
-        task_id = self.node.coordination.submit(job, request.files, request.job)
+        pinned = resolve_pins(job, peers)
+        data = request.job if pinned is job else job_to_data(pinned)
+        task_id = self.node.coordination.submit(pinned, request.files, data)
         return SubmitReply(task=task_id)
 
     def task(self, request: TaskRequest) -> ControlReply:

@@ -10,17 +10,26 @@ reaches the rest of the node.
   ``"status": "stalled"`` when its last tick is older than the watchdog limit, or
   ``"stopping"`` once the node is shutting down. ``draining`` is reported, not failed:
   a draining node is healthy, it just takes no new work.
+
+Access, as for the dashboard: bound to loopback (the default) it answers anyone on this
+machine. ``metrics_bind`` anywhere else needs ``[node] metrics_token`` (refused at
+config load without one, :func:`check_settings`), and then every request must carry
+it — ``Authorization: Bearer TOKEN`` (Prometheus ``authorization.credentials``) or
+``?token=TOKEN`` — else 401.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import time
 from typing import Any
+from urllib.parse import parse_qs
 
+from .dashboard import is_loopback
 from .metrics import CONTENT_TYPE, MetricsNode, NodeMetrics
 
 MAX_LINE_BYTES = 8192  # request line, and each header line
@@ -33,6 +42,7 @@ STALL_FACTOR = 10  # like the node's watchdog: this many gossip intervals withou
 _REASONS = {
     200: "OK",
     400: "Bad Request",
+    401: "Unauthorized",
     404: "Not Found",
     405: "Method Not Allowed",
     408: "Request Timeout",
@@ -42,6 +52,20 @@ _REASONS = {
 }
 _JSON = "application/json"
 _TEXT = "text/plain; charset=utf-8"
+
+
+def check_settings(bind: str, token: str | None) -> None:
+    """ValueError for a bind address beyond loopback without a token, or a weak token."""
+    if token is not None and (len(token) < 16 or not token.isprintable() or " " in token):
+        raise ValueError(
+            "metrics_token: use at least 16 printable characters without spaces "
+            "(for example the output of `openssl rand -hex 16`)"
+        )
+    if token is None and not is_loopback(bind):
+        raise ValueError(
+            f"metrics_bind {bind!r} is not a loopback address: set metrics_token too "
+            "(every request must then carry it, as Authorization: Bearer or ?token=)"
+        )
 
 
 class BadRequest(Exception):
@@ -56,6 +80,7 @@ class HttpApi:
         self._node_any = node  # for what health reads beyond MetricsNode (last_tick, stopping)
         self.log = log
         self.metrics = NodeMetrics(node)
+        self.token: str | None = getattr(getattr(node, "config", None), "metrics_token", None)
         self.started = time.monotonic()
         self.server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[Any]] = set()
@@ -126,9 +151,15 @@ class HttpApi:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = False
         try:
-            method, path = await asyncio.wait_for(self._read_request(reader), REQUEST_TIMEOUT_S)
+            method, path, given = await asyncio.wait_for(
+                self._read_request(reader), REQUEST_TIMEOUT_S
+            )
             head = method == "HEAD"
-            status, ctype, body = self._route(method, path)
+            if self._authorized(given):
+                status, ctype, body = self._route(method, path)
+            else:
+                self.node.counters["http_unauthorized"] += 1
+                status, ctype, body = 401, _TEXT, b"a metrics token is required\n"
         except BadRequest as exc:
             self.node.counters["http_bad_requests"] += 1
             status, ctype, body = exc.status, _TEXT, f"{exc}\n".encode()
@@ -147,13 +178,20 @@ class HttpApi:
         ]
         if status == 405:
             lines.append("Allow: GET, HEAD")
+        if status == 401:
+            lines.append("WWW-Authenticate: Bearer")
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("ascii"))
         if not head:
             writer.write(body)
         with contextlib.suppress(ConnectionError, TimeoutError):
             await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT_S)
 
-    async def _read_request(self, reader: asyncio.StreamReader) -> tuple[str, str]:
+    def _authorized(self, given: str) -> bool:
+        token = self.token
+        return token is None or hmac.compare_digest(given.encode(), token.encode())
+
+    async def _read_request(self, reader: asyncio.StreamReader) -> tuple[str, str, str]:
+        """Method, path and the token the request carries ("" without one)."""
         line = await self._read_line(reader, 400)
         try:
             text = line.decode("ascii")
@@ -163,16 +201,23 @@ class HttpApi:
         if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
             raise BadRequest(400, "bad request line")
         method, target, _version = parts
+        path, _, query = target.partition("?")
+        given = parse_qs(query).get("token", [""])[-1]
         for _ in range(MAX_HEADER_LINES):
-            if not (await self._read_line(reader, 431)).strip():
+            header = (await self._read_line(reader, 431)).decode("latin-1").strip()
+            if not header:
                 break
+            name, _, value = header.partition(":")
+            scheme, _, credentials = value.strip().partition(" ")
+            if name.strip().lower() == "authorization" and scheme.lower() == "bearer":
+                given = credentials.strip()
         else:
             raise BadRequest(431, "too many header lines")
         if not method.isalpha() or not method.isupper():
             raise BadRequest(400, "bad method")
         if not target.startswith("/"):
             raise BadRequest(400, "bad request target")
-        return method, target.split("?", 1)[0]
+        return method, path, given
 
     @staticmethod
     async def _read_line(reader: asyncio.StreamReader, status: int) -> bytes:

@@ -44,6 +44,16 @@ def getenv(name: str) -> str | None:
     return os.environ.get(name)
 
 
+def environ() -> dict[str, str]:
+    return dict(os.environ)
+
+
+def sys_path() -> list[str]:
+    import sys
+
+    return list(sys.path)
+
+
 def pid() -> int:
     return os.getpid()
 

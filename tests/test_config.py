@@ -375,6 +375,14 @@ def test_invalid_toml_syntax(tmp_path: Path, text: str) -> None:
     assert "(at " in message  # tomllib says where: line and column, or end of document
 
 
+@pytest.mark.parametrize("text", ["a = " + "[" * 100_000, "[node]\nx = " + "{y = " * 100_000])
+def test_a_deeply_nested_config_is_a_config_error(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load(path, {}, state_dir=tmp_path)
+    assert str(info.value) == f"{path}: not valid TOML: nested too deeply"
+
+
 def test_errors_from_a_file_name_the_file(tmp_path: Path) -> None:
     path = write(tmp_path, "[node]\nport = 'x'", name="my-node.toml")
     with pytest.raises(ConfigError, match=r"my-node\.toml \[node\] port"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import stat
@@ -411,6 +412,35 @@ def test_python_idle_worker_that_died_is_replaced(tmp_path: Path) -> None:
         assert wait_gone(worker_pid)
         res = run_py(pool, py("tests.pyfuncs:add", 1, 1), tmp_path)
         assert res.ok and res.output == "2" and pool.started == 2
+    finally:
+        pool.close()
+
+
+def test_a_python_call_cannot_change_the_environment_of_later_calls(tmp_path: Path) -> None:
+    """One worker, reused: what a call does to os.environ, the working directory,
+    sys.path or the umask is undone before the next call on it, even a failed one."""
+    pool = PythonPool(max_workers=1)
+    state = ("tests.pyfuncs:environ", "os:getcwd", "tests.pyfuncs:sys_path", "os:getpid")
+
+    def seen() -> list[Any]:
+        return [json.loads(run_py(pool, py(call), tmp_path).output or "") for call in state]
+
+    try:
+        before = seen()
+        assert "PATH" in before[0]
+        for req in (
+            py("os:environ.__setitem__", "SWARMD_LEAK", "1"),
+            py("os:environ.pop", "PATH"),
+            py("os:chdir", "/"),
+            py("sys:path.insert", 0, str(tmp_path)),
+            py("os:umask", 0o777),
+            py("tests.pyfuncs:fail", "after a change", env={"SPEC_VAR": "x"}),
+        ):
+            run_py(pool, req, tmp_path)
+        assert seen() == before  # the same worker (pid), as it was
+        mask = os.umask(0o022)
+        os.umask(mask)
+        assert run_py(pool, py("os:umask", 0o022), tmp_path).output == str(mask)
     finally:
         pool.close()
 

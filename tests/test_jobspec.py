@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -26,6 +26,7 @@ from swarmd.core.jobspec import (
     job_to_data,
     load_job_text,
     parse_job,
+    resolve_pins,
     single_command_job,
     single_prompt_job,
     topological_order,
@@ -577,6 +578,23 @@ def test_json_syntax_error_has_line() -> None:
     assert str(info.value) == "job.json: not valid JSON: line 2, column 15: Expecting value"
 
 
+@pytest.mark.parametrize(
+    ("text", "fmt"),
+    [
+        ("a = " + "[" * 100_000, "toml"),
+        ("a = " + "{b = " * 100_000, "toml"),
+        ('[[subtask]]\nid = "a"\nargs = ' + "[" * 100_000, "toml"),
+        ("[" * 100_000, "json"),
+        ('{"a": ' * 100_000, "json"),
+    ],
+    ids=["toml-arrays", "toml-tables", "toml-in-a-subtask", "json-arrays", "json-objects"],
+)
+def test_a_deeply_nested_job_file_is_a_job_error(text: str, fmt: Literal["toml", "json"]) -> None:
+    with pytest.raises(JobError) as info:
+        load_job_text(text, fmt, f"job.{fmt}")
+    assert str(info.value) == f"job.{fmt}: not valid {fmt.upper()}: nested too deeply"
+
+
 def test_json_duplicate_key_and_non_object() -> None:
     with pytest.raises(JobError, match='duplicate key "id"'):
         load_job_text('{"subtasks": [{"id": "a", "id": "b"}]}', "json", "j.json")
@@ -1045,6 +1063,18 @@ def test_feasible_pins_and_combinations() -> None:
         )
     )
     check_feasible(spec, CLUSTER)
+
+
+def test_a_pin_by_id_prefix_becomes_the_full_id_and_a_name_stays() -> None:
+    spec = parse_job(
+        job(shell("a", node="bb"), shell("b", node="big"), shell("c"), shell("d", node="aa11"))
+    )
+    check_feasible(spec, CLUSTER)
+    pinned = resolve_pins(spec, CLUSTER)
+    assert [s.node for s in pinned.subtasks] == ["bb22", "big", None, "aa11"]
+    assert pinned.subtasks[1:] == spec.subtasks[1:]
+    unpinned = parse_job(job(shell("a", node="big"), shell("b")))
+    assert resolve_pins(unpinned, CLUSTER) is unpinned
 
 
 def test_no_shell_anywhere_and_no_gpu() -> None:

@@ -377,3 +377,10 @@ def test_retry_after_parsing() -> None:
     assert llm._retry_after(None) is None and llm._retry_after("soon") is None
     later = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 5))
     assert 3.0 < (llm._retry_after(later) or 0) <= 5.0
+
+
+def test_a_deeply_nested_answer_is_a_failure_not_an_exception() -> None:
+    """run() never raises: JSON nested past the recursion limit is just not JSON."""
+    deep = "[" * 100_000
+    _, res = with_fake([status(200, deep)], lambda f: llm.run(llm_req(f.endpoint)))
+    assert res.app_failed and "is not JSON" in (res.error or ""), res

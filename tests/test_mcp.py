@@ -47,12 +47,15 @@ def cluster(tmp_path: Path) -> Iterator[list[Daemon]]:
             d.stop()
 
 
-def server_params(state_dir: Path, *extra: str) -> StdioServerParameters:
+def server_params(
+    state_dir: Path, *extra: str, mcp: tuple[str, ...] = (), cwd: Path = ROOT
+) -> StdioServerParameters:
+    """``swarmctl [--state-dir ... EXTRA] mcp [MCP]``, started in ``cwd``."""
     return StdioServerParameters(
         command=sys.executable,
-        args=["-m", "swarmctl", "--state-dir", str(state_dir), *extra, "mcp"],
+        args=["-m", "swarmctl", "--state-dir", str(state_dir), *extra, "mcp", *mcp],
         env=dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1"),
-        cwd=str(ROOT),
+        cwd=str(cwd),
     )
 
 
@@ -88,7 +91,10 @@ def test_mcp_tools_over_stdio(cluster: list[Daemon], tmp_path: Path) -> None:
 
     async def scenario() -> None:
         async with (
-            stdio_client(server_params(n1.state_dir)) as (read, write),
+            stdio_client(server_params(n1.state_dir, mcp=("--root", str(tmp_path)))) as (
+                read,
+                write,
+            ),
             ClientSession(read, write) as session,
         ):
             await session.initialize()
@@ -180,6 +186,9 @@ def test_mcp_unreachable_daemon_is_a_tool_error(tmp_path: Path) -> None:
             assert "swarmd not reachable" in message and "control socket" in message, message
             message = await call_error(session, "submit_command", argv=["true"])
             assert "swarmd not reachable" in message
+            # a job as JSON text too deeply nested to parse: refused before any daemon call
+            message = await call_error(session, "submit_job", job="[" * 100_000)
+            assert message.endswith("job: not valid JSON: nested too deeply"), message
             # the server is still serving
             message = await call_error(session, "wait_task", task="x", timeout_s=1)
             assert "swarmd not reachable" in message
@@ -198,5 +207,49 @@ def test_mcp_unreachable_daemon_is_a_tool_error(tmp_path: Path) -> None:
             assert f"no answer from {address} within 0.5 s" in message, message
             message = await call_error(session, "list_tasks")
             assert "swarmd not reachable" in message
+
+    asyncio.run(scenario())
+
+
+def test_mcp_reads_inputs_only_from_inside_its_root(tmp_path: Path) -> None:
+    """submit_job's workdir and inputs stay inside `--root` (the start directory by
+    default; nothing when that is /). Refused before any daemon is asked: none runs."""
+    nobody = tmp_path / "nobody"
+    nobody.mkdir()
+    project = tmp_path / "project"
+    (project / "sub").mkdir(parents=True)
+    (project / "notes.txt").write_text("fine\n")
+    (project / "sub" / "key").symlink_to(tmp_path / "nobody")
+    job = {"subtasks": [{"id": "a", "kind": "shell", "run": ["true"], "inputs": ["."]}]}
+    hosts = {**job, "subtasks": [{**job["subtasks"][0], "inputs": ["etc/hosts"]}]}
+    notes = {**job, "subtasks": [{**job["subtasks"][0], "inputs": ["notes.txt"]}]}
+
+    async def scenario() -> None:
+        async with (
+            stdio_client(server_params(nobody, mcp=("--root", str(project)))) as (read, write),
+            ClientSession(read, write) as session,
+        ):
+            await session.initialize()
+            for workdir in ("/", "..", str(tmp_path), "sub/key"):
+                message = await call_error(session, "submit_job", job=hosts, workdir=workdir)
+                assert f"workdir {workdir!r} is outside this server's root" in message, message
+            message = await call_error(session, "submit_job", job=job)
+            assert '"sub/key" is a symbolic link to' in message, message
+            # inside the root, by default and by a relative workdir: read, then the
+            # missing daemon is what fails
+            message = await call_error(session, "submit_job", job=notes)
+            assert "swarmd not reachable" in message, message
+            message = await call_error(session, "submit_job", job=hosts, workdir="sub")
+            assert '"etc/hosts" does not exist' in message, message
+        # started in / without --root (as Claude Desktop starts servers): no files at all
+        async with (
+            stdio_client(server_params(nobody, cwd=Path("/"))) as (read, write),
+            ClientSession(read, write) as session,
+        ):
+            await session.initialize()
+            message = await call_error(session, "submit_job", job=hosts, workdir="/")
+            assert "swarmctl mcp --root DIR" in message, message
+            message = await call_error(session, "submit_job", job=hosts)
+            assert "swarmctl mcp --root DIR" in message, message
 
     asyncio.run(scenario())

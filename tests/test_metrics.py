@@ -21,6 +21,7 @@ from tests.harness import Daemon, free_port, new_secret, swarmctl, wait_until
 
 # n1 coordinates and runs no shell work, so a task's dispatch crosses the network to n2
 COORDINATOR_CONFIG = "[node]\nallow_shell = false\nmetrics_port = {port}\n"
+TOKEN = "0123456789abcdef0123"
 
 
 @pytest.fixture
@@ -222,9 +223,13 @@ def test_health_is_503_when_the_gossip_loop_stalls_or_the_node_stops() -> None:
 
 def test_config_keys(tmp_path: Path) -> None:
     path = tmp_path / "swarmd.toml"
-    path.write_text('[node]\nmetrics_port = 9464\nmetrics_bind = "0.0.0.0"\ndrain_grace = "5s"\n')
+    path.write_text(
+        f'[node]\nmetrics_port = 9464\nmetrics_bind = "0.0.0.0"\nmetrics_token = "{TOKEN}"\n'
+        'drain_grace = "5s"\n'
+    )
     cfg = load(path, {}, state_dir=tmp_path)
     assert (cfg.metrics_port, cfg.metrics_bind, cfg.drain_grace_s) == (9464, "0.0.0.0", 5.0)
+    assert cfg.metrics_token == TOKEN
     default = load(None, {}, state_dir=tmp_path)
     assert (default.metrics_port, default.metrics_bind, default.drain_grace_s) == (
         None,
@@ -235,7 +240,42 @@ def test_config_keys(tmp_path: Path) -> None:
         ("metrics_port = 70000", "metrics_port 70000: expected 1-65535"),
         ('metrics_port = "9464"', "metrics_port: expected int"),
         ('drain_grace = "soon"', "drain_grace: bad duration"),
+        (
+            'metrics_port = 9464\nmetrics_bind = "0.0.0.0"',
+            "metrics_bind '0.0.0.0' is not a loopback address: set metrics_token too",
+        ),
+        ('metrics_port = 9464\nmetrics_bind = "::"', "metrics_bind '::' is not a loopback"),
+        ('metrics_port = 9464\nmetrics_bind = "10.0.0.5"', "'10.0.0.5' is not a loopback"),
+        ('metrics_port = 9464\nmetrics_token = "short"', "metrics_token: use at least 16"),
     ):
         path.write_text(f"[node]\n{bad}\n")
         with pytest.raises(ConfigError, match=message):
             load(path, {}, state_dir=tmp_path)
+
+
+def test_metrics_beyond_loopback_need_a_token_and_then_every_request_carries_it(
+    tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    open_config = f'[node]\nmetrics_port = {free_port()}\nmetrics_bind = "0.0.0.0"\n'
+    open_bind = Daemon(tmp_path, "open", config=open_config)
+    daemons.append(open_bind)
+    assert open_bind.start().wait_exit(15) == 2  # refused at config load: nothing served
+    assert "metrics_bind '0.0.0.0' is not a loopback address" in open_bind.log()
+    assert "Traceback" not in open_bind.log()
+
+    port = free_port()
+    config = f'[node]\nmetrics_port = {port}\nmetrics_token = "{TOKEN}"\n'
+    d = Daemon(tmp_path, "guarded", config=config, args=("--no-mdns",))
+    daemons.append(d)
+    d.start().wait_ready()
+    for path in ("/metrics", "/healthz", "/metrics?token=wrong"):
+        status, headers, body = get(port, path)
+        assert (status, headers["www-authenticate"]) == (401, "Bearer"), path
+        assert b"swarmd_" not in body and d.node_id().encode() not in body
+    wrong = b"GET /metrics HTTP/1.1\r\nAuthorization: Bearer nope\r\n\r\n"
+    assert http(port, wrong)[0] == 401
+    bearer = f"GET /metrics HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
+    status, _, body = http(port, bearer)
+    assert status == 200 and b"swarmd_peers" in body
+    assert get(port, f"/healthz?token={TOKEN}")[0] == 200
+    assert d.counters()["http_unauthorized"] == 4

@@ -279,6 +279,16 @@ def test_msgpack_that_is_not_a_map_is_malformed(value: Any) -> None:
     assert reason_of(msgspec.msgpack.encode(value)).reason == "malformed"
 
 
+def test_a_frame_nested_past_the_stack_is_malformed() -> None:
+    """A submit whose job holds 200,000 nested arrays: dropped, not a RecursionError."""
+    head = msgspec.msgpack.encode({"v": PROTOCOL_VERSION, "t": "submit", "files": {}})
+    assert head[0] == 0x83  # a map of 3: one more entry, "job", follows
+    job = b"\x81" + msgspec.msgpack.encode("a") + b"\x91" * 200_000 + b"\x90"
+    frame = b"\x84" + head[1:] + msgspec.msgpack.encode("job") + job
+    error = reason_of(frame)
+    assert (error.reason, error.detail) == ("malformed", "nested too deeply")
+
+
 def test_trailing_bytes_after_a_message_are_malformed() -> None:
     assert reason_of(codec.encode(EXAMPLES[Syn]) + b"\x00").reason == "malformed"
 

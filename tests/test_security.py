@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
 import struct
 from pathlib import Path
 
 import msgspec
+import pytest
 import zmq
 
 from protocol import codec
 from protocol.messages import PROTOCOL_VERSION, Dispatch, NodeRef, PeersRequest, Syn
+from swarmctl.inputs import collect_inputs
+from swarmd.core.jobspec import JobError, load_job_text
 from swarmd.identity import ClusterKeys
 from tests.harness import Daemon, member_socket, new_secret, swarmctl, wait_until
 
@@ -181,3 +186,96 @@ def test_truncated_length_prefix_on_control_socket(tmp_path: Path, daemons: list
     finally:
         ctx.term()
     assert d.states() == {"ctl": "alive"}
+
+
+# ---------------------------------------------------------------- what submit ships
+
+
+def _job_with_inputs(where: Path, *inputs: str) -> Path:
+    listed = ", ".join(json.dumps(i) for i in inputs)
+    job = where / "job.toml"
+    job.write_text(f'[[subtask]]\nid = "a"\nkind = "shell"\nrun = ["true"]\ninputs = [{listed}]\n')
+    return job
+
+
+def _submit_refused(work: Path, *inputs: str) -> str:
+    """`swarmctl submit -f` of a job with these inputs: refused (exit 2) before any
+    daemon is asked (there is none); the message."""
+    _job_with_inputs(work, *inputs)
+    out = swarmctl("submit", "-f", "job.toml", state_dir=work / "no-daemon", cwd=work)
+    assert out.returncode == 2, out
+    assert "TOPSECRET" not in out.stdout + out.stderr
+    return out.stderr
+
+
+def test_submit_follows_no_symlink_out_of_the_submit_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SWARMD_TEST_SECRET", "TOPSECRET")  # in swarmctl's /proc/self/environ
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "id_ed25519").write_text("TOPSECRET key\n")
+    work = tmp_path / "work"
+    (work / "src").mkdir(parents=True)
+    (work / "src" / "ok.py").write_text("print('ok')\n")
+    (work / "env").symlink_to("/proc/self/environ")
+    (work / "ssh").symlink_to(outside)
+    (work / "src" / "key").symlink_to(outside / "id_ed25519")
+
+    message = _submit_refused(work, "env")
+    assert '"env" is a symbolic link to "/proc/self/environ", outside the submit directory' in (
+        message
+    ), message
+    assert 'subtask "a": inputs' in message
+    message = _submit_refused(work, "ssh")  # a linked directory
+    assert f'"ssh" is a symbolic link to "{outside}"' in message, message
+    message = _submit_refused(work, "ssh/id_ed25519")  # through a linked parent
+    assert f'"ssh" is a symbolic link to "{outside}"' in message, message
+    message = _submit_refused(work, "src")  # a link inside a shipped directory
+    assert f'"src/key" is a symbolic link to "{outside / "id_ed25519"}"' in message, message
+    message = _submit_refused(work, ".")  # every refused path, each on its own line
+    refused = re.findall(r'inputs: "([^"]+)" is a symbolic link', message)
+    assert sorted(refused) == ["env", "src/key", "ssh"], message
+
+
+def test_submit_refuses_fifos_sockets_and_pseudo_files(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    (work / "dir").mkdir(parents=True)
+    os.mkfifo(work / "dir" / "pipe")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(work / "sock"))
+        message = _submit_refused(work, "sock")
+        assert '"sock" is a socket: only regular files and directories' in message, message
+    message = _submit_refused(work, "dir/pipe")
+    assert '"dir/pipe" is a named pipe (FIFO)' in message, message
+    message = _submit_refused(work, "dir")  # found while walking a directory
+    assert '"dir/pipe" is a named pipe (FIFO)' in message, message
+    # a submit directory on a pseudo file system: its files describe this machine
+    proc = Path("/proc/self")
+    out = swarmctl("submit", "-f", str(_job_with_inputs(tmp_path, "status")), cwd=proc)
+    assert out.returncode == 2, out
+    assert '"status" is on /proc, a pseudo file system' in out.stderr, out.stderr
+
+
+def test_links_that_stay_inside_are_followed_and_loops_refused(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    (work / "data").mkdir(parents=True)
+    (work / "data" / "a.txt").write_text("A")
+    (work / "alias.txt").symlink_to("data/a.txt")
+    (work / "more").symlink_to("data")
+    job = load_job_text(_job_with_inputs(tmp_path, "alias.txt", "more").read_text(), "toml", "j")
+    files = collect_inputs(job, work)
+    assert files == {"alias.txt": b"A", "more/a.txt": b"A"}
+    (work / "data" / "up").symlink_to("..")
+    with pytest.raises(JobError, match=r'"data/up/data" is a symbolic link loop|"data/up" is'):
+        collect_inputs(
+            load_job_text(_job_with_inputs(tmp_path, "data").read_text(), "toml", "j"), work
+        )
+
+
+@pytest.mark.parametrize("name", ["job.toml", "job.json"])
+def test_a_deeply_nested_job_file_exits_2_without_a_traceback(tmp_path: Path, name: str) -> None:
+    (tmp_path / name).write_text(("a = " if name.endswith(".toml") else "") + "[" * 100_000)
+    out = swarmctl("submit", "-f", name, state_dir=tmp_path / "no-daemon", cwd=tmp_path)
+    assert out.returncode == 2, out
+    assert out.stderr == f"swarmctl: {name}: not valid {name[-4:].upper()}: nested too deeply\n"

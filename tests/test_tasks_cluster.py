@@ -144,6 +144,19 @@ def test_min_vram_goes_to_the_node_with_the_big_gpu(cluster: list[Daemon]) -> No
     assert "VRAM" in explain.stdout  # the other peers are infeasible, and it says why
 
 
+def test_a_pin_by_id_prefix_is_placed_on_that_node(cluster: list[Daemon], tmp_path: Path) -> None:
+    """The submit check takes a unique id prefix for `node`; placement must too."""
+    n1, n3 = cluster[0], cluster[2]
+    prefix = n3.node_id()[:6]
+    (tmp_path / "job.toml").write_text(
+        f'[[subtask]]\nid = "a"\nkind = "shell"\nrun = ["true"]\nnode = "{prefix}"\n'
+    )
+    task = submit(n1, "-f", "job.toml", cwd=tmp_path)
+    final = wait_state(n1, task, ("done", "failed"), timeout=20)
+    assert final["state"] == "done", final
+    assert final["subtasks"][0]["peer"] == "n3"
+
+
 def test_sigkill_of_the_worker_redispatches(cluster: list[Daemon]) -> None:
     n1, n2, n3 = cluster
     task = submit(n1, "--", "sh", "-c", "sleep 1.5; echo finished")

@@ -228,7 +228,7 @@ class _Completion:
                 break
             try:
                 chunk = json.loads(data)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):  # nested too deeply: as garbage
                 continue
             if not isinstance(chunk, dict):
                 continue
@@ -253,7 +253,7 @@ class _Completion:
                 )
         try:
             doc = json.loads(bytes(raw))
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             return ExecResult.failure(
                 f"response from {self.url} is not JSON: {_snippet(bytes(raw))}", app_failed=True
             )

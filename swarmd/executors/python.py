@@ -13,6 +13,15 @@ A call that overruns its timeout, or is cancelled, takes its worker with it: the
 worker's process group gets SIGTERM, then SIGKILL, and the next call starts a fresh
 worker. Other calls in flight on other workers are not disturbed. A function that kills
 its own worker (``os._exit``, a segfault) fails only its own call.
+
+Isolation between calls on one worker: after every call, however it ended, the worker
+puts back ``os.environ`` (every variable, not just the spec's ``env``), the working
+directory, ``sys.path`` and the umask as they were before it. That is all: a worker
+is a reused interpreter, not a sandbox. Module globals, ``sys.modules`` (a module stays
+imported, monkeypatches included), threads and child processes a call left running,
+open files, signal handlers, resource limits and environment changes made behind
+``os.environ``'s back (``os.putenv``, C code) carry over to later calls on the same
+worker. Work that must not share a process with other tasks belongs in a shell subtask.
 """
 
 from __future__ import annotations
@@ -385,12 +394,37 @@ def _resolve(call: str) -> Any:
     return target
 
 
+@dataclass(frozen=True)
+class _Saved:
+    """The process state a call may change and the next call must not see."""
+
+    env: dict[str, str]
+    cwd: str
+    path: list[str]
+    umask: int
+
+    @classmethod
+    def now(cls) -> _Saved:
+        umask = os.umask(0o077)
+        os.umask(umask)
+        return cls(dict(os.environ), os.getcwd(), list(sys.path), umask)
+
+    def restore(self) -> None:
+        for key in [k for k in os.environ if k not in self.env]:
+            del os.environ[key]
+        for key, value in self.env.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
+        with contextlib.suppress(OSError):
+            os.chdir(self.cwd)
+        sys.path[:] = self.path
+        os.umask(self.umask)
+
+
 def _invoke(message: _Call) -> _Reply:
     out, err = _TailText(message.limit), _TailText(message.limit)
-    saved_env = {k: os.environ.get(k) for k in message.env}
-    saved_cwd = os.getcwd() if message.cwd else None  # a call without files stays put
+    saved = _Saved.now()
     extra = [p for p in message.env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    saved_path = list(sys.path) if extra else None
     try:
         os.environ.update(message.env)
         sys.path[:0] = extra
@@ -424,16 +458,7 @@ def _invoke(message: _Call) -> _Reply:
             truncated=out.truncated or err.truncated,
         )
     finally:
-        if saved_path is not None:
-            sys.path[:] = saved_path
-        if saved_cwd is not None:
-            with contextlib.suppress(OSError):
-                os.chdir(saved_cwd)
-        for key, old in saved_env.items():
-            if old is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = old
+        saved.restore()
 
 
 async def _awaited(value: Any) -> Any:

@@ -4,7 +4,8 @@ against the cluster before it is accepted.
 A job is a DAG of subtasks (``after`` edges). :func:`parse_job` validates the whole
 structure and reports *every* problem it finds in one :class:`JobError`, one line per
 problem, each naming the subtask and the key, so a user fixes everything in one go.
-:func:`check_feasible` refuses subtasks that no live peer could ever run, and
+:func:`check_feasible` refuses subtasks that no live peer could ever run (then
+:func:`resolve_pins` turns a ``node`` pin by id prefix into the full id), and
 :func:`check_input_sizes` refuses missing or oversized input files (the caller stats
 the files; this package does no I/O).
 
@@ -23,11 +24,12 @@ One concern per module:
 - :mod:`.load` job files' text (:func:`load_job_text`, :func:`job_format`)
 - :mod:`.serialize` a spec back to data (:func:`job_to_data`)
 - :mod:`.single` one-subtask jobs from command-line options
-- :mod:`.admission` :class:`PeerFacts` and :func:`check_feasible` (a table of constraints)
+- :mod:`.admission` :class:`PeerFacts`, :func:`check_feasible` (a table of constraints)
+  and :func:`resolve_pins`
 - :mod:`.inputs` :func:`check_input_sizes`
 """
 
-from .admission import PeerFacts, check_feasible
+from .admission import PeerFacts, check_feasible, resolve_pins
 from .errors import MAX_REPORTED, JobError
 from .graph import topological_order
 from .inputs import check_input_sizes
@@ -74,6 +76,7 @@ __all__ = [
     "job_to_data",
     "load_job_text",
     "parse_job",
+    "resolve_pins",
     "single_command_job",
     "single_prompt_job",
     "topological_order",

@@ -1,10 +1,11 @@
 """Admission against the live cluster at submit time: :class:`PeerFacts` about each
-live peer, and :func:`check_feasible` refusing subtasks that no live peer could run."""
+live peer, :func:`check_feasible` refusing subtasks that no live peer could run, and
+:func:`resolve_pins` turning a ``node`` pin given as an id prefix into the full id."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 from .errors import JobError, Problems
@@ -51,6 +52,8 @@ class _Constraint:
 
 
 def _pin_matches(pin: str, peers: Sequence[PeerFacts]) -> list[PeerFacts]:
+    """The peers a ``node`` pin names: the one with that name, else those whose id
+    starts with it."""
     by_name = [p for p in peers if p.name == pin]
     return by_name or [p for p in peers if p.node_id.startswith(pin)]
 
@@ -203,3 +206,24 @@ def _met_only_apart(constraints: Sequence[_Constraint]) -> str | None:
         return None
     facts = "; ".join(f"{c.what} on {_names(c.having)}" for c in constraints)
     return f"no single live peer meets all its constraints: {facts}"
+
+
+def resolve_pins(job: JobSpec, peers: Sequence[PeerFacts]) -> JobSpec:
+    """The job with each ``node`` pin that names a peer by an id prefix replaced by
+    that peer's full id; ``job`` itself when there is none.
+
+    Placement matches a pin against a peer's name or its full id only, so a prefix
+    left as it is would pass :func:`check_feasible` and then never be placed. Call it
+    after :func:`check_feasible` (which refuses an unknown or ambiguous pin) with the
+    same ``peers``. A pin by name stays a name.
+    """
+    subtasks = list(job.subtasks)
+    for i, s in enumerate(subtasks):
+        if s.node is None:
+            continue
+        matches = _pin_matches(s.node, peers)
+        if len(matches) == 1 and matches[0].name != s.node and matches[0].node_id != s.node:
+            subtasks[i] = replace(s, node=matches[0].node_id)
+    if subtasks == list(job.subtasks):
+        return job
+    return replace(job, subtasks=tuple(subtasks))

@@ -52,6 +52,8 @@ def _read_toml(text: str, source: str) -> object:
         if m:
             message = f"line {m.group(2)}, column {m.group(3)}: {m.group(1)}"
         raise JobError(f"not valid TOML: {message}", source=source) from None
+    except RecursionError:  # tomllib recurses once per level of [ or {
+        raise JobError("not valid TOML: nested too deeply", source=source) from None
 
 
 def _read_json(text: str, source: str) -> object:
