@@ -29,7 +29,7 @@ import time
 from typing import Any
 from urllib.parse import parse_qs
 
-from .dashboard import is_loopback
+from .http_head import is_loopback
 from .metrics import CONTENT_TYPE, MetricsNode, NodeMetrics
 
 MAX_LINE_BYTES = 8192  # request line, and each header line
