@@ -20,6 +20,7 @@ from typing import Any
 from protocol.messages import (
     Ack,
     AnyMessage,
+    BlobWant,
     Bundle,
     CancelAttempt,
     Dispatch,
@@ -324,6 +325,8 @@ class Node:
             worker.on_cancel(message)
         elif isinstance(message, ResultAck):
             worker.on_ack(message)
+        elif isinstance(message, BlobWant):
+            worker.on_blob_want(message)
         else:
             coordination.on_message(message)
 
