@@ -43,6 +43,7 @@ from .core.gossip import Member
 from .core.jobspec import PeerFacts
 from .core.tasks import CoordinatorConfig
 from .discovery import Discovery, Sighting, advertise_address, choose_interfaces
+from .executors import Limits
 from .hardware import HardwareProbe
 from .identity import ClusterKeys, make_join_token
 from .lifecycle import Lifecycle
@@ -211,6 +212,7 @@ class Node:
             log=self.log.getChild("worker"),
             generation=membership.generation,
             resources=own.resources(),
+            limits=Limits(max_artifact_bytes=cfg.max_artifact_bytes),
         )
         self.pricing = pricing = PricingView(
             membership.members, coordination.reports, lambda: worker.load

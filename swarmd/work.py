@@ -36,14 +36,12 @@ from .core import tasks as core
 from .core import template
 from .core.jobspec import JobSpec, SubtaskSpec
 from .core.pricing import PeerCapacity, PricingConfig
+from .dispatch_files import dispatch_files
 from .store import Store
 from .transfers import Received, Transfers
 from .watchers import TaskWatchers
 
 Send = Callable[[str, Message], bool]  # (node address, message) -> queued?
-# A dispatch's input files, rendered, at most (the frame is 16 MiB; the spec's texts
-# are at most template.RENDER_MAX characters).
-DISPATCH_FILES_MAX = 12 * 1024 * 1024
 
 
 class Clock:
@@ -76,37 +74,6 @@ def spec_to_wire(spec: SubtaskSpec) -> dict[str, Any]:
         "args": list(spec.args),
         "kwargs": dict(spec.kwargs),
     }
-
-
-def files_for(spec: SubtaskSpec, files: Mapping[str, bytes]) -> dict[str, bytes]:
-    """The shipped files under the subtask's ``inputs`` (a file or a directory)."""
-    out = {}
-    for wanted in spec.inputs:
-        prefix = wanted.rstrip("/")
-        for path, data in files.items():
-            if path == prefix or path.startswith(prefix + "/"):
-                out[path] = data
-    return out
-
-
-def render_files(
-    files: Mapping[str, bytes], upstream: Mapping[str, Mapping[str, Any]]
-) -> dict[str, bytes]:
-    """``{{ ID.stdout }}`` in text input files, from the upstream results."""
-    if not upstream:
-        return dict(files)
-    out = {}
-    for path, data in files.items():
-        try:
-            text = data.decode()
-        except UnicodeDecodeError:
-            out[path] = data
-            continue
-        if "{{" in text:
-            with contextlib.suppress(KeyError):
-                text = template.render(text, upstream, template.RENDER_MAX)
-        out[path] = text.encode()
-    return out
 
 
 # ---------------------------------------------------------------- coordinator side
@@ -319,9 +286,7 @@ class Coordination:
 
     def _dispatch(self, d: core.Dispatch) -> None:
         try:
-            files = render_files(files_for(d.spec, self._task_files(d.task_id)), d.upstream)
-            if sum(len(v) for v in files.values()) > DISPATCH_FILES_MAX:
-                raise template.TooLarge(DISPATCH_FILES_MAX, "rendering them")
+            files = dispatch_files(d.spec, self._task_files(d.task_id), d.upstream)
         except template.TooLarge as exc:  # the subtask's own failure, told at once
             failed = core.Result(error=f"input files: {exc}", app_failed=True)
             self.log.warning("%s/%s: %s", d.task_id, d.subtask_id, failed.error)
