@@ -6,7 +6,7 @@ from typing import Annotated
 
 from msgspec import Meta, Struct
 
-PROTOCOL_VERSION = 2  # 2: partial digests, liveness claims, bundled work (PROTOCOL.md)
+PROTOCOL_VERSION = 3  # 2: gossip v2, bundled work; 3: artifacts in chunks (PROTOCOL.md)
 
 NodeId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 Address = Annotated[str, Meta(min_length=3, max_length=262)]  # host:port
@@ -15,6 +15,8 @@ Text = Annotated[str, Meta(max_length=4096)]
 Count = Annotated[int, Meta(ge=0)]
 LOG_CHUNK_BYTES = 256 * 1024  # output in one progress message, per stream
 Bytes = Annotated[int, Meta(ge=0)]
+CHUNK_BYTES = 1024 * 1024  # the most data one blob_chunk or artifact_reply carries
+Sha256 = Annotated[bytes, Meta(min_length=32, max_length=32)]
 
 
 class Message(Struct, tag_field="t", kw_only=True, forbid_unknown_fields=False):

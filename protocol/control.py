@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from msgspec import Meta, Struct, field
 
-from protocol.base import Count, Files, Message, TaskId, Text
+from protocol.base import CHUNK_BYTES, Count, Files, Message, Sha256, TaskId, Text
 
 
 class PeersRequest(Message, tag="peers"):
@@ -100,6 +100,34 @@ class TaskRequest(Message, tag="task"):
 class TaskReply(Message, tag="task_reply"):
     body: dict[str, Any]
     artifacts: dict[str, Files] = {}  # subtask id -> name -> bytes
+
+
+class ArtifactRequest(Message, tag="artifact"):
+    """Version 3: a subtask's committed artifacts, read in pieces: from the ``index``-th
+    artifact (in name order) at byte ``offset`` on, at most ``max_bytes`` of data."""
+
+    task: TaskId
+    subtask: Annotated[str, Meta(max_length=64)]
+    index: Count = 0
+    offset: Count = 0
+    max_bytes: Annotated[int, Meta(ge=1, le=CHUNK_BYTES)] = CHUNK_BYTES
+
+
+class ArtifactPiece(Struct, array_like=True):
+    name: str
+    size: Count  # of the whole artifact
+    sha256: Sha256  # of the whole artifact
+    offset: Count  # where ``data`` starts in it
+    data: bytes
+
+
+class ArtifactReply(Message, tag="artifact_reply"):
+    """Pieces in order; ``done``: none follow, else ask again from ``index``/``offset``."""
+
+    pieces: list[ArtifactPiece]
+    index: Count = 0
+    offset: Count = 0
+    done: bool = True
 
 
 class WatchRequest(Message, tag="watch"):

@@ -15,6 +15,7 @@ known key is in :data:`STATE_SCHEMAS` and is checked when a delta is applied.
 from __future__ import annotations
 
 from protocol.base import (
+    CHUNK_BYTES,
     LOG_CHUNK_BYTES,
     PROTOCOL_VERSION,
     Address,
@@ -28,6 +29,9 @@ from protocol.base import (
     Text,
 )
 from protocol.control import (
+    ArtifactPiece,
+    ArtifactReply,
+    ArtifactRequest,
     DrainReply,
     DrainRequest,
     ErrorReply,
@@ -79,6 +83,9 @@ from protocol.state import (
 )
 from protocol.work import (
     AttemptResult,
+    BlobChunk,
+    BlobRef,
+    BlobWant,
     Bundle,
     CancelAttempt,
     Dispatch,
@@ -99,6 +106,7 @@ ControlRequest = (
     | DrainRequest
     | WatchRequest
     | LogsRequest
+    | ArtifactRequest
 )
 ControlReply = (
     PeersReply
@@ -111,6 +119,7 @@ ControlReply = (
     | DrainReply
     | WatchReply
     | LogsReply
+    | ArtifactReply
 )
 WorkMessage = WorkItem | Bundle
 AnyMessage = GossipMessage | ControlRequest | ControlReply | WorkMessage
@@ -138,16 +147,21 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (
     WatchReply,
     LogsRequest,
     LogsReply,
+    ArtifactRequest,
+    ArtifactReply,
     Dispatch,
     DispatchReply,
     Progress,
     AttemptResult,
     ResultAck,
     CancelAttempt,
+    BlobWant,
+    BlobChunk,
     Bundle,
 )
 
 __all__ = [
+    "CHUNK_BYTES",
     "KV",
     "LOG_CHUNK_BYTES",
     "MAX_DIGEST",
@@ -159,8 +173,14 @@ __all__ = [
     "Ack",
     "Address",
     "AnyMessage",
+    "ArtifactPiece",
+    "ArtifactReply",
+    "ArtifactRequest",
     "AttemptResult",
     "Battery",
+    "BlobChunk",
+    "BlobRef",
+    "BlobWant",
     "Bundle",
     "Bytes",
     "CancelAttempt",

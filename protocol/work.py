@@ -4,9 +4,20 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from msgspec import Meta
+from msgspec import Meta, Struct
 
-from protocol.base import LOG_CHUNK_BYTES, Count, Files, Message, Name, NodeId, TaskId, Text
+from protocol.base import (
+    CHUNK_BYTES,
+    LOG_CHUNK_BYTES,
+    Count,
+    Files,
+    Message,
+    Name,
+    NodeId,
+    Sha256,
+    TaskId,
+    Text,
+)
 from protocol.gossip import NodeRef
 
 
@@ -57,6 +68,17 @@ class Progress(Message, tag="progress"):
     err_at: Count = 0
 
 
+class BlobRef(Struct, kw_only=True, forbid_unknown_fields=False):
+    """A result's artifacts kept on the worker's disk, fetched in chunks (``blob_want``
+    / ``blob_chunk``): one byte stream, the manifest (msgpack ``[[name, size, sha256],
+    ...]``, ``manifest_bytes`` long) then every artifact's bytes in manifest order."""
+
+    size: Count  # the whole stream: manifest_bytes + the artifacts' sizes
+    manifest_bytes: Annotated[int, Meta(ge=1)]
+    manifest_sha256: Sha256
+    files: Count  # artifacts in the manifest
+
+
 class AttemptResult(Message, tag="result"):
     """Worker -> coordinator; kept in the worker's outbox until acknowledged."""
 
@@ -73,6 +95,32 @@ class AttemptResult(Message, tag="result"):
     error: str | None = None
     app_failed: bool = False
     load: Count | None = None
+    blob: BlobRef | None = None  # version 3: artifacts too big to go inline (then {} above)
+
+
+class BlobWant(Message, tag="blob_want"):
+    """Coordinator -> worker: send ``count`` chunks of the attempt's blob from ``offset``
+    (a multiple of CHUNK_BYTES). Each want acknowledges every chunk before ``offset``;
+    the chunks between ``offset`` and its end are the transfer's window in flight."""
+
+    task: TaskId
+    subtask: Annotated[str, Meta(max_length=64)]
+    attempt: Annotated[int, Meta(ge=1)]
+    offset: Count
+    count: Annotated[int, Meta(ge=1, le=16)]
+
+
+class BlobChunk(Message, tag="blob_chunk"):
+    """Worker -> coordinator: ``data`` at ``offset`` of the attempt's blob and its
+    sha256, checked on receipt; or ``error`` (the worker cannot send it: no data)."""
+
+    task: TaskId
+    subtask: Annotated[str, Meta(max_length=64)]
+    attempt: Annotated[int, Meta(ge=1)]
+    offset: Count
+    data: Annotated[bytes, Meta(max_length=CHUNK_BYTES)] = b""
+    sha256: bytes = b""
+    error: Text = ""
 
 
 class ResultAck(Message, tag="result_ack"):
@@ -88,7 +136,16 @@ class CancelAttempt(Message, tag="cancel_attempt"):
     attempt: Annotated[int, Meta(ge=1)]
 
 
-WorkItem = Dispatch | DispatchReply | Progress | AttemptResult | ResultAck | CancelAttempt
+WorkItem = (
+    Dispatch
+    | DispatchReply
+    | Progress
+    | AttemptResult
+    | ResultAck
+    | CancelAttempt
+    | BlobWant
+    | BlobChunk
+)
 
 
 class Bundle(Message, tag="bundle"):

@@ -5,6 +5,7 @@ They register on :data:`swarmctl.cli.main` (imported there at the end).
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ from typing import Any
 import click
 
 from protocol.messages import (
+    ArtifactReply,
+    ArtifactRequest,
     LogsReply,
     LogsRequest,
     SubmitReply,
@@ -32,6 +35,7 @@ from swarmd.core.jobspec import (
 )
 
 from .cli import EXIT_FAILED, EXIT_USAGE, Ctx, main
+from .client import Client
 from .inputs import collect_inputs
 
 
@@ -226,15 +230,12 @@ def status(obj: Ctx, task: str, wait: bool) -> None:
 @click.pass_obj
 def result(obj: Ctx, task: str, out: Path | None) -> None:
     """Outputs of a task's subtasks (stdout, LLM text, artifacts)."""
-    reply = _task(obj, task, "result", artifacts=out is not None)
+    reply = _task(obj, task, "result")
     if out is not None:
-        for subtask, files in reply.artifacts.items():
-            for name, data in files.items():
-                target = (out / subtask / name).resolve()
-                if not target.is_relative_to(out.resolve()):
-                    obj.fail(EXIT_FAILED, f"refusing artifact path {name!r}")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(data)
+        with obj.client() as client, obj._failures():
+            for sid, sub in reply.body.get("subtasks", {}).items():
+                if sub.get("artifacts"):
+                    _fetch_artifacts(obj, client, task, sid, out)
     if obj.as_json:
         obj.emit_json(reply.body)
         return
@@ -246,6 +247,35 @@ def result(obj: Ctx, task: str, out: Path | None) -> None:
             click.echo(text.rstrip("\n"))
         if sub.get("stderr"):
             click.echo(sub["stderr"].rstrip("\n"), err=True)
+
+
+def _fetch_artifacts(obj: Ctx, client: Client, task: str, subtask: str, out: Path) -> None:
+    """Write a subtask's artifacts under OUT/SUBTASK, streamed a piece (≤ 1 MiB) per
+    request, each artifact checked against its sha256 when complete."""
+    root = out.resolve()
+    index = offset = 0
+    digest = hashlib.sha256()
+    while True:
+        request = ArtifactRequest(task=task, subtask=subtask, index=index, offset=offset)
+        reply = client.request(request)
+        assert isinstance(reply, ArtifactReply)
+        for piece in reply.pieces:
+            target = (out / subtask / piece.name).resolve()
+            if not target.is_relative_to(root / subtask) or target == root / subtask:
+                obj.fail(EXIT_FAILED, f"refusing artifact path {piece.name!r}")
+            if piece.offset == 0:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(b"")
+                digest = hashlib.sha256()
+            with open(target, "r+b") as f:
+                f.seek(piece.offset)
+                f.write(piece.data)
+            digest.update(piece.data)
+            if piece.offset + len(piece.data) >= piece.size and digest.digest() != piece.sha256:
+                obj.fail(EXIT_FAILED, f"artifact {subtask}/{piece.name} failed its sha256 check")
+        if reply.done or not reply.pieces:
+            return
+        index, offset = reply.index, reply.offset
 
 
 @main.command()

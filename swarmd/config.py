@@ -64,6 +64,7 @@ class Config:
     metrics_bind: str = "127.0.0.1"
     metrics_token: str | None = None  # required when metrics_bind is not loopback
     drain_grace_s: float = 20.0  # on SIGTERM: how long running work may finish
+    max_artifact_bytes: int = 64 * 1024 * 1024  # [node] max_artifacts: one attempt's outputs
     dashboard_port: int | None = None  # the web dashboard (swarmd/dashboard.py); off unless set
     dashboard_bind: str = "127.0.0.1"
     dashboard_token: str | None = None  # required when dashboard_bind is not loopback
@@ -189,6 +190,8 @@ def load(path: Path | None, overrides: dict[str, Any], state_dir: Path | None = 
             values[key] = value
     if (grace := node.convert("drain_grace", parse_duration)) is not None:
         values["drain_grace_s"] = grace
+    if (max_artifacts := node.convert("max_artifacts", parse_size)) is not None:
+        values["max_artifact_bytes"] = max_artifacts
     if (join := node.get("join", list)) is not None:
         if not all(isinstance(seed, str) for seed in join):
             raise ConfigError(f'{node.where} join: expected a list of "HOST:PORT" strings')

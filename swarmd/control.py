@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import msgspec
 
 from protocol.messages import (
+    ArtifactRequest,
     ControlReply,
     ControlRequest,
     DrainReply,
@@ -37,6 +38,8 @@ from protocol.messages import (
     WatchRequest,
 )
 
+from .artifacts import ArtifactReader
+from .blobs import BlobError
 from .core.gossip import Member
 from .core.jobspec import (
     JobError,
@@ -48,6 +51,12 @@ from .core.jobspec import (
 )
 from .core.tasks import FINAL_TASK, UnknownTask
 from .work import Coordination
+
+INLINE_REPLY_MAX = 8 * 1024 * 1024  # artifacts a task_reply may carry (the frame is 16 MiB)
+TOO_BIG_FOR_ONE_REPLY = (
+    "the task's artifacts are too big for one reply: fetch them in pieces with "
+    "`artifact` requests (as `swarmctl result --out` does)"
+)
 
 
 class NodeFacade(Protocol):
@@ -148,7 +157,30 @@ class Control:
                 tasks=self.node.coordination.coordinator.tasks()
             ),
             DrainRequest: lambda r, _l: self.drain(r),
+            ArtifactRequest: lambda r, _l: self.artifact(r),
         }
+        self._reader: ArtifactReader | None = None
+
+    @property
+    def reader(self) -> ArtifactReader:
+        if self._reader is None:
+            store = self.node.coordination.store
+            self._reader = ArtifactReader(store, store.path.parent)
+        return self._reader
+
+    def artifact(self, request: ArtifactRequest) -> ControlReply:
+        """A piece of a subtask's committed artifacts (``swarmctl result --out``)."""
+        try:
+            subtasks = self.node.coordination.coordinator.record(request.task).subtasks
+        except UnknownTask:
+            return self._unknown(request.task)
+        if request.subtask not in subtasks:
+            message = f"task {request.task} has no subtask {request.subtask!r}"
+            return ErrorReply(code="bad_request", message=message)
+        try:
+            return self.reader.read(request)
+        except (OSError, BlobError) as exc:
+            return ErrorReply(code="internal", message=f"cannot read the artifacts: {exc}")
 
     def drain(self, request: DrainRequest) -> ControlReply:
         running = self.node.set_draining(request.draining)
@@ -177,8 +209,13 @@ class Control:
             if request.what == "status":
                 return TaskReply(body=c.status(request.task))
             if request.what == "result":
-                artifacts = coordination.store.artifacts(request.task) if request.artifacts else {}
-                return TaskReply(body=c.result(request.task), artifacts=artifacts)
+                body = c.result(request.task)
+                if not request.artifacts:
+                    return TaskReply(body=body)
+                total = self.reader.inline_total(request.task)
+                if total is None or total > INLINE_REPLY_MAX:
+                    return ErrorReply(code="bad_request", message=TOO_BIG_FOR_ONE_REPLY)
+                return TaskReply(body=body, artifacts=coordination.store.artifacts(request.task))
             if request.what == "explain":
                 return TaskReply(body=c.explain(request.task))
             coordination.run(c.cancel(request.task, coordination.clock()))

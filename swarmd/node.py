@@ -20,6 +20,7 @@ from typing import Any
 from protocol.messages import (
     Ack,
     AnyMessage,
+    BlobWant,
     Bundle,
     CancelAttempt,
     Dispatch,
@@ -42,6 +43,7 @@ from .core.gossip import Member
 from .core.jobspec import PeerFacts
 from .core.tasks import CoordinatorConfig
 from .discovery import Discovery, Sighting, advertise_address, choose_interfaces
+from .executors import Limits
 from .hardware import HardwareProbe
 from .identity import ClusterKeys, make_join_token
 from .lifecycle import Lifecycle
@@ -210,6 +212,7 @@ class Node:
             log=self.log.getChild("worker"),
             generation=membership.generation,
             resources=own.resources(),
+            limits=Limits(max_artifact_bytes=cfg.max_artifact_bytes),
         )
         self.pricing = pricing = PricingView(
             membership.members, coordination.reports, lambda: worker.load
@@ -324,6 +327,8 @@ class Node:
             worker.on_cancel(message)
         elif isinstance(message, ResultAck):
             worker.on_ack(message)
+        elif isinstance(message, BlobWant):
+            worker.on_blob_want(message)
         else:
             coordination.on_message(message)
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from protocol.messages import (
     AttemptResult,
+    BlobChunk,
     CancelAttempt,
     Dispatch,
     DispatchReply,
@@ -35,7 +36,9 @@ from .core import tasks as core
 from .core import template
 from .core.jobspec import JobSpec, SubtaskSpec
 from .core.pricing import PeerCapacity, PricingConfig
+from .dispatch_files import dispatch_files
 from .store import Store
+from .transfers import Received, Transfers
 from .watchers import TaskWatchers
 
 Send = Callable[[str, Message], bool]  # (node address, message) -> queued?
@@ -71,37 +74,6 @@ def spec_to_wire(spec: SubtaskSpec) -> dict[str, Any]:
         "args": list(spec.args),
         "kwargs": dict(spec.kwargs),
     }
-
-
-def files_for(spec: SubtaskSpec, files: Mapping[str, bytes]) -> dict[str, bytes]:
-    """The shipped files under the subtask's ``inputs`` (a file or a directory)."""
-    out = {}
-    for wanted in spec.inputs:
-        prefix = wanted.rstrip("/")
-        for path, data in files.items():
-            if path == prefix or path.startswith(prefix + "/"):
-                out[path] = data
-    return out
-
-
-def render_files(
-    files: Mapping[str, bytes], upstream: Mapping[str, Mapping[str, Any]]
-) -> dict[str, bytes]:
-    """``{{ ID.stdout }}`` in text input files, from the upstream results."""
-    if not upstream:
-        return dict(files)
-    out = {}
-    for path, data in files.items():
-        try:
-            text = data.decode()
-        except UnicodeDecodeError:
-            out[path] = data
-            continue
-        if "{{" in text:
-            with contextlib.suppress(KeyError):
-                text = template.render(text, upstream)
-        out[path] = text.encode()
-    return out
 
 
 # ---------------------------------------------------------------- coordinator side
@@ -180,6 +152,10 @@ class Coordination:
         # Metrics: seconds from sending a Dispatch to its "accepted" (None: not measured).
         self.on_dispatch_latency: Callable[[float], None] | None = None
         self._dispatched_at: dict[tuple[str, str, int], float] = {}
+        # Results whose artifacts come in chunks, fetched before they are committed.
+        self.transfers = Transfers(
+            store.path.parent, self._to, self._renew, self._delivered, self.counters, log
+        )
 
     @property
     def counters(self) -> Counter[str]:
@@ -226,6 +202,7 @@ class Coordination:
         while True:
             now = self.clock()
             self._expire(now)
+            self.transfers.tick(time.monotonic())
             self.run(self.coordinator.tick(now))
             self.place()
             wakeup = self.coordinator.next_wakeup(self.clock())
@@ -308,7 +285,17 @@ class Coordination:
         return self._inputs[task_id]
 
     def _dispatch(self, d: core.Dispatch) -> None:
-        files = render_files(files_for(d.spec, self._task_files(d.task_id)), d.upstream)
+        try:
+            files = dispatch_files(d.spec, self._task_files(d.task_id), d.upstream)
+        except template.TooLarge as exc:  # the subtask's own failure, told at once
+            failed = core.Result(error=f"input files: {exc}", app_failed=True)
+            self.log.warning("%s/%s: %s", d.task_id, d.subtask_id, failed.error)
+            self.run(
+                self.coordinator.on_result(
+                    d.task_id, d.subtask_id, d.attempt, d.node_id, failed, self.clock()
+                )
+            )
+            return
         me = self.me()
         key = (d.task_id, d.subtask_id, d.attempt)
         if key not in self._sent_generation:
@@ -370,6 +357,8 @@ class Coordination:
             self.run(
                 c.on_progress(message.task, message.subtask, message.attempt, message.node, now)
             )
+        elif isinstance(message, BlobChunk):
+            self.transfers.on_chunk(message, time.monotonic())
         elif isinstance(message, AttemptResult):
             self._reported(message.node, message.load)
             self._first_word(message.task, message.subtask, message.attempt)
@@ -403,7 +392,11 @@ class Coordination:
         self.counters["stale_messages"] += 1
         return None
 
-    def _on_result(self, m: AttemptResult, now: float) -> None:
+    def _on_result(self, m: AttemptResult, now: float, blob: Received | None = None) -> None:
+        c = self.coordinator
+        if blob is None and m.blob and c.awaits_result(m.task, m.subtask, m.attempt, m.node):
+            self.transfers.on_head(m, time.monotonic())  # committed once it is here
+            return
         usage = m.usage or {}
         result = core.Result(
             exit_code=m.exit_code,
@@ -411,9 +404,9 @@ class Coordination:
             stderr=m.stderr,
             output=m.output,
             usage=m.usage,
-            artifacts=tuple(sorted(m.artifacts)),
-            error=m.error,
-            app_failed=m.app_failed,
+            artifacts=tuple(sorted(m.artifacts)) if blob is None else blob.names,
+            error=m.error if blob is None or blob.error is None else blob.error,
+            app_failed=m.app_failed if blob is None or blob.error is None else False,
             duration_s=usage.get("seconds"),
             latency_s=usage.get("ttft_s"),
         )
@@ -423,11 +416,23 @@ class Coordination:
         )
         if committed and m.artifacts:
             self.store.put_artifacts(m.task, m.subtask, m.artifacts)
+        if blob is not None and blob.error is None:  # in place before the commit is journaled
+            (self.transfers.install if committed else self.transfers.discard)(m)
         if not any(isinstance(e, core.Ack) for e in effects):
             # Unknown task (forgotten) or a duplicate: still let the worker clear it.
             effects.append(core.Ack(m.task, m.subtask, m.attempt, m.node, False))
         self.run(effects)
         self.wake()
+
+    def _renew(self, m: AttemptResult) -> bool:
+        """A result's blob is still coming: renew its attempt's lease (False: over)."""
+        if not self.coordinator.awaits_result(m.task, m.subtask, m.attempt, m.node):
+            return False
+        self.run(self.coordinator.on_progress(m.task, m.subtask, m.attempt, m.node, self.clock()))
+        return True
+
+    def _delivered(self, m: AttemptResult, blob: Received) -> None:
+        self._on_result(m, self.clock(), blob)
 
     def on_undelivered(self, messages: Sequence[Message]) -> None:
         """Messages the transport could not send: a dispatch counts as refused."""
@@ -474,6 +479,7 @@ class Coordination:
         for task_id in gone:
             self._inputs.pop(task_id, None)
             self._finished.pop(task_id, None)
+            self.transfers.forget(task_id)
         for key in [k for k in self._dispatched_at if k[0] in gone]:
             del self._dispatched_at[key]
         self.log.debug("forgot %d finished task(s)", len(gone))

@@ -20,6 +20,7 @@ from protocol import codec
 from protocol.messages import (
     LOG_CHUNK_BYTES,
     AttemptResult,
+    BlobWant,
     CancelAttempt,
     Dispatch,
     Message,
@@ -32,6 +33,7 @@ from .core.worker import AttemptKey
 from .executors import ExecRequest, ExecResult, Limits, execute
 from .executors.output import LiveOutput
 from .store import Store
+from .worker_blobs import BlobServer
 
 Send = Callable[[str, Message], bool]  # (node address, message) -> queued?
 TICK_S = 0.2  # the timer's longest sleep (it wakes early for a start to tell)
@@ -39,7 +41,9 @@ LIVE_S = 0.25  # a running shell attempt's new output goes out this often
 OUTBOX_WRITE_S = 0.05  # results wait this long for their ack before being written
 
 
-def request_of(d: Dispatch, models: Mapping[str, tuple[str, str, int]]) -> ExecRequest:
+def request_of(
+    d: Dispatch, models: Mapping[str, tuple[str, str, int]], spool: Path | None = None
+) -> ExecRequest:
     s = d.spec
     endpoint = model = None
     if s.get("kind") == "llm" and d.model in models:
@@ -62,6 +66,7 @@ def request_of(d: Dispatch, models: Mapping[str, tuple[str, str, int]]) -> ExecR
         call=s.get("call"),
         args=tuple(s.get("args") or ()),
         kwargs=dict(s.get("kwargs") or {}),
+        spool=spool,
     )
 
 
@@ -81,6 +86,7 @@ def result_message(key: AttemptKey, node_id: str, r: ExecResult) -> AttemptResul
         artifacts=dict(r.artifacts),
         error=r.error,
         app_failed=r.app_failed,
+        blob=None if r.blob is None else r.blob.ref,
     )
 
 
@@ -100,6 +106,7 @@ class Worker:
         queue: int | None = None,
         generation: int | None = None,
         resources: tuple[int | None, int | None] = (None, None),  # RAM, largest GPU's VRAM
+        spool_root: Path | None = None,
     ) -> None:
         self.store = store
         self.send = send
@@ -124,7 +131,12 @@ class Worker:
         self._flush_due = False
         self._wake = asyncio.Event()  # a start the timer must tell of sooner
         self._asleep_until = 0.0
-        self.core.restore(self._stored_outbox(), time.monotonic())
+        self.blobs = BlobServer(
+            spool_root or workdir_root.parent / "spool", send, self.core.counters, log
+        )
+        stored = self._stored_outbox()
+        self.core.restore(stored, time.monotonic())
+        self.blobs.keep_only(core.key_of(m) for _, m in stored if m.blob is not None)
 
     # ------------------------------------------------------------ views
 
@@ -175,6 +187,10 @@ class Worker:
     def on_ack(self, m: ResultAck) -> None:
         self._apply(self.core.on_ack(m))
 
+    def on_blob_want(self, m: BlobWant) -> None:
+        out = self.core.outbox.get((m.task, m.subtask, m.attempt))
+        self.blobs.serve(m, None if out is None else out.addr, None if out is None else out.message)
+
     # ------------------------------------------------------------ effects
 
     def _apply(self, effects: list[core.Effect]) -> None:
@@ -193,9 +209,11 @@ class Worker:
                 self._drops.discard(e.key)
                 self._puts[e.key] = (e.addr, e.message)
                 self._flush_soon()
-            elif isinstance(e, core.Unpersist) and self._puts.pop(e.key, None) is None:
-                self._drops.add(e.key)
-                self._flush_soon()
+            elif isinstance(e, core.Unpersist):
+                self.blobs.drop(e.key)
+                if self._puts.pop(e.key, None) is None:
+                    self._drops.add(e.key)
+                    self._flush_soon()
 
     def _flush_soon(self) -> None:
         if not self._flush_due:
@@ -232,7 +250,7 @@ class Worker:
         pump = asyncio.ensure_future(self._stream(key, d, live)) if live else None
         try:
             result = await execute(
-                request_of(d, self.models),
+                request_of(d, self.models, self.blobs.path_of(key)),
                 workdir_root=self.workdir_root,
                 allow_shell=self.allow_shell,
                 limits=self.limits,
@@ -260,6 +278,8 @@ class Worker:
             self.running.pop(key, None)
             if pump is not None:
                 pump.cancel()
+        if message.blob is None:
+            self.blobs.drop(key)  # a blob it wrote before it failed or was stopped
         self._apply(self.core.on_finished(key, message, time.monotonic()))
 
     async def _stream(self, key: AttemptKey, d: Dispatch, live: LiveOutput) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -20,11 +21,13 @@ from typing import Any
 
 from protocol.messages import (
     AttemptResult,
+    BlobChunk,
     DrainReply,
     DrainRequest,
     SubmitReply,
     SubmitRequest,
 )
+from swarmd import blobs
 from swarmd.config import Config
 from swarmd.core.failure import Liveness
 from swarmd.core.tasks import SubtaskRecord
@@ -274,3 +277,27 @@ def _draining(viewer: Node, of: Node) -> bool:
 
 def _slots(viewer: Node, of: Node) -> int:
     return next((m.state.get("slots") for m in viewer.members() if m.node_id == of.node_id), -1)
+
+
+@swarm_test
+async def test_a_big_result_s_lost_chunks_are_asked_again(swarm: Swarm) -> None:
+    coordinator = await swarm.start("c", allow_shell=False)
+    worker = await swarm.start("w")
+    await swarm.formed()
+    lost = swarm.hub.drop(
+        DropRule(kind=BlobChunk, src=worker.address, dst=coordinator.address, count=1)
+    )
+    make = {
+        "id": "big",
+        "kind": "shell",
+        "run": ["sh", "-c", "head -c 3000000 /dev/zero > big.bin"],
+        "outputs": ["big.bin"],
+    }
+    task = await swarm.submit(coordinator, make)
+    await until(lambda: task_state(coordinator, task) == "done", "the task is done")
+    assert lost.count == 0
+    assert counter(coordinator, "tasks_transfer_resumed") >= 1
+    kept = coordinator.config.state_dir / "artifacts" / task / "big"
+    assert blobs.read_manifest(kept) == [
+        ("big.bin", 3_000_000, hashlib.sha256(bytes(3_000_000)).digest())
+    ]

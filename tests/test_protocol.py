@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import msgspec
@@ -17,8 +18,13 @@ from protocol.messages import (
     PROTOCOL_VERSION,
     STATE_SCHEMAS,
     Ack,
+    ArtifactPiece,
+    ArtifactReply,
+    ArtifactRequest,
     AttemptResult,
     Battery,
+    BlobChunk,
+    BlobWant,
     Bundle,
     CancelAttempt,
     Cpu,
@@ -176,6 +182,19 @@ EXAMPLES: dict[type[Message], Message] = {
     ),
     ResultAck: ResultAck(task="3f9a1c-000001", subtask="lint", attempt=2, committed=True),
     CancelAttempt: CancelAttempt(task="3f9a1c-000001", subtask="lint", attempt=2),
+    BlobWant: BlobWant(task="3f9a1c-000001", subtask="lint", attempt=2, offset=0, count=8),
+    BlobChunk: BlobChunk(
+        task="3f9a1c-000001",
+        subtask="lint",
+        attempt=2,
+        offset=1048576,
+        data=b"chunk",
+        sha256=hashlib.sha256(b"chunk").digest(),
+    ),
+    ArtifactRequest: ArtifactRequest(task="3f9a1c-000001", subtask="lint", index=1, offset=5),
+    ArtifactReply: ArtifactReply(
+        pieces=[ArtifactPiece("r.txt", 2, hashlib.sha256(b"ok").digest(), 0, b"ok")], done=True
+    ),
     Bundle: Bundle(
         items=[
             CancelAttempt(task="3f9a1c-000001", subtask="lint", attempt=2),
@@ -293,7 +312,7 @@ def test_trailing_bytes_after_a_message_are_malformed() -> None:
     assert reason_of(codec.encode(EXAMPLES[Syn]) + b"\x00").reason == "malformed"
 
 
-@pytest.mark.parametrize("version", [0, 1, 3, 99, "2", None])
+@pytest.mark.parametrize("version", [0, 1, 2, 4, 99, "3", None])
 def test_other_version_of_a_broken_message(version: Any) -> None:
     raw = syn_map(v=version)
     del raw["seq"]
@@ -302,13 +321,13 @@ def test_other_version_of_a_broken_message(version: Any) -> None:
     assert repr(version) in error.detail
 
 
-@pytest.mark.parametrize("version", [1, 3], ids=["previous", "next"])
+@pytest.mark.parametrize("version", [2, 4], ids=["previous", "next"])
 @pytest.mark.parametrize("kind", [Syn, PeersRequest], ids=["syn", "peers"])
 def test_well_formed_message_of_another_version_is_rejected(
     kind: type[Message], version: int
 ) -> None:
     """Version 1 (full digests, every heartbeat to everyone) and a future 3 alike."""
-    assert PROTOCOL_VERSION == 2
+    assert PROTOCOL_VERSION == 3
     raw: dict[str, Any] = msgspec.to_builtins(EXAMPLES[kind])
     raw["v"] = version
     assert reason_of(msgspec.msgpack.encode(raw)).reason == "version"

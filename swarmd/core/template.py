@@ -66,29 +66,55 @@ def value_text(value: object) -> str:
     return text.rstrip("\r\n")
 
 
-def render(text: str, results: Mapping[str, Mapping[str, Any]]) -> str:
+RENDER_MAX: Final = 2 * 1024 * 1024  # characters a subtask's rendered templates may reach
+
+
+class TooLarge(ValueError):
+    """Rendering would exceed the limit (raised before the text is built)."""
+
+    def __init__(self, limit: int, what: str) -> None:
+        super().__init__(
+            f"{what} makes it over the limit of {limit} characters (pass big outputs on "
+            "as files, with outputs and inputs, not as placeholders)"
+        )
+        self.what = what
+
+
+def render(text: str, results: Mapping[str, Mapping[str, Any]], limit: int | None = None) -> str:
     """Replace each placeholder with a known field by ``results[ID][FIELD]``.
 
     One pass: text inserted from a result is never expanded again. A missing field or
     a None value inserts nothing. Raises KeyError naming the id when ``results`` has no
     entry for a referenced subtask (the job parser makes sure only upstreams are named,
-    so this means the caller passed the wrong results).
+    so this means the caller passed the wrong results). With ``limit``, raises
+    :class:`TooLarge` if the rendered text would be longer, before building it.
     """
-
-    def substitute(m: re.Match[str]) -> str:
-        field = m.group("field")
-        if field not in FIELDS:
-            return m.group(0)
-        subtask = m.group("id")
-        try:
-            result = results[subtask]
-        except KeyError:
-            raise KeyError(f"no result for subtask {subtask!r} named by {m.group(0)}") from None
-        return value_text(result.get(field))
-
     if "{{" not in text:
         return text
-    return _PLACEHOLDER.sub(substitute, text)
+    values: dict[tuple[str, str], str] = {}  # each inserted value made once
+    pieces: list[str] = []
+    size, last = 0, 0
+    for m in _PLACEHOLDER.finditer(text):
+        field = m.group("field")
+        if field not in FIELDS:
+            continue
+        subtask = m.group("id")
+        value = values.get((subtask, field))
+        if value is None:
+            try:
+                result = results[subtask]
+            except KeyError:
+                raise KeyError(f"no result for subtask {subtask!r} named by {m.group(0)}") from None
+            value = values[(subtask, field)] = value_text(result.get(field))
+        size += m.start() - last + len(value)
+        if limit is not None and size > limit:
+            raise TooLarge(limit, f"rendering {m.group(0)}")
+        pieces += (text[last : m.start()], value)
+        last = m.end()
+    if limit is not None and size + len(text) - last > limit:
+        raise TooLarge(limit, "the text after the last placeholder")
+    pieces.append(text[last:])
+    return "".join(pieces)
 
 
 def compact(text: str) -> str:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 if TYPE_CHECKING:
     import httpx
 
+    from swarmd.blobs import Spooled
     from swarmd.executors.output import LiveOutput
     from swarmd.executors.python import PythonPool
 
@@ -50,6 +51,7 @@ class Limits:
     max_output_bytes: int = 1 * MiB  # stdout and stderr each; the tail is kept
     max_artifact_bytes: int = 64 * MiB  # all collected outputs together
     max_input_bytes: int = 64 * MiB  # all input files together
+    max_artifact_files: int = 100_000  # collected outputs (files) of one attempt
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ class ExecRequest:
     call: str | None = None  # python: "module:function"
     args: tuple[Any, ...] = ()
     kwargs: Mapping[str, Any] = field(default_factory=dict)
+    spool: Path | None = None  # where artifacts too big to go inline are written (a blob)
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,7 @@ class ExecResult:
     app_failed: bool  # the subtask's own failure: not retried unless retry_on_error
     truncated: bool = False  # stdout/stderr/output/artifacts were cut at a limit
     seconds: float = 0.0  # wall time of the attempt on this node
+    blob: Spooled | None = None  # the artifacts, in a blob on disk (then artifacts is {})
 
     @property
     def ok(self) -> bool:

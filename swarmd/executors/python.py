@@ -140,7 +140,12 @@ class PythonPool:
         if req.outputs and cwd is not None:
             try:
                 collected = await workdir.off_loop(
-                    workdir.collect_outputs, cwd, req.outputs, limits.max_artifact_bytes
+                    workdir.collect_outputs,
+                    cwd,
+                    req.outputs,
+                    limits.max_artifact_bytes,
+                    req.spool,
+                    limits.max_artifact_files,
                 )
             except (workdir.WorkdirError, OSError) as exc:
                 problems.append(str(exc))
@@ -152,6 +157,7 @@ class PythonPool:
             output=reply.output,
             usage=None,
             artifacts=collected.artifacts,
+            blob=collected.blob,
             error="; ".join(problems) or None,
             app_failed=bool(problems),
             truncated=reply.truncated or bool(collected.over_limit),

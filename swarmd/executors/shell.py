@@ -152,7 +152,12 @@ async def _run_in(
     if req.outputs:
         try:
             collected = await workdir.off_loop(
-                workdir.collect_outputs, cwd, req.outputs, limits.max_artifact_bytes
+                workdir.collect_outputs,
+                cwd,
+                req.outputs,
+                limits.max_artifact_bytes,
+                req.spool,
+                limits.max_artifact_files,
             )
         except workdir.WorkdirError as exc:
             problems.append(str(exc))
@@ -166,6 +171,7 @@ async def _run_in(
         output=None,
         usage=None,
         artifacts=collected.artifacts,
+        blob=collected.blob,
         error="; ".join(problems) or None,
         app_failed=bool(problems),
         truncated=out.truncated or err.truncated or bool(collected.over_limit),

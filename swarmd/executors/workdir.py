@@ -20,11 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
+from swarmd import blobs
+from swarmd.blobs import Spooled
+
 if TYPE_CHECKING:
     from swarmd.executors import ExecRequest, ExecResult, Limits
 
 T = TypeVar("T")
 
+MAX_ARTIFACT_FILES: Final = 100_000  # artifacts of one attempt (Limits.max_artifact_files)
 _COMPONENT_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 
@@ -158,6 +162,9 @@ class Collected:
     over_limit: list[str] = field(default_factory=list)  # files left out by the size cap
     skipped: list[str] = field(default_factory=list)  # links outside, devices, fifos
     refused: list[str] = field(default_factory=list)  # named outputs that were skipped
+    too_many: int = 0  # files left out by the count cap
+    max_files: int = 0
+    blob: Spooled | None = None  # the artifacts, written to the spool instead of memory
 
     @property
     def total(self) -> int:
@@ -177,6 +184,11 @@ class Collected:
                 f"artifacts over this node's limit of {max_bytes} bytes, left out: "
                 + ", ".join(_few(self.over_limit))
             )
+        if self.too_many:
+            lines.append(
+                f"artifacts over this node's limit of {self.max_files} files: "
+                f"{self.too_many} left out"
+            )
         return lines
 
 
@@ -184,29 +196,97 @@ def _few(names: Sequence[str], n: int = 10) -> list[str]:
     return [*names[:n], f"... {len(names) - n} more"] if len(names) > n else list(names)
 
 
-def collect_outputs(workdir: Path, outputs: Sequence[str], max_bytes: int) -> Collected:
+class _Sink:
+    """Collected artifacts: in memory while they are few and small (they go inside the
+    result), else all of them in a blob under ``spool`` (never more than a chunk of
+    one in memory)."""
+
+    def __init__(self, result: Collected, spool: Path | None) -> None:
+        self.result = result
+        self.spool = spool
+        self.memory = 0
+        self.writer: blobs.BlobWriter | None = None
+
+    def add(self, key: str, file: str, size: int, budget: int) -> int | None:
+        """Keep ``file``; its size, or None if it is over ``budget``."""
+        artifacts = self.result.artifacts
+        if self.writer is None and (
+            self.spool is None
+            or (self.memory + size <= blobs.INLINE_BYTES and len(artifacts) < blobs.INLINE_FILES)
+        ):
+            with open(file, "rb") as f:
+                data = f.read(budget + 1)
+            if len(data) > budget:
+                return None
+            artifacts[key] = data
+            self.memory += len(data)
+            return len(data)
+        if self.writer is None:
+            assert self.spool is not None
+            self.writer = blobs.BlobWriter(self.spool)
+            for name, data in artifacts.items():
+                self.writer.add_bytes(name, data)
+            artifacts.clear()
+        return self.writer.add_file(key, file, budget)
+
+    def finish(self) -> None:
+        if self.writer is not None:
+            self.result.blob = self.writer.finish()
+
+
+def collect_outputs(
+    workdir: Path,
+    outputs: Sequence[str],
+    max_bytes: int,
+    spool: Path | None = None,
+    max_files: int = MAX_ARTIFACT_FILES,
+) -> Collected:
     """Read the named files (directories recursively) into artifacts, up to ``max_bytes``
-    in total. Raises :class:`WorkdirError` for an invalid output name."""
-    result = Collected()
+    and ``max_files`` in total; past blobs.INLINE_BYTES or INLINE_FILES they go into a
+    blob under ``spool`` (if given). Raises :class:`WorkdirError` for an invalid name."""
+    result = Collected(max_files=max_files)
+    sink = _Sink(result, spool)
+    try:
+        _collect(workdir, outputs, max_bytes, max_files, result, sink)
+    except BaseException:
+        if sink.writer is not None:
+            sink.writer.abort()
+        raise
+    sink.finish()
+    return result
+
+
+def _files_of(path: Path, real_root: str) -> list[str]:
+    if os.path.isdir(path) and _inside(path, real_root):
+        files: list[str] = []
+        for dirpath, dirnames, filenames in os.walk(path, followlinks=False):
+            dirnames.sort()
+            files.extend(os.path.join(dirpath, f) for f in sorted(filenames))
+        return files
+    return [str(path)]
+
+
+def _collect(
+    workdir: Path,
+    outputs: Sequence[str],
+    max_bytes: int,
+    max_files: int,
+    result: Collected,
+    sink: _Sink,
+) -> None:
     real_root = os.path.realpath(workdir)
-    budget = max_bytes
+    budget, kept = max_bytes, set()
     for name in outputs:
         rel = relative_path(name, "output")
         path = workdir.joinpath(*rel.parts)
         if not os.path.lexists(path):
             result.missing.append(name)
             continue
-        if os.path.isdir(path) and _inside(path, real_root):
-            files: list[str] = []
-            for dirpath, dirnames, filenames in os.walk(path, followlinks=False):
-                dirnames.sort()
-                files.extend(os.path.join(dirpath, f) for f in sorted(filenames))
-        else:
-            files = [str(path)]
+        files = _files_of(path, real_root)
         skipped_before = len(result.skipped)
         for file in files:
             key = PurePosixPath(Path(file).relative_to(workdir).as_posix()).as_posix()
-            if key in result.artifacts:
+            if key in kept:
                 continue
             if not _inside(Path(file), real_root):
                 result.skipped.append(key)
@@ -219,19 +299,17 @@ def collect_outputs(workdir: Path, outputs: Sequence[str], max_bytes: int) -> Co
             if not stat.S_ISREG(st.st_mode):
                 result.skipped.append(key)
                 continue
-            if st.st_size > budget:
+            if len(kept) >= max_files:
+                result.too_many += 1
+                continue
+            size = None if st.st_size > budget else sink.add(key, file, st.st_size, budget)
+            if size is None:
                 result.over_limit.append(key)
                 continue
-            with open(file, "rb") as f:
-                data = f.read(budget + 1)
-            if len(data) > budget:
-                result.over_limit.append(key)
-                continue
-            result.artifacts[key] = data
-            budget -= len(data)
+            kept.add(key)
+            budget -= size
         if files == [str(path)] and len(result.skipped) > skipped_before:
             result.refused.append(name)  # asked for by name: say why it is not there
-    return result
 
 
 def _inside(path: Path, real_root: str) -> bool:

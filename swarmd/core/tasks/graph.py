@@ -8,8 +8,9 @@ Pure functions of the records and the pricing configuration.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import Final
+from typing import Any, Final
 
 from swarmd.core import template
 from swarmd.core.jobspec import (
@@ -78,6 +79,23 @@ def upstream_ids(task: TaskRecord, rec: SubtaskRecord) -> list[str]:
     return list(seen)
 
 
+def _rendered(spec: SubtaskSpec, results: Mapping[str, Mapping[str, Any]]) -> SubtaskSpec:
+    """The spec with its placeholders filled in: all of its texts together at most
+    template.RENDER_MAX characters (TooLarge before a longer one is built)."""
+    left = template.RENDER_MAX
+
+    def fill(text: str) -> str:
+        nonlocal left
+        out = template.render(text, results, left)
+        left -= len(out)
+        return out
+
+    run = tuple(fill(arg) for arg in spec.run)
+    prompt = None if spec.prompt is None else fill(spec.prompt)
+    system = None if spec.system is None else fill(spec.system)
+    return replace(spec, run=run, prompt=prompt, system=system)
+
+
 def render(task: TaskRecord, rec: SubtaskRecord) -> str | None:
     """Set the rendered spec and the pricing demand; an error message if it fails."""
     results = {
@@ -90,18 +108,11 @@ def render(task: TaskRecord, rec: SubtaskRecord) -> str | None:
     for arg in spec.run:
         templated = templated or "{{" in arg
     try:
-        rendered = (
-            replace(
-                spec,
-                run=tuple(template.render(arg, results) for arg in spec.run),
-                prompt=None if spec.prompt is None else template.render(spec.prompt, results),
-                system=None if spec.system is None else template.render(spec.system, results),
-            )
-            if templated
-            else spec  # nothing to fill in (most subtasks)
-        )
+        rendered = _rendered(spec, results) if templated else spec  # most have nothing
     except KeyError as exc:
         return f"template: {exc.args[0]}"
+    except template.TooLarge as exc:
+        return f"template: {template.TooLarge(template.RENDER_MAX, exc.what)}"
     rec.rendered = rendered
     rec.upstream = results if spec.inputs else {}
     est_tokens = 0

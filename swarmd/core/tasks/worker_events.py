@@ -31,6 +31,10 @@ class WorkerEvents(Lifecycle):
             return None
         return task, rec, current
 
+    def awaits_result(self, task_id: str, subtask_id: str, attempt: int, node_id: str) -> bool:
+        """Whether a result of this attempt from that node would be committed now."""
+        return self._live_attempt(task_id, subtask_id, attempt, node_id) is not None
+
     def _stale(self, task_id: str, subtask_id: str, attempt: int, node_id: str) -> list[Effect]:
         self.counters["stale_messages"] += 1
         return [CancelAttempt(task_id, subtask_id, attempt, node_id)]
