@@ -38,6 +38,8 @@ from protocol.control import (
     PeersReply,
     PeersRequest,
     PeerView,
+    RevokeReply,
+    RevokeRequest,
     StatsReply,
     StatsRequest,
     SubmitReply,
@@ -99,6 +101,7 @@ ControlRequest = (
     | DrainRequest
     | WatchRequest
     | LogsRequest
+    | RevokeRequest
 )
 ControlReply = (
     PeersReply
@@ -111,6 +114,7 @@ ControlReply = (
     | DrainReply
     | WatchReply
     | LogsReply
+    | RevokeReply
 )
 WorkMessage = WorkItem | Bundle
 AnyMessage = GossipMessage | ControlRequest | ControlReply | WorkMessage
@@ -138,6 +142,8 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (
     WatchReply,
     LogsRequest,
     LogsReply,
+    RevokeRequest,
+    RevokeReply,
     Dispatch,
     DispatchReply,
     Progress,
@@ -199,6 +205,8 @@ __all__ = [
     "PeersRequest",
     "Progress",
     "ResultAck",
+    "RevokeReply",
+    "RevokeRequest",
     "StatsReply",
     "StatsRequest",
     "SubmitReply",

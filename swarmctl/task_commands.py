@@ -21,6 +21,7 @@ from protocol.messages import (
     TasksReply,
     TasksRequest,
 )
+from swarmd.artifact_names import check_artifact_names
 from swarmd.core.jobspec import (
     JobError,
     JobSpec,
@@ -228,6 +229,10 @@ def result(obj: Ctx, task: str, out: Path | None) -> None:
     """Outputs of a task's subtasks (stdout, LLM text, artifacts)."""
     reply = _task(obj, task, "result", artifacts=out is not None)
     if out is not None:
+        for subtask, files in reply.artifacts.items():  # all checked before any is written
+            bad = check_artifact_names([subtask]) or check_artifact_names(list(files))
+            if bad is not None or "/" in subtask:
+                obj.fail(EXIT_FAILED, f"refusing to write {subtask}: {bad or 'bad subtask id'}")
         for subtask, files in reply.artifacts.items():
             for name, data in files.items():
                 target = (out / subtask / name).resolve()

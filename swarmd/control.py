@@ -25,6 +25,8 @@ from protocol.messages import (
     PeersReply,
     PeersRequest,
     PeerView,
+    RevokeReply,
+    RevokeRequest,
     StatsReply,
     StatsRequest,
     SubmitReply,
@@ -64,6 +66,8 @@ class NodeFacade(Protocol):
     @property
     def name(self) -> str: ...
     def set_draining(self, draining: bool) -> int: ...
+    def revoke(self, node_id: str) -> bool: ...
+    def revoked(self) -> list[str]: ...
 
 
 def _hardware(value: Any) -> Hardware | None:
@@ -148,7 +152,16 @@ class Control:
                 tasks=self.node.coordination.coordinator.tasks()
             ),
             DrainRequest: lambda r, _l: self.drain(r),
+            RevokeRequest: self.revoke,
         }
+
+    def revoke(self, request: RevokeRequest, local: bool) -> ControlReply:
+        if not local:
+            return ErrorReply(code="forbidden", message="revoke only on the node's own socket")
+        if request.node == self.node.node_id:
+            return ErrorReply(code="bad_request", message="a node cannot revoke itself")
+        added = self.node.revoke(request.node)
+        return RevokeReply(node=request.node, added=added, revoked=self.node.revoked())
 
     def drain(self, request: DrainRequest) -> ControlReply:
         running = self.node.set_draining(request.draining)

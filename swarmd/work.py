@@ -20,6 +20,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from protocol.messages import (
     AttemptResult,
     CancelAttempt,
@@ -31,6 +33,7 @@ from protocol.messages import (
     ResultAck,
 )
 
+from .artifact_names import check_artifact_names
 from .core import tasks as core
 from .core import template
 from .core.jobspec import JobSpec, SubtaskSpec
@@ -340,9 +343,15 @@ class Coordination:
 
     # ------------------------------------------------------------ worker messages
 
-    def on_message(self, message: Message) -> None:
+    def on_message(self, message: Message, sender: str | None = None) -> None:
+        """A worker's message; ``sender``: its node as the transport proved it (None:
+        not known, e.g. a test). Taken only from the node the attempt went to."""
         now = self.clock()
         c = self.coordinator
+        if isinstance(message, DispatchReply | Progress | AttemptResult) and not self._from_worker(
+            message, sender
+        ):
+            return
         if isinstance(message, DispatchReply):
             node = self._sender_of(message.task, message.subtask, message.attempt)
             if node is None:
@@ -377,6 +386,17 @@ class Coordination:
             self._sent_generation.pop((message.task, message.subtask, message.attempt), None)
             self.watchers.live.drop(message.task, message.subtask, message.attempt)
 
+    def _from_worker(self, m: DispatchReply | Progress | AttemptResult, sender: str | None) -> bool:
+        """Whether ``sender`` is the node attempt ``m`` went to (or it is not known)."""
+        node = None if sender is None else self._sender_of(m.task, m.subtask, m.attempt, False)
+        if node is None or node == sender:
+            return True
+        self.counters["wrong_sender"] += 1
+        self.log.warning(
+            "dropped a %s of %s/%s from %s", type(m).__name__, m.task, m.subtask, sender
+        )
+        return False
+
     def _first_word(self, task: str, subtask: str, attempt: int) -> None:
         """Dispatch -> the worker's first word on it (its start, or its result)."""
         sent = self._dispatched_at.pop((task, subtask, attempt), None)
@@ -391,7 +411,7 @@ class Coordination:
                 load, 0 if ours is None else ours.slots, time.monotonic()
             )
 
-    def _sender_of(self, task: str, subtask: str, attempt: int) -> str | None:
+    def _sender_of(self, task: str, subtask: str, attempt: int, count: bool = True) -> str | None:
         with contextlib.suppress(KeyError):
             rec = self.coordinator.record(task).subtasks[subtask]
             for a in rec.attempts:
@@ -400,10 +420,14 @@ class Coordination:
             current = rec.current
             if current is not None and current.number == attempt:
                 return current.node_id
-        self.counters["stale_messages"] += 1
+        self.counters["stale_messages"] += count
         return None
 
     def _on_result(self, m: AttemptResult, now: float) -> None:
+        bad = check_artifact_names(list(m.artifacts)) if m.artifacts else None
+        if bad is not None:  # never stored: the attempt fails with the reason
+            self.counters["bad_artifact_names"] += 1
+            m = msgspec.structs.replace(m, artifacts={}, error=bad, app_failed=False)
         usage = m.usage or {}
         result = core.Result(
             exit_code=m.exit_code,
