@@ -157,7 +157,7 @@ class Control:
 
     def revoke(self, request: RevokeRequest, local: bool) -> ControlReply:
         if not local:
-            return ErrorReply(code="forbidden", message="revoke only on the node's own socket")
+            return ErrorReply(code="not_allowed", message="revoke only on the node's own socket")
         if request.node == self.node.node_id:
             return ErrorReply(code="bad_request", message="a node cannot revoke itself")
         added = self.node.revoke(request.node)

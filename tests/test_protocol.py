@@ -44,6 +44,8 @@ from protocol.messages import (
     PeerView,
     Progress,
     ResultAck,
+    RevokeReply,
+    RevokeRequest,
     StatsReply,
     StatsRequest,
     SubmitReply,
@@ -132,6 +134,8 @@ EXAMPLES: dict[type[Message], Message] = {
     PeersReply: PeersReply(peers=[PEER]),
     JoinTokenRequest: JoinTokenRequest(),
     JoinTokenReply: JoinTokenReply(token="swarmd1-kSDEIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAkA"),
+    RevokeRequest: RevokeRequest(node="a1b2c3d4e5f60718"),
+    RevokeReply: RevokeReply(node="a1b2c3d4e5f60718", added=True, revoked=["a1b2c3d4e5f60718"]),
     StatsRequest: StatsRequest(),
     StatsReply: StatsReply(node="3f9a1c0de4b25a77", name="desk", counters={"received": 12}),
     DrainRequest: DrainRequest(draining=False),
@@ -308,7 +312,7 @@ def test_well_formed_message_of_another_version_is_rejected(
     kind: type[Message], version: int
 ) -> None:
     """Version 1 (full digests, every heartbeat to everyone) and a future 3 alike."""
-    assert PROTOCOL_VERSION == 2
+    assert PROTOCOL_VERSION == 3
     raw: dict[str, Any] = msgspec.to_builtins(EXAMPLES[kind])
     raw["v"] = version
     assert reason_of(msgspec.msgpack.encode(raw)).reason == "version"
@@ -520,6 +524,7 @@ def test_state_schemas_cover_the_keys_a_node_publishes() -> None:
     assert set(STATE_SCHEMAS) == {
         *("name", "addr", "status", "hw", "models", "draining", "queue"),
         *("slots", "busy", "allow_shell", "cost_per_hour", "on_battery", "speed", "queue_max"),
+        "revoked",
     }
 
 
