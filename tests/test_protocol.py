@@ -297,7 +297,7 @@ def test_trailing_bytes_after_a_message_are_malformed() -> None:
     assert reason_of(codec.encode(EXAMPLES[Syn]) + b"\x00").reason == "malformed"
 
 
-@pytest.mark.parametrize("version", [0, 1, 3, 99, "2", None])
+@pytest.mark.parametrize("version", [0, 1, 2, 4, 99, "3", None])
 def test_other_version_of_a_broken_message(version: Any) -> None:
     raw = syn_map(v=version)
     del raw["seq"]
@@ -306,12 +306,12 @@ def test_other_version_of_a_broken_message(version: Any) -> None:
     assert repr(version) in error.detail
 
 
-@pytest.mark.parametrize("version", [1, 3], ids=["previous", "next"])
+@pytest.mark.parametrize("version", [2, 4], ids=["previous", "next"])
 @pytest.mark.parametrize("kind", [Syn, PeersRequest], ids=["syn", "peers"])
 def test_well_formed_message_of_another_version_is_rejected(
     kind: type[Message], version: int
 ) -> None:
-    """Version 1 (full digests, every heartbeat to everyone) and a future 3 alike."""
+    """Version 2 (one CURVE key for the whole cluster) and a future 4 alike."""
     assert PROTOCOL_VERSION == 3
     raw: dict[str, Any] = msgspec.to_builtins(EXAMPLES[kind])
     raw["v"] = version
