@@ -44,6 +44,19 @@ class JoinTokenReply(Message, tag="join_token_reply"):
     token: str
 
 
+class RevokeRequest(Message, tag="revoke"):
+    """``swarmctl revoke NODE``: shut the node out of the cluster for good. Taken only on
+    the local control socket (the node signs the entry with the cluster secret)."""
+
+    node: Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
+class RevokeReply(Message, tag="revoke_reply"):
+    node: str
+    added: bool  # False: it was revoked already
+    revoked: list[str]  # every node id this node knows revoked
+
+
 class StatsRequest(Message, tag="stats"):
     pass
 

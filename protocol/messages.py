@@ -42,6 +42,8 @@ from protocol.control import (
     PeersReply,
     PeersRequest,
     PeerView,
+    RevokeReply,
+    RevokeRequest,
     StatsReply,
     StatsRequest,
     SubmitReply,
@@ -107,6 +109,7 @@ ControlRequest = (
     | WatchRequest
     | LogsRequest
     | ArtifactRequest
+    | RevokeRequest
 )
 ControlReply = (
     PeersReply
@@ -120,6 +123,7 @@ ControlReply = (
     | WatchReply
     | LogsReply
     | ArtifactReply
+    | RevokeReply
 )
 WorkMessage = WorkItem | Bundle
 AnyMessage = GossipMessage | ControlRequest | ControlReply | WorkMessage
@@ -149,6 +153,8 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (
     LogsReply,
     ArtifactRequest,
     ArtifactReply,
+    RevokeRequest,
+    RevokeReply,
     Dispatch,
     DispatchReply,
     Progress,
@@ -219,6 +225,8 @@ __all__ = [
     "PeersRequest",
     "Progress",
     "ResultAck",
+    "RevokeReply",
+    "RevokeRequest",
     "StatsReply",
     "StatsRequest",
     "SubmitReply",

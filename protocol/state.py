@@ -54,6 +54,13 @@ class ModelProfile(Struct):
 
 
 Models = Annotated[list[ModelProfile], Meta(max_length=64)]
+# The revocation list: [node id, unix time, MAC hex] per revoked node (see PROTOCOL.md).
+RevokedEntry = tuple[
+    Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")],
+    int,
+    Annotated[str, Meta(max_length=64)],
+]
+Revoked = Annotated[list[RevokedEntry], Meta(max_length=1024)]
 
 # The keys a node gossips about itself and the schema of each value.
 STATE_SCHEMAS: dict[str, Any] = {
@@ -71,6 +78,7 @@ STATE_SCHEMAS: dict[str, Any] = {
     "cost_per_hour": Annotated[float, Meta(ge=0)],
     "on_battery": Literal["pause", "run"],
     "speed": Annotated[float, Meta(gt=0, le=1000)],  # [hardware] speed, for shell/python
+    "revoked": Revoked,  # the node ids shut out of the cluster, as this node knows them
 }
 
 

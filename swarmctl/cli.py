@@ -27,11 +27,14 @@ from protocol.messages import (
     PeersReply,
     PeersRequest,
     PeerView,
+    RevokeReply,
+    RevokeRequest,
     StatsReply,
     StatsRequest,
 )
 from swarmd import __version__
 from swarmd.config import default_state_dir
+from swarmd.credentials import NODE_ID_RE
 
 from .client import Client, RequestFailed, Unreachable, UsageError
 
@@ -222,6 +225,28 @@ def join_token(obj: Ctx) -> None:
     else:
         click.echo(reply.token)
         click.echo(f"on the new machine: swarmd --join-token {reply.token}", err=True)
+
+
+@main.command()
+@click.argument("node")
+@click.pass_obj
+def revoke(obj: Ctx, node: str) -> None:
+    """Shut NODE (a name, an id prefix of a member, or a full node id) out of the
+    cluster for good; the rest keep their keys. Run it on a member's own machine."""
+    if obj.node is not None:
+        obj.fail(EXIT_USAGE, "revoke is made on a member's own machine (no --node)")
+    try:
+        node_id = _resolve(_peers(obj), node).id
+    except click.UsageError:
+        if not NODE_ID_RE.match(node):
+            raise
+        node_id = node  # not (or no longer) a member it knows: a full id is taken as is
+    reply = obj.call(RevokeRequest(node=node_id))
+    assert isinstance(reply, RevokeReply)
+    if obj.as_json:
+        obj.emit_json({"node": reply.node, "added": reply.added, "revoked": reply.revoked})
+    else:
+        click.echo(f"{reply.node}: {'revoked' if reply.added else 'was already revoked'}")
 
 
 @main.command()

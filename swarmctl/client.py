@@ -12,8 +12,21 @@ from zmq.utils.monitor import recv_monitor_message
 from protocol import ProtocolError, codec
 from protocol.messages import ControlReply, ControlRequest, ErrorReply, WatchReply, WatchRequest
 from swarmd.config import split_host_port
+from swarmd.credentials import NODE_ID_RE, Credentials, NodeKeys
 from swarmd.identity import ClusterKeys, load_cluster_secret
 from swarmd.transport import curve_client
+
+
+def _credentials(state_dir: Path, secret: bytes) -> Credentials:
+    """swarmctl speaks as this machine's node (a key pair of its own for the call): a
+    revoked node's swarmctl is shut out with it."""
+    try:
+        node_id = (state_dir / "node_id").read_text().strip()
+    except OSError:
+        node_id = ""
+    if not NODE_ID_RE.match(node_id):
+        node_id = "swarmctl"
+    return Credentials.issue(secret, node_id, NodeKeys.generate())
 
 
 class Unreachable(Exception):
@@ -61,7 +74,9 @@ class Client:
                     f"no cluster secret in {state_dir}: --node needs this machine to be a "
                     "member (run swarmd with --join-token first, or pass --state-dir)"
                 )
-            curve_client(self.sock, ClusterKeys.from_secret(secret))
+            curve_client(
+                self.sock, ClusterKeys.from_secret(secret), _credentials(state_dir, secret)
+            )
             self.monitor = self.sock.get_monitor_socket(
                 zmq.EVENT_HANDSHAKE_FAILED_AUTH
                 | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL

@@ -24,6 +24,7 @@ from protocol.messages import (
     TasksReply,
     TasksRequest,
 )
+from swarmd.artifact_names import check_artifact_names
 from swarmd.core.jobspec import (
     JobError,
     JobSpec,
@@ -232,8 +233,13 @@ def result(obj: Ctx, task: str, out: Path | None) -> None:
     """Outputs of a task's subtasks (stdout, LLM text, artifacts)."""
     reply = _task(obj, task, "result")
     if out is not None:
+        subtasks = reply.body.get("subtasks", {})
+        for sid, sub in subtasks.items():  # every name checked before anything is written
+            bad = check_artifact_names([sid]) or check_artifact_names(sub.get("artifacts") or [])
+            if bad is not None or "/" in sid:
+                obj.fail(EXIT_FAILED, f"refusing to write {sid}: {bad or 'bad subtask id'}")
         with obj.client() as client, obj._failures():
-            for sid, sub in reply.body.get("subtasks", {}).items():
+            for sid, sub in subtasks.items():
                 if sub.get("artifacts"):
                     _fetch_artifacts(obj, client, task, sid, out)
     if obj.as_json:

@@ -26,6 +26,8 @@ from protocol.messages import (
     PeersReply,
     PeersRequest,
     PeerView,
+    RevokeReply,
+    RevokeRequest,
     StatsReply,
     StatsRequest,
     SubmitReply,
@@ -73,6 +75,8 @@ class NodeFacade(Protocol):
     @property
     def name(self) -> str: ...
     def set_draining(self, draining: bool) -> int: ...
+    def revoke(self, node_id: str) -> bool: ...
+    def revoked(self) -> list[str]: ...
 
 
 def _hardware(value: Any) -> Hardware | None:
@@ -158,6 +162,7 @@ class Control:
             ),
             DrainRequest: lambda r, _l: self.drain(r),
             ArtifactRequest: lambda r, _l: self.artifact(r),
+            RevokeRequest: self.revoke,
         }
         self._reader: ArtifactReader | None = None
 
@@ -181,6 +186,14 @@ class Control:
             return self.reader.read(request)
         except (OSError, BlobError) as exc:
             return ErrorReply(code="internal", message=f"cannot read the artifacts: {exc}")
+
+    def revoke(self, request: RevokeRequest, local: bool) -> ControlReply:
+        if not local:
+            return ErrorReply(code="not_allowed", message="revoke only on the node's own socket")
+        if request.node == self.node.node_id:
+            return ErrorReply(code="bad_request", message="a node cannot revoke itself")
+        added = self.node.revoke(request.node)
+        return RevokeReply(node=request.node, added=added, revoked=self.node.revoked())
 
     def drain(self, request: DrainRequest) -> ControlReply:
         running = self.node.set_draining(request.draining)

@@ -50,7 +50,7 @@ def ensure_state_dir(state_dir: Path) -> None:
     os.chmod(state_dir, 0o700)
 
 
-def _write_private(path: Path, data: str) -> None:
+def write_private(path: Path, data: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     os.fchmod(fd, 0o600)  # a leftover tmp file keeps its old mode otherwise
@@ -78,7 +78,7 @@ def load_or_create_node_id(state_dir: Path) -> tuple[str, bool]:
 
 
 def write_node_id(state_dir: Path, node_id: str) -> None:
-    _write_private(state_dir / "node_id", node_id + "\n")
+    write_private(state_dir / "node_id", node_id + "\n")
 
 
 def next_generation(state_dir: Path, above: int = 0) -> int:
@@ -90,7 +90,7 @@ def next_generation(state_dir: Path, above: int = 0) -> int:
     except (FileNotFoundError, ValueError):
         current = 0
     gen = max(current, above) + 1
-    _write_private(path, f"{gen}\n")
+    write_private(path, f"{gen}\n")
     return gen
 
 
@@ -110,7 +110,7 @@ def load_cluster_secret(state_dir: Path) -> bytes | None:
 
 
 def store_cluster_secret(state_dir: Path, secret: bytes) -> None:
-    _write_private(state_dir / "cluster.secret", secret.hex() + "\n")
+    write_private(state_dir / "cluster.secret", secret.hex() + "\n")
 
 
 def create_cluster_secret(state_dir: Path) -> bytes:

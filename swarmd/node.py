@@ -54,6 +54,7 @@ from .statedir import LocalIdentity, StartupError
 from .store import Store
 from .transport import BindError, Reply, TransportFactory, listening
 from .transport.base import Transport
+from .trust import Trust
 from .work import Clock, Coordination
 from .worker import Worker
 
@@ -97,6 +98,7 @@ class Node:
         self.http: Any = None  # swarmd.httpapi.HttpApi with [node] metrics_port
         self.dashboard: Any = None  # swarmd.dashboard.Dashboard with [node] dashboard_port
         self.discovery: Discovery | None = None
+        self.trust: Trust | None = None
 
     # ------------------------------------------------------------ start / stop
 
@@ -152,6 +154,7 @@ class Node:
             )
         except BindError as exc:
             raise StartupError(str(exc)) from None
+        self.transport.set_identity(ident.credentials)
         if cfg.metrics_port is not None:
             self.http = await services.serve_http(self)
         self._start_loops(own, membership, coordination, worker)
@@ -214,8 +217,9 @@ class Node:
             resources=own.resources(),
             limits=Limits(max_artifact_bytes=cfg.max_artifact_bytes),
         )
+        self.trust = Trust(ident.revoked, self.counters, self.log, self._on_revoked, self._shut_out)
         self.pricing = pricing = PricingView(
-            membership.members, coordination.reports, lambda: worker.load
+            membership.members, coordination.reports, lambda: worker.load, ident.revoked
         )
         membership.on_peer_gone = coordination.on_peer_gone
         membership.on_new_identity = self._on_new_identity
@@ -280,7 +284,11 @@ class Node:
 
     # ------------------------------------------------------------ messages
 
-    def _on_server(self, message: AnyMessage, reply: Reply, local: bool) -> None:
+    def _on_server(
+        self, message: AnyMessage, reply: Reply, local: bool, sender: str | None = None
+    ) -> None:
+        if not local and not self.trust.admit(message, sender):  # type: ignore[union-attr]
+            return
         if isinstance(message, Syn | Ack):
             if local:
                 self.counters["dropped_gossip_on_control"] += 1
@@ -290,9 +298,9 @@ class Node:
             self.counters["dropped_work_on_control"] += 1  # node-to-node only
         elif isinstance(message, Bundle):
             for item in message.items:
-                self._on_work(item)
+                self._on_work(item, sender)
         elif isinstance(message, WorkItem):
-            self._on_work(message)
+            self._on_work(message, sender)
         else:
             self._on_control(message, reply, local)
 
@@ -318,34 +326,66 @@ class Node:
             self.log.exception("control request failed")
             reply(ErrorReply(code="internal", message=str(exc)[:4000]))
 
-    def _on_work(self, message: WorkItem) -> None:
+    def _on_work(self, message: WorkItem, sender: str | None) -> None:
         worker, coordination = self.worker, self.coordination
         assert worker is not None and coordination is not None
         if isinstance(message, Dispatch):
             worker.on_dispatch(message)
         elif isinstance(message, CancelAttempt):
-            worker.on_cancel(message)
+            worker.on_cancel(message, self._address_of_sender(sender))
         elif isinstance(message, ResultAck):
-            worker.on_ack(message)
+            worker.on_ack(message, self._address_of_sender(sender))
         elif isinstance(message, BlobWant):
-            worker.on_blob_want(message)
+            worker.on_blob_want(message, self._address_of_sender(sender))
         else:
-            coordination.on_message(message)
+            coordination.on_message(message, sender)
+
+    def _address_of_sender(self, sender: str | None) -> str | None:
+        """Where the proven sender listens (None: no sender known, nothing to check;
+        "?": a sender this node does not know as a live member, which matches no one)."""
+        if sender is None or self.membership is None:
+            return None
+        return self.membership.address_of(sender) or "?"
 
     def _on_link(self, addr: str, message: AnyMessage) -> None:
         if isinstance(message, SynAck) and self.membership is not None:
-            self.membership.on_answer(addr, message)
+            if self.trust is not None and self.trust.admit_answer(message, self._owner(addr)):
+                self.membership.on_answer(addr, message)
         else:
             self.counters["dropped_unexpected"] += 1
 
     def _send_to(self, addr: str, message: Any) -> bool:
         if addr == self.address:
             # To ourselves: handle it on the next loop turn, as if it came in.
-            asyncio.get_running_loop().call_soon(self._on_server, message, _no_reply, False)
+            asyncio.get_running_loop().call_soon(
+                self._on_server, message, _no_reply, False, self.node_id
+            )
             return True
         if self.transport is None:
             return False
         return self.transport.send(addr, message)
+
+    def _owner(self, addr: str) -> str | None:
+        return next((m.node_id for m in self.members() if m.state.get("addr") == addr), None)
+
+    def _shut_out(self, node_id: str) -> None:
+        if self.transport is not None:
+            self.transport.shut_out(node_id)
+
+    def _on_revoked(self, node_id: str) -> None:
+        """A node newly known revoked: its attempts go elsewhere."""
+        if self.coordination is not None and node_id != self.node_id:
+            self.coordination.on_peer_gone(node_id)
+
+    def revoke(self, node_id: str) -> bool:
+        """``swarmctl revoke``: add ``node_id`` to the cluster's revocation list."""
+        assert self.trust is not None and self.membership is not None
+        added = self.trust.revoke(node_id)
+        self.membership.set("revoked", self.trust.revoked.wire())
+        return added
+
+    def revoked(self) -> list[str]:
+        return [] if self.trust is None else sorted(self.trust.revoked.entries)
 
     def _on_sighting(self, sighting: Sighting) -> None:
         # Same node id at another address is a copied state dir: gossip detects it.
@@ -359,6 +399,8 @@ class Node:
             self.membership.set("busy", self.worker.busy)  # no-ops while unchanged
             self.membership.set("queue", self.worker.queued)
             self.membership.set("queue_max", self.worker.queue_limit)  # the worker's own
+        if self.trust is not None and self.membership is not None:
+            self.membership.set("revoked", self.trust.sync(self.members()))
 
     def _keep_links(self, addresses: set[str]) -> None:
         if self.transport is not None:
@@ -372,6 +414,8 @@ class Node:
                 self.worker.core.generation = self.membership.generation
         if self.coordination is not None:
             self.coordination.node_id = node_id
+        if renamed and self.identity is not None and self.transport is not None:
+            self.transport.set_identity(self.identity.reissue(node_id))
         if renamed and self.config.mdns:
             self.lifecycle.spawn(self._restart_discovery())
 

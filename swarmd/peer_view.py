@@ -8,7 +8,7 @@ count of attempts each peer holds); :func:`peer_facts` feeds submit-time admissi
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -32,8 +32,10 @@ class PricingView:
         members: Callable[[], list[Member]],
         reports: Mapping[str, LoadReport],
         own_load: Callable[[], int],
+        revoked: Container[str] = (),
     ) -> None:
         self.members = members
+        self.revoked = revoked  # node ids shut out of the cluster: never placed on
         self.reports = reports  # node id -> the latest load it reported (live dict)
         self.own_load = own_load  # attempts this node's worker holds
         # Each member's capacity as last built from its gossip, by (generation, versions).
@@ -59,7 +61,7 @@ class PricingView:
                 gossiped = _count(m.state.get("busy")) + _count(m.state.get("queue"))
                 held = max(ours, gossiped)
             live = {
-                "alive": m.liveness is Liveness.ALIVE,
+                "alive": m.liveness is Liveness.ALIVE and m.node_id not in self.revoked,
                 "rtt_s": 0.0 if m.is_self else m.rtt_s,
                 "slots_busy": held,
             }

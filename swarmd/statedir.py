@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 
 from .config import Config
+from .credentials import Credentials, RevocationList, load_or_create_node_keys
 from .identity import (
     ClusterKeys,
     create_cluster_secret,
@@ -39,6 +40,13 @@ class LocalIdentity:
     seeds: tuple[str, ...]
     created: bool  # the node id was made just now
     lock_fd: int | None  # flock on STATE_DIR/lock; None once released
+    credentials: Credentials  # this node's own key pair, vouched for by the secret
+    revoked: RevocationList  # node ids shut out of the cluster (STATE_DIR/revoked)
+
+    def reissue(self, node_id: str) -> Credentials:
+        """Credentials for a new id of this node (after an identity conflict)."""
+        self.credentials = Credentials.issue(self.keys.secret, node_id, self.credentials.keys)
+        return self.credentials
 
     def release(self) -> None:
         if self.lock_fd is not None:
@@ -92,6 +100,9 @@ def prepare(config: Config, log: logging.Logger) -> LocalIdentity:
         generation = next_generation(config.state_dir)
         seeds = list(config.join)
         keys = ClusterKeys.from_secret(_cluster_secret(config, seeds, log))
+        node_keys = load_or_create_node_keys(config.state_dir)
+        credentials = Credentials.issue(keys.secret, node_id, node_keys)
+        revoked = RevocationList(keys.secret, config.state_dir / "revoked")
     except BaseException:
         os.close(lock_fd)
         raise
@@ -102,4 +113,8 @@ def prepare(config: Config, log: logging.Logger) -> LocalIdentity:
         generation,
         keys.fingerprint,
     )
-    return LocalIdentity(node_id, generation, keys, tuple(seeds), created, lock_fd)
+    if node_id in revoked:
+        log.error("this node (%s) was revoked from its cluster: peers drop its messages", node_id)
+    return LocalIdentity(
+        node_id, generation, keys, tuple(seeds), created, lock_fd, credentials, revoked
+    )

@@ -20,6 +20,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from protocol.messages import (
     AttemptResult,
     BlobChunk,
@@ -32,6 +34,7 @@ from protocol.messages import (
     ResultAck,
 )
 
+from .artifact_names import check_artifact_names
 from .core import tasks as core
 from .core import template
 from .core.jobspec import JobSpec, SubtaskSpec
@@ -327,9 +330,14 @@ class Coordination:
 
     # ------------------------------------------------------------ worker messages
 
-    def on_message(self, message: Message) -> None:
+    def on_message(self, message: Message, sender: str | None = None) -> None:
+        """A worker's message; ``sender``: its node as the transport proved it (None:
+        not known, e.g. a test). Taken only from the node the attempt went to."""
         now = self.clock()
         c = self.coordinator
+        from_workers = DispatchReply | Progress | AttemptResult | BlobChunk
+        if isinstance(message, from_workers) and not self._from_worker(message, sender):
+            return
         if isinstance(message, DispatchReply):
             node = self._sender_of(message.task, message.subtask, message.attempt)
             if node is None:
@@ -366,6 +374,19 @@ class Coordination:
             self._sent_generation.pop((message.task, message.subtask, message.attempt), None)
             self.watchers.live.drop(message.task, message.subtask, message.attempt)
 
+    def _from_worker(
+        self, m: DispatchReply | Progress | AttemptResult | BlobChunk, sender: str | None
+    ) -> bool:
+        """Whether ``sender`` is the node attempt ``m`` went to (or it is not known)."""
+        node = None if sender is None else self._sender_of(m.task, m.subtask, m.attempt, False)
+        if node is None or node == sender:
+            return True
+        self.counters["wrong_sender"] += 1
+        self.log.warning(
+            "dropped a %s of %s/%s from %s", type(m).__name__, m.task, m.subtask, sender
+        )
+        return False
+
     def _first_word(self, task: str, subtask: str, attempt: int) -> None:
         """Dispatch -> the worker's first word on it (its start, or its result)."""
         sent = self._dispatched_at.pop((task, subtask, attempt), None)
@@ -380,7 +401,7 @@ class Coordination:
                 load, 0 if ours is None else ours.slots, time.monotonic()
             )
 
-    def _sender_of(self, task: str, subtask: str, attempt: int) -> str | None:
+    def _sender_of(self, task: str, subtask: str, attempt: int, count: bool = True) -> str | None:
         with contextlib.suppress(KeyError):
             rec = self.coordinator.record(task).subtasks[subtask]
             for a in rec.attempts:
@@ -389,10 +410,19 @@ class Coordination:
             current = rec.current
             if current is not None and current.number == attempt:
                 return current.node_id
-        self.counters["stale_messages"] += 1
+        self.counters["stale_messages"] += count
         return None
 
     def _on_result(self, m: AttemptResult, now: float, blob: Received | None = None) -> None:
+        bad = check_artifact_names(list(m.artifacts)) if m.artifacts else None
+        if bad is None and blob is not None and blob.names:
+            bad = check_artifact_names(list(blob.names))
+        if bad is not None:  # never stored: the attempt fails with the reason
+            self.counters["bad_artifact_names"] += 1
+            if blob is not None:
+                self.transfers.discard(m)
+            m = msgspec.structs.replace(m, artifacts={}, blob=None, error=bad, app_failed=False)
+            blob = None
         c = self.coordinator
         if blob is None and m.blob and c.awaits_result(m.task, m.subtask, m.attempt, m.node):
             self.transfers.on_head(m, time.monotonic())  # committed once it is here

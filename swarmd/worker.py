@@ -181,14 +181,19 @@ class Worker:
     def on_dispatch(self, d: Dispatch) -> None:
         self._apply(self.core.on_dispatch(d, time.monotonic()))
 
-    def on_cancel(self, m: CancelAttempt) -> None:
-        self._apply(self.core.on_cancel(m, time.monotonic()))
+    # ``by``: the address of the node that sent it, as the transport proved (None: not
+    # known); each is taken only from the attempt's own coordinator.
+    def on_cancel(self, m: CancelAttempt, by: str | None = None) -> None:
+        self._apply(self.core.on_cancel(m, time.monotonic(), by))
 
-    def on_ack(self, m: ResultAck) -> None:
-        self._apply(self.core.on_ack(m))
+    def on_ack(self, m: ResultAck, by: str | None = None) -> None:
+        self._apply(self.core.on_ack(m, by))
 
-    def on_blob_want(self, m: BlobWant) -> None:
+    def on_blob_want(self, m: BlobWant, by: str | None = None) -> None:
         out = self.core.outbox.get((m.task, m.subtask, m.attempt))
+        if out is not None and by is not None and by != out.addr:
+            self.core.counters["wrong_sender"] += 1
+            return
         self.blobs.serve(m, None if out is None else out.addr, None if out is None else out.message)
 
     # ------------------------------------------------------------ effects

@@ -22,6 +22,7 @@ import zmq
 from protocol import codec
 from protocol.messages import PeersReply, PeersRequest, StatsReply, StatsRequest
 from swarmctl.client import Client, RequestFailed, Unreachable
+from swarmd.credentials import Credentials, NodeKeys
 from swarmd.identity import ClusterKeys
 from swarmd.transport import curve_client
 
@@ -257,10 +258,19 @@ class BinaryDaemon(Daemon):
         return found
 
 
-def member_socket(ctx: zmq.Context[zmq.Socket[bytes]], d: Daemon, secret: str) -> zmq.Socket[bytes]:
-    """A DEALER that talks to ``d`` as a member of its cluster (CURVE with its keys)."""
+def member_socket(
+    ctx: zmq.Context[zmq.Socket[bytes]],
+    d: Daemon,
+    secret: str,
+    node_id: str = "tester",
+    keys: NodeKeys | None = None,
+) -> zmq.Socket[bytes]:
+    """A DEALER that talks to ``d`` as member ``node_id`` of its cluster (CURVE with a
+    key pair of its own, ``keys`` or a new one, and a credential the secret makes)."""
     s = ctx.socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
-    curve_client(s, ClusterKeys.from_secret(bytes.fromhex(secret)))
+    raw = bytes.fromhex(secret)
+    creds = Credentials.issue(raw, node_id, keys or NodeKeys.generate())
+    curve_client(s, ClusterKeys.from_secret(raw), creds)
     s.connect(f"tcp://{d.address}")
     return s

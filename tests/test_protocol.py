@@ -50,6 +50,8 @@ from protocol.messages import (
     PeerView,
     Progress,
     ResultAck,
+    RevokeReply,
+    RevokeRequest,
     StatsReply,
     StatsRequest,
     SubmitReply,
@@ -138,6 +140,8 @@ EXAMPLES: dict[type[Message], Message] = {
     PeersReply: PeersReply(peers=[PEER]),
     JoinTokenRequest: JoinTokenRequest(),
     JoinTokenReply: JoinTokenReply(token="swarmd1-kSDEIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAkA"),
+    RevokeRequest: RevokeRequest(node="a1b2c3d4e5f60718"),
+    RevokeReply: RevokeReply(node="a1b2c3d4e5f60718", added=True, revoked=["a1b2c3d4e5f60718"]),
     StatsRequest: StatsRequest(),
     StatsReply: StatsReply(node="3f9a1c0de4b25a77", name="desk", counters={"received": 12}),
     DrainRequest: DrainRequest(draining=False),
@@ -326,7 +330,7 @@ def test_other_version_of_a_broken_message(version: Any) -> None:
 def test_well_formed_message_of_another_version_is_rejected(
     kind: type[Message], version: int
 ) -> None:
-    """Version 1 (full digests, every heartbeat to everyone) and a future 3 alike."""
+    """Version 2 (one CURVE key for the whole cluster) and a future 4 alike."""
     assert PROTOCOL_VERSION == 3
     raw: dict[str, Any] = msgspec.to_builtins(EXAMPLES[kind])
     raw["v"] = version
@@ -539,6 +543,7 @@ def test_state_schemas_cover_the_keys_a_node_publishes() -> None:
     assert set(STATE_SCHEMAS) == {
         *("name", "addr", "status", "hw", "models", "draining", "queue"),
         *("slots", "busy", "allow_shell", "cost_per_hour", "on_battery", "speed", "queue_max"),
+        "revoked",
     }
 
 

@@ -30,7 +30,9 @@ class Inbox:
         self.link: list[tuple[str, AnyMessage]] = []
         self.undelivered: list[tuple[str, list[Any]]] = []
 
-    def on_server(self, message: AnyMessage, reply: Reply, local: bool) -> None:
+    def on_server(
+        self, message: AnyMessage, reply: Reply, local: bool, sender: str | None = None
+    ) -> None:
         self.server.append(message)
         if isinstance(message, PeersRequest):
             reply(PeersReply(peers=[]))

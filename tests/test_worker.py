@@ -48,7 +48,7 @@ def test_a_worker_refuses_a_dispatch_its_policy_forbids(
     inbox.curve_secretkey, inbox.curve_publickey = keys.secret_z85, keys.public_z85
     port = free_port()
     inbox.bind(f"tcp://127.0.0.1:{port}")
-    out = member_socket(ctx, d, secret)
+    out = member_socket(ctx, d, secret, node_id="coordinator1")
     try:
         me = NodeRef("coordinator1", 1, 1, f"127.0.0.1:{port}")
         dispatch = Dispatch(

@@ -160,6 +160,21 @@ def test_results_stay_in_the_outbox_until_acked_and_resends_back_off() -> None:
     assert w.tick(100.0) == [] and w.next_wakeup() is None
 
 
+def test_only_the_attempt_s_coordinator_can_acknowledge_or_cancel_it() -> None:
+    """Another member's ack would make the worker drop an uncommitted result."""
+    w = WorkerCore("w1", WorkerConfig(slots=2))
+    w.on_dispatch(dispatch("a"), 0.0)
+    w.on_dispatch(dispatch("b"), 0.0)
+    w.on_finished(("t1", "a", 1), result("a"), 0.1)
+    ack = ResultAck(task="t1", subtask="a", attempt=1, committed=True)
+    assert w.on_ack(ack, by="127.0.0.1:9999") == [] and ("t1", "a", 1) in w.outbox
+    cancel = CancelAttempt(task="t1", subtask="b", attempt=1)
+    assert w.on_cancel(cancel, 0.2, by="?") == [] and not w.was_cancelled(("t1", "b", 1))
+    assert w.counters["wrong_sender"] == 2
+    assert w.on_ack(ack, by=COORD.addr) == [Unpersist(("t1", "a", 1))]
+    assert w.on_cancel(cancel, 0.3, by=COORD.addr) == [Stop(("t1", "b", 1))]
+
+
 def test_a_dispatch_of_a_finished_attempt_resends_its_result() -> None:
     w = WorkerCore("w1")
     w.on_dispatch(dispatch("a"), 0.0)

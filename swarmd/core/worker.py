@@ -250,10 +250,15 @@ class WorkerCore:
                 return f"{key} {format_size(need)}: this node has {format_size(have)} of {what}"
         return None
 
-    def on_cancel(self, m: CancelAttempt, now: float) -> list[Effect]:
+    def on_cancel(self, m: CancelAttempt, now: float, by: str | None = None) -> list[Effect]:
+        """``by``: the address of the node the transport proved sent it (None: not
+        known); only the attempt's coordinator may cancel it."""
         key = key_of(m)
         held = self.held.get(key)
         if held is None or held.cancelled:
+            return []
+        if by is not None and by != held.dispatch.coordinator.addr:
+            self.counters["wrong_sender"] += 1
             return []
         self.counters["cancelled"] += 1
         held.cancelled = True
@@ -263,8 +268,14 @@ class WorkerCore:
         ended = self.ended_early(key, "cancelled by the coordinator")
         return self.on_finished(key, ended, now)
 
-    def on_ack(self, m: ResultAck) -> list[Effect]:
+    def on_ack(self, m: ResultAck, by: str | None = None) -> list[Effect]:
+        """``by`` as for :meth:`on_cancel`: only the coordinator the result is for can
+        acknowledge it (another member could otherwise make this node drop it)."""
         key = key_of(m)
+        entry = self.outbox.get(key)
+        if by is not None and entry is not None and by != entry.addr:
+            self.counters["wrong_sender"] += 1
+            return []
         self.counters["acked"] += 1
         if self.outbox.pop(key, None) is not None:
             self._done[key] = None

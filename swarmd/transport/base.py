@@ -2,10 +2,13 @@
 
 A transport delivers messages between node addresses (``host:port``). Two directions,
 as in ZeroMQ's ROUTER/DEALER pair: what a peer sends us arrives at ``on_server`` with a
-function that answers that peer; what a peer answers on our link to it arrives at
-``on_link``. Work messages (dispatches, results, acks) may be held until the end of the
-current turn of the event loop and go together; those that cannot go (the peer is not
-connected, its queue is full) are handed to ``on_undelivered``.
+function that answers that peer and the sender's node id *as the transport proved it*
+(its credential, see :mod:`swarmd.credentials`; None for the local control socket);
+what a peer answers on our link to it arrives at ``on_link``. A node presents its own
+credentials (``set_identity``) before it sends anything. Work messages (dispatches,
+results, acks) may be held until the end of the current turn of the event loop and go
+together; those that cannot go (the peer is not connected, its queue is full) are handed
+to ``on_undelivered``.
 
 Implementations: :mod:`.zmq` (CURVE over TCP, the real thing) and :mod:`.memory` (one
 process, for tests and the simulator: loss, partitions and delay on demand).
@@ -20,11 +23,13 @@ from typing import Protocol
 
 from protocol.messages import AnyMessage, Message, WorkItem
 
+from ..credentials import Credentials
 from ..identity import ClusterKeys
 
 Reply = Callable[[Message], bool]
-# (message, a function that answers its sender, whether it came over the local socket)
-ServerHandler = Callable[[AnyMessage, Reply, bool], None]
+# (message, a function that answers its sender, whether it came over the local socket,
+# the sender's node id as its credential proved it: None over the local socket)
+ServerHandler = Callable[[AnyMessage, Reply, bool, str | None], None]
 LinkHandler = Callable[[str, AnyMessage], None]
 # (address, work messages that could not be sent there: not connected, or its queue full)
 UndeliveredHandler = Callable[[str, list[WorkItem]], None]
@@ -51,6 +56,14 @@ class Transport(Protocol):
 
     def flush(self) -> None:
         """Send the work messages held for the end of this turn now."""
+        ...
+
+    def set_identity(self, credentials: Credentials) -> None:
+        """Present ``credentials`` on every link from now on (links open anew)."""
+        ...
+
+    def shut_out(self, node_id: str) -> None:
+        """``node_id`` was revoked: refuse its keys at the handshake from now on."""
         ...
 
     def close_idle_links(self, keep: set[str]) -> None:

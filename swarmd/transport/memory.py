@@ -7,6 +7,10 @@ messages (seeded, so a run repeats), drop those matching a rule, cut the links b
 two sets of addresses (a partition: messages vanish, as over a TCP link that stopped
 answering), and delay every message. ``counters`` say what happened to them.
 
+The sender's node id reaches ``on_server`` as the id its transport presents
+(``set_identity``), the hub standing in for CURVE and the credential check; a test that
+wants a node to lie about its id does so in the message, as an attacker would.
+
 Work messages are bundled per turn of the loop, as over ZeroMQ; a message to an address
 where nobody listens cannot be sent (``send`` is False, work goes to ``on_undelivered``).
 """
@@ -23,6 +27,7 @@ from dataclasses import dataclass
 from protocol import ProtocolError, codec
 from protocol.messages import AnyMessage, Bundle, Message, WorkItem
 
+from ..credentials import Credentials
 from ..identity import ClusterKeys
 from .base import BindError, LinkHandler, ServerHandler, UndeliveredHandler
 from .bundler import Bundler
@@ -109,7 +114,7 @@ class MemoryHub:
                 answer.set_result(codec.decode(codec.encode(m)))
             return True
 
-        node.on_server(codec.decode(codec.encode(message)), reply, local)
+        node.on_server(codec.decode(codec.encode(message)), reply, local, None)
         return await asyncio.wait_for(answer, timeout)
 
     # ------------------------------------------------------------ delivery
@@ -165,6 +170,8 @@ class MemoryTransport:
         self._links: set[str] = set()
         self._bundler = Bundler(self._send_frame, self._undelivered, counters)
         self.closed = False
+        self.node_id = address  # who it speaks as: its address until set_identity
+        self.shut_out_ids: set[str] = set()  # revoked: their frames are not delivered
 
     @property
     def links(self) -> list[str]:
@@ -193,8 +200,8 @@ class MemoryTransport:
             self.counters["send_dropped"] += 1  # nobody listens there: not connected
             return False
         self.counters["sent"] += 1
-        src = self.address
-        self.hub.carry(src, addr, frame, lambda f: peer.receive_request(src, f))
+        src, sender = self.address, self.node_id
+        self.hub.carry(src, addr, frame, lambda f: peer.receive_request(src, f, sender))
         return True
 
     def flush(self) -> None:
@@ -203,6 +210,12 @@ class MemoryTransport:
     def _undelivered(self, addr: str, items: list[WorkItem]) -> None:
         if self.on_undelivered is not None:
             self.on_undelivered(addr, items)
+
+    def set_identity(self, credentials: Credentials) -> None:
+        self.node_id = credentials.node_id
+
+    def shut_out(self, node_id: str) -> None:
+        self.shut_out_ids.add(node_id)
 
     def close_idle_links(self, keep: set[str]) -> None:
         self._links &= keep  # no idle time here: a link costs nothing
@@ -218,8 +231,12 @@ class MemoryTransport:
         self.counters["received"] += 1
         return message
 
-    def receive_request(self, src: str, frame: bytes) -> None:
-        """A frame from ``src`` on our server side; answers go back on its link to us."""
+    def receive_request(self, src: str, frame: bytes, sender: str | None = None) -> None:
+        """A frame from ``src`` (node ``sender``) on our server side; answers go back on
+        its link to us."""
+        if sender is None or sender in self.shut_out_ids:
+            self.counters["zap_denied" if sender else "dropped_unauthenticated"] += 1
+            return
         message = None if self.closed else self._decode(frame)
         if message is None:
             return
@@ -236,7 +253,7 @@ class MemoryTransport:
             return True
 
         try:
-            self.on_server(message, reply, False)
+            self.on_server(message, reply, False, sender)
         except Exception:
             self.counters["handler_error"] += 1
             self.log.exception("error while handling a message (dropped)")

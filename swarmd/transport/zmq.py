@@ -3,8 +3,12 @@ comes in, one DEALER per peer.
 
 Security (libzmq 4.3 facts, see DESIGN.md): a CURVE server with no ZAP handler accepts
 any client, so the server socket sets ``ZAP_DOMAIN`` *and* ``ZAP_ENFORCE_DOMAIN=1`` and
-the handler is registered under that same domain. It authorizes by the client's
-public key (the ZAP User-Id), which only holders of the cluster secret can prove.
+the handler is registered under that same domain. The server key pair is the
+cluster's (derived from the secret: only members can encrypt to it); each client uses
+its node's own key pair and puts its credential in its routing id. ZAP refuses the keys
+of revoked nodes; every message on the TCP socket is then attributed to the node id its
+routing id proves for the client's CURVE public key (the ZAP User-Id), or dropped
+(``dropped_unauthenticated``).
 
 Robustness: every socket has ``MAXMSGSIZE`` (an oversized message disconnects its
 sender), bounded queues and ``LINGER=0``. Every received frame is decoded by the
@@ -27,6 +31,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import zmq
 import zmq.asyncio
@@ -36,6 +41,7 @@ from zmq.utils.monitor import parse_monitor_message
 from protocol import MAX_FRAME_BYTES, ProtocolError, codec
 from protocol.messages import AnyMessage, Message, WorkItem
 
+from ..credentials import Credentials, Verifier
 from ..identity import ClusterKeys
 from .base import (
     BindError,
@@ -64,21 +70,25 @@ def _common(sock: zmq.Socket[bytes]) -> None:
     sock.setsockopt(zmq.HANDSHAKE_IVL, 5000)
 
 
-def curve_client(sock: zmq.Socket[bytes], keys: ClusterKeys) -> None:
-    sock.curve_secretkey = keys.secret_z85
-    sock.curve_publickey = keys.public_z85
+def curve_client(sock: zmq.Socket[bytes], keys: ClusterKeys, credentials: Credentials) -> None:
+    """A DEALER that speaks to a member as the node ``credentials`` names (before
+    ``connect``): its own key pair, its credential in the routing id."""
+    sock.curve_secretkey = credentials.keys.secret_z85
+    sock.curve_publickey = credentials.keys.public_z85
     sock.curve_serverkey = keys.public_z85
+    sock.setsockopt(zmq.ROUTING_ID, credentials.routing_id())
 
 
 class _MemberCheck:
-    """ZAP credentials provider: admit exactly the cluster's public key."""
+    """ZAP credentials provider: any key but a revoked node's (which node a key speaks
+    for is checked per message, from the routing id)."""
 
-    def __init__(self, keys: ClusterKeys, counters: Counter[str]) -> None:
-        self._key = keys.public_z85
+    def __init__(self, denied: set[bytes], counters: Counter[str]) -> None:
+        self._denied = denied
         self._counters = counters
 
     def callback(self, domain: str, key: bytes) -> bool:
-        ok = domain == ZAP_DOMAIN and key == self._key
+        ok = domain == ZAP_DOMAIN and key not in self._denied
         if not ok:
             self._counters["zap_denied"] += 1
         return ok
@@ -113,6 +123,9 @@ class ZmqTransport:
         self.log = log
         self.counters: Counter[str] = counters if counters is not None else Counter()
         self._auth: AsyncioAuthenticator | None = None
+        self.credentials: Credentials | None = None  # what our links present
+        self.verifier = Verifier(keys.secret)
+        self._denied: set[bytes] = set()  # public keys of revoked nodes
         self._servers: list[tuple[zmq.asyncio.Socket, zmq.Socket[bytes]]] = []
         self._links: dict[str, _Link] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -127,9 +140,17 @@ class ZmqTransport:
         auth = AsyncioAuthenticator(self.ctx, log=self.log.getChild("zap"))
         auth.start()
         auth.configure_curve_callback(
-            domain=ZAP_DOMAIN, credentials_provider=_MemberCheck(self.keys, self.counters)
+            domain=ZAP_DOMAIN, credentials_provider=_MemberCheck(self._denied, self.counters)
         )
         self._auth = auth
+
+    def set_identity(self, credentials: Credentials) -> None:
+        self.credentials = credentials
+        for addr in list(self._links):
+            self._close_link(addr)
+
+    def shut_out(self, node_id: str) -> None:
+        self._denied.update(self.verifier.keys_of.get(node_id, ()))
 
     def bind_tcp(self, host: str, port: int) -> str:
         """The cluster-facing socket: CURVE server, members only."""
@@ -166,7 +187,7 @@ class ZmqTransport:
     def _serve(self, sock: zmq.asyncio.Socket, local: bool) -> None:
         sync: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
         self._servers.append((sock, sync))
-        self._spawn(self._pump(sock, sync, self._server_frames(sync, local)))
+        self._spawn(self._pump(sock, sync, self._server_frames(sync, local), copy=False))
 
     def _spawn(self, coro: object) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
@@ -179,7 +200,8 @@ class ZmqTransport:
         self,
         sock: zmq.asyncio.Socket,
         sync: zmq.Socket[bytes],
-        handle: Callable[[list[bytes]], None],
+        handle: Callable[[list[Any]], None],
+        copy: bool = True,
     ) -> None:
         while True:
             try:
@@ -187,7 +209,7 @@ class ZmqTransport:
                     continue
                 for _ in range(1000):  # a batch, then yield to the loop
                     try:
-                        frames = sync.recv_multipart(zmq.NOBLOCK)
+                        frames = sync.recv_multipart(zmq.NOBLOCK, copy=copy)
                     except zmq.Again:
                         break
                     handle(frames)
@@ -210,13 +232,29 @@ class ZmqTransport:
             self.log.debug("dropped a message: %s", exc)
             return None
 
-    def _server_frames(self, sync: zmq.Socket[bytes], local: bool) -> Callable[[list[bytes]], None]:
-        def handle(frames: list[bytes]) -> None:
+    def _sender(self, route: bytes, frame: zmq.Frame) -> str | None:
+        """The node id ``route`` proves for the CURVE key that sent ``frame``."""
+        try:
+            public = frame.get("User-Id")
+        except zmq.ZMQError:
+            public = ""
+        sender = self.verifier.sender(route, str(public).encode())
+        if sender is None:
+            self.counters["dropped_unauthenticated"] += 1
+        return sender
+
+    def _server_frames(
+        self, sync: zmq.Socket[bytes], local: bool
+    ) -> Callable[[list[zmq.Frame]], None]:
+        def handle(frames: list[zmq.Frame]) -> None:
             if len(frames) != 2:
                 self.counters["dropped_frames"] += 1
                 return
-            route = frames[0]
-            message = self._decode(frames[1])
+            route = frames[0].bytes
+            sender = None if local else self._sender(route, frames[1])
+            if not local and sender is None:
+                return
+            message = self._decode(frames[1].bytes)
             if message is None:
                 return
             self.counters["received"] += 1
@@ -230,7 +268,7 @@ class ZmqTransport:
                     self.log.debug("reply dropped: %s", exc)
                     return False
 
-            self.on_server(message, reply, local)
+            self.on_server(message, reply, local, sender)
 
         return handle
 
@@ -292,7 +330,9 @@ class ZmqTransport:
         sock.setsockopt(zmq.SNDHWM, 1000)
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-        curve_client(sock, self.keys)
+        if self.credentials is None:
+            raise RuntimeError("set_identity before sending: links present credentials")
+        curve_client(sock, self.keys, self.credentials)
         sock.connect(f"tcp://{addr}")
         sync: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
         link = _Link(addr, sock, sync)
