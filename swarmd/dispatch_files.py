@@ -1,6 +1,6 @@
-"""The input files a dispatch carries: those under the subtask's ``inputs``, with
-``{{ ID.stdout }}`` placeholders in text files rendered from the upstream results,
-bounded so that a dispatch always fits one frame."""
+"""What a dispatch carries: the subtask's spec as a worker needs it, and the input
+files under its ``inputs``, with ``{{ ID.stdout }}`` placeholders in text files rendered
+from the upstream results, bounded so that a dispatch always fits one frame."""
 
 from __future__ import annotations
 
@@ -55,3 +55,21 @@ def render_files(
                 text = template.render(text, upstream, template.RENDER_MAX)
         out[path] = text.encode()
     return out
+
+
+def spec_to_wire(spec: SubtaskSpec) -> dict[str, Any]:
+    """What a worker needs of a (rendered) subtask spec."""
+    return {
+        "id": spec.id,
+        "kind": spec.kind,
+        "run": list(spec.run),
+        "env": dict(spec.env),
+        "timeout_s": spec.timeout_s,
+        "outputs": list(spec.outputs),
+        "prompt": spec.prompt,
+        "system": spec.system,
+        "max_tokens": spec.max_tokens,
+        "call": spec.call,
+        "args": list(spec.args),
+        "kwargs": dict(spec.kwargs),
+    }

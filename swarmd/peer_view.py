@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Container, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .core.failure import Liveness
@@ -17,13 +17,26 @@ from .core.gossip import Member
 from .core.jobspec import PeerFacts
 from .core.pricing import PeerCapacity, peer_from_gossip
 from .core.tasks import NodeLoad
-from .work import LoadReport
 
 REPORT_FRESH_S = 1.0  # a worker's own load report beats its gossip for this long
 
 
 def _count(value: Any) -> int:
     return value if isinstance(value, int) and value >= 0 else 0
+
+
+@dataclass(frozen=True, slots=True)
+class LoadReport:
+    """A worker's load (attempts held) as it said in a message, how many of those were
+    this coordinator's when it arrived, and when (monotonic)."""
+
+    load: int
+    ours: int
+    at: float
+
+    def others(self) -> int:
+        """Attempts of other coordinators on that worker."""
+        return max(0, self.load - self.ours)
 
 
 class PricingView:

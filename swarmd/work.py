@@ -17,7 +17,6 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -37,9 +36,10 @@ from protocol.messages import (
 from .artifact_names import check_artifact_names
 from .core import tasks as core
 from .core import template
-from .core.jobspec import JobSpec, SubtaskSpec
+from .core.jobspec import JobSpec
 from .core.pricing import PeerCapacity, PricingConfig
-from .dispatch_files import dispatch_files
+from .dispatch_files import dispatch_files, spec_to_wire
+from .peer_view import LoadReport
 from .store import Store
 from .transfers import Received, Transfers
 from .watchers import TaskWatchers
@@ -61,24 +61,6 @@ class Clock:
         return self._wall0 + time.monotonic() - self._mono0
 
 
-def spec_to_wire(spec: SubtaskSpec) -> dict[str, Any]:
-    """What a worker needs of a (rendered) subtask spec."""
-    return {
-        "id": spec.id,
-        "kind": spec.kind,
-        "run": list(spec.run),
-        "env": dict(spec.env),
-        "timeout_s": spec.timeout_s,
-        "outputs": list(spec.outputs),
-        "prompt": spec.prompt,
-        "system": spec.system,
-        "max_tokens": spec.max_tokens,
-        "call": spec.call,
-        "args": list(spec.args),
-        "kwargs": dict(spec.kwargs),
-    }
-
-
 # ---------------------------------------------------------------- coordinator side
 
 
@@ -90,20 +72,6 @@ def _task_of(effect: core.Effect) -> str | None:
         task_id = effect.data.get("task")
         return task_id if isinstance(task_id, str) else None
     return effect.task_id
-
-
-@dataclass(frozen=True, slots=True)
-class LoadReport:
-    """A worker's load (attempts held) as it said in a message, how many of those were
-    this coordinator's when it arrived, and when (monotonic)."""
-
-    load: int
-    ours: int
-    at: float
-
-    def others(self) -> int:
-        """Attempts of other coordinators on that worker."""
-        return max(0, self.load - self.ours)
 
 
 class Coordination:
