@@ -6,7 +6,8 @@ the CURVE socket (``swarmctl --node HOST:PORT``); both speak the same protocol.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
 import msgspec
@@ -266,8 +267,42 @@ class Control:
     def handles(self, request: object) -> bool:
         return type(request) in self._handlers
 
+    def serve(
+        self,
+        request: object,
+        reply: Callable[[ControlReply], object],
+        local: bool,
+        spawn: Callable[[Coroutine[Any, Any, None]], object],
+        log: logging.Logger,
+    ) -> bool:
+        """Answer ``request`` through ``reply``, now or (a watch) later on a task of
+        ``spawn``'s; False if it is no control request (then answered with an error)."""
+        if self.answers_later(request):
+            spawn(_answer_later(self.answer_later(request), reply, log))  # type: ignore[arg-type]
+        elif self.handles(request):
+            try:
+                reply(self.handle(request, local))  # type: ignore[arg-type]
+            except Exception as exc:
+                log.exception("control request failed")
+                reply(ErrorReply(code="internal", message=str(exc)[:4000]))
+        else:
+            name = type(request).__name__
+            reply(ErrorReply(code="bad_request", message=f"unexpected {name}"))
+            return False
+        return True
+
     def handle(self, request: ControlRequest, local: bool) -> ControlReply:
         handler = self._handlers.get(type(request))
         if handler is None:
             return ErrorReply(code="unsupported", message=f"not a control request: {request!r}")
         return handler(request, local)
+
+
+async def _answer_later(
+    answer: Awaitable[ControlReply], reply: Callable[[ControlReply], object], log: logging.Logger
+) -> None:
+    try:
+        reply(await answer)
+    except Exception as exc:
+        log.exception("control request failed")
+        reply(ErrorReply(code="internal", message=str(exc)[:4000]))

@@ -129,6 +129,10 @@ class Membership:
         node = self.gossip.state.nodes.get(node_id)
         return None if node is None else node.generation
 
+    def node_at(self, addr: str) -> str | None:
+        """The member known to listen at ``addr`` (this node included), if any."""
+        return self.gossip.node_at(addr)
+
     def address_of(self, node_id: str) -> str | None:
         """Where a live (or suspect) member listens; None if it is not one."""
         node = self.gossip.state.nodes.get(node_id)

@@ -24,7 +24,6 @@ from protocol.messages import (
     Bundle,
     CancelAttempt,
     Dispatch,
-    ErrorReply,
     Hardware,
     ModelProfile,
     ResultAck,
@@ -305,26 +304,9 @@ class Node:
             self._on_control(message, reply, local)
 
     def _on_control(self, message: AnyMessage, reply: Reply, local: bool) -> None:
-        control = self.control
-        assert control is not None  # messages come in only once it is built
-        if control.answers_later(message):
-            self.lifecycle.spawn(self._answer_later(control.answer_later(message), reply))  # type: ignore[arg-type]
-        elif control.handles(message):
-            try:
-                reply(control.handle(message, local))  # type: ignore[arg-type]
-            except Exception as exc:
-                self.log.exception("control request failed")
-                reply(ErrorReply(code="internal", message=str(exc)[:4000]))
-        else:
+        assert self.control is not None  # messages come in only once it is built
+        if not self.control.serve(message, reply, local, self.lifecycle.spawn, self.log):
             self.counters["dropped_unexpected"] += 1
-            reply(ErrorReply(code="bad_request", message=f"unexpected {type(message).__name__}"))
-
-    async def _answer_later(self, answer: Any, reply: Reply) -> None:
-        try:
-            reply(await answer)
-        except Exception as exc:
-            self.log.exception("control request failed")
-            reply(ErrorReply(code="internal", message=str(exc)[:4000]))
 
     def _on_work(self, message: WorkItem, sender: str | None) -> None:
         worker, coordination = self.worker, self.coordination
@@ -332,24 +314,26 @@ class Node:
         if isinstance(message, Dispatch):
             worker.on_dispatch(message)
         elif isinstance(message, CancelAttempt):
-            worker.on_cancel(message, self._address_of_sender(sender))
+            worker.on_cancel(message, self._proven_address(sender))
         elif isinstance(message, ResultAck):
-            worker.on_ack(message, self._address_of_sender(sender))
+            worker.on_ack(message, self._proven_address(sender))
         elif isinstance(message, BlobWant):
-            worker.on_blob_want(message, self._address_of_sender(sender))
+            worker.on_blob_want(message, self._proven_address(sender))
         else:
             coordination.on_message(message, sender)
 
-    def _address_of_sender(self, sender: str | None) -> str | None:
+    def _proven_address(self, sender: str | None) -> str | None:
         """Where the proven sender listens (None: no sender known, nothing to check;
-        "?": a sender this node does not know as a live member, which matches no one)."""
+        "?": one this node does not know as a live member, which matches no one)."""
         if sender is None or self.membership is None:
             return None
         return self.membership.address_of(sender) or "?"
 
     def _on_link(self, addr: str, message: AnyMessage) -> None:
         if isinstance(message, SynAck) and self.membership is not None:
-            if self.trust is not None and self.trust.admit_answer(message, self._owner(addr)):
+            if self.trust is not None and self.trust.admit_answer(
+                message, self.membership.node_at(addr)
+            ):
                 self.membership.on_answer(addr, message)
         else:
             self.counters["dropped_unexpected"] += 1
@@ -364,9 +348,6 @@ class Node:
         if self.transport is None:
             return False
         return self.transport.send(addr, message)
-
-    def _owner(self, addr: str) -> str | None:
-        return next((m.node_id for m in self.members() if m.state.get("addr") == addr), None)
 
     def _shut_out(self, node_id: str) -> None:
         if self.transport is not None:

@@ -490,6 +490,10 @@ class Gossip:
 
     # ------------------------------------------------------------ the view
 
+    def node_at(self, addr: str) -> str | None:
+        """The node known to listen at ``addr``, if any."""
+        return self._known_addrs.get(addr)
+
     def liveness(self, node_id: str) -> Liveness | None:
         if node_id == self.me.id:
             return Liveness.LEFT if self.own.get("status") == "left" else Liveness.ALIVE
