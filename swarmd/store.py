@@ -142,8 +142,11 @@ class Store:
             self.db.execute(f"DELETE FROM {table} WHERE task = ?", (task,))
 
     def load(self) -> None:
-        """Read the journal and the outbox now (a damaged file raises here, at start,
-        sqlite3.DatabaseError); ``journal()`` then returns what was read."""
+        """Check the file and read the journal and the outbox now (a damaged file raises
+        sqlite3.DatabaseError here, at start); ``journal()`` returns what was read."""
+        problem = self.db.execute("PRAGMA quick_check(1)").fetchone()[0]
+        if problem != "ok":
+            raise Damaged(f"database disk image is malformed: {problem}")
         self._loaded = self.journal()
         self.outbox()
 
@@ -251,6 +254,12 @@ class Store:
     def _transaction(self) -> _Tx:
         self.transactions += 1
         return _Tx(self.db)
+
+
+class Damaged(sqlite3.DatabaseError):
+    """``PRAGMA quick_check`` found the file damaged."""
+
+    sqlite_errorcode = 11  # SQLITE_CORRUPT
 
 
 class _Tx:
