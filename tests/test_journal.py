@@ -250,13 +250,14 @@ def test_state_files_are_0600_in_a_0700_dir(tmp_path: Path, daemons: list[Daemon
     r = swarmctl("submit", "--wait", "--", "echo", "hi", state_dir=d.state_dir)
     assert r.returncode == 0, r.stderr
     assert stat.S_IMODE(d.state_dir.stat().st_mode) == 0o700
-    modes = {}
+    modes, wrong = {}, {}
     for entry in d.state_dir.iterdir():
         mode = entry.lstat().st_mode
         if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
             modes[entry.name] = stat.S_IMODE(mode)
+            if modes[entry.name] != (0o700 if stat.S_ISDIR(mode) else 0o600):
+                wrong[entry.name] = oct(modes[entry.name])
     assert {"swarmd.db", "swarmd.db-wal", "swarmd.db-shm", "node_id", "lock"} <= set(modes)
-    wrong = {n: oct(m) for n, m in modes.items() if m != (0o700 if n == "work" else 0o600)}
     assert wrong == {}
 
 
