@@ -30,6 +30,7 @@ class PeerView(Struct):
     gpus: list[dict[str, Any]]
     models: list[dict[str, Any]]
     battery: dict[str, Any] | None = None
+    refusing: str | None = None  # why it takes no new work besides draining (disk full)
 
 
 class PeersReply(Message, tag="peers_reply"):
@@ -84,7 +85,8 @@ class DrainReply(Message, tag="drain_reply"):
 
 
 class ErrorReply(Message, tag="error"):
-    code: Literal["bad_request", "not_allowed", "unsupported", "internal"]
+    # unavailable: the node cannot take or show this now (its state dir is full)
+    code: Literal["bad_request", "not_allowed", "unsupported", "internal", "unavailable"]
     message: Text
 
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from protocol.base import Address, Bytes, Count, Name
+from protocol.base import Address, Bytes, Count, Name, Text
 
 
 class Cpu(Struct):
@@ -70,6 +70,7 @@ STATE_SCHEMAS: dict[str, Any] = {
     "hw": Hardware,
     "models": Models,
     "draining": bool,
+    "refusing": Text | None,  # why it takes no new work besides draining (disk full)
     "queue": Count,  # shell/python attempts held here, queued for a slot
     "slots": Count,  # shell/python attempts this node runs at once
     "queue_max": Count,  # shell/python attempts it holds beyond its slots, at most

@@ -161,7 +161,7 @@ def peers_table(peers: list[PeerView]) -> str:
             + (f" {m['latency_ms']:.0f}ms" if m.get("latency_ms") is not None else "")
             for m in p.models
         )
-        state = p.state + (" (draining)" if p.draining else "")
+        state = p.state + (" (refusing)" if p.refusing else " (draining)" if p.draining else "")
         rtt = "-" if p.rtt_ms is None else f"{p.rtt_ms:.1f}ms"
         name = p.name + (" *" if p.is_self else "")
         seen = "-" if p.is_self else _ago(p.last_seen_s)
@@ -172,7 +172,8 @@ def peers_table(peers: list[PeerView]) -> str:
     head = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
     alive = sum(p.state == "alive" for p in peers)
     footer = f"{len(peers)} node(s), {alive} alive.  * this node; GPU* declared, not measured"
-    return "\n".join([head.rstrip(), *(line.rstrip() for line in lines), footer])
+    refusing = [f"{p.name} takes no new work: {p.refusing}" for p in peers if p.refusing]
+    return "\n".join([head.rstrip(), *(line.rstrip() for line in lines), footer, *refusing])
 
 
 @main.command()

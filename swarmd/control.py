@@ -2,6 +2,11 @@
 
 Requests arrive on the owner-only unix socket in the state dir, or from members over
 the CURVE socket (``swarmctl --node HOST:PORT``); both speak the same protocol.
+
+Journal first: a task's state is shown only once it is committed. A request about a
+task with changes still to commit is answered after the commit (the end of the loop
+turn); while commits fail (disk full) it gets an ``unavailable`` error saying why,
+and so do submit and cancel.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ from .core.jobspec import (
     resolve_pins,
 )
 from .core.tasks import FINAL_TASK, UnknownTask
+from .journal_health import JournalUnavailable
 from .work import Coordination
 
 INLINE_REPLY_MAX = 8 * 1024 * 1024  # artifacts a task_reply may carry (the frame is 16 MiB)
@@ -60,6 +66,7 @@ TOO_BIG_FOR_ONE_REPLY = (
     "the task's artifacts are too big for one reply: fetch them in pieces with "
     "`artifact` requests (as `swarmctl result --out` does)"
 )
+DURABLE_WAIT_S = 5.0  # a task request waits this long for its task's commit
 
 
 class NodeFacade(Protocol):
@@ -138,6 +145,7 @@ def peer_view(member: Member) -> PeerView:
         ],
         models=models,
         battery=msgspec.to_builtins(hw.battery) if hw and hw.battery else None,
+        refusing=node.get("refusing") if isinstance(node.get("refusing"), str) else None,
     )
 
 
@@ -213,7 +221,10 @@ class Control:
             return ErrorReply(code="bad_request", message=str(exc)[:4000])
         pinned = resolve_pins(job, peers)
         data = request.job if pinned is job else job_to_data(pinned)
-        task_id = self.node.coordination.submit(pinned, request.files, data)
+        try:
+            task_id = self.node.coordination.submit(pinned, request.files, data)
+        except JournalUnavailable as exc:
+            return ErrorReply(code="unavailable", message=str(exc)[:4000])
         return SubmitReply(task=task_id)
 
     def task(self, request: TaskRequest) -> ControlReply:
@@ -238,17 +249,31 @@ class Control:
             return self._unknown(request.task)
 
     def answers_later(self, request: object) -> bool:
-        """Requests answered when something happens (push): ``answer_later`` them."""
+        """Requests answered when something happens (push), or once what they show is
+        committed: ``answer_later`` them."""
+        commits = self.node.coordination.commits
+        if isinstance(request, TaskRequest):
+            return request.what == "cancel" or not commits.durable(request.task)
+        if isinstance(request, TasksRequest):
+            return not commits.durable()
         return isinstance(request, WatchRequest | LogsRequest)
 
-    async def answer_later(self, request: WatchRequest | LogsRequest) -> ControlReply:
+    async def answer_later(
+        self, request: WatchRequest | LogsRequest | TaskRequest | TasksRequest
+    ) -> ControlReply:
+        if isinstance(request, TaskRequest | TasksRequest):
+            return await self._once_durable(request)
+        coordination = self.node.coordination
         try:
             if isinstance(request, LogsRequest):
-                return await self.node.coordination.watchers.logs(request)
-            coordination = self.node.coordination
+                return await coordination.watchers.logs(request)
             row = await coordination.watchers.watch(
                 request.task, request.seen, request.timeout_s, request.final_only
             )
+            if not coordination.commits.durable(request.task):  # changed again since
+                if not await coordination.commits.wait_durable(request.task, DURABLE_WAIT_S):
+                    return self._not_durable()
+                row = {**coordination.coordinator.summary(request.task), "version": row["version"]}
             if request.with_result and row["state"] in FINAL_TASK:
                 row["result"] = coordination.coordinator.result(request.task)
         except UnknownTask:
@@ -256,6 +281,32 @@ class Control:
         except KeyError as exc:  # a subtask id that is not the task's
             return ErrorReply(code="bad_request", message=str(exc.args[0]) if exc.args else "")
         return WatchReply(task=row)
+
+    async def _once_durable(self, request: TaskRequest | TasksRequest) -> ControlReply:
+        """Answer once what the request shows (or changes: cancel) is committed."""
+        coordination = self.node.coordination
+        task = request.task if isinstance(request, TaskRequest) else None
+        if isinstance(request, TaskRequest) and request.what == "cancel":
+            if coordination.commits.failing:
+                return self._not_durable()
+            try:
+                coordination.run(
+                    coordination.coordinator.cancel(request.task, coordination.clock())
+                )
+            except UnknownTask:
+                return self._unknown(request.task)
+            request = msgspec.structs.replace(request, what="status")
+        if not await coordination.commits.wait_durable(task, DURABLE_WAIT_S):
+            return self._not_durable()
+        return self.handle(request, True)
+
+    def _not_durable(self) -> ErrorReply:
+        reason = self.node.coordination.health.reason or "the journal commit is late"
+        return ErrorReply(
+            code="unavailable",
+            message=f"task state not shown until it is committed: {reason} (held in "
+            "memory; the commit is retried, new work is refused meanwhile)",
+        )
 
     @staticmethod
     def _unknown(task: str) -> ErrorReply:

@@ -28,9 +28,16 @@ class Lifecycle:
         self.stop_requested = asyncio.Event()
         self.hurry = asyncio.Event()  # a second signal: stop draining, exit now
         self.crashed = False
+        self.exit_code = 1  # when crashed
         self._tasks: set[asyncio.Task[None]] = set()
 
     def stop(self) -> None:
+        self.stop_requested.set()
+
+    def fail(self, exit_code: int) -> None:
+        """Stop with this exit code (something the node cannot run on with)."""
+        self.crashed = True
+        self.exit_code = exit_code
         self.stop_requested.set()
 
     def on_signal(self) -> None:

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import signal
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from protocol.messages import (
@@ -45,11 +46,14 @@ from .discovery import Discovery, Sighting, advertise_address, choose_interfaces
 from .executors import Limits
 from .hardware import HardwareProbe
 from .identity import ClusterKeys, make_join_token
+from .journal_health import JournalHealth
+from .journal_open import open_store
 from .lifecycle import Lifecycle
 from .membership import Membership
 from .own_state import OwnState
 from .peer_view import PricingView, peer_facts
 from .statedir import LocalIdentity, StartupError
+from .statewatch import StateDirWatch
 from .store import Store
 from .transport import BindError, Reply, TransportFactory, listening
 from .transport.base import Transport
@@ -98,6 +102,8 @@ class Node:
         self.dashboard: Any = None  # swarmd.dashboard.Dashboard with [node] dashboard_port
         self.discovery: Discovery | None = None
         self.trust: Trust | None = None
+        self.health = JournalHealth(config.state_dir, self.log)  # can we write the state dir?
+        self.journal_moved: Path | None = None  # a damaged journal, moved aside at start
 
     # ------------------------------------------------------------ start / stop
 
@@ -113,7 +119,7 @@ class Node:
             await self._shutdown(announce=False)
             for sig in _SIGNALS:
                 loop.remove_signal_handler(sig)
-            return 1
+            return exc.exit_code
         self.ready.set()
         sdnotify.notify(READY=1, STATUS=self._sd_status())
         try:
@@ -125,7 +131,7 @@ class Node:
                 loop.remove_signal_handler(sig)
         self.log.info("stopping: announcing left")
         await self._shutdown(announce=True)
-        return 1 if self.lifecycle.crashed else 0
+        return self.lifecycle.exit_code if self.lifecycle.crashed else 0
 
     def stop(self) -> None:
         self.lifecycle.stop()
@@ -188,8 +194,11 @@ class Node:
             log=self.log,
         )
         self.control = Control(self)
-        self.store = store = Store(cfg.state_dir / "swarmd.db")
+        self.store, self.journal_moved = store, _ = open_store(
+            cfg.state_dir / "swarmd.db", self.log
+        )
         store.start_checkpointer()
+        self.health.on_change = self._on_journal_health
         self.coordination = coordination = Coordination(
             node_id=ident.node_id,
             node_name=cfg.name,
@@ -202,6 +211,7 @@ class Node:
             clock=Clock(),
             log=self.log.getChild("tasks"),
             config=CoordinatorConfig(retention=cfg.retention),
+            health=self.health,
         )
         self.worker = worker = Worker(
             node_id=ident.node_id,
@@ -215,6 +225,7 @@ class Node:
             generation=membership.generation,
             resources=own.resources(),
             limits=Limits(max_artifact_bytes=cfg.max_artifact_bytes),
+            health=self.health,
         )
         self.trust = Trust(ident.revoked, self.counters, self.log, self._on_revoked, self._shut_out)
         self.pricing = pricing = PricingView(
@@ -236,6 +247,7 @@ class Node:
         if self.config.models:
             spawn(own.model_loop(membership.set))
         spawn(worker.timer_loop())
+        spawn(StateDirWatch(self.config.state_dir).loop(self.lifecycle.fail, self.log))
 
     async def _start_discovery(self) -> None:
         assert self.identity is not None and self.membership is not None
@@ -462,9 +474,21 @@ class Node:
         assert own is not None and worker is not None and membership is not None
         if draining != own.draining:
             self.log.info("draining: no new work" if draining else "undrained: taking work")
-        own.draining = worker.draining = draining
-        membership.set("draining", draining)
+        own.draining = draining
+        worker.draining = draining or own.refusing is not None
+        membership.set("draining", worker.draining)
         return len(worker.running)
+
+    def _on_journal_health(self, reason: str | None) -> None:
+        """The state dir cannot be written (a reason), or can again (None): no new work
+        here meanwhile, and peers are told why (``swarmctl peers``)."""
+        own, worker, membership = self.own, self.worker, self.membership
+        if own is None or worker is None or membership is None:
+            return
+        own.refusing = reason
+        worker.draining = own.draining or reason is not None
+        membership.set("draining", worker.draining)
+        membership.set("refusing", reason)
 
     def join_token(self) -> str:
         assert self.identity is not None
@@ -488,6 +512,7 @@ class Node:
             out["journal_writes"] = self.coordination.journal_writes
         if self.store is not None:
             out["store_transactions"] = self.store.transactions
+            out.update(self.health.stats(self.store, self.journal_moved))
         for m in self.members():
             out[f"peers_{m.liveness.value}"] += 1
         out["links"] = 0 if self.transport is None else len(self.transport.links)

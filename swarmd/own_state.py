@@ -34,6 +34,7 @@ class OwnState:
         self.hardware: Hardware | None = None  # measured by measure_hardware()
         self.model_latency_ms: dict[str, float | None] = {}
         self.draining = False  # swarmctl drain, or SIGTERM: no new work
+        self.refusing: str | None = None  # why no new work besides (the disk is full)
 
     async def measure_hardware(self) -> None:
         self.hardware = await asyncio.to_thread(self.probe.probe)
@@ -53,7 +54,8 @@ class OwnState:
             "name": cfg.name,
             "hw": msgspec.to_builtins(self.hardware),
             "models": self._models(),
-            "draining": self.draining,
+            "draining": self.draining or self.refusing is not None,
+            "refusing": self.refusing,
             "queue": 0,
             "slots": cfg.max_concurrency if cfg.allow_shell else 0,
             "busy": 0,

@@ -11,6 +11,7 @@ import fcntl
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from .config import Config
 from .credentials import Credentials, RevocationList, load_or_create_node_keys
@@ -24,10 +25,19 @@ from .identity import (
     parse_join_token,
     store_cluster_secret,
 )
+from .journal_health import DISK_ERRNOS, describe
+
+EXIT_UNWRITABLE = 75  # the state dir cannot be written (disk full): start again later
+EXIT_STATE_DIR_LOST = 78  # the state dir was deleted or replaced under the running node
 
 
 class StartupError(RuntimeError):
-    """A reason the node cannot start that the operator can fix; exit 1, no traceback."""
+    """A reason the node cannot start that the operator can fix: one line in the log,
+    no traceback, exit code ``exit_code`` (1, or one of the EXIT_* above)."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass
@@ -91,9 +101,37 @@ def _cluster_secret(config: Config, seeds: list[str], log: logging.Logger) -> by
     return secret
 
 
+def secure(state_dir: Path) -> None:
+    """The state dir 0700, the files in it 0600 and its directories 0700 (files an
+    older version or a person made with other modes included)."""
+    os.chmod(state_dir, 0o700)
+    for entry in os.scandir(state_dir):
+        if entry.is_symlink():
+            continue
+        if entry.is_dir():
+            os.chmod(entry.path, 0o700)
+        elif entry.is_file() and entry.stat().st_mode & 0o077:
+            os.chmod(entry.path, 0o600)
+
+
 def prepare(config: Config, log: logging.Logger) -> LocalIdentity:
-    """Lock the state dir and read (or create) what identifies this node in it."""
+    """Lock the state dir and read (or create) what identifies this node in it.
+    StartupError (exit 75) if the disk will not write it."""
+    try:
+        return _prepare(config, log)
+    except OSError as exc:
+        if exc.errno not in DISK_ERRNOS:
+            raise
+        raise StartupError(
+            f"{describe(exc, config.state_dir)}; free some space (or fix the disk) and "
+            "start swarmd again",
+            exit_code=EXIT_UNWRITABLE,
+        ) from None
+
+
+def _prepare(config: Config, log: logging.Logger) -> LocalIdentity:
     ensure_state_dir(config.state_dir)
+    secure(config.state_dir)
     lock_fd = _lock(config)
     try:
         node_id, created = load_or_create_node_id(config.state_dir)

@@ -7,6 +7,11 @@
 - ``inputs``: the files a task shipped with it, sent along with each dispatch.
 - ``artifacts``: committed results' output files.
 - ``outbox``: a worker's finished results until their coordinator acknowledges them.
+- ``quarantine``: journal rows restore could not use (bad msgpack, a missing key, a
+  wrong type), moved out of ``journal`` with the reason, for a person to look at.
+
+The file (and so its -wal and -shm, which SQLite creates with the file's mode) is
+0600: it holds task inputs and results.
 
 Writes are grouped: the shell hands over all the records one scheduling pass produced
 and they go in one transaction, so journaling does not limit dispatch throughput.
@@ -15,8 +20,10 @@ and they go in one transaction, so journaling does not limit dispatch throughput
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -36,7 +43,13 @@ CREATE TABLE IF NOT EXISTS artifacts (
 CREATE TABLE IF NOT EXISTS outbox (
     task TEXT NOT NULL, subtask TEXT NOT NULL, attempt INTEGER NOT NULL,
     coordinator TEXT NOT NULL, message BLOB NOT NULL, PRIMARY KEY (task, subtask, attempt));
+CREATE TABLE IF NOT EXISTS quarantine (
+    kind TEXT, task TEXT, subtask TEXT, data BLOB, reason TEXT NOT NULL, at REAL NOT NULL);
 """
+_SIDE_FILES = ("", "-wal", "-shm", "-journal")
+
+JournalRecord = tuple[str, dict[str, Any]]  # (kind, data)
+BadRow = tuple[tuple[str, str, str], str]  # (kind, task, subtask), why
 
 
 WAL_LIMIT = 8 << 20  # bytes the -wal file keeps after a checkpoint
@@ -49,17 +62,25 @@ CHECKPOINT_S = 1.0
 class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
+        if str(path) != ":memory:":
+            private(path)
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes
-        # A checkpoint rewinds the WAL; this cuts it back to size after a big transaction.
-        self.db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
-        self.db.executescript(_SCHEMA)
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes
+            # A checkpoint rewinds the WAL; this cuts it back to size after a big transaction.
+            self.db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
+            self.db.executescript(_SCHEMA)
+            row = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM journal").fetchone()
+        except BaseException:
+            self.db.close()  # not a database, or the disk is full: the caller decides
+            raise
         self.transactions = 0  # written so far (swarmctl stats: store_transactions)
         self._checkpointer: threading.Thread | None = None
         self._closing = threading.Event()
-        row = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM journal").fetchone()
         self._seq = int(row[0])
+        self._loaded: list[JournalRecord] | None = None  # read by load(), for journal()
+        self.bad_rows: list[BadRow] = []  # what journal() quarantined
 
     def start_checkpointer(self) -> None:
         """Checkpoint the WAL from a thread of its own (its own connection), every
@@ -120,12 +141,58 @@ class Store:
         for table in ("journal", "inputs", "artifacts"):
             self.db.execute(f"DELETE FROM {table} WHERE task = ?", (task,))
 
-    def journal(self) -> list[tuple[str, dict[str, Any]]]:
-        """(kind, data) in write order, for ``Coordinator.restore``."""
-        out = []
-        for kind, data in self.db.execute("SELECT kind, data FROM journal ORDER BY seq"):
-            out.append((kind, msgspec.msgpack.decode(data)))
+    def load(self) -> None:
+        """Check the file and read the journal and the outbox now (a damaged file raises
+        sqlite3.DatabaseError here, at start); ``journal()`` returns what was read."""
+        problem = self.db.execute("PRAGMA quick_check(1)").fetchone()[0]
+        if problem != "ok":
+            raise Damaged(f"database disk image is malformed: {problem}")
+        self._loaded = self.journal()
+        self.outbox()
+
+    def journal(self) -> list[JournalRecord]:
+        """(kind, data) in write order, for ``Coordinator.restore``. A row that is not
+        a msgpack map of its own task is quarantined (``bad_rows`` says which)."""
+        if self._loaded is not None:
+            out, self._loaded = self._loaded, None
+            return out
+        out, bad = [], []
+        rows = self.db.execute("SELECT kind, task, subtask, data FROM journal ORDER BY seq")
+        for kind, task, subtask, data in rows:
+            try:
+                record = msgspec.msgpack.decode(data)
+            except (msgspec.DecodeError, TypeError) as exc:
+                bad.append(((kind, task, subtask), f"not msgpack: {exc}"))
+                continue
+            if not isinstance(record, dict) or record.get("task") != task:
+                bad.append(((kind, task, subtask), "not a record of its task"))
+                continue
+            out.append((kind, record))
+        if bad:
+            self.quarantine(bad)
         return out
+
+    def quarantine(self, rows: Iterable[BadRow]) -> None:
+        """Move these journal rows to the quarantine table, with why."""
+        rows = list(rows)
+        now = time.time()
+        with self._transaction():
+            for (kind, task, subtask), why in rows:
+                key = (kind, task, subtask)
+                self.db.execute(
+                    "INSERT INTO quarantine (kind, task, subtask, data, reason, at) "
+                    "SELECT kind, task, subtask, data, ?, ? FROM journal "
+                    "WHERE kind = ? AND task = ? AND subtask = ?",
+                    (why, now, *key),
+                )
+                self.db.execute(
+                    "DELETE FROM journal WHERE kind = ? AND task = ? AND subtask = ?", key
+                )
+        self.bad_rows += rows
+
+    def quarantined(self) -> int:
+        """Rows in quarantine (kept until a person deletes them)."""
+        return int(self.db.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0])
 
     # ------------------------------------------------------------ task files
 
@@ -189,6 +256,12 @@ class Store:
         return _Tx(self.db)
 
 
+class Damaged(sqlite3.DatabaseError):
+    """``PRAGMA quick_check`` found the file damaged."""
+
+    sqlite_errorcode = 11  # SQLITE_CORRUPT
+
+
 class _Tx:
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
@@ -197,4 +270,34 @@ class _Tx:
         self.db.execute("BEGIN")
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        if exc_type is None:
+            try:
+                self.db.execute("COMMIT")
+                return
+            except sqlite3.Error:
+                # A failed COMMIT (disk full) may leave the transaction open: end it, or
+                # every later BEGIN fails. Already rolled back: that ROLLBACK fails.
+                with contextlib.suppress(sqlite3.Error):
+                    self.db.execute("ROLLBACK")
+                raise
+        with contextlib.suppress(sqlite3.Error):
+            self.db.execute("ROLLBACK")
+
+
+def private(path: Path) -> None:
+    """Create ``path`` 0600 if it is not there (SQLite gives its -wal and -shm the
+    file's mode), and make it and those 0600 if they are."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for suffix in _SIDE_FILES:
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(f"{path}{suffix}", 0o600)
+
+
+def move_aside(path: Path, when: float) -> Path:
+    """Rename ``path`` and its -wal, -shm to ``path.damaged-TIME``(-wal, -shm)."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(when))
+    target = path.with_name(f"{path.name}.damaged-{stamp}")
+    for suffix in _SIDE_FILES:
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(f"{path}{suffix}", f"{target}{suffix}")
+    return target

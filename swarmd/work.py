@@ -39,6 +39,9 @@ from .core import template
 from .core.jobspec import JobSpec
 from .core.pricing import PeerCapacity, PricingConfig
 from .dispatch_files import dispatch_files, spec_to_wire
+from .group_commit import GroupCommit
+from .journal_health import JournalHealth
+from .journal_open import quarantine
 from .peer_view import LoadReport
 from .store import Store
 from .transfers import Received, Transfers
@@ -67,13 +70,6 @@ class Clock:
 SENT_KEPT = 65536  # attempts whose first dispatch's worker generation is remembered
 
 
-def _task_of(effect: core.Effect) -> str | None:
-    if isinstance(effect, core.Journal):
-        task_id = effect.data.get("task")
-        return task_id if isinstance(task_id, str) else None
-    return effect.task_id
-
-
 class Coordination:
     def __init__(
         self,
@@ -89,6 +85,7 @@ class Coordination:
         clock: Clock,
         log: logging.Logger,
         config: core.CoordinatorConfig | None = None,
+        health: JournalHealth | None = None,
     ) -> None:
         self.node_id = node_id
         self.me = me  # who we are on the wire (the dispatch's coordinator)
@@ -114,10 +111,11 @@ class Coordination:
         self._inputs: dict[str, dict[str, bytes]] = {}
         self._finished: dict[str, asyncio.Event] = {}
         self._wake = asyncio.Event()
-        self._pending: list[core.Effect] = []  # this turn's effects, for flush()
+        # Each turn's effects: journaled together, then carried out (flush()).
+        self.health = health or JournalHealth(store.path.parent, log)
+        self.commits = GroupCommit(store, self.health)
         self._loads: dict[str, core.NodeLoad] | None = None  # this turn's, for _reported
         self._flush_due = False
-        self.journal_writes = 0
         self.reports: dict[str, LoadReport] = {}  # node id -> the latest load it reported
         self.watchers = TaskWatchers(self.coordinator)  # clients told of changes
         # Metrics: seconds from sending a Dispatch to its "accepted" (None: not measured).
@@ -132,12 +130,17 @@ class Coordination:
     def counters(self) -> Counter[str]:
         return self.coordinator.counters
 
+    @property
+    def journal_writes(self) -> int:
+        return self.commits.records_written
+
     def restore(self) -> int:
         records = [core.Journal(kind, data) for kind, data in self.store.journal()]
-        if not records:
-            return 0
-        self.run(self.coordinator.restore(records, self.clock()))
+        effects = self.coordinator.restore(records, self.clock()) if records else []
+        self.run(quarantine(self.store, effects, self.log))  # records restore could not use
         count = len(self.coordinator.task_ids())
+        if not count:
+            return 0
         self.log.info("resumed %d task(s) from the journal", count)
         self.wake()
         return count
@@ -148,22 +151,32 @@ class Coordination:
     def submit(
         self, job: JobSpec, files: Mapping[str, bytes], data: Mapping[str, Any] | None = None
     ) -> str:
-        """Coordinate ``job`` (parsed from ``data``, if given: journaled as it came)."""
+        """Coordinate ``job`` (parsed from ``data``, if given: journaled as it came).
+        JournalUnavailable if it cannot be journaled (then it is not taken at all)."""
+        self.health.refuse_if_failing()
         task_id = self.new_task_id()
         if files:
-            self.store.put_inputs(task_id, files)
+            self.commits.put_inputs(task_id, files)
             self._inputs[task_id] = dict(files)
         self.run(self.coordinator.submit(task_id, job, self.clock(), data))
-        self.log.info("task %s (%s): %d subtask(s)", task_id, job.name, len(job.subtasks))
         self.place()  # at once, not on the loop's next turn
         self.flush()  # journaled before the caller hears of the task
+        if not self.commits.durable(task_id):  # the commit failed: as if never submitted
+            self.commits.drop_task(task_id)
+            self.coordinator.discard(task_id)
+            self._inputs.pop(task_id, None)
+            self.health.refuse_if_failing()
+        self.log.info("task %s (%s): %d subtask(s)", task_id, job.name, len(job.subtasks))
         return task_id
 
     def wake(self) -> None:
         self._wake.set()
 
     def place(self) -> None:
-        """One scheduling pass over the ready queue, with the live peer view."""
+        """One scheduling pass over the ready queue, with the live peer view (none while
+        the journal cannot be written: nothing new goes out)."""
+        if self.commits.failing:
+            return
         now = self.clock()
         loads = self.coordinator.load_by_node()
         self.run(self.coordinator.schedule(self.peers(loads), now))
@@ -176,6 +189,8 @@ class Coordination:
             self.transfers.tick(time.monotonic())
             self.run(self.coordinator.tick(now))
             self.place()
+            if self.commits.failing:
+                self.flush()  # try the commit again (every RETRY_S)
             wakeup = self.coordinator.next_wakeup(self.clock())
             delay = 0.5 if wakeup is None else min(0.5, max(0.01, wakeup - self.clock()))
             self._wake.clear()
@@ -188,7 +203,7 @@ class Coordination:
         commit) and its messages after them."""
         if not effects:
             return
-        self._pending.extend(effects)
+        self.commits.add(effects)
         if not self._flush_due:
             try:
                 loop = asyncio.get_running_loop()
@@ -212,13 +227,13 @@ class Coordination:
         self._loads = None
 
     def flush(self) -> None:
+        """Commit this turn's journal records, then carry out the effects held for it
+        (nothing, while the commit fails: they wait for the retry)."""
         self._flush_due = False
-        effects, self._pending = self._pending, []
-        journal = [e for e in effects if isinstance(e, core.Journal)]
-        if journal:
-            self.journal_writes += self.store.write_journal(
-                (e.kind, *e.key[1:], e.data) for e in journal
-            )
+        committed = self.commits.commit()
+        if committed is None:
+            return
+        effects, changed = committed
         for effect in effects:
             if isinstance(effect, core.Dispatch):
                 self._dispatch(effect)
@@ -242,8 +257,7 @@ class Coordination:
             elif isinstance(effect, core.TaskFinished):
                 self.log.info("task %s %s", effect.task_id, effect.state)
                 self._finished.setdefault(effect.task_id, asyncio.Event()).set()
-        # Watchers hear of a change once it is journaled.
-        for task_id in dict.fromkeys(_task_of(e) for e in effects):
+        for task_id in changed:  # watchers hear of a change once it is journaled
             self.watchers.changed(task_id)
 
     def _to(self, node_id: str, message: Message) -> bool:
@@ -412,8 +426,8 @@ class Coordination:
         committed = any(
             isinstance(e, core.Ack) and e.committed and e.attempt == m.attempt for e in effects
         )
-        if committed and m.artifacts:
-            self.store.put_artifacts(m.task, m.subtask, m.artifacts)
+        if committed and m.artifacts:  # in this turn's commit, before its ack
+            self.commits.add_artifacts(m.task, m.subtask, m.artifacts)
         if blob is not None and blob.error is None:  # in place before the commit is journaled
             (self.transfers.install if committed else self.transfers.discard)(m)
         if not any(isinstance(e, core.Ack) for e in effects):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -32,6 +33,7 @@ from .core import worker as core
 from .core.worker import AttemptKey
 from .executors import ExecRequest, ExecResult, Limits, execute
 from .executors.output import LiveOutput
+from .journal_health import RETRY_S, JournalHealth
 from .store import Store
 from .worker_blobs import BlobServer
 
@@ -107,8 +109,10 @@ class Worker:
         generation: int | None = None,
         resources: tuple[int | None, int | None] = (None, None),  # RAM, largest GPU's VRAM
         spool_root: Path | None = None,
+        health: JournalHealth | None = None,
     ) -> None:
         self.store = store
+        self.health = health
         self.send = send
         self.workdir_root = workdir_root
         self.allow_shell = allow_shell
@@ -234,7 +238,17 @@ class Worker:
         self._puts, self._drops = {}, set()
         if puts or drops:
             rows = [(*k, addr, codec.encode(m)) for k, (addr, m) in puts.items()]
-            self.store.update_outbox(rows, list(drops))
+            try:
+                self.store.update_outbox(rows, list(drops))
+            except (sqlite3.Error, OSError) as exc:  # disk full: keep them, try again
+                self._puts, self._drops = {**puts, **self._puts}, drops | self._drops
+                if self.health is not None:
+                    self.health.failed("outbox", exc)
+                self._flush_due = True
+                asyncio.get_running_loop().call_later(RETRY_S, self.flush)
+                return
+        if self.health is not None:
+            self.health.ok("outbox")
 
     def _stored_outbox(self) -> list[tuple[str, AttemptResult]]:
         out = []

@@ -22,6 +22,7 @@ from swarmd.core.tasks import (
     Dispatch,
     Effect,
     Journal,
+    Quarantine,
     Result,
     TaskFinished,
     UnknownTask,
@@ -717,7 +718,8 @@ def test_restore_keeps_backoff_deadline_and_counts_bad_records() -> None:
     ]
 
     r = coordinator()
-    assert r.restore(records, now=1.2) == []
+    (bad,) = r.restore(records, now=1.2)  # quarantined; the rest restored
+    assert isinstance(bad, Quarantine) and bad.key == ("task", "bad", "")
     assert r.task_ids() == ["t1"] and r.counters["restore_errors"] == 1
     assert r.schedule([A], now=1.4) == []  # still backing off (until 1.5)
     d = one(r.schedule([A], now=1.5), Dispatch)

@@ -95,6 +95,7 @@ from swarmd.core.tasks.effects import (
     Dispatch,
     Effect,
     Journal,
+    Quarantine,
     TaskFinished,
 )
 from swarmd.core.tasks.records import (
@@ -131,6 +132,7 @@ __all__ = [
     "IllegalTransition",
     "Journal",
     "NodeLoad",
+    "Quarantine",
     "Result",
     "SubtaskRecord",
     "SubtaskState",

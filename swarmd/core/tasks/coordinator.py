@@ -90,6 +90,21 @@ class Coordinator(Scheduler, WorkerEvents, Timeouts, Restore, Views):
         self._finished.discard(task_id)
         return [Journal("forget", {"task": task_id})]
 
+    def discard(self, task_id: str) -> None:
+        """Drop a task just submitted whose records could not be journaled, as if it
+        never was (none of its effects may have been carried out)."""
+        task = self._tasks.pop(task_id, None)
+        if task is None:
+            return
+        self._open.pop(task_id, None)
+        self._finished.discard(task_id)
+        for subtask_id in task.subtasks:
+            self._in_flight.pop((task_id, subtask_id), None)
+            if (task_id, subtask_id) in self._backlog:
+                self._backlog.drop((task_id, subtask_id))
+        self.counters["submitted"] -= 1
+        self.counters["discarded"] += 1
+
     def finished_count(self) -> tuple[int, int]:
         """How many finished tasks, and subtasks in them, are held (cheap: call it
         every loop turn)."""

@@ -72,7 +72,20 @@ class Journal:
         return (self.kind, str(self.data["task"]), str(self.data.get("subtask", "")))
 
 
-Effect: TypeAlias = Dispatch | CancelAttempt | Ack | TaskFinished | Journal
+@dataclass(frozen=True, slots=True)
+class Quarantine:
+    """A journal record restore could not use (a missing key, a wrong type): move it
+    out of the journal, keep it for a person to look at. Only ``restore`` returns it."""
+
+    key: tuple[str, str, str]
+    reason: str
+
+    @property
+    def task_id(self) -> str:
+        return self.key[1]
+
+
+Effect: TypeAlias = Dispatch | CancelAttempt | Ack | TaskFinished | Journal | Quarantine
 
 
 class Batch:
