@@ -470,25 +470,29 @@ class Node:
 
     def set_draining(self, draining: bool) -> int:
         """Stop (or resume) taking new work; returns the attempts still running here."""
-        own, worker, membership = self.own, self.worker, self.membership
-        assert own is not None and worker is not None and membership is not None
+        own, worker = self.own, self.worker
+        assert own is not None and worker is not None
         if draining != own.draining:
             self.log.info("draining: no new work" if draining else "undrained: taking work")
         own.draining = draining
-        worker.draining = draining or own.refusing is not None
-        membership.set("draining", worker.draining)
+        self._publish_availability()
         return len(worker.running)
 
     def _on_journal_health(self, reason: str | None) -> None:
         """The state dir cannot be written (a reason), or can again (None): no new work
         here meanwhile, and peers are told why (``swarmctl peers``)."""
+        if self.own is not None:
+            self.own.refusing = reason
+            self._publish_availability()
+
+    def _publish_availability(self) -> None:
+        """The worker takes no new work while drained or refusing; peers are told."""
         own, worker, membership = self.own, self.worker, self.membership
         if own is None or worker is None or membership is None:
             return
-        own.refusing = reason
-        worker.draining = own.draining or reason is not None
+        worker.draining = own.draining or own.refusing is not None
         membership.set("draining", worker.draining)
-        membership.set("refusing", reason)
+        membership.set("refusing", own.refusing)
 
     def join_token(self) -> str:
         assert self.identity is not None
