@@ -47,6 +47,7 @@ from .core.tasks import UnknownTask
 from .http_head import (
     BadRequest,
     Request,
+    check_access,
     error_body,
     host_name,
     is_loopback,
@@ -96,16 +97,10 @@ class DashboardNode(Protocol):
 
 def check_settings(bind: str, token: str | None) -> None:
     """Refuse a bind address beyond loopback without a token; refuse a weak token."""
-    if token is not None and (len(token) < 16 or not token.isprintable() or " " in token):
-        raise DashboardError(
-            "dashboard_token: use at least 16 printable characters without spaces "
-            "(for example the output of `openssl rand -hex 16`)"
-        )
-    if token is None and not is_loopback(bind):
-        raise DashboardError(
-            f"dashboard_bind {bind!r} is not a loopback address: set dashboard_token too "
-            "(every request must then carry it, as ?token= or Authorization: Bearer)"
-        )
+    try:
+        check_access("dashboard", bind, token)
+    except ValueError as exc:
+        raise DashboardError(str(exc)) from None
 
 
 def safe_endpoint(url: str) -> str:

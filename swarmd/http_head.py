@@ -56,6 +56,21 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_access(port: str, bind: str, token: str | None) -> None:
+    """The rule of every opt-in HTTP port (``port``: its config prefix, e.g. "metrics"):
+    beyond loopback only with a token, and a token hard to guess. ValueError if not."""
+    if token is not None and (len(token) < 16 or not token.isprintable() or " " in token):
+        raise ValueError(
+            f"{port}_token: use at least 16 printable characters without spaces "
+            "(for example the output of `openssl rand -hex 16`)"
+        )
+    if token is None and not is_loopback(bind):
+        raise ValueError(
+            f"{port}_bind {bind!r} is not a loopback address: set {port}_token too "
+            "(every request must then carry it, as Authorization: Bearer or ?token=)"
+        )
+
+
 class BadRequest(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)

@@ -29,7 +29,7 @@ import time
 from typing import Any
 from urllib.parse import parse_qs
 
-from .http_head import is_loopback
+from .http_head import check_access
 from .metrics import CONTENT_TYPE, MetricsNode, NodeMetrics
 
 MAX_LINE_BYTES = 8192  # request line, and each header line
@@ -56,16 +56,7 @@ _TEXT = "text/plain; charset=utf-8"
 
 def check_settings(bind: str, token: str | None) -> None:
     """ValueError for a bind address beyond loopback without a token, or a weak token."""
-    if token is not None and (len(token) < 16 or not token.isprintable() or " " in token):
-        raise ValueError(
-            "metrics_token: use at least 16 printable characters without spaces "
-            "(for example the output of `openssl rand -hex 16`)"
-        )
-    if token is None and not is_loopback(bind):
-        raise ValueError(
-            f"metrics_bind {bind!r} is not a loopback address: set metrics_token too "
-            "(every request must then carry it, as Authorization: Bearer or ?token=)"
-        )
+    check_access("metrics", bind, token)
 
 
 class BadRequest(Exception):
