@@ -59,6 +59,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .capacity import GiB, Kind, ModelOffer, PeerCapacity, peer_from_gossip
+from .throughput import ThroughputTracker
 
 __all__ = [
     "Candidate",
@@ -140,71 +141,6 @@ class Placement:
     winner: Candidate | None
     candidates: tuple[Candidate, ...]  # feasible by score, then infeasible by name
     reason: str | None = None  # why there is no winner
-
-
-# ---------------------------------------------------------------- measured throughput
-
-
-@dataclass(slots=True)
-class _Ewma:
-    tokens_per_s: float | None = None
-    latency_s: float | None = None
-    samples: int = 0
-
-
-class ThroughputTracker:
-    """Measured LLM throughput and latency per (node id, model profile), as EWMAs.
-
-    ``observe`` one finished request: ``tokens`` generated (or prompt + generated, as
-    long as it matches how ``Demand.est_tokens`` is counted) in ``seconds`` of wall time.
-    Pass ``latency_s`` (time to the first token) when known: it is tracked on its own and
-    taken out of the throughput, so pricing does not count it twice. The first sample
-    sets the value; each later one moves it by ``alpha``.
-    """
-
-    def __init__(self, alpha: float = 0.3) -> None:
-        if not 0.0 < alpha <= 1.0:
-            raise ValueError(f"alpha must be in (0, 1], got {alpha!r}")
-        self.alpha = alpha
-        self._stats: dict[tuple[str, str], _Ewma] = {}
-
-    def _mix(self, old: float | None, sample: float) -> float:
-        return sample if old is None else old + self.alpha * (sample - old)
-
-    def observe(
-        self,
-        node_id: str,
-        model: str,
-        tokens: int,
-        seconds: float,
-        *,
-        latency_s: float | None = None,
-    ) -> None:
-        stats = self._stats.setdefault((node_id, model), _Ewma())
-        generating = seconds
-        if latency_s is not None and math.isfinite(latency_s) and latency_s >= 0.0:
-            stats.latency_s = self._mix(stats.latency_s, latency_s)
-            generating = seconds - latency_s
-        if tokens > 0 and math.isfinite(generating) and generating > 0.0:
-            stats.tokens_per_s = self._mix(stats.tokens_per_s, tokens / generating)
-            stats.samples += 1
-
-    def tokens_per_s(self, node_id: str, model: str) -> float | None:
-        stats = self._stats.get((node_id, model))
-        return None if stats is None else stats.tokens_per_s
-
-    def latency_s(self, node_id: str, model: str) -> float | None:
-        stats = self._stats.get((node_id, model))
-        return None if stats is None else stats.latency_s
-
-    def samples(self, node_id: str, model: str) -> int:
-        stats = self._stats.get((node_id, model))
-        return 0 if stats is None else stats.samples
-
-    def forget(self, node_id: str) -> None:
-        """Drop everything measured on a node (it left, or restarted as a new generation)."""
-        for key in [k for k in self._stats if k[0] == node_id]:
-            del self._stats[key]
 
 
 # ---------------------------------------------------------------- pricing
@@ -326,6 +262,64 @@ def _candidate(
     throughput: ThroughputTracker | None,
 ) -> Candidate:
     rtt_s = peer.rtt_s if peer.rtt_s is not None and peer.rtt_s > 0.0 else 0.0
+    why = _barred(demand, peer, exclude)
+    if demand.kind == "llm":
+        best, full = _best_llm(demand, peer, config, rtt_s, throughput)
+        if full is not None:
+            why.append(full)
+    elif peer.slots_total <= 0:
+        best = None
+        why.append(f"runs no {demand.kind} subtasks (0 slots)")
+    else:
+        best = None
+        waiting = peer.slots_busy + peer.queue - peer.slots_total
+        limit = config.max_queue if peer.queue_max is None else peer.queue_max
+        if waiting >= limit:
+            why.append(f"queue full: {waiting} waiting (limit {limit})")
+        else:
+            best = _shell_estimate(demand, peer, rtt_s, config)
+    if best is not None and demand.input_s:
+        input_s = _input_s(demand, peer.node_id)
+        if input_s > 0.0:
+            best = replace(
+                best, score=best.score + input_s, basis=f"{best.basis}, inputs {input_s:.3g} s"
+            )
+    if why or best is None:
+        return _infeasible(peer, rtt_s, "; ".join(why) or "not feasible")
+    return Candidate(
+        node_id=peer.node_id,
+        name=peer.name,
+        feasible=True,
+        why_not=None,
+        wait_s=best.wait_s,
+        rtt_s=rtt_s,
+        run_s=best.run_s,
+        cost=best.cost,
+        score=best.score,
+        model=best.model,
+        basis=best.basis,
+    )
+
+
+def _infeasible(peer: PeerCapacity, rtt_s: float, why_not: str) -> Candidate:
+    return Candidate(
+        node_id=peer.node_id,
+        name=peer.name,
+        feasible=False,
+        why_not=why_not,
+        wait_s=None,
+        rtt_s=rtt_s,
+        run_s=None,
+        cost=None,
+        score=None,
+        model=None,
+        basis=None,
+    )
+
+
+def _barred(demand: Demand, peer: PeerCapacity, exclude: frozenset[str]) -> list[str]:
+    """Why ``peer`` cannot take ``demand`` whatever its load: liveness, pins, policy,
+    memory."""
     why: list[str] = []
     if not peer.alive:
         why.append("not alive")
@@ -345,66 +339,31 @@ def _candidate(
             why.append(f"needs {_gib(demand.min_vram)} VRAM, largest free {_gib(largest)}")
     if demand.min_ram > 0 and peer.ram_available < demand.min_ram:
         why.append(f"needs {_gib(demand.min_ram)} RAM, {_gib(peer.ram_available)} available")
+    return why
 
+
+def _best_llm(
+    demand: Demand,
+    peer: PeerCapacity,
+    config: PricingConfig,
+    rtt_s: float,
+    throughput: ThroughputTracker | None,
+) -> tuple[_Estimate | None, str | None]:
+    """The best of the peer's model offers for ``demand``, or why there is none."""
     best: _Estimate | None = None
-    if demand.kind == "llm":
-        for offer in peer.models:
-            if not _offer_matches(demand, offer):
-                continue
-            if offer.in_flight - max(1, offer.max_concurrency) >= config.max_queue:
-                continue
-            est = _llm_estimate(demand, peer, offer, rtt_s, config, throughput)
-            if best is None or (est.score, est.model or "") < (best.score, best.model or ""):
-                best = est
-        if best is None:
-            offers = [o for o in peer.models if _offer_matches(demand, o)]
-            if offers:
-                why.append(f"model queue full (limit {config.max_queue} waiting)")
-            else:
-                why.append(_llm_why_not(demand, peer))
-    elif peer.slots_total <= 0:
-        why.append(f"runs no {demand.kind} subtasks (0 slots)")
-    else:
-        waiting = peer.slots_busy + peer.queue - peer.slots_total
-        limit = config.max_queue if peer.queue_max is None else peer.queue_max
-        if waiting >= limit:
-            why.append(f"queue full: {waiting} waiting (limit {limit})")
-        else:
-            best = _shell_estimate(demand, peer, rtt_s, config)
-
-    if best is not None and demand.input_s:
-        input_s = _input_s(demand, peer.node_id)
-        if input_s > 0.0:
-            best = replace(
-                best, score=best.score + input_s, basis=f"{best.basis}, inputs {input_s:.3g} s"
-            )
-    if why or best is None:
-        return Candidate(
-            node_id=peer.node_id,
-            name=peer.name,
-            feasible=False,
-            why_not="; ".join(why) if why else "not feasible",
-            wait_s=None,
-            rtt_s=rtt_s,
-            run_s=None,
-            cost=None,
-            score=None,
-            model=None,
-            basis=None,
-        )
-    return Candidate(
-        node_id=peer.node_id,
-        name=peer.name,
-        feasible=True,
-        why_not=None,
-        wait_s=best.wait_s,
-        rtt_s=rtt_s,
-        run_s=best.run_s,
-        cost=best.cost,
-        score=best.score,
-        model=best.model,
-        basis=best.basis,
-    )
+    for offer in peer.models:
+        if not _offer_matches(demand, offer):
+            continue
+        if offer.in_flight - max(1, offer.max_concurrency) >= config.max_queue:
+            continue
+        est = _llm_estimate(demand, peer, offer, rtt_s, config, throughput)
+        if best is None or (est.score, est.model or "") < (best.score, best.model or ""):
+            best = est
+    if best is not None:
+        return best, None
+    if any(_offer_matches(demand, o) for o in peer.models):
+        return None, f"model queue full (limit {config.max_queue} waiting)"
+    return None, _llm_why_not(demand, peer)
 
 
 _REASON_PEERS = 8  # peers listed by name in Placement.reason
