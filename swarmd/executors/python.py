@@ -137,19 +137,9 @@ class PythonPool:
     ) -> ExecResult:
         problems = [reply.error] if reply.error else []
         collected = workdir.Collected()
-        if req.outputs and cwd is not None:
-            try:
-                collected = await workdir.off_loop(
-                    workdir.collect_outputs,
-                    cwd,
-                    req.outputs,
-                    limits.max_artifact_bytes,
-                    req.spool,
-                    limits.max_artifact_files,
-                )
-            except (workdir.WorkdirError, OSError) as exc:
-                problems.append(str(exc))
-            problems.extend(collected.problems(limits.max_artifact_bytes))
+        if cwd is not None:
+            collected, wrong = await workdir.collect(req, cwd, limits)
+            problems += wrong
         return ExecResult(
             exit_code=None,
             stdout=reply.stdout,

@@ -89,9 +89,45 @@ async def _run_in(
     started: float,
     live: LiveOutput | None = None,
 ) -> ExecResult:
+    proc = await _spawn(req, cwd)
+    if isinstance(proc, ExecResult):
+        return proc
+    out = TailBuffer(limits.max_output_bytes)
+    err = TailBuffer(limits.max_output_bytes)
+    if live is not None:  # followed while it runs (swarmctl logs -f)
+        live.out, live.err = out, err
+    timed_out = await _supervise(proc, req, out, err, progress, kill_grace_s, started)
+    seconds = time.monotonic() - started
+    rc = proc.returncode
+    problems = []
+    if timed_out:
+        problems.append(f"timed out after {req.timeout_s:g}s")
+    elif rc is not None and rc < 0:
+        problems.append(f"killed by signal {_signal_name(-rc)}")
+    elif rc != 0:
+        problems.append(f"exit code {rc}")
+    collected, wrong = await workdir.collect(req, cwd, limits)
+    problems += wrong
+    return ExecResult(
+        exit_code=rc,
+        stdout=out.text(),
+        stderr=err.text(),
+        output=None,
+        usage=None,
+        artifacts=collected.artifacts,
+        blob=collected.blob,
+        error="; ".join(problems) or None,
+        app_failed=bool(problems),
+        truncated=out.truncated or err.truncated or bool(collected.over_limit),
+        seconds=seconds,
+    )
+
+
+async def _spawn(req: ExecRequest, cwd: Path) -> asyncio.subprocess.Process | ExecResult:
+    """The command started in its own session, or the failure to start it."""
     argv = req.run
     try:
-        proc = await asyncio.create_subprocess_exec(
+        return await asyncio.create_subprocess_exec(
             *argv,
             cwd=cwd,
             env=base_env(req, cwd),
@@ -107,17 +143,25 @@ async def _run_in(
     except OSError as exc:
         return ExecResult.failure(f"cannot run {argv[0]}: {exc}", app_failed=True)
 
-    out = TailBuffer(limits.max_output_bytes)
-    err = TailBuffer(limits.max_output_bytes)
-    if live is not None:  # followed while it runs (swarmctl logs -f)
-        live.out, live.err = out, err
+
+async def _supervise(
+    proc: asyncio.subprocess.Process,
+    req: ExecRequest,
+    out: TailBuffer,
+    err: TailBuffer,
+    progress: Progress | None,
+    kill_grace_s: float,
+    started: float,
+) -> bool:
+    """Read its output until it exits or times out, then stop its group; whether it
+    timed out. Cancelled: the group is stopped too."""
     assert proc.stdout is not None and proc.stderr is not None
     readers = [
         asyncio.create_task(drain(proc.stdout, out)),
         asyncio.create_task(drain(proc.stderr, err)),
     ]
     ticker = asyncio.create_task(_tick(progress, started, out, err)) if progress else None
-    report(progress, f"started {argv[0]} (pid {proc.pid})")
+    report(progress, f"started {req.run[0]} (pid {proc.pid})")
     timed_out = False
     try:
         try:
@@ -138,45 +182,7 @@ async def _run_in(
         for task in readers:
             task.cancel()
         _close_transport(proc)
-    seconds = time.monotonic() - started
-
-    rc = proc.returncode
-    problems = []
-    if timed_out:
-        problems.append(f"timed out after {req.timeout_s:g}s")
-    elif rc is not None and rc < 0:
-        problems.append(f"killed by signal {_signal_name(-rc)}")
-    elif rc != 0:
-        problems.append(f"exit code {rc}")
-    collected = workdir.Collected()
-    if req.outputs:
-        try:
-            collected = await workdir.off_loop(
-                workdir.collect_outputs,
-                cwd,
-                req.outputs,
-                limits.max_artifact_bytes,
-                req.spool,
-                limits.max_artifact_files,
-            )
-        except workdir.WorkdirError as exc:
-            problems.append(str(exc))
-        except OSError as exc:
-            problems.append(f"cannot collect outputs: {exc}")
-        problems.extend(collected.problems(limits.max_artifact_bytes))
-    return ExecResult(
-        exit_code=rc,
-        stdout=out.text(),
-        stderr=err.text(),
-        output=None,
-        usage=None,
-        artifacts=collected.artifacts,
-        blob=collected.blob,
-        error="; ".join(problems) or None,
-        app_failed=bool(problems),
-        truncated=out.truncated or err.truncated or bool(collected.over_limit),
-        seconds=seconds,
-    )
+    return timed_out
 
 
 async def stop_group(proc: asyncio.subprocess.Process, grace_s: float) -> None:

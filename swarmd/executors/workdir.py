@@ -317,6 +317,27 @@ def _inside(path: Path, real_root: str) -> bool:
     return real == real_root or real.startswith(real_root + os.sep)
 
 
+async def collect(req: ExecRequest, cwd: Path, limits: Limits) -> tuple[Collected, list[str]]:
+    """The attempt's declared outputs from ``cwd`` (off the event loop), and what is
+    wrong with them: missing, over a limit, unreadable."""
+    if not req.outputs:
+        return Collected(), []
+    try:
+        collected = await off_loop(
+            collect_outputs,
+            cwd,
+            req.outputs,
+            limits.max_artifact_bytes,
+            req.spool,
+            limits.max_artifact_files,
+        )
+    except WorkdirError as exc:
+        return Collected(), [str(exc)]
+    except OSError as exc:
+        return Collected(), [f"cannot collect outputs: {exc}"]
+    return collected, collected.problems(limits.max_artifact_bytes)
+
+
 async def off_loop(fn: Callable[..., T], *args: object) -> T:
     """Run blocking file work in a thread; if cancelled, let the thread finish first so
     the caller's cleanup does not race it."""
