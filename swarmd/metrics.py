@@ -84,6 +84,13 @@ class NodeCollector(Collector):
         self.node = node
 
     def collect(self) -> Iterator[Metric]:
+        yield from self._node()
+        yield from self._tasks()
+        yield from self._messages()
+        yield from self._worker()
+        yield from self._hardware()
+
+    def _node(self) -> Iterator[Metric]:
         node = self.node
         yield InfoMetricFamily(
             "swarmd",
@@ -93,7 +100,6 @@ class NodeCollector(Collector):
         yield GaugeMetricFamily(
             "swarmd_draining", "1 while this node takes no new work.", value=int(node.draining)
         )
-
         members = node.members()
         peers = GaugeMetricFamily(
             "swarmd_peers", "Known nodes by state, this one included.", labels=["state"]
@@ -109,7 +115,8 @@ class NodeCollector(Collector):
             "swarmd_peers_draining", "Alive nodes that take no new work.", value=draining
         )
 
-        c = node.coordination.coordinator
+    def _tasks(self) -> Iterator[Metric]:
+        c = self.node.coordination.coordinator
         tasks: Counter[str] = Counter()
         subtasks: Counter[str] = Counter()
         for task_id in c.task_ids():
@@ -143,6 +150,8 @@ class NodeCollector(Collector):
             value=counters["stale_results"],
         )
 
+    def _messages(self) -> Iterator[Metric]:
+        node = self.node
         dropped = CounterMetricFamily(
             "swarmd_dropped_messages",
             "Messages dropped on receipt (and connections refused), by reason.",
@@ -156,7 +165,8 @@ class NodeCollector(Collector):
             "swarmd_messages_received", "Messages received.", value=node.counters["received"]
         )
 
-        worker = node.worker
+    def _worker(self) -> Iterator[Metric]:
+        worker = self.node.worker
         attempts = CounterMetricFamily(
             "swarmd_worker_attempts",
             "Dispatches this node refused, and attempts it ran, by how they ended.",
@@ -170,6 +180,8 @@ class NodeCollector(Collector):
             "swarmd_worker_running", "Attempts running on this node.", value=len(worker.running)
         )
 
+    def _hardware(self) -> Iterator[Metric]:
+        node = self.node
         latency = GaugeMetricFamily(
             "swarmd_model_latency_seconds",
             "Measured latency of a 1-token completion per local model profile.",
