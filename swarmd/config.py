@@ -149,22 +149,59 @@ class _Table:
 
 def load(path: Path | None, overrides: dict[str, Any], state_dir: Path | None = None) -> Config:
     """Read ``path`` (if any), apply non-None ``overrides`` (flag values), validate."""
-    raw: dict[str, Any] = {}
     label = str(path) if path else "defaults"
-    if path is not None:
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such config file") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"{path}: not a UTF-8 text file") from None
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
-        except RecursionError:  # tomllib recurses once per level of [ or {
-            raise ConfigError(f"{path}: not valid TOML: nested too deeply") from None
-    top = _Table(label, raw)
+    top = _Table(label, _read_toml(path))
+    values = _node_values(top, label)
+    gpus = _hardware(top, label, values)
+    models = _models(top, label)
+    g = _Table(f"{label} [gossip]", top.get("gossip", dict, {}))
+    gossip = _gossip_config(g)
+    g.check_unknown()
+    t = _Table(f"{label} [tasks]", top.get("tasks", dict, {}))
+    retention = _retention(t)
+    t.check_unknown()
+    top.check_unknown()
+
+    values.update({k: v for k, v in overrides.items() if v is not None and v != ()})
+    if overrides.get("join"):
+        values["join"] = tuple(overrides["join"])
+    sd = state_dir or Path(values.pop("state_dir", None) or default_state_dir())
+    values.pop("state_dir", None)
+    cfg = Config(
+        state_dir=sd,
+        gpus=tuple(gpus),
+        models=tuple(models),
+        gossip=gossip,
+        retention=retention,
+        source=path,
+        **values,
+    )
+    try:
+        _validate(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{label}: {exc}") from None
+    return cfg
+
+
+def _read_toml(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except RecursionError:  # tomllib recurses once per level of [ or {
+        raise ConfigError(f"{path}: not valid TOML: nested too deeply") from None
+
+
+def _node_values(top: _Table, label: str) -> dict[str, Any]:
+    """The ``[node]`` table as Config keyword arguments."""
     node = _Table(f"{label} [node]", top.get("node", dict, {}))
     values: dict[str, Any] = {}
     for key, kind in (
@@ -197,7 +234,11 @@ def load(path: Path | None, overrides: dict[str, Any], state_dir: Path | None = 
             raise ConfigError(f'{node.where} join: expected a list of "HOST:PORT" strings')
         values["join"] = tuple(join)
     node.check_unknown()
+    return values
 
+
+def _hardware(top: _Table, label: str, values: dict[str, Any]) -> list[DeclaredGpu]:
+    """The declared GPUs of ``[hardware]``; its ``speed`` goes into ``values``."""
     hardware = _Table(f"{label} [hardware]", top.get("hardware", dict, {}))
     gpus = []
     for i, item in enumerate(hardware.get("gpus", list, [])):
@@ -218,7 +259,10 @@ def load(path: Path | None, overrides: dict[str, Any], state_dir: Path | None = 
             raise ConfigError(f"{hardware.where} speed: expected a number > 0 and <= 1000")
         values["speed"] = float(speed)
     hardware.check_unknown()
+    return gpus
 
+
+def _models(top: _Table, label: str) -> list[ModelConfig]:
     models = []
     for name, item in top.get("models", dict, {}).items():
         m = _Table(f"{label} [models.{name}]", item)
@@ -242,34 +286,7 @@ def load(path: Path | None, overrides: dict[str, Any], state_dir: Path | None = 
         except msgspec.ValidationError as exc:
             raise ConfigError(f"{m.where}: {exc}") from None
         models.append(model_config)
-
-    g = _Table(f"{label} [gossip]", top.get("gossip", dict, {}))
-    gossip = _gossip_config(g)
-    g.check_unknown()
-    t = _Table(f"{label} [tasks]", top.get("tasks", dict, {}))
-    retention = _retention(t)
-    t.check_unknown()
-    top.check_unknown()
-
-    values.update({k: v for k, v in overrides.items() if v is not None and v != ()})
-    if overrides.get("join"):
-        values["join"] = tuple(overrides["join"])
-    sd = state_dir or Path(values.pop("state_dir", None) or default_state_dir())
-    values.pop("state_dir", None)
-    cfg = Config(
-        state_dir=sd,
-        gpus=tuple(gpus),
-        models=tuple(models),
-        gossip=gossip,
-        retention=retention,
-        source=path,
-        **values,
-    )
-    try:
-        _validate(cfg)
-    except ConfigError as exc:
-        raise ConfigError(f"{label}: {exc}") from None
-    return cfg
+    return models
 
 
 def _gossip_config(g: _Table) -> GossipConfig:
