@@ -123,24 +123,7 @@ def peer_from_gossip(
     on_battery = isinstance(battery, Mapping) and battery.get("plugged") is False
     gpus = [g for g in _list(hw.get("gpus")) if isinstance(g, Mapping)]
     cores = max(0, _int(cpu.get("cores")))
-    in_flight = model_in_flight or {}
-    offers: list[ModelOffer] = []
-    for m in _list(values.get("models")):
-        if not isinstance(m, Mapping) or not isinstance(m.get("name"), str):
-            continue
-        caps = _list(m.get("capabilities"))
-        offers.append(
-            ModelOffer(
-                name=m["name"],
-                model=str(m.get("model", "")),
-                capabilities=frozenset(c for c in caps if isinstance(c, str)),
-                max_concurrency=max(1, _int(m.get("max_concurrency"), 1)),
-                cost_per_mtok=max(0.0, _float(m.get("cost_per_mtok"))),
-                latency_ms=_opt_float(m.get("latency_ms")),
-                tokens_per_s=_opt_float(m.get("tokens_per_s")),
-                in_flight=in_flight.get(m["name"], 0),
-            )
-        )
+    offers = _offers(values.get("models"), model_in_flight or {})
     policy = values.get("on_battery")
     name = values.get("name")
     speed = _float(values.get("speed"), 1.0)
@@ -162,6 +145,28 @@ def peer_from_gossip(
         queue_max=_opt_count(values.get("queue_max")),
         rtt_s=rtt_s,
         cost_per_hour=max(0.0, _float(values.get("cost_per_hour"))),
-        models=tuple(offers),
+        models=offers,
         speed=speed if speed > 0.0 else 1.0,
     )
+
+
+def _offers(models: Any, in_flight: Mapping[str, int]) -> tuple[ModelOffer, ...]:
+    """The gossiped ``models`` as offers; malformed entries are skipped."""
+    offers: list[ModelOffer] = []
+    for m in _list(models):
+        if not isinstance(m, Mapping) or not isinstance(m.get("name"), str):
+            continue
+        caps = _list(m.get("capabilities"))
+        offers.append(
+            ModelOffer(
+                name=m["name"],
+                model=str(m.get("model", "")),
+                capabilities=frozenset(c for c in caps if isinstance(c, str)),
+                max_concurrency=max(1, _int(m.get("max_concurrency"), 1)),
+                cost_per_mtok=max(0.0, _float(m.get("cost_per_mtok"))),
+                latency_ms=_opt_float(m.get("latency_ms")),
+                tokens_per_s=_opt_float(m.get("tokens_per_s")),
+                in_flight=in_flight.get(m["name"], 0),
+            )
+        )
+    return tuple(offers)
