@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -202,12 +202,29 @@ def build_server(
     swarm = SwarmTools(state_dir, node, timeout_s)
     server = _Server("swarmd", instructions=INSTRUCTIONS)
 
+    run = _runner()
+    _submit_tools(server, swarm, run, root)
+    _task_tools(server, swarm, run)
+    _swarm_tools(server, swarm, run)
+    return server
+
+
+Run = Callable[..., Awaitable[Any]]
+
+
+def _runner() -> Run:
+    """Run a blocking call to the daemon on a thread; a bad job is a tool error."""
+
     async def run(fn: Callable[..., T], *args: Any) -> T:
         try:
             return await anyio.to_thread.run_sync(fn, *args)
         except JobError as exc:
             raise ToolError(str(exc)) from None
 
+    return run
+
+
+def _submit_tools(server: Any, swarm: SwarmTools, run: Run, root: Path | None) -> None:
     @server.tool()
     async def submit_prompt(
         prompt: str,
@@ -293,6 +310,8 @@ def build_server(
 
         return await run(submit)
 
+
+def _task_tools(server: Any, swarm: SwarmTools, run: Run) -> None:
     @server.tool()
     async def list_tasks() -> dict[str, Any]:
         """The tasks this node coordinates, oldest first: {"tasks": [{id, name, state,
@@ -328,6 +347,8 @@ def build_server(
         score. Use it when a task sits queued or lands somewhere unexpected."""
         return await run(swarm.task, task, "explain")
 
+
+def _swarm_tools(server: Any, swarm: SwarmTools, run: Run) -> None:
     @server.tool()
     async def list_peers() -> dict[str, Any]:
         """The machines of the swarm: {"peers": [{name, id, state (alive, suspect,
@@ -353,8 +374,6 @@ def build_server(
             if final or time.monotonic() >= deadline:
                 status: dict[str, Any] = await run(swarm.task, task, "status")
                 return {**status, "timed_out": status.get("state") not in FINAL_STATES}
-
-    return server
 
 
 def serve(
