@@ -543,7 +543,7 @@ def test_state_schemas_cover_the_keys_a_node_publishes() -> None:
     assert set(STATE_SCHEMAS) == {
         *("name", "addr", "status", "hw", "models", "draining", "queue"),
         *("slots", "busy", "allow_shell", "cost_per_hour", "on_battery", "speed", "queue_max"),
-        "revoked",
+        *("revoked", "refusing"),
     }
 
 
