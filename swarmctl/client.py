@@ -87,7 +87,14 @@ class Client:
 
     def request(self, message: ControlRequest, timeout_s: float | None = None) -> ControlReply:
         """Send one request and wait (``timeout_s``, else the client's) for its reply."""
-        self.sock.send(codec.encode(message))
+        frame = codec.encode(message)
+        if len(frame) > codec.MAX_FRAME_BYTES:  # the daemon would refuse it: say so now
+            limit = codec.MAX_FRAME_BYTES
+            raise RequestFailed(
+                f"bad_request: request too large: {len(frame)} bytes, over the limit of "
+                f"{limit >> 20} MiB ({limit} bytes)"
+            )
+        self.sock.send(frame)
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         if self.monitor is not None:

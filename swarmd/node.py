@@ -25,6 +25,7 @@ from protocol.messages import (
     Bundle,
     CancelAttempt,
     Dispatch,
+    ErrorReply,
     Hardware,
     ModelProfile,
     ResultAck,
@@ -300,13 +301,13 @@ class Node:
     ) -> None:
         if not local and not self.trust.admit(message, sender):  # type: ignore[union-attr]
             return
-        if isinstance(message, Syn | Ack):
-            if local:
-                self.counters["dropped_gossip_on_control"] += 1
-                return
+        if local and isinstance(message, Syn | Ack | WorkMessage):  # node-to-node only
+            kind = "gossip" if isinstance(message, Syn | Ack) else "work"
+            self.counters[f"dropped_{kind}_on_control"] += 1
+            what = f"{type(message).__name__} is not a control request"
+            reply(ErrorReply(code="bad_request", message=what))
+        elif isinstance(message, Syn | Ack):
             self.membership.on_request(message, reply)  # type: ignore[union-attr]
-        elif local and isinstance(message, WorkMessage):
-            self.counters["dropped_work_on_control"] += 1  # node-to-node only
         elif isinstance(message, Bundle):
             for item in message.items:
                 self._on_work(item, sender)

@@ -13,6 +13,10 @@ routing id proves for the client's CURVE public key (the ZAP User-Id), or droppe
 Robustness: every socket has ``MAXMSGSIZE`` (an oversized message disconnects its
 sender), bounded queues and ``LINGER=0``. Every received frame is decoded by the
 protocol codec; anything malformed is dropped and counted by reason in ``counters``.
+On the owner-only control socket it is also answered with an ``ErrorReply``
+(``bad_request``, saying what was wrong), so swarmctl fails at once instead of
+waiting out its timeout; that socket reads up to ``CONTROL_MAX_BYTES`` so that a
+request over ``MAX_FRAME_BYTES`` gets its answer too.
 Handshake failures (garbage bytes, wrong keys) are counted from the socket monitor.
 
 I/O pattern: the asyncio socket is used only to *wait* (poll with a timeout, which
@@ -39,7 +43,7 @@ from zmq.auth.asyncio import AsyncioAuthenticator
 from zmq.utils.monitor import parse_monitor_message
 
 from protocol import MAX_FRAME_BYTES, ProtocolError, codec
-from protocol.messages import AnyMessage, Message, WorkItem
+from protocol.messages import AnyMessage, ErrorReply, Message, WorkItem
 
 from ..credentials import Credentials, Verifier
 from ..identity import ClusterKeys
@@ -62,6 +66,25 @@ _HANDSHAKE_EVENTS = {
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "handshake_failed_protocol",
     zmq.EVENT_HANDSHAKE_FAILED_AUTH: "handshake_failed_auth",
 }
+
+
+# The control socket reads requests up to this size so that one over MAX_FRAME_BYTES is
+# answered with what the limit is (beyond it libzmq drops the connection, as elsewhere).
+CONTROL_MAX_BYTES = 4 * MAX_FRAME_BYTES
+
+
+def _bad_request(message: str) -> ErrorReply:
+    return ErrorReply(code="bad_request", message=message[:4000])
+
+
+def _refusal(exc: ProtocolError, size: int) -> str:
+    """What was wrong with a control request, for the one who sent it."""
+    if exc.reason == "oversized":
+        limit = MAX_FRAME_BYTES
+        return (
+            f"request too large: {size} bytes, over the limit of {limit >> 20} MiB ({limit} bytes)"
+        )
+    return f"bad request ({exc.reason}): {exc.detail}"
 
 
 def _common(sock: zmq.Socket[bytes]) -> None:
@@ -176,6 +199,7 @@ class ZmqTransport:
         """The local control socket: a unix socket the caller makes owner-only."""
         sock = self.ctx.socket(zmq.ROUTER)
         _common(sock)
+        sock.setsockopt(zmq.MAXMSGSIZE, CONTROL_MAX_BYTES)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         endpoint = f"ipc://{path}"
         sock.bind(endpoint)
@@ -228,9 +252,12 @@ class ZmqTransport:
         try:
             return codec.decode(frame)
         except ProtocolError as exc:
-            self.counters[f"dropped_{exc.reason}"] += 1
-            self.log.debug("dropped a message: %s", exc)
+            self._count_drop(exc)
             return None
+
+    def _count_drop(self, exc: ProtocolError) -> None:
+        self.counters[f"dropped_{exc.reason}"] += 1
+        self.log.debug("dropped a message: %s", exc)
 
     def _sender(self, route: bytes, frame: zmq.Frame) -> str | None:
         """The node id ``route`` proves for the CURVE key that sent ``frame``."""
@@ -247,17 +274,7 @@ class ZmqTransport:
         self, sync: zmq.Socket[bytes], local: bool
     ) -> Callable[[list[zmq.Frame]], None]:
         def handle(frames: list[zmq.Frame]) -> None:
-            if len(frames) != 2:
-                self.counters["dropped_frames"] += 1
-                return
             route = frames[0].bytes
-            sender = None if local else self._sender(route, frames[1])
-            if not local and sender is None:
-                return
-            message = self._decode(frames[1].bytes)
-            if message is None:
-                return
-            self.counters["received"] += 1
 
             def reply(answer: Message) -> bool:
                 try:
@@ -268,6 +285,23 @@ class ZmqTransport:
                     self.log.debug("reply dropped: %s", exc)
                     return False
 
+            if len(frames) != 2:
+                self.counters["dropped_frames"] += 1
+                if local:  # swarmctl is told at once rather than left to time out
+                    reply(_bad_request(f"expected one frame, got {len(frames) - 1}"))
+                return
+            sender = None if local else self._sender(route, frames[1])
+            if not local and sender is None:
+                return
+            payload = frames[1].bytes
+            try:
+                message = codec.decode(payload)
+            except ProtocolError as exc:
+                self._count_drop(exc)
+                if local:  # members' sockets only count: no answers to gossip garbage
+                    reply(_bad_request(_refusal(exc, len(payload))))
+                return
+            self.counters["received"] += 1
             self.on_server(message, reply, local, sender)
 
         return handle
