@@ -3,7 +3,10 @@
 A deliberately tiny HTTP/1.1 server on the daemon's event loop: one GET (or HEAD) per
 connection, then ``Connection: close``. Every read is bounded in size and time; a
 request it cannot parse gets 400 (or, when the peer is gone, nothing) and never
-reaches the rest of the node.
+reaches the rest of the node. At most ``MAX_CONNECTIONS`` are open: a new one past
+that closes the one that has waited longest for its request (idle or half-open
+connections cannot starve ``/healthz``), or, when every one is already being
+answered, gets a quick 503.
 
 * ``/metrics``: Prometheus text exposition (:mod:`swarmd.metrics`).
 * ``/healthz``: 200 ``{"status": "ok", ...}`` while the gossip loop ticks; 503 with
@@ -59,6 +62,24 @@ def check_settings(bind: str, token: str | None) -> None:
     check_access("metrics", bind, token)
 
 
+_BUSY = b"busy: too many connections answering\n"
+
+
+def _head(status: int, ctype: str, length: int) -> bytes:
+    lines = [
+        f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}",
+        f"Content-Type: {ctype}",
+        f"Content-Length: {length}",
+        "Cache-Control: no-store",
+        "Connection: close",
+    ]
+    if status == 405:
+        lines.append("Allow: GET, HEAD")
+    if status == 401:
+        lines.append("WWW-Authenticate: Bearer")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+
+
 class BadRequest(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -75,6 +96,8 @@ class HttpApi:
         self.started = time.monotonic()
         self.server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[Any]] = set()
+        # Those still reading their request, oldest first: shed first when full.
+        self._reading: dict[asyncio.Task[Any], None] = {}
 
     async def start(self, host: str, port: int) -> None:
         self.server = await asyncio.start_server(
@@ -121,23 +144,38 @@ class HttpApi:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        if len(self._connections) >= MAX_CONNECTIONS:
+        assert task is not None
+        if len(self._connections) >= MAX_CONNECTIONS and not self._shed_oldest_reading():
+            # Every slot is busy answering: say so at once rather than hang up unanswered.
             self.node.counters["http_refused"] += 1
+            writer.write(_head(503, _TEXT, len(_BUSY)) + _BUSY)
             writer.close()
             return
-        if task is not None:
-            self._connections.add(task)
+        self._connections.add(task)
+        self._reading[task] = None
         try:
             await self._serve(reader, writer)
         except Exception:  # a scrape must never take the node down
             self.node.counters["http_errors"] += 1
             self.log.debug("HTTP connection failed", exc_info=True)
         finally:
-            if task is not None:
-                self._connections.discard(task)
+            self._connections.discard(task)
+            self._reading.pop(task, None)
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 1)
+
+    def _shed_oldest_reading(self) -> bool:
+        """Make room by closing the connection that has waited longest for its request
+        (idle, half-open or slow ones): they cannot starve a quick ``/healthz``."""
+        if not self._reading:
+            return False
+        oldest = next(iter(self._reading))
+        del self._reading[oldest]
+        self._connections.discard(oldest)
+        oldest.cancel()
+        self.node.counters["http_shed"] += 1
+        return True
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = False
@@ -145,6 +183,7 @@ class HttpApi:
             method, path, given = await asyncio.wait_for(
                 self._read_request(reader), REQUEST_TIMEOUT_S
             )
+            self._reading.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
             head = method == "HEAD"
             if self._authorized(given):
                 status, ctype, body = self._route(method, path)
@@ -160,18 +199,7 @@ class HttpApi:
             self.node.counters["http_bad_requests"] += 1
             status, ctype, body = 408, _TEXT, b"request timeout\n"
         self.node.counters["http_requests"] += 1
-        lines = [
-            f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}",
-            f"Content-Type: {ctype}",
-            f"Content-Length: {len(body)}",
-            "Cache-Control: no-store",
-            "Connection: close",
-        ]
-        if status == 405:
-            lines.append("Allow: GET, HEAD")
-        if status == 401:
-            lines.append("WWW-Authenticate: Bearer")
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("ascii"))
+        writer.write(_head(status, ctype, len(body)))
         if not head:
             writer.write(body)
         with contextlib.suppress(ConnectionError, TimeoutError):
