@@ -486,7 +486,10 @@ class Gossip:
         if addr is not None:
             self._known_addrs[addr] = node_id
         alive = liveness is _ALIVE
-        self.roster.update(node_id, addr, alive or liveness is _SUSPECT, alive, liveness is _DEAD)
+        # Left nodes are probed like dead ones: one that restarts at its address with
+        # nobody to dial (no seeds, no mDNS) is found there, not after forget_after.
+        resting = liveness is _DEAD or liveness is _LEFT
+        self.roster.update(node_id, addr, alive or liveness is _SUSPECT, alive, resting)
 
     # ------------------------------------------------------------ the view
 

@@ -58,12 +58,13 @@ class Roster:
     def __init__(self, me: str) -> None:
         self.me = me
         self.live = _Pool()  # alive or suspect, with an address
-        self.dead = _Pool()  # dead, with an address
-        self.addrs: dict[str, str] = {}  # node id -> address (live and dead only)
+        self.dead = _Pool()  # dead or left, with an address: probed now and then
+        self.addrs: dict[str, str] = {}  # node id -> address (live, dead and left only)
         self._ring: list[tuple[int, str]] = [(ring_key(me), me)]
 
     def update(self, node_id: str, addr: str | None, live: bool, alive: bool, dead: bool) -> None:
-        """Place one peer: ``live`` = alive or suspect; ``alive`` puts it on the ring."""
+        """Place one peer: ``live`` = alive or suspect; ``alive`` puts it on the ring;
+        ``dead`` (dead or left) makes it one to probe now and then."""
         if node_id == self.me:
             return
         if addr is None:
