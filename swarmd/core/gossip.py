@@ -57,6 +57,7 @@ from .gossip_types import (
 from .membership import ClusterState, NodeState
 from .roster import Roster
 from .rumors import Belief, Beliefs
+from .twins import twin_hint, twin_told
 
 __all__ = [
     "Event",
@@ -117,6 +118,7 @@ class Gossip:
         self._seq = 0
         self._events: list[Event] = []
         self._conflicts_seen: set[tuple[str, int]] = set()
+        self._twins: Counter[str] = Counter()  # twin address -> times a third node told us
         self._started = now
 
     # ------------------------------------------------------------ own state
@@ -177,6 +179,7 @@ class Gossip:
                 chosen.update(dict.fromkeys(rng.sample(strangers, min(len(strangers), 8))))
             elif rng.random() < self.config.contact_probability:
                 chosen[rng.choice(strangers)] = None
+        chosen.update(dict.fromkeys(self._twins))
         digest, complete = self._digest()
         self._behind = False  # until a peer shows it again
         news = self._news(now)
@@ -277,6 +280,7 @@ class Gossip:
             self._take_digest(message.digest, now)
             self._take_news(message.news, now)
             delta = self.state.delta_for(message.digest, max_kvs, rng, message.complete)
+            delta += twin_hint(self.state, self.own, message.sender, self.counters)
             digest, complete = self._digest()
             if not message.complete:
                 delta += self.digests.pushed(self.state, {e.id for e in message.digest})
@@ -436,10 +440,17 @@ class Gossip:
 
     def _check_own_delta(self, nd: NodeDelta) -> None:
         addr = next((kv.value for kv in nd.kvs if kv.key == "addr"), None)
-        if nd.gen > self.me.gen or (
-            nd.gen == self.me.gen and isinstance(addr, str) and addr != self.me.addr
-        ):
+        if nd.gen > self.me.gen:
             self._conflict(addr if isinstance(addr, str) else "?", nd.gen)
+        elif (
+            # A twin of our generation, told by a third node (twins.py): dial it so
+            # both see the conflict and agree who keeps the id; alone if it is silent.
+            nd.gen == self.me.gen
+            and isinstance(addr, str)
+            and addr != self.me.addr
+            and twin_told(self._twins, addr)
+        ):
+            self._conflict(addr, nd.gen)
 
     def _valid(self, nd: NodeDelta) -> NodeDelta:
         good: list[KV] = []
