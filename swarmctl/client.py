@@ -41,6 +41,23 @@ class UsageError(Exception):
     """Bad arguments (exit code 2)."""
 
 
+def _checked(message: ControlRequest) -> bytes:
+    """The request's frame, if the daemon would take it; else the daemon's refusal now
+    (a member's CURVE socket drops bad frames unanswered, like any node's)."""
+    frame = codec.encode(message)
+    limit = codec.MAX_FRAME_BYTES
+    if len(frame) > limit:
+        raise RequestFailed(
+            f"bad_request: request too large: {len(frame)} bytes, over the limit of "
+            f"{limit >> 20} MiB ({limit} bytes)"
+        )
+    try:
+        codec.decode(frame)
+    except ProtocolError as exc:
+        raise RequestFailed(f"bad_request: bad request ({exc.reason}): {exc.detail}") from None
+    return frame
+
+
 class Client:
     def __init__(self, state_dir: Path, node: str | None = None, timeout_s: float = 3.0) -> None:
         self.state_dir = state_dir
@@ -87,14 +104,7 @@ class Client:
 
     def request(self, message: ControlRequest, timeout_s: float | None = None) -> ControlReply:
         """Send one request and wait (``timeout_s``, else the client's) for its reply."""
-        frame = codec.encode(message)
-        if len(frame) > codec.MAX_FRAME_BYTES:  # the daemon would refuse it: say so now
-            limit = codec.MAX_FRAME_BYTES
-            raise RequestFailed(
-                f"bad_request: request too large: {len(frame)} bytes, over the limit of "
-                f"{limit >> 20} MiB ({limit} bytes)"
-            )
-        self.sock.send(frame)
+        self.sock.send(_checked(message))
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         if self.monitor is not None:

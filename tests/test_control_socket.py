@@ -122,6 +122,10 @@ def test_swarmctl_prints_the_refusal_and_exits_2_at_once(node: Daemon, tmp_path:
     assert "bad request (invalid)" in out.stderr and "$.task" in out.stderr, out.stderr
     assert took < 10, f"took {took:.1f} s: waited for the timeout?"
 
+    # Asking a member over CURVE, whose socket drops bad frames: refused before sending.
+    out = swarmctl("--node", node.address, "status", "no spaces!", state_dir=node.state_dir)
+    assert out.returncode == 2 and "bad request (invalid)" in out.stderr, out
+
     # A request over the frame limit is refused before it is sent, naming the limit.
     job = tmp_path / "big.toml"
     job.write_text(f'[[subtask]]\nid = "a"\nkind = "shell"\nrun = ["echo", "{"x" * 17 * MIB}"]\n')
