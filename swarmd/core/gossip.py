@@ -57,7 +57,7 @@ from .gossip_types import (
 from .membership import ClusterState, NodeState
 from .roster import Roster
 from .rumors import Belief, Beliefs
-from .twins import twin_hint, twin_told
+from .twins import Conflicts, twin_hint
 
 __all__ = [
     "Event",
@@ -117,8 +117,7 @@ class Gossip:
         self._own_news = False
         self._seq = 0
         self._events: list[Event] = []
-        self._conflicts_seen: set[tuple[str, int]] = set()
-        self._twins: Counter[str] = Counter()  # twin address -> times a third node told us
+        self.conflicts = Conflicts(self.me, self._events_append)
         self._started = now
 
     # ------------------------------------------------------------ own state
@@ -166,20 +165,12 @@ class Gossip:
         self._rewatch(now)
         self.digests.next_round(now)
 
-        roster, addrs = self.roster, self.roster.addrs
-        chosen = dict.fromkeys(addrs[i] for i in roster.successors(self.config.watchers))
-        chosen.update(dict.fromkeys(addrs[i] for i in roster.live.sample(rng, self.config.fanout)))
-        dead = roster.dead
-        if dead and rng.random() < len(dead) / (len(roster.live) + 1):
-            chosen[addrs[rng.choice(dead.items)]] = None
-        known = self._known_addrs
+        known, config = self._known_addrs, self.config
         strangers = sorted(c for c in self._contacts if c not in known)
-        if strangers:
-            if not roster.live:
-                chosen.update(dict.fromkeys(rng.sample(strangers, min(len(strangers), 8))))
-            elif rng.random() < self.config.contact_probability:
-                chosen[rng.choice(strangers)] = None
-        chosen.update(dict.fromkeys(self._twins))
+        chosen = self.roster.targets(
+            rng, config.watchers, config.fanout, strangers, config.contact_probability
+        )
+        chosen.update(dict.fromkeys(self.conflicts.twins))
         digest, complete = self._digest()
         self._behind = False  # until a peer shows it again
         news = self._news(now)
@@ -266,7 +257,7 @@ class Gossip:
 
     def receive(self, message: GossipMessage, now: float, rng: random.Random) -> list[Send]:
         if not self._accept_sender(message):
-            if isinstance(message, Syn) and self._is_twin(message.sender):
+            if isinstance(message, Syn) and self.conflicts.is_twin(message.sender):
                 # Answer a twin (our id, another process) with our bare identity, every
                 # time: it then sees the conflict too, whichever of us noticed first.
                 return [Send(None, SynAck(sender=self.me, seq=message.seq, digest=[], delta=[]))]
@@ -332,17 +323,11 @@ class Gossip:
                 if dialed is not None:
                     self._contacts.discard(dialed[0])
             return False
-        self._conflict(sender.addr, sender.gen)
+        self.conflicts.found(sender.addr, sender.gen)
         return False
 
-    def _is_twin(self, sender: NodeRef) -> bool:
-        return sender.id == self.me.id and sender.boot != self.me.boot
-
-    def _conflict(self, other_addr: str, other_generation: int) -> None:
-        key = (other_addr, other_generation)
-        if key not in self._conflicts_seen:
-            self._conflicts_seen.add(key)
-            self._events.append(IdentityConflict(other_addr, other_generation))
+    def _events_append(self, event: Event) -> None:
+        self._events.append(event)
 
     def _measure_rtt(self, node_id: str, sample: float) -> None:
         old = self._rtt.get(node_id)
@@ -356,7 +341,7 @@ class Gossip:
             node = get(entry.id)
             if node is None or entry.hb <= node.heartbeat or node.generation != entry.gen:
                 if entry.gen > my_gen and entry.id == my_id:
-                    self._conflict("?", entry.gen)
+                    self.conflicts.found("?", entry.gen)
                 continue
             if node is own:
                 continue
@@ -404,7 +389,7 @@ class Gossip:
     def _take_delta(self, delta: list[NodeDelta], now: float) -> None:
         for nd in delta:
             if nd.id == self.me.id:
-                self._check_own_delta(nd)
+                self.conflicts.own_delta(nd)
                 continue
             offered = nd
             nd = self._valid(nd)
@@ -437,20 +422,6 @@ class Gossip:
                 if self.detector.mark_left(nd.id, now):
                     self._changed(nd.id, previous, Liveness.LEFT)
             self._place(nd.id)
-
-    def _check_own_delta(self, nd: NodeDelta) -> None:
-        addr = next((kv.value for kv in nd.kvs if kv.key == "addr"), None)
-        if nd.gen > self.me.gen:
-            self._conflict(addr if isinstance(addr, str) else "?", nd.gen)
-        elif (
-            # A twin of our generation, told by a third node (twins.py): dial it so
-            # both see the conflict and agree who keeps the id; alone if it is silent.
-            nd.gen == self.me.gen
-            and isinstance(addr, str)
-            and addr != self.me.addr
-            and twin_told(self._twins, addr)
-        ):
-            self._conflict(addr, nd.gen)
 
     def _valid(self, nd: NodeDelta) -> NodeDelta:
         good: list[KV] = []

@@ -103,3 +103,28 @@ class Roster:
     def predecessors(self, k: int) -> list[str]:
         """The ``k`` alive peers before this node on the ring: it watches them."""
         return self._around(k, -1)
+
+    def targets(
+        self,
+        rng: random.Random,
+        watchers: int,
+        fanout: int,
+        strangers: list[str],
+        contact_probability: float,
+    ) -> dict[str, None]:
+        """Where this round's Syns go, in order: the ring successors (who watch us), a
+        few random live nodes, now and then a dead one (it may be back), and addresses
+        not known as any node's yet (``strangers``: all of a few when we know no live
+        node, else one now and then)."""
+        addrs = self.addrs
+        chosen = dict.fromkeys(addrs[i] for i in self.successors(watchers))
+        chosen.update(dict.fromkeys(addrs[i] for i in self.live.sample(rng, fanout)))
+        dead = self.dead
+        if dead and rng.random() < len(dead) / (len(self.live) + 1):
+            chosen[addrs[rng.choice(dead.items)]] = None
+        if strangers:
+            if not self.live:
+                chosen.update(dict.fromkeys(rng.sample(strangers, min(len(strangers), 8))))
+            elif rng.random() < contact_probability:
+                chosen[rng.choice(strangers)] = None
+        return chosen
