@@ -37,12 +37,20 @@ class PeersReply(Message, tag="peers_reply"):
     peers: list[PeerView]
 
 
+MAX_TOKEN_TTL_S = 365 * 86400.0
+
+
 class JoinTokenRequest(Message, tag="join_token"):
-    pass
+    """A ``swarmd2-`` token for a new ticket: valid ``ttl_s`` seconds, once or often."""
+
+    ttl_s: Annotated[float, Meta(gt=0, le=MAX_TOKEN_TTL_S)] = 86400.0
+    single_use: bool = False
 
 
 class JoinTokenReply(Message, tag="join_token_reply"):
     token: str
+    expires: float = 0.0  # unix time the ticket expires at (0: not said)
+    single_use: bool = False
 
 
 class RevokeRequest(Message, tag="revoke"):

@@ -55,6 +55,7 @@ from protocol.control import (
     WatchReply,
     WatchRequest,
 )
+from protocol.enroll import EnrollReply, EnrollRequest
 from protocol.gossip import (
     KV,
     MAX_DIGEST,
@@ -126,7 +127,8 @@ ControlReply = (
     | RevokeReply
 )
 WorkMessage = WorkItem | Bundle
-AnyMessage = GossipMessage | ControlRequest | ControlReply | WorkMessage
+EnrollMessage = EnrollRequest | EnrollReply
+AnyMessage = GossipMessage | ControlRequest | ControlReply | WorkMessage | EnrollMessage
 
 MESSAGE_TYPES: tuple[type[Message], ...] = (
     Syn,
@@ -164,6 +166,8 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (
     BlobWant,
     BlobChunk,
     Bundle,
+    EnrollRequest,
+    EnrollReply,
 )
 
 __all__ = [
@@ -202,6 +206,9 @@ __all__ = [
     "DispatchReply",
     "DrainReply",
     "DrainRequest",
+    "EnrollMessage",
+    "EnrollReply",
+    "EnrollRequest",
     "ErrorReply",
     "Files",
     "GossipMessage",

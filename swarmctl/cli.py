@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 import click
 
 from protocol import codec
+from protocol.control import MAX_TOKEN_TTL_S
 from protocol.messages import (
     ControlReply,
     ControlRequest,
@@ -33,7 +34,7 @@ from protocol.messages import (
     StatsRequest,
 )
 from swarmd import __version__
-from swarmd.config import default_state_dir
+from swarmd.config import default_state_dir, parse_age
 from swarmd.credentials import NODE_ID_RE
 
 from .client import Client, RequestFailed, Unreachable, UsageError
@@ -215,17 +216,42 @@ def _peers(obj: Ctx) -> list[PeerView]:
 # ---------------------------------------------------------------- cluster membership
 
 
+def _ttl(_ctx: object, _param: object, value: str) -> float:
+    try:
+        seconds = parse_age(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if not 0 < seconds <= MAX_TOKEN_TTL_S:
+        raise click.BadParameter(f"{value!r}: expected more than 0 and at most 365d")
+    return seconds
+
+
 @main.command("join-token")
+@click.option(
+    "--ttl",
+    default="24h",
+    show_default=True,
+    callback=_ttl,
+    help="how long the token may be used: 30m, 24h, 7d, ...",
+)
+@click.option("--single-use", is_flag=True, help="the token admits one machine, then no more")
 @click.pass_obj
-def join_token(obj: Ctx) -> None:
-    """Print a token that lets a new machine join this cluster (keep it secret)."""
-    reply = obj.call(JoinTokenRequest())
+def join_token(obj: Ctx, ttl: float, single_use: bool) -> None:
+    """Print a token that lets a new machine join this cluster until it expires (once
+    with --single-use). It holds no cluster secret: the new node redeems it with this
+    node, which must be reachable from it then."""
+    reply = obj.call(JoinTokenRequest(ttl_s=ttl, single_use=single_use))
     assert isinstance(reply, JoinTokenReply)
     if obj.as_json:
-        obj.emit_json({"token": reply.token})
-    else:
-        click.echo(reply.token)
-        click.echo(f"on the new machine: swarmd --join-token {reply.token}", err=True)
+        obj.emit_json(
+            {"token": reply.token, "expires": reply.expires, "single_use": reply.single_use}
+        )
+        return
+    click.echo(reply.token)
+    until = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(reply.expires))
+    uses = "one machine" if reply.single_use else "any number of machines"
+    click.echo(f"valid until {until}, for {uses}", err=True)
+    click.echo(f"on the new machine: swarmd --join-token {reply.token}", err=True)
 
 
 @main.command()

@@ -11,6 +11,7 @@ import click
 
 from . import __version__
 from .config import ConfigError, default_config_path, load
+from .core.units import parse_duration
 
 
 def _setup_logging(name: str, level: str) -> logging.Logger:
@@ -26,6 +27,13 @@ def _setup_logging(name: str, level: str) -> logging.Logger:
     return log
 
 
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("action", required=False, type=click.Choice(["run"]), default="run")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="swarmd.toml")
@@ -37,6 +45,12 @@ def _setup_logging(name: str, level: str) -> logging.Logger:
 @click.option("--join", multiple=True, help="seed peer HOST:PORT (repeatable)")
 @click.option("--no-mdns", is_flag=True, default=None, help="find peers by --join seeds only")
 @click.option("--join-token", envvar="SWARMD_JOIN_TOKEN", help="join the cluster of this token")
+@click.option(
+    "--join-timeout",
+    envvar="SWARMD_JOIN_TIMEOUT",
+    callback=lambda _c, _p, v: None if v is None else _duration(v),
+    help="how long to try reaching the token's issuer (default 60s)",
+)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.version_option(__version__, prog_name="swarmd")
 def main(
@@ -50,6 +64,7 @@ def main(
     join: tuple[str, ...],
     no_mdns: bool | None,
     join_token: str | None,
+    join_timeout: float | None,
     log_level: str | None,
 ) -> None:
     """Run a swarmd node: find peers, gossip capacity, take work."""
@@ -61,6 +76,7 @@ def main(
         "join": join,
         "mdns": False if no_mdns else None,
         "join_token": join_token,
+        "join_timeout_s": join_timeout,
         "log_level": log_level,
     }
     try:

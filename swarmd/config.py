@@ -54,6 +54,7 @@ class Config:
     join: tuple[str, ...] = ()
     mdns: bool = True
     join_token: str | None = None
+    join_timeout_s: float = 60.0  # --join-timeout: how long to try enrolling with a token
     log_level: str = "info"
     max_concurrency: int = field(default_factory=lambda: os.cpu_count() or 1)
     allow_shell: bool = True

@@ -25,7 +25,6 @@ from protocol.messages import (
     DrainRequest,
     ErrorReply,
     Hardware,
-    JoinTokenReply,
     JoinTokenRequest,
     LogsRequest,
     ModelProfile,
@@ -76,7 +75,7 @@ class NodeFacade(Protocol):
     def peer_facts(self) -> list[PeerFacts]: ...
     @property
     def coordination(self) -> Coordination: ...
-    def join_token(self) -> str: ...
+    def join_token(self, request: JoinTokenRequest) -> ControlReply: ...
     def stats(self) -> dict[str, int]: ...
     @property
     def node_id(self) -> str: ...
@@ -160,7 +159,7 @@ class Control:
         self.node = node
         self._handlers: dict[type, Callable[[Any, bool], ControlReply]] = {
             PeersRequest: lambda _r, _l: PeersReply(peers=peers(self.node.members())),
-            JoinTokenRequest: lambda _r, _l: JoinTokenReply(token=self.node.join_token()),
+            JoinTokenRequest: lambda r, _l: self.node.join_token(r),
             StatsRequest: lambda _r, _l: StatsReply(
                 node=self.node.node_id, name=self.node.name, counters=self.node.stats()
             ),

@@ -24,9 +24,11 @@ from protocol.messages import (
     BlobWant,
     Bundle,
     CancelAttempt,
+    ControlReply,
     Dispatch,
     ErrorReply,
     Hardware,
+    JoinTokenRequest,
     ModelProfile,
     ResultAck,
     Syn,
@@ -44,9 +46,10 @@ from .core.gossip import Member
 from .core.jobspec import PeerFacts
 from .core.tasks import CoordinatorConfig
 from .discovery import Discovery, Sighting, advertise_address, choose_interfaces
+from .enrollment import Enrollment
 from .executors import Limits
 from .hardware import HardwareProbe
-from .identity import ClusterKeys, make_join_token
+from .identity import ClusterKeys
 from .journal_health import JournalHealth
 from .journal_open import open_store
 from .lifecycle import Lifecycle
@@ -103,6 +106,7 @@ class Node:
         self.dashboard: Any = None  # swarmd.dashboard.Dashboard with [node] dashboard_port
         self.discovery: Discovery | None = None
         self.trust: Trust | None = None
+        self.enrollment: Enrollment | None = None  # join tokens: tickets issued, redeemed
         self.health = JournalHealth(config.state_dir, self.log)  # can we write the state dir?
         self.journal_moved: Path | None = None  # a damaged journal, moved aside at start
 
@@ -139,7 +143,7 @@ class Node:
 
     async def _start(self) -> None:
         cfg = self.config
-        self.identity = ident = statedir.prepare(cfg, self.log)
+        self.identity = ident = await statedir.prepare(cfg, self.log, self.lifecycle.stop_requested)
         self.interfaces = choose_interfaces(cfg.bind)
         self.address = cfg.advertise or advertise_address(cfg.bind, cfg.port, self.interfaces)
         self.own = own = OwnState(
@@ -161,6 +165,7 @@ class Node:
         except BindError as exc:
             raise StartupError(str(exc)) from None
         self.transport.set_identity(ident.credentials)
+        self.transport.on_enroll = self.enrollment.handle  # type: ignore[union-attr]
         if cfg.metrics_port is not None:
             self.http = await services.serve_http(self)
         self._start_loops(own, membership, coordination, worker)
@@ -229,6 +234,13 @@ class Node:
             health=self.health,
         )
         self.trust = Trust(ident.revoked, self.counters, self.log, self._on_revoked, self._shut_out)
+        self.enrollment = Enrollment(
+            cfg.state_dir,
+            ident.keys,
+            lambda: (self.address, self.members()),
+            self.counters,
+            self.log,
+        )
         self.pricing = pricing = PricingView(
             membership.members, coordination.reports, lambda: worker.load, ident.revoked
         )
@@ -495,14 +507,9 @@ class Node:
         membership.set("draining", worker.draining)
         membership.set("refusing", own.refusing)
 
-    def join_token(self) -> str:
-        assert self.identity is not None
-        alive = [
-            m.state.get("addr")
-            for m in self.members()
-            if not m.is_self and m.liveness is Liveness.ALIVE and m.state.get("addr")
-        ]
-        return make_join_token(self.identity.keys.secret, [self.address, *alive[:4]])
+    def join_token(self, request: JoinTokenRequest) -> ControlReply:
+        assert self.enrollment is not None
+        return self.enrollment.issue(request)
 
     def stats(self) -> dict[str, int]:
         out: Counter[str] = Counter(self.counters)

@@ -7,6 +7,7 @@ as long as it runs and releases the lock when it stops.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import logging
 import os
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Config
-from .credentials import Credentials, RevocationList, load_or_create_node_keys
+from .credentials import Credentials, NodeKeys, RevocationList, load_or_create_node_keys
 from .identity import (
     ClusterKeys,
     create_cluster_secret,
@@ -22,9 +23,9 @@ from .identity import (
     load_cluster_secret,
     load_or_create_node_id,
     next_generation,
-    parse_join_token,
     store_cluster_secret,
 )
+from .joining import JoinError, secret_from_token
 from .journal_health import DISK_ERRNOS, describe
 
 EXIT_UNWRITABLE = 75  # the state dir cannot be written (disk full): start again later
@@ -76,20 +77,33 @@ def _lock(config: Config) -> int:
     return fd
 
 
-def _cluster_secret(config: Config, seeds: list[str], log: logging.Logger) -> bytes:
-    """The secret of the join token (replacing any other), the stored one, or a new one;
-    a token's seeds are added to ``seeds``."""
+async def _cluster_secret(
+    config: Config,
+    seeds: list[str],
+    node: tuple[str, NodeKeys],
+    log: logging.Logger,
+    stopping: asyncio.Event | None,
+) -> bytes:
+    """The secret the join token gives (replacing any other; see :mod:`.joining`), the
+    stored one, or a new one; a token's seeds are added to ``seeds``."""
     secret = load_cluster_secret(config.state_dir)
     if config.join_token:
+        node_id, node_keys = node
         try:
-            token_secret, token_seeds = parse_join_token(config.join_token)
-        except ValueError as exc:
-            raise StartupError(f"--join-token: {exc}") from None
-        if secret is not None and secret != token_secret:
-            log.warning("the join token names another cluster: leaving the old one")
-        store_cluster_secret(config.state_dir, token_secret)
+            token_secret, token_seeds = await secret_from_token(
+                config.join_token,
+                secret,
+                node_id,
+                node_keys,
+                config.join_timeout_s,
+                log,
+                stopping,
+            )
+        except JoinError as exc:
+            raise StartupError(str(exc), exc.exit_code) from None
+        if token_secret != secret:
+            store_cluster_secret(config.state_dir, token_secret)
         seeds += [s for s in token_seeds if s not in seeds]
-        log.info("joined the cluster of the token; seeds %s", ", ".join(token_seeds))
         return token_secret
     if secret is None:
         secret = create_cluster_secret(config.state_dir)
@@ -114,11 +128,15 @@ def secure(state_dir: Path) -> None:
             os.chmod(entry.path, 0o600)
 
 
-def prepare(config: Config, log: logging.Logger) -> LocalIdentity:
-    """Lock the state dir and read (or create) what identifies this node in it.
-    StartupError (exit 75) if the disk will not write it."""
+async def prepare(
+    config: Config, log: logging.Logger, stopping: asyncio.Event | None = None
+) -> LocalIdentity:
+    """Lock the state dir and read (or create) what identifies this node in it, joining
+    the cluster of ``config.join_token`` if there is one (enrolling may take until
+    ``join_timeout_s``, or until ``stopping`` is set). StartupError (exit 75) if the
+    disk will not write it."""
     try:
-        return _prepare(config, log)
+        return await _prepare(config, log, stopping)
     except OSError as exc:
         if exc.errno not in DISK_ERRNOS:
             raise
@@ -129,7 +147,9 @@ def prepare(config: Config, log: logging.Logger) -> LocalIdentity:
         ) from None
 
 
-def _prepare(config: Config, log: logging.Logger) -> LocalIdentity:
+async def _prepare(
+    config: Config, log: logging.Logger, stopping: asyncio.Event | None
+) -> LocalIdentity:
     ensure_state_dir(config.state_dir)
     secure(config.state_dir)
     lock_fd = _lock(config)
@@ -137,8 +157,9 @@ def _prepare(config: Config, log: logging.Logger) -> LocalIdentity:
         node_id, created = load_or_create_node_id(config.state_dir)
         generation = next_generation(config.state_dir)
         seeds = list(config.join)
-        keys = ClusterKeys.from_secret(_cluster_secret(config, seeds, log))
         node_keys = load_or_create_node_keys(config.state_dir)
+        secret = await _cluster_secret(config, seeds, (node_id, node_keys), log, stopping)
+        keys = ClusterKeys.from_secret(secret)
         credentials = Credentials.issue(keys.secret, node_id, node_keys)
         revoked = RevocationList(keys.secret, config.state_dir / "revoked")
     except BaseException:

@@ -93,7 +93,7 @@ def test_join_token_and_remote_control(tmp_path: Path, daemons: list[Daemon]) ->
     out = swarmctl("join-token", state_dir=a.state_dir)
     assert out.returncode == 0, out.stderr
     token = out.stdout.strip()
-    assert token.startswith("swarmd1-")
+    assert token.startswith("swarmd2-")
 
     b = Daemon(tmp_path, "b", args=("--no-mdns", "--join-token", token))
     daemons.append(b)

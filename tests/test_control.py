@@ -345,8 +345,8 @@ class FakeNode:
     def members(self) -> list[Member]:
         return self.g.members(2.0)
 
-    def join_token(self) -> str:
-        return "swarmd1-token"
+    def join_token(self, request: JoinTokenRequest) -> JoinTokenReply:
+        return JoinTokenReply(token="swarmd2-token", single_use=request.single_use)
 
     def stats(self) -> dict[str, int]:
         return {"received": 3, "dropped_malformed": 1}
@@ -359,7 +359,9 @@ def test_control_answers_each_request(net: Net) -> None:
     peers = ctl.handle(PeersRequest(), local=True)
     assert isinstance(peers, PeersReply)
     assert [p.name for p in peers.peers] == ["desk", "laptop"]
-    assert ctl.handle(JoinTokenRequest(), local=True) == JoinTokenReply(token="swarmd1-token")
+    assert ctl.handle(JoinTokenRequest(single_use=True), local=True) == JoinTokenReply(
+        token="swarmd2-token", single_use=True
+    )
     assert ctl.handle(StatsRequest(), local=False) == StatsReply(
         node="d35c0ffee0000001", name="desk", counters={"received": 3, "dropped_malformed": 1}
     )

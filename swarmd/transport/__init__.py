@@ -8,6 +8,7 @@ every implementation meets is :class:`.base.Transport`.
 
 from .base import (
     BindError,
+    EnrollHandler,
     LinkHandler,
     Reply,
     ServerHandler,
@@ -32,6 +33,7 @@ __all__ = [
     "ZAP_DOMAIN",
     "BindError",
     "Bundler",
+    "EnrollHandler",
     "LinkHandler",
     "Reply",
     "ServerHandler",

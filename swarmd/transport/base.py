@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Protocol
 
-from protocol.messages import AnyMessage, Message, WorkItem
+from protocol.messages import AnyMessage, EnrollRequest, Message, WorkItem
 
 from ..credentials import Credentials
 from ..identity import ClusterKeys
@@ -33,6 +33,9 @@ ServerHandler = Callable[[AnyMessage, Reply, bool, str | None], None]
 LinkHandler = Callable[[str, AnyMessage], None]
 # (address, work messages that could not be sent there: not connected, or its queue full)
 UndeliveredHandler = Callable[[str, list[WorkItem]], None]
+# (an enroll request from a client without a credential, its CURVE public key (z85), a
+# function that answers it): the one message such a client may send (enroll_gate.py)
+EnrollHandler = Callable[[EnrollRequest, bytes, Reply], None]
 
 
 class BindError(RuntimeError):
@@ -43,6 +46,7 @@ class Transport(Protocol):
     on_server: ServerHandler
     on_link: LinkHandler
     on_undelivered: UndeliveredHandler | None
+    on_enroll: EnrollHandler | None  # None: enroll requests are dropped like the rest
     counters: Counter[str]
 
     @property

@@ -8,7 +8,8 @@ cluster's (derived from the secret: only members can encrypt to it); each client
 its node's own key pair and puts its credential in its routing id. ZAP refuses the keys
 of revoked nodes; every message on the TCP socket is then attributed to the node id its
 routing id proves for the client's CURVE public key (the ZAP User-Id), or dropped
-(``dropped_unauthenticated``).
+(``dropped_unauthenticated``) unless it is a new node's ``enroll`` request
+(:mod:`.enroll_gate`).
 
 Robustness: every socket has ``MAXMSGSIZE`` (an oversized message disconnects its
 sender), bounded queues and ``LINGER=0``. Every received frame is decoded by the
@@ -49,12 +50,14 @@ from ..credentials import Credentials, Verifier
 from ..identity import ClusterKeys
 from .base import (
     BindError,
+    EnrollHandler,
     LinkHandler,
     ServerHandler,
     TransportFactory,
     UndeliveredHandler,
 )
 from .bundler import Bundler
+from .enroll_gate import EnrollGate
 
 ZAP_DOMAIN = "swarmd"
 POLL_MS = 250
@@ -143,8 +146,10 @@ class ZmqTransport:
         self.keys = keys
         self.on_server = on_server
         self.on_link = on_link
+        self.on_enroll: EnrollHandler | None = None
         self.log = log
         self.counters: Counter[str] = counters if counters is not None else Counter()
+        self.gate = EnrollGate(self.counters, log)
         self._auth: AsyncioAuthenticator | None = None
         self.credentials: Credentials | None = None  # what our links present
         self.verifier = Verifier(keys.secret)
@@ -259,16 +264,13 @@ class ZmqTransport:
         self.counters[f"dropped_{exc.reason}"] += 1
         self.log.debug("dropped a message: %s", exc)
 
-    def _sender(self, route: bytes, frame: zmq.Frame) -> str | None:
-        """The node id ``route`` proves for the CURVE key that sent ``frame``."""
+    @staticmethod
+    def _public_key(frame: zmq.Frame) -> bytes:
+        """The CURVE public key (z85) that sent ``frame`` (ZAP's User-Id)."""
         try:
-            public = frame.get("User-Id")
+            return str(frame.get("User-Id")).encode()
         except zmq.ZMQError:
-            public = ""
-        sender = self.verifier.sender(route, str(public).encode())
-        if sender is None:
-            self.counters["dropped_unauthenticated"] += 1
-        return sender
+            return b""
 
     def _server_frames(
         self, sync: zmq.Socket[bytes], local: bool
@@ -290,9 +292,13 @@ class ZmqTransport:
                 if local:  # swarmctl is told at once rather than left to time out
                     reply(_bad_request(f"expected one frame, got {len(frames) - 1}"))
                 return
-            sender = None if local else self._sender(route, frames[1])
-            if not local and sender is None:
-                return
+            sender: str | None = None
+            if not local:
+                public = self._public_key(frames[1])
+                sender = self.verifier.sender(route, public)
+                if sender is None:  # no credential: an enroll request, or dropped
+                    self.gate.take(self.on_enroll, frames[1].bytes, public, reply)
+                    return
             payload = frames[1].bytes
             try:
                 message = codec.decode(payload)
