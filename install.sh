@@ -8,7 +8,8 @@
 # Install / upgrade: PREFIX/bin/swarmd and PREFIX/bin/swarmctl -> swarmd;
 # /etc/systemd/system/swarmd.service; /etc/swarmd/swarmd.toml only if there is none;
 # with --join-token, /etc/swarmd/join.env (mode 0600), which the unit reads at every
-# start; then `systemctl enable --now swarmd` (a running node is restarted on the new
+# start (the first start redeems the token with the member that issued it; later starts
+# find the cluster's secret in the state dir and take only the token's seeds); then `systemctl enable --now swarmd` (a running node is restarted on the new
 # binary). The state dir (/var/lib/swarmd: node id, cluster secret, journal) is never
 # touched, so an upgrade keeps the node's identity and cluster.
 # Without --binary, a binary is built from this checkout with PyInstaller.
@@ -88,10 +89,10 @@ if [ -n "$ROOT" ]; then
 fi
 if [ -n "$TOKEN" ]; then
     case $TOKEN in
-    swarmd1-*) ;;
-    *) die "not a swarmd join token (it starts with swarmd1-; get one with \`swarmctl join-token\` on a member)" ;;
+    swarmd2-* | swarmd1-*) ;;
+    *) die "not a swarmd join token (it starts with swarmd2-; get one with \`swarmctl join-token\` on a member)" ;;
     esac
-    case ${TOKEN#swarmd1-} in
+    case ${TOKEN#swarmd[12]-} in
     "" | *[!A-Za-z0-9_=-]*) die "the join token is damaged (copy it again from \`swarmctl join-token\`)" ;;
     esac
 fi

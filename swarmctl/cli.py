@@ -231,6 +231,7 @@ def _ttl(_ctx: object, _param: object, value: str) -> float:
     "--ttl",
     default="24h",
     show_default=True,
+    metavar="DURATION",
     callback=_ttl,
     help="how long the token may be used: 30m, 24h, 7d, ...",
 )

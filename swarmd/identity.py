@@ -7,7 +7,9 @@
   every member derives the same CURVE key pair from it, and the ZAP handler admits
   only clients that prove possession of that key pair. The mDNS fingerprint is a hash
   of the *public* key, so it says which cluster a record belongs to and nothing more.
-- join tokens carry the secret and a few seed addresses; treat them like passwords.
+- ``swarmd1-`` join tokens (:func:`make_join_token`, what older versions printed) carry
+  the secret and a few seed addresses; they are still accepted. Today's ``swarmd2-``
+  tokens carry no secret (:mod:`.join_tokens`, :mod:`.enrollment`).
 """
 
 from __future__ import annotations

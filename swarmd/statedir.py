@@ -1,5 +1,6 @@
 """The state dir at start-up: locked for this process, with the node's id, generation,
-cluster secret and seeds resolved (from the dir, and from a join token if one is given).
+cluster secret and seeds resolved (from the dir, and from a join token if one is given:
+a ``swarmd2-`` token is redeemed with the node that issued it, see :mod:`.joining`).
 
 One function, :func:`prepare`, returns a :class:`LocalIdentity`; the node keeps it for
 as long as it runs and releases the lock when it stops.

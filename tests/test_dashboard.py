@@ -353,7 +353,7 @@ def test_api_state_shape_and_no_secrets(cluster: tuple[list[Daemon], str, str]) 
     assert sum(c["chosen"] for c in row["candidates"]) == 1
     # nothing served carries the cluster secret or a join token
     token = swarmctl("join-token", state_dir=n1.state_dir).stdout.strip()
-    assert token.startswith("swarmd1-")
+    assert token.startswith("swarmd2-")
     with httpx.stream("GET", url + "api/events", timeout=5) as events:
         first = next(line for line in events.iter_lines() if line.startswith("data: "))
     bodies = [first] + [
@@ -362,7 +362,7 @@ def test_api_state_shape_and_no_secrets(cluster: tuple[list[Daemon], str, str]) 
     ]
     for body in bodies:
         assert secret not in body and secret.upper() not in body and token not in body
-        assert token[len("swarmd1-") :][:20] not in body
+        assert token[len("swarmd2-") :][:20] not in body
 
 
 CHROMIUM = find_chromium()

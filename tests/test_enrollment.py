@@ -129,6 +129,20 @@ def test_an_unreachable_issuer_ends_in_a_clear_error(tmp_path: Path, daemons: li
     wait_until(lambda: a.states().get("b") == "alive", 15, what="b to join a")
 
 
+def test_a_node_waiting_for_its_issuer_stops_at_once_on_sigterm(
+    tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    a = _issuer(tmp_path, daemons)
+    token = _token(a)["token"]
+    assert a.term() == 0
+    b = _joiner(tmp_path, daemons, "b", token, "--join-timeout", "10m")
+    wait_until(lambda: "enrolling with" in b.log(), 20, what="b to try its issuer")
+    started = time.monotonic()
+    assert b.term(timeout=10) == 0, b.log()
+    assert time.monotonic() - started < 5
+    assert "stopped before the node joined its cluster" in b.log()
+
+
 def _uncredentialed(ctx: zmq.Context[zmq.Socket[bytes]], invitation: Invitation) -> Any:
     """A DEALER with a key pair of its own and no credential: what a new node has."""
     s = ctx.socket(zmq.DEALER)

@@ -22,7 +22,11 @@ from tests.harness import ROOT
 INSTALL = ROOT / "install.sh"
 UNIT = ROOT / "systemd" / "swarmd.service"
 EXAMPLE = ROOT / "systemd" / "swarmd.toml.example"
-TOKEN = "swarmd1-AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gkbExMjcuMC4wLjE6Nzk0Ng"
+TOKEN = (  # made by `swarmctl join-token`: names a ticket on 192.168.1.20, no secret
+    "swarmd2-lbExOTIuMTY4LjEuMjA6Nzk0NpGxMTkyLjE2OC4xLjIxOjc5NDbEIOf5FhWCIIlQbEEQHKsfQVoorP4V"
+    "sN2r1AA34nckgpJmxBAAAQIDBAUGBwgJCgsMDQ4PxCAAAQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHy2UlEE"
+)
+OLD_TOKEN = "swarmd1-AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gkbExMjcuMC4wLjE6Nzk0Ng"
 
 pytestmark = pytest.mark.timeout(60)
 SETPRIV_NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
@@ -168,6 +172,9 @@ def test_default_prefix_keeps_the_unit_as_shipped(tmp_path: Path) -> None:
     # a token given later is written then, and only the token file changes
     install(root, "--binary", str(tmp_path / "swarmd"), f"--join-token={TOKEN}")
     assert mode(root / "etc/swarmd/join.env") == 0o600
+    # an older version's token (it carries the secret) is still taken
+    install(root, "--binary", str(tmp_path / "swarmd"), f"--join-token={OLD_TOKEN}")
+    assert f"SWARMD_JOIN_TOKEN={OLD_TOKEN}\n" in (root / "etc/swarmd/join.env").read_text()
 
 
 def test_bad_input_changes_nothing(tmp_path: Path) -> None:
@@ -179,6 +186,9 @@ def test_bad_input_changes_nothing(tmp_path: Path) -> None:
     cases = {
         ("--binary", str(good), "--join-token", "hunter2"): "not a swarmd join token",
         ("--binary", str(good), "--join-token", "swarmd1-a b"): "damaged",
+        ("--binary", str(good), "--join-token", "swarmd2-a;b"): "damaged",
+        ("--binary", str(good), "--join-token", "swarmd2-"): "damaged",
+        ("--binary", str(good), "--join-token", "swarmd3-abc"): "not a swarmd join token",
         ("--binary", str(good), "--join-token", "swarmd1-a\nX=1"): "damaged",
         ("--binary", str(tmp_path / "missing")): "no such file",
         ("--binary", str(other)): "not a swarmd binary",
