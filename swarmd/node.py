@@ -19,22 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from protocol.messages import (
-    Ack,
-    AnyMessage,
-    BlobWant,
-    Bundle,
-    CancelAttempt,
     ControlReply,
-    Dispatch,
-    ErrorReply,
     Hardware,
     JoinTokenRequest,
     ModelProfile,
-    ResultAck,
-    Syn,
-    SynAck,
-    WorkItem,
-    WorkMessage,
 )
 
 from . import node_services as services
@@ -56,10 +44,11 @@ from .lifecycle import Lifecycle
 from .membership import Membership
 from .own_state import OwnState
 from .peer_view import PricingView, peer_facts
+from .routing import Router
 from .statedir import LocalIdentity, StartupError
 from .statewatch import StateDirWatch
 from .store import Store
-from .transport import BindError, Reply, TransportFactory, listening
+from .transport import BindError, TransportFactory, listening
 from .transport.base import Transport
 from .trust import Trust
 from .work import Clock, Coordination
@@ -105,6 +94,7 @@ class Node:
         self.http: Any = None  # swarmd.httpapi.HttpApi with [node] metrics_port
         self.dashboard: Any = None  # swarmd.dashboard.Dashboard with [node] dashboard_port
         self.discovery: Discovery | None = None
+        self.router = Router(self)
         self.trust: Trust | None = None
         self.enrollment: Enrollment | None = None  # join tokens: tickets issued, redeemed
         self.health = JournalHealth(config.state_dir, self.log)  # can we write the state dir?
@@ -156,8 +146,8 @@ class Node:
             self.transport = await self._open_transport(
                 address=self.address,
                 keys=ident.keys,
-                on_server=self._on_server,
-                on_link=self._on_link,
+                on_server=self.router.on_server,
+                on_link=self.router.on_link,
                 on_undelivered=lambda _addr, messages: coordination.on_undelivered(messages),
                 counters=self.counters,
                 log=self.log.getChild("transport"),
@@ -308,66 +298,11 @@ class Node:
 
     # ------------------------------------------------------------ messages
 
-    def _on_server(
-        self, message: AnyMessage, reply: Reply, local: bool, sender: str | None = None
-    ) -> None:
-        if not local and not self.trust.admit(message, sender):  # type: ignore[union-attr]
-            return
-        if local and isinstance(message, Syn | Ack | WorkMessage):  # node-to-node only
-            kind = "gossip" if isinstance(message, Syn | Ack) else "work"
-            self.counters[f"dropped_{kind}_on_control"] += 1
-            what = f"{type(message).__name__} is not a control request"
-            reply(ErrorReply(code="bad_request", message=what))
-        elif isinstance(message, Syn | Ack):
-            self.membership.on_request(message, reply)  # type: ignore[union-attr]
-        elif isinstance(message, Bundle):
-            for item in message.items:
-                self._on_work(item, sender)
-        elif isinstance(message, WorkItem):
-            self._on_work(message, sender)
-        else:
-            self._on_control(message, reply, local)
-
-    def _on_control(self, message: AnyMessage, reply: Reply, local: bool) -> None:
-        assert self.control is not None  # messages come in only once it is built
-        if not self.control.serve(message, reply, local, self.lifecycle.spawn, self.log):
-            self.counters["dropped_unexpected"] += 1
-
-    def _on_work(self, message: WorkItem, sender: str | None) -> None:
-        worker, coordination = self.worker, self.coordination
-        assert worker is not None and coordination is not None
-        if isinstance(message, Dispatch):
-            worker.on_dispatch(message)
-        elif isinstance(message, CancelAttempt):
-            worker.on_cancel(message, self._proven_address(sender))
-        elif isinstance(message, ResultAck):
-            worker.on_ack(message, self._proven_address(sender))
-        elif isinstance(message, BlobWant):
-            worker.on_blob_want(message, self._proven_address(sender))
-        else:
-            coordination.on_message(message, sender)
-
-    def _proven_address(self, sender: str | None) -> str | None:
-        """Where the proven sender listens (None: no sender known, nothing to check;
-        "?": one this node does not know as a live member, which matches no one)."""
-        if sender is None or self.membership is None:
-            return None
-        return self.membership.address_of(sender) or "?"
-
-    def _on_link(self, addr: str, message: AnyMessage) -> None:
-        if isinstance(message, SynAck) and self.membership is not None:
-            if self.trust is not None and self.trust.admit_answer(
-                message, self.membership.node_at(addr)
-            ):
-                self.membership.on_answer(addr, message)
-        else:
-            self.counters["dropped_unexpected"] += 1
-
     def _send_to(self, addr: str, message: Any) -> bool:
         if addr == self.address:
             # To ourselves: handle it on the next loop turn, as if it came in.
             asyncio.get_running_loop().call_soon(
-                self._on_server, message, _no_reply, False, self.node_id
+                self.router.on_server, message, _no_reply, False, self.node_id
             )
             return True
         if self.transport is None:
