@@ -9,7 +9,7 @@
 # /etc/systemd/system/swarmd.service; /etc/swarmd/swarmd.toml only if there is none;
 # with --join-token, /etc/swarmd/join.env (mode 0600), which the unit reads at every
 # start (the first start redeems the token with the member that issued it; later starts
-# find the cluster's secret in the state dir and take only the token's seeds); then `systemctl enable --now swarmd` (a running node is restarted on the new
+# find the cluster's secret or membership in the state dir and take only the token's seeds); then `systemctl enable --now swarmd` (a running node is restarted on the new
 # binary). The state dir (/var/lib/swarmd: node id, cluster secret, journal) is never
 # touched, so an upgrade keeps the node's identity and cluster.
 # Without --binary, a binary is built from this checkout with PyInstaller.

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from msgspec import Meta, Struct
 
-PROTOCOL_VERSION = 3  # 3: per-node credentials, artifacts in chunks (PROTOCOL.md)
+PROTOCOL_VERSION = 4  # 4: credentials signed by the cluster authority (PROTOCOL.md)
 
 NodeId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 Address = Annotated[str, Meta(min_length=3, max_length=262)]  # host:port

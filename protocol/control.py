@@ -41,10 +41,12 @@ MAX_TOKEN_TTL_S = 365 * 86400.0
 
 
 class JoinTokenRequest(Message, tag="join_token"):
-    """A ``swarmd2-`` token for a new ticket: valid ``ttl_s`` seconds, once or often."""
+    """A ``swarmd2-`` token for a new ticket: valid ``ttl_s`` seconds, once or often;
+    ``admin``: the new node gets the cluster secret, not a membership."""
 
     ttl_s: Annotated[float, Meta(gt=0, le=MAX_TOKEN_TTL_S)] = 86400.0
     single_use: bool = False
+    admin: bool = False
 
 
 class JoinTokenReply(Message, tag="join_token_reply"):

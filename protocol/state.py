@@ -54,11 +54,11 @@ class ModelProfile(Struct):
 
 
 Models = Annotated[list[ModelProfile], Meta(max_length=64)]
-# The revocation list: [node id, unix time, MAC hex] per revoked node (see PROTOCOL.md).
+# The revocation list: [node id, unix time, signature hex] per revoked node (PROTOCOL.md).
 RevokedEntry = tuple[
     Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")],
     int,
-    Annotated[str, Meta(max_length=64)],
+    Annotated[str, Meta(max_length=128)],
 ]
 Revoked = Annotated[list[RevokedEntry], Meta(max_length=1024)]
 

@@ -236,12 +236,18 @@ def _ttl(_ctx: object, _param: object, value: str) -> float:
     help="how long the token may be used: 30m, 24h, 7d, ...",
 )
 @click.option("--single-use", is_flag=True, help="the token admits one machine, then no more")
+@click.option(
+    "--admin",
+    is_flag=True,
+    help="the new machine gets the cluster secret: it can issue join tokens and revoke",
+)
 @click.pass_obj
-def join_token(obj: Ctx, ttl: float, single_use: bool) -> None:
+def join_token(obj: Ctx, ttl: float, single_use: bool, admin: bool) -> None:
     """Print a token that lets a new machine join this cluster until it expires (once
     with --single-use). It holds no cluster secret: the new node redeems it with this
-    node, which must be reachable from it then."""
-    reply = obj.call(JoinTokenRequest(ttl_s=ttl, single_use=single_use))
+    node, which must be reachable from it then, and gets a membership (or, with
+    --admin, the cluster secret). Only on an admin node (one holding cluster.secret)."""
+    reply = obj.call(JoinTokenRequest(ttl_s=ttl, single_use=single_use, admin=admin))
     assert isinstance(reply, JoinTokenReply)
     if obj.as_json:
         obj.emit_json(
@@ -251,7 +257,8 @@ def join_token(obj: Ctx, ttl: float, single_use: bool) -> None:
     click.echo(reply.token)
     until = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(reply.expires))
     uses = "one machine" if reply.single_use else "any number of machines"
-    click.echo(f"valid until {until}, for {uses}", err=True)
+    kind = ", as admins (they get the cluster secret)" if admin else ""
+    click.echo(f"valid until {until}, for {uses}{kind}", err=True)
     click.echo(f"on the new machine: swarmd --join-token {reply.token}", err=True)
 
 

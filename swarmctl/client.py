@@ -13,20 +13,30 @@ from protocol import ProtocolError, codec
 from protocol.messages import ControlReply, ControlRequest, ErrorReply, WatchReply, WatchRequest
 from swarmd.config import split_host_port
 from swarmd.credentials import NODE_ID_RE, Credentials, NodeKeys
-from swarmd.identity import ClusterKeys, load_cluster_secret
+from swarmd.identity import ClusterKeys
+from swarmd.member_file import Membership, load_cluster
 from swarmd.transport import curve_client
 
 
-def _credentials(state_dir: Path, secret: bytes) -> Credentials:
-    """swarmctl speaks as this machine's node (a key pair of its own for the call): a
-    revoked node's swarmctl is shut out with it."""
+def _credentials(state_dir: Path, cluster: ClusterKeys | Membership) -> Credentials:
+    """swarmctl speaks as this machine's node: a revoked node's swarmctl is shut out
+    with it. On an admin with a key pair of its own for the call, signed here; on a
+    member with the node's key pair (``node.key``) and its certificate."""
+    if isinstance(cluster, Membership):
+        try:
+            private = (state_dir / "node.key").read_text().strip().encode()
+            keys = NodeKeys(zmq.curve_public(private), private)
+        except (OSError, ValueError, zmq.ZMQError):
+            raise Unreachable(f"cannot read this node's key ({state_dir / 'node.key'})") from None
+        return cluster.credentials(keys)
     try:
         node_id = (state_dir / "node_id").read_text().strip()
     except OSError:
         node_id = ""
     if not NODE_ID_RE.match(node_id):
         node_id = "swarmctl"
-    return Credentials.issue(secret, node_id, NodeKeys.generate())
+    assert cluster.secret is not None
+    return Credentials.issue(cluster.secret, node_id, NodeKeys.generate())
 
 
 class Unreachable(Exception):
@@ -83,17 +93,17 @@ class Client:
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
             try:
-                secret = load_cluster_secret(state_dir)
+                cluster = load_cluster(state_dir)
             except ValueError as exc:
                 raise Unreachable(str(exc)) from None
-            if secret is None:
+            if cluster is None:
                 raise Unreachable(
-                    f"no cluster secret in {state_dir}: --node needs this machine to be a "
-                    "member (run swarmd with --join-token first, or pass --state-dir)"
+                    f"no cluster secret or membership in {state_dir}: --node needs this "
+                    "machine to be a member (run swarmd with --join-token first, or pass "
+                    "--state-dir)"
                 )
-            curve_client(
-                self.sock, ClusterKeys.from_secret(secret), _credentials(state_dir, secret)
-            )
+            keys = cluster.keys() if isinstance(cluster, Membership) else cluster
+            curve_client(self.sock, keys, _credentials(state_dir, cluster))
             self.monitor = self.sock.get_monitor_socket(
                 zmq.EVENT_HANDSHAKE_FAILED_AUTH
                 | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL

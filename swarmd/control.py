@@ -57,6 +57,7 @@ from .core.jobspec import (
     resolve_pins,
 )
 from .core.tasks import FINAL_TASK, UnknownTask
+from .credentials import NotAdmin
 from .journal_health import JournalUnavailable
 from .work import Coordination
 
@@ -159,7 +160,7 @@ class Control:
         self.node = node
         self._handlers: dict[type, Callable[[Any, bool], ControlReply]] = {
             PeersRequest: lambda _r, _l: PeersReply(peers=peers(self.node.members())),
-            JoinTokenRequest: lambda r, _l: self.node.join_token(r),
+            JoinTokenRequest: self.join_token,
             StatsRequest: lambda _r, _l: StatsReply(
                 node=self.node.node_id, name=self.node.name, counters=self.node.stats()
             ),
@@ -195,12 +196,23 @@ class Control:
         except (OSError, BlobError) as exc:
             return ErrorReply(code="internal", message=f"cannot read the artifacts: {exc}")
 
+    def join_token(self, request: JoinTokenRequest, local: bool) -> ControlReply:
+        """Only on the node's own socket: a member asking over the network could
+        otherwise admit node ids that revoking it would not shut out."""
+        if not local:
+            message = "join tokens are issued only on the node's own socket"
+            return ErrorReply(code="not_allowed", message=message)
+        return self.node.join_token(request)
+
     def revoke(self, request: RevokeRequest, local: bool) -> ControlReply:
         if not local:
             return ErrorReply(code="not_allowed", message="revoke only on the node's own socket")
         if request.node == self.node.node_id:
             return ErrorReply(code="bad_request", message="a node cannot revoke itself")
-        added = self.node.revoke(request.node)
+        try:
+            added = self.node.revoke(request.node)
+        except NotAdmin as exc:
+            return ErrorReply(code="not_allowed", message=str(exc))
         return RevokeReply(node=request.node, added=added, revoked=self.node.revoked())
 
     def drain(self, request: DrainRequest) -> ControlReply:

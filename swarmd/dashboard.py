@@ -39,6 +39,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
+from zmq.utils import z85
 
 from . import __version__
 from .control import peers as peer_views
@@ -68,13 +69,31 @@ STATE_CACHE_S = 0.2  # several viewers share one rendering of the state
 _TASK_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
 
+def _forbidden(keys: _Keys) -> list[bytes]:
+    """What must never leave the server: not even half of the cluster secret as stored
+    (hex) or as carried in a join token (base64 after a 3-byte msgpack header, so
+    aligned), nor of the listening secret key (z85 as a member stores it, hex)."""
+    listening = z85.decode(keys.secret_z85)
+    out = [keys.secret_z85[:20], listening.hex()[:32].encode()]
+    if keys.secret is not None:
+        out += [
+            keys.secret.hex()[:32].encode(),
+            keys.secret.hex()[:32].upper().encode(),
+            base64.urlsafe_b64encode(keys.secret)[:24],
+            base64.b64encode(keys.secret)[:24],
+        ]
+    return out
+
+
 class DashboardError(ValueError):
     """A dashboard setting the node cannot start with (the message says which)."""
 
 
 class _Keys(Protocol):
     @property
-    def secret(self) -> bytes: ...
+    def secret(self) -> bytes | None: ...
+    @property
+    def secret_z85(self) -> bytes: ...
 
 
 class DashboardNode(Protocol):
@@ -140,15 +159,7 @@ class Dashboard:
         self._conns: set[asyncio.Task[Any]] = set()
         self._closing = asyncio.Event()
         self._cache: tuple[float, bytes] | None = None
-        secret = node.keys.secret
-        # The secret as stored (hex) and as carried in a join token (base64 after a
-        # 3-byte msgpack header, so aligned): not even half of it may leave this server.
-        self._forbidden = [
-            secret.hex()[:32].encode(),
-            secret.hex()[:32].upper().encode(),
-            base64.urlsafe_b64encode(secret)[:24],
-            base64.b64encode(secret)[:24],
-        ]
+        self._forbidden = _forbidden(node.keys)
 
     # ------------------------------------------------------------ lifecycle
 

@@ -1,7 +1,9 @@
 """The issuing side of ``swarmd2-`` join tokens: ``swarmctl join-token`` makes a ticket
-(:meth:`Enrollment.issue`), and a new node that proves it gets the cluster secret
-(:meth:`Enrollment.handle`, reached through the transport's enrollment gate, the one
-way in for a client without a credential).
+(:meth:`Enrollment.issue`), and a new node that proves it gets a membership (the
+listening key, the authority's public key and a certificate the authority signs for its
+node id and key), or the cluster secret with an admin ticket (:meth:`Enrollment.handle`,
+reached through the transport's enrollment gate, the one way in for a client without a
+credential). Only an admin (a node holding the cluster secret) issues tickets.
 
 Counters: ``enroll_admitted``; ``enroll_refused_<code>`` (``unknown``, ``bad_proof``,
 ``expired``, ``used``, ``unavailable``); ``join_tokens_issued``.
@@ -15,6 +17,8 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+from zmq.utils import z85
+
 from protocol.messages import (
     ControlReply,
     EnrollReply,
@@ -24,8 +28,10 @@ from protocol.messages import (
     JoinTokenRequest,
 )
 
+from .authority import Authority
 from .core.failure import Liveness
 from .core.gossip import Member
+from .credentials import credential
 from .identity import ClusterKeys
 from .join_tokens import Invitation, make_invitation
 from .tickets import Refused, TicketBook
@@ -51,9 +57,11 @@ class Enrollment:
         view: Callable[[], tuple[str, list[Member]]],
         counters: Counter[str],
         log: logging.Logger,
+        issuer: str = "",
     ) -> None:
         self.book = TicketBook(state_dir / "tickets", log)
         self.keys = keys
+        self.issuer = issuer  # a member's: the admin that enrolled it
         self.view = view  # (this node's address, the members it knows)
         self.counters = counters
         self.log = log
@@ -62,9 +70,19 @@ class Enrollment:
         return seed_addresses(*self.view())
 
     def issue(self, request: JoinTokenRequest) -> ControlReply:
-        """A new ticket, and the token that names it."""
+        """A new ticket, and the token that names it (on an admin only)."""
+        if not self.keys.admin:
+            where = f" (such as {self.issuer}, which enrolled this one)" if self.issuer else ""
+            return ErrorReply(
+                code="not_allowed",
+                message="this node is a member without the cluster secret, so it cannot "
+                f"admit machines: run `swarmctl join-token` on an admin node{where}, "
+                "one whose state dir holds cluster.secret",
+            )
         try:
-            ticket_id, secret, ticket = self.book.issue(request.ttl_s, request.single_use)
+            ticket_id, secret, ticket = self.book.issue(
+                request.ttl_s, request.single_use, request.admin
+            )
         except OSError as exc:
             return ErrorReply(code="unavailable", message=f"cannot store the ticket: {exc}")
         seeds = self.seeds()
@@ -73,7 +91,8 @@ class Enrollment:
         )
         self.counters["join_tokens_issued"] += 1
         self.log.info(
-            "issued a join token (ticket %s…, %s, valid %.0f s)",
+            "issued a%s join token (ticket %s…, %s, valid %.0f s)",
+            "n admin" if ticket.admin else "",
             ticket.id[:8],
             "single-use" if ticket.single_use else "multi-use",
             request.ttl_s,
@@ -81,9 +100,15 @@ class Enrollment:
         return JoinTokenReply(token=token, expires=ticket.expires, single_use=ticket.single_use)
 
     def handle(self, request: EnrollRequest, public_z85: bytes, reply: Reply) -> None:
-        """A new node's request (over CURVE, from key ``public_z85``): the secret, or
-        why not. The use of a single-use ticket is stored before the answer goes."""
+        """A new node's request (over CURVE, from key ``public_z85``): its membership
+        (or the secret), or why not. The use of a single-use ticket is stored before the
+        answer goes."""
         started = time.monotonic()
+        if self.keys.secret is None:
+            self.counters["enroll_refused_unknown"] += 1
+            message = "this node is not an admin: it issues no join tokens"
+            reply(EnrollReply(refused="unknown", message=message))
+            return
         try:
             ticket = self.book.redeem(request.ticket, request.proof, request.node, public_z85)
         except Refused as exc:
@@ -98,11 +123,25 @@ class Enrollment:
             return
         self.counters["enroll_admitted"] += 1
         self.log.info(
-            "enrolled node %s with ticket %s… (%s, used %d time(s)) in %.1f ms",
+            "enrolled node %s%s with ticket %s… (%s, used %d time(s)) in %.1f ms",
             request.node,
+            " as an admin" if ticket.admin else "",
             ticket.id[:8],
             "single-use" if ticket.single_use else "multi-use",
             ticket.uses,
             (time.monotonic() - started) * 1000,
         )
-        reply(EnrollReply(secret=self.keys.secret, seeds=self.seeds()[:8]))
+        reply(self._admitted(request.node, public_z85, ticket.admin))
+
+    def _admitted(self, node_id: str, public_z85: bytes, admin: bool) -> EnrollReply:
+        assert self.keys.secret is not None
+        seeds = self.seeds()[:8]
+        if admin:
+            return EnrollReply(secret=self.keys.secret, seeds=seeds)
+        certificate = credential(Authority.from_secret(self.keys.secret), node_id, public_z85)
+        return EnrollReply(
+            seeds=seeds,
+            listening_key=z85.decode(self.keys.secret_z85),
+            authority=self.keys.authority,
+            certificate=certificate,
+        )

@@ -4,9 +4,12 @@
 - ``generation``: a counter bumped at every start; a restarted node's higher
   generation supersedes its old gossiped state.
 - ``cluster.secret``: 32 random bytes (file mode 0600). The cluster is defined by it:
-  every member derives the same CURVE key pair from it, and the ZAP handler admits
-  only clients that prove possession of that key pair. The mDNS fingerprint is a hash
-  of the *public* key, so it says which cluster a record belongs to and nothing more.
+  the listening CURVE key pair and the authority key pair (:mod:`.authority`, which
+  signs credentials and revocations) are derived from it. A node that holds it is an
+  *admin*; a node enrolled with an ordinary join token holds only a membership
+  (:mod:`.member_file`: the listening key pair, the authority's public key and its own
+  certificate). The mDNS fingerprint is a hash of the listening *public* key, so it
+  says which cluster a record belongs to and nothing more.
 - ``swarmd1-`` join tokens (:func:`make_join_token`, what older versions printed) carry
   the secret and a few seed addresses; they are still accepted. Today's ``swarmd2-``
   tokens carry no secret (:mod:`.join_tokens`, :mod:`.enrollment`).
@@ -25,26 +28,43 @@ import msgspec
 import zmq
 from zmq.utils import z85
 
+from .authority import authority_public
+
 TOKEN_PREFIX = "swarmd1-"
 SECRET_BYTES = 32
 
 
 @dataclass(frozen=True)
 class ClusterKeys:
-    secret: bytes
+    """The cluster as a node knows it: the listening CURVE key pair, the authority's
+    public key, and the cluster secret if this node is an admin (else None)."""
+
+    secret: bytes | None
     public_z85: bytes
     secret_z85: bytes
     fingerprint: str
+    authority: bytes  # the authority's Ed25519 public key (32 bytes)
 
     @classmethod
     def from_secret(cls, secret: bytes) -> ClusterKeys:
         if len(secret) != SECRET_BYTES:
             raise ValueError(f"cluster secret must be {SECRET_BYTES} bytes, got {len(secret)}")
         curve_secret = hashlib.blake2b(secret, digest_size=32, person=b"swarmd-curve").digest()
-        secret_z85 = z85.encode(curve_secret)
+        member = cls.of_member(z85.encode(curve_secret), authority_public(secret))
+        return cls(
+            secret, member.public_z85, member.secret_z85, member.fingerprint, member.authority
+        )
+
+    @classmethod
+    def of_member(cls, secret_z85: bytes, authority: bytes) -> ClusterKeys:
+        """The keys of a member that does not hold the cluster secret."""
         public_z85 = zmq.curve_public(secret_z85)
         fingerprint = hashlib.blake2b(public_z85, digest_size=8, person=b"swarmd-fp").hexdigest()
-        return cls(secret, public_z85, secret_z85, fingerprint)
+        return cls(None, public_z85, secret_z85, fingerprint, authority)
+
+    @property
+    def admin(self) -> bool:
+        return self.secret is not None
 
 
 def ensure_state_dir(state_dir: Path) -> None:

@@ -1,12 +1,14 @@
-"""``swarmd --join-token TOKEN`` at start: the cluster secret and seeds the token gives.
+"""``swarmd --join-token TOKEN`` at start: what makes the node a member (the cluster
+secret, or a :class:`~.member_file.Membership`) and the seeds the token gives.
 
 - ``swarmd1-`` (older versions' tokens): the token is the secret.
-- ``swarmd2-``: if the state dir already holds the secret of the token's cluster (a
-  restart with the token still in ``/etc/swarmd/join.env``), only its seeds are taken.
-  Otherwise the node enrolls (:func:`enroll`): it opens a CURVE connection to the
-  issuing node (the server key is in the token; the client key is this node's own),
-  sends ``enroll`` with a proof of the token's ticket and gets the cluster secret back
-  on that connection. Until ``timeout_s`` it retries an issuer that does not answer;
+- ``swarmd2-``: if the state dir already holds the secret of the token's cluster, or a
+  membership of it for this node id and key (a restart with the token still in
+  ``/etc/swarmd/join.env``), only its seeds are taken. Otherwise the node enrolls
+  (:func:`enroll`): it opens a CURVE connection to the issuing node (the server key is
+  in the token; the client key is this node's own), sends ``enroll`` with a proof of
+  the token's ticket and gets its membership (the cluster secret, with an admin token)
+  back on that connection. Until ``timeout_s`` it retries an issuer that does not answer;
   a refusal (expired, used, unknown ticket) is final: :class:`JoinError` with exit code
   ``EXIT_TOKEN_REFUSED``, which systemd does not restart on.
 """
@@ -19,13 +21,18 @@ import time
 
 import zmq
 import zmq.asyncio
+from zmq.utils import z85
 
 from protocol import ProtocolError, codec
 from protocol.messages import EnrollReply, EnrollRequest
 
+from .authority import PUBLIC_BYTES, AuthorityKey
 from .credentials import NodeKeys
 from .identity import SECRET_BYTES, ClusterKeys
 from .join_tokens import Invitation, SecretToken, enroll_proof, parse_token
+from .member_file import Membership
+
+Joined = bytes | Membership  # the cluster secret (an admin), or a membership
 
 EXIT_TOKEN_REFUSED = 77  # the issuer refused the token: a person must get a new one
 RESEND_S = 3.0  # ask again if no answer came within this (an issuer that was not up)
@@ -46,35 +53,54 @@ class JoinError(Exception):
         self.exit_code = exit_code
 
 
+def _stored_for(
+    invitation: Invitation, stored: Joined | None, node_id: str, keys: NodeKeys
+) -> Joined | None:
+    """What the state dir holds, if it already makes this node a member of the
+    invitation's cluster."""
+    if isinstance(stored, bytes):
+        same = ClusterKeys.from_secret(stored).public_z85 == invitation.server_key
+    else:
+        same = (
+            stored is not None
+            and stored.keys().public_z85 == invitation.server_key
+            and stored.certifies(node_id, keys.public_z85)
+        )
+    return stored if same else None
+
+
 async def secret_from_token(
     token: str,
-    stored: bytes | None,
+    stored: Joined | None,
     node_id: str,
     keys: NodeKeys,
     timeout_s: float,
     log: logging.Logger,
     stopping: asyncio.Event | None = None,
-) -> tuple[bytes, list[str]]:
-    """(the cluster secret, seeds) for ``token``; ``stored`` is the state dir's secret."""
+) -> tuple[Joined, list[str]]:
+    """(the cluster secret or a membership, seeds) for ``token``; ``stored`` is what
+    the state dir holds."""
     try:
         parsed = parse_token(token)
     except ValueError as exc:
         raise JoinError(f"--join-token: {exc}") from None
+    joined: Joined
     if isinstance(parsed, SecretToken):
-        secret, seeds = parsed.secret, list(parsed.seeds)
-    elif stored is not None and ClusterKeys.from_secret(stored).public_z85 == parsed.server_key:
+        joined, seeds = parsed.secret, list(parsed.seeds)
+    elif (kept := _stored_for(parsed, stored, node_id, keys)) is not None:
         seeds = [parsed.issuer, *parsed.seeds]
         log.info(
             "already joined the cluster of the token (nothing to enroll); seeds %s",
             ", ".join(seeds),
         )
-        return stored, seeds
+        return kept, seeds
     else:
-        secret, seeds = await enroll(parsed, node_id, keys, timeout_s, log, stopping)
-    if stored is not None and stored != secret:
-        log.warning("the join token names another cluster: leaving the old one")
-    log.info("joined the cluster of the token; seeds %s", ", ".join(seeds))
-    return secret, seeds
+        joined, seeds = await enroll(parsed, node_id, keys, timeout_s, log, stopping)
+    if stored is not None and stored != joined:
+        log.warning("the join token names another cluster (or membership): leaving the old one")
+    kind = "as a member" if isinstance(joined, Membership) else "as an admin"
+    log.info("joined the cluster of the token %s; seeds %s", kind, ", ".join(seeds))
+    return joined, seeds
 
 
 async def enroll(
@@ -84,8 +110,9 @@ async def enroll(
     timeout_s: float,
     log: logging.Logger,
     stopping: asyncio.Event | None = None,
-) -> tuple[bytes, list[str]]:
-    """Redeem ``invitation`` with its issuer: (the cluster secret, seeds)."""
+) -> tuple[Joined, list[str]]:
+    """Redeem ``invitation`` with its issuer: (the cluster secret or a membership,
+    seeds)."""
     ctx = zmq.asyncio.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -102,7 +129,8 @@ async def enroll(
     frame = codec.encode(EnrollRequest(ticket=invitation.ticket, node=node_id, proof=proof))
     log.info("enrolling with %s (the node that issued the join token)", invitation.issuer)
     try:
-        return await _exchange(sock, monitor, frame, invitation, timeout_s, stopping)
+        reply = await _exchange(sock, monitor, frame, invitation, timeout_s, stopping)
+        return _admitted(reply, invitation, node_id, keys)
     finally:
         sock.disable_monitor()
         monitor.close(linger=0)
@@ -117,7 +145,7 @@ async def _exchange(
     invitation: Invitation,
     timeout_s: float,
     stopping: asyncio.Event | None,
-) -> tuple[bytes, list[str]]:
+) -> EnrollReply:
     deadline = time.monotonic() + timeout_s
     next_send, handshake_failures, last_refusal = 0.0, 0, ""
     while (left := deadline - time.monotonic()) > 0:
@@ -144,22 +172,43 @@ async def _exchange(
         if reply.refused == "unavailable":
             last_refusal = reply.message  # the issuer's disk: it may come back
             continue
-        return _admitted(reply, invitation)
+        return reply
     raise JoinError(_timeout_message(invitation, timeout_s, handshake_failures, last_refusal))
 
 
-def _admitted(reply: EnrollReply, invitation: Invitation) -> tuple[bytes, list[str]]:
+def _admitted(
+    reply: EnrollReply, invitation: Invitation, node_id: str, keys: NodeKeys
+) -> tuple[Joined, list[str]]:
     if reply.refused:
         raise JoinError(
             f"{invitation.issuer} refused the join token: {reply.message}",
             exit_code=EXIT_TOKEN_REFUSED,
         )
-    if len(reply.secret) != SECRET_BYTES or (
-        ClusterKeys.from_secret(reply.secret).public_z85 != invitation.server_key
-    ):
-        raise JoinError(f"{invitation.issuer} answered with a secret of another cluster")
     seeds = [invitation.issuer, *invitation.seeds]
-    return reply.secret, seeds + [s for s in reply.seeds if s not in seeds]
+    seeds += [s for s in reply.seeds if s not in seeds]
+    if reply.secret:
+        if len(reply.secret) != SECRET_BYTES or (
+            ClusterKeys.from_secret(reply.secret).public_z85 != invitation.server_key
+        ):
+            raise JoinError(f"{invitation.issuer} answered with a secret of another cluster")
+        return reply.secret, seeds
+    return _membership(reply, invitation, node_id, keys), seeds
+
+
+def _membership(
+    reply: EnrollReply, invitation: Invitation, node_id: str, keys: NodeKeys
+) -> Membership:
+    bad = f"{invitation.issuer} answered with a membership that is not valid"
+    if len(reply.listening_key) != SECRET_BYTES or len(reply.authority) != PUBLIC_BYTES:
+        raise JoinError(f"{bad} (wrong key lengths)")
+    listening = z85.encode(reply.listening_key)
+    if zmq.curve_public(listening) != invitation.server_key:
+        raise JoinError(f"{bad} (the listening key of another cluster)")
+    if not AuthorityKey(reply.authority).verify(
+        reply.certificate, b"node", node_id.encode(), keys.public_z85
+    ):
+        raise JoinError(f"{bad} (its certificate is not for this node)")
+    return Membership(node_id, listening, reply.authority, reply.certificate, invitation.issuer)
 
 
 def _timeout_message(

@@ -33,14 +33,17 @@ from .core.failure import Liveness
 from .core.gossip import Member
 from .core.jobspec import PeerFacts
 from .core.tasks import CoordinatorConfig
+from .credentials import NotAdmin
 from .discovery import Discovery, Sighting, advertise_address, choose_interfaces
 from .enrollment import Enrollment
 from .executors import Limits
 from .hardware import HardwareProbe
 from .identity import ClusterKeys
+from .joining import EXIT_TOKEN_REFUSED
 from .journal_health import JournalHealth
 from .journal_open import open_store
 from .lifecycle import Lifecycle
+from .member_file import reenroll_message
 from .membership import Membership
 from .own_state import OwnState
 from .peer_view import PricingView, peer_facts
@@ -230,6 +233,7 @@ class Node:
             lambda: (self.address, self.members()),
             self.counters,
             self.log,
+            ident.issuer,
         )
         self.pricing = pricing = PricingView(
             membership.members, coordination.reports, lambda: worker.load, ident.revoked
@@ -319,9 +323,19 @@ class Node:
             self.coordination.on_peer_gone(node_id)
 
     def revoke(self, node_id: str) -> bool:
-        """``swarmctl revoke``: add ``node_id`` to the cluster's revocation list."""
+        """``swarmctl revoke``: add ``node_id`` to the cluster's revocation list
+        (NotAdmin, saying where to run it, on a member without the cluster secret)."""
         assert self.trust is not None and self.membership is not None
-        added = self.trust.revoke(node_id)
+        try:
+            added = self.trust.revoke(node_id)
+        except NotAdmin:
+            issuer = "" if self.identity is None else self.identity.issuer
+            where = f" (such as {issuer}, which enrolled this one)" if issuer else ""
+            raise NotAdmin(
+                "this node is a member without the cluster secret, so it cannot sign a "
+                f"revocation: run `swarmctl revoke` on an admin node{where}, one whose "
+                "state dir holds cluster.secret"
+            ) from None
         self.membership.set("revoked", self.trust.revoked.wire())
         return added
 
@@ -356,7 +370,13 @@ class Node:
         if self.coordination is not None:
             self.coordination.node_id = node_id
         if renamed and self.identity is not None and self.transport is not None:
-            self.transport.set_identity(self.identity.reissue(node_id))
+            credentials = self.identity.reissue(node_id)
+            if credentials is None:  # a member cannot sign for its new id
+                why = f"another node uses this node's id, so it must take the new id {node_id}"
+                self.log.error("%s; stopping", reenroll_message(self.config.state_dir, why))
+                self.lifecycle.fail(EXIT_TOKEN_REFUSED)
+                return
+            self.transport.set_identity(credentials)
         if renamed and self.config.mdns:
             self.lifecycle.spawn(self._restart_discovery())
 

@@ -1,6 +1,7 @@
 """The state dir at start-up: locked for this process, with the node's id, generation,
-cluster secret and seeds resolved (from the dir, and from a join token if one is given:
-a ``swarmd2-`` token is redeemed with the node that issued it, see :mod:`.joining`).
+cluster secret or membership and seeds resolved (from the dir, and from a join token if
+one is given: a ``swarmd2-`` token is redeemed with the node that issued it, see
+:mod:`.joining`).
 
 One function, :func:`prepare`, returns a :class:`LocalIdentity`; the node keeps it for
 as long as it runs and releases the lock when it stops.
@@ -15,6 +16,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .authority import Authority
 from .config import Config
 from .credentials import Credentials, NodeKeys, RevocationList, load_or_create_node_keys
 from .identity import (
@@ -26,8 +28,15 @@ from .identity import (
     next_generation,
     store_cluster_secret,
 )
-from .joining import JoinError, secret_from_token
+from .joining import EXIT_TOKEN_REFUSED, Joined, JoinError, secret_from_token
 from .journal_health import DISK_ERRNOS, describe
+from .member_file import (
+    Membership,
+    load_membership,
+    reenroll_message,
+    remove_membership,
+    store_membership,
+)
 
 EXIT_UNWRITABLE = 75  # the state dir cannot be written (disk full): start again later
 EXIT_STATE_DIR_LOST = 78  # the state dir was deleted or replaced under the running node
@@ -52,12 +61,17 @@ class LocalIdentity:
     seeds: tuple[str, ...]
     created: bool  # the node id was made just now
     lock_fd: int | None  # flock on STATE_DIR/lock; None once released
-    credentials: Credentials  # this node's own key pair, vouched for by the secret
+    credentials: Credentials  # this node's own key pair, signed by the authority
     revoked: RevocationList  # node ids shut out of the cluster (STATE_DIR/revoked)
+    issuer: str = ""  # a member's: the admin that enrolled it
 
-    def reissue(self, node_id: str) -> Credentials:
-        """Credentials for a new id of this node (after an identity conflict)."""
-        self.credentials = Credentials.issue(self.keys.secret, node_id, self.credentials.keys)
+    def reissue(self, node_id: str) -> Credentials | None:
+        """Credentials for a new id of this node (after an identity conflict); None on
+        a member, which cannot sign them (it must be enrolled again)."""
+        if self.keys.secret is None:
+            return None
+        authority = Authority.from_secret(self.keys.secret)
+        self.credentials = Credentials.signed(authority, node_id, self.credentials.keys)
         return self.credentials
 
     def release(self) -> None:
@@ -78,22 +92,41 @@ def _lock(config: Config) -> int:
     return fd
 
 
-async def _cluster_secret(
+def _stored(state_dir: Path) -> Joined | None:
+    """The cluster secret (an admin) or the membership in the state dir."""
+    try:
+        secret = load_cluster_secret(state_dir)
+        return secret if secret is not None else load_membership(state_dir)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+
+
+def _store(state_dir: Path, joined: Joined) -> None:
+    """Keep what the token gave, and drop what made this node a member before."""
+    if isinstance(joined, bytes):
+        store_cluster_secret(state_dir, joined)
+        remove_membership(state_dir)
+    else:
+        store_membership(state_dir, joined)
+        (state_dir / "cluster.secret").unlink(missing_ok=True)
+
+
+async def _cluster(
     config: Config,
     seeds: list[str],
     node: tuple[str, NodeKeys],
     log: logging.Logger,
     stopping: asyncio.Event | None,
-) -> bytes:
-    """The secret the join token gives (replacing any other; see :mod:`.joining`), the
-    stored one, or a new one; a token's seeds are added to ``seeds``."""
-    secret = load_cluster_secret(config.state_dir)
+) -> Joined:
+    """What the join token gives (replacing any other; see :mod:`.joining`), what is
+    stored, or a new cluster secret; a token's seeds are added to ``seeds``."""
+    stored = _stored(config.state_dir)
     if config.join_token:
         node_id, node_keys = node
         try:
-            token_secret, token_seeds = await secret_from_token(
+            joined, token_seeds = await secret_from_token(
                 config.join_token,
-                secret,
+                stored,
                 node_id,
                 node_keys,
                 config.join_timeout_s,
@@ -102,18 +135,36 @@ async def _cluster_secret(
             )
         except JoinError as exc:
             raise StartupError(str(exc), exc.exit_code) from None
-        if token_secret != secret:
-            store_cluster_secret(config.state_dir, token_secret)
+        if joined != stored:
+            _store(config.state_dir, joined)
         seeds += [s for s in token_seeds if s not in seeds]
-        return token_secret
-    if secret is None:
-        secret = create_cluster_secret(config.state_dir)
+        return joined
+    if stored is None:
+        stored = create_cluster_secret(config.state_dir)
         log.info(
             "created a new cluster. To add a machine, run `swarmctl join-token` here "
             "and `swarmd --join-token TOKEN` there (machines on this LAN with the same "
             "token find each other by mDNS)"
         )
-    return secret
+    return stored
+
+
+def _credentials(
+    state_dir: Path, joined: Joined, node_id: str, node_keys: NodeKeys
+) -> tuple[ClusterKeys, Credentials]:
+    """The cluster's keys and this node's credentials: signed here by an admin, the
+    membership's certificate on a member (which must be for this node id and key)."""
+    if isinstance(joined, bytes):
+        keys = ClusterKeys.from_secret(joined)
+        return keys, Credentials.issue(joined, node_id, node_keys)
+    if not joined.certifies(node_id, node_keys.public_z85):
+        why = (
+            f"the membership in {state_dir} is for node {joined.node_id}, not {node_id}"
+            if joined.node_id != node_id
+            else f"the membership in {state_dir} does not certify this node's key (node.key)"
+        )
+        raise StartupError(reenroll_message(state_dir, why), EXIT_TOKEN_REFUSED)
+    return joined.keys(), joined.credentials(node_keys)
 
 
 def secure(state_dir: Path) -> None:
@@ -159,22 +210,23 @@ async def _prepare(
         generation = next_generation(config.state_dir)
         seeds = list(config.join)
         node_keys = load_or_create_node_keys(config.state_dir)
-        secret = await _cluster_secret(config, seeds, (node_id, node_keys), log, stopping)
-        keys = ClusterKeys.from_secret(secret)
-        credentials = Credentials.issue(keys.secret, node_id, node_keys)
-        revoked = RevocationList(keys.secret, config.state_dir / "revoked")
+        joined = await _cluster(config, seeds, (node_id, node_keys), log, stopping)
+        keys, credentials = _credentials(config.state_dir, joined, node_id, node_keys)
+        revoked = RevocationList(keys.authority, keys.secret, config.state_dir / "revoked")
     except BaseException:
         os.close(lock_fd)
         raise
     log.info(
-        "node %s%s, generation %d, cluster %s",
+        "node %s%s, generation %d, cluster %s (%s)",
         node_id,
         " (new)" if created else "",
         generation,
         keys.fingerprint,
+        "admin: holds the cluster secret" if keys.admin else "member",
     )
     if node_id in revoked:
         log.error("this node (%s) was revoked from its cluster: peers drop its messages", node_id)
+    issuer = joined.issuer if isinstance(joined, Membership) else ""
     return LocalIdentity(
-        node_id, generation, keys, tuple(seeds), created, lock_fd, credentials, revoked
+        node_id, generation, keys, tuple(seeds), created, lock_fd, credentials, revoked, issuer
     )

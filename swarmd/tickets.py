@@ -50,6 +50,7 @@ class Ticket:
     single_use: bool
     uses: int = 0
     used_by: list[str] = field(default_factory=list)  # "NODE_ID PUBLIC_KEY_Z85"
+    admin: bool = False  # the new node gets the cluster secret, not a membership
 
     @classmethod
     def from_json(cls, raw: Any) -> Ticket:
@@ -60,6 +61,8 @@ class Ticket:
             raise ValueError("ticket secret length")
         if not all(isinstance(u, str) for u in ticket.used_by):
             raise ValueError("used_by")
+        if not isinstance(ticket.admin, bool):
+            raise ValueError("admin")
         return ticket
 
 
@@ -98,12 +101,14 @@ class TicketBook:
         while len(self.tickets) >= MAX_TICKETS:
             del self.tickets[min(self.tickets, key=lambda k: self.tickets[k].created)]
 
-    def issue(self, ttl_s: float, single_use: bool) -> tuple[bytes, bytes, Ticket]:
+    def issue(
+        self, ttl_s: float, single_use: bool, admin: bool = False
+    ) -> tuple[bytes, bytes, Ticket]:
         """A new ticket, stored: (id, secret, ticket). OSError if it cannot be stored."""
         now = self.clock()
         self._prune(now)
         ticket_id, secret = secrets.token_bytes(TICKET_ID_BYTES), secrets.token_bytes(32)
-        ticket = Ticket(ticket_id.hex(), secret.hex(), now, now + ttl_s, single_use)
+        ticket = Ticket(ticket_id.hex(), secret.hex(), now, now + ttl_s, single_use, admin=admin)
         self.tickets[ticket.id] = ticket
         try:
             self._save()

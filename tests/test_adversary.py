@@ -14,7 +14,12 @@ import zmq
 from protocol import codec
 from protocol.messages import AttemptResult, NodeRef, Progress, Syn
 from swarmd.artifact_names import check_artifact_names
-from swarmd.credentials import Credentials, NodeKeys, load_or_create_node_keys
+from swarmd.credentials import (
+    Credentials,
+    NodeKeys,
+    encode_signature,
+    load_or_create_node_keys,
+)
 from swarmd.identity import ClusterKeys
 from swarmd.transport import curve_client
 from tests.harness import Daemon, member_socket, new_secret, swarmctl, wait_until
@@ -56,7 +61,7 @@ def _send_until_counted(
 
 def test_a_member_cannot_speak_as_another_node(tmp_path: Path, daemons: list[Daemon]) -> None:
     """Mallory holds a credential of its own. A gossip message naming the victim as its
-    sender is dropped; so is a routing id that names the victim with Mallory's MAC."""
+    sender is dropped; so is a routing id that names the victim with Mallory's signature."""
     secret = new_secret()
     d = Daemon(tmp_path, "victim", secret=secret, args=("--no-mdns",))
     daemons.append(d)
@@ -71,10 +76,11 @@ def test_a_member_cannot_speak_as_another_node(tmp_path: Path, daemons: list[Dae
     try:
         syn = Syn(sender=NodeRef(victim, 99, 1, "127.0.0.1:9"), seq=1, digest=[])
         _send_until_counted(s, d, codec.encode(syn), "dropped_forged_sender")
-        # Mallory's own MAC under the victim's id: the MAC binds the id, so it fails.
+        # Mallory's own signature under the victim's id: it binds the id, so it fails.
         s2.setsockopt(zmq.LINGER, 0)
         curve_client(s2, ClusterKeys.from_secret(raw), forged)
-        s2.setsockopt(zmq.ROUTING_ID, f"{victim} {forged.mac.hex()} 0002".encode())
+        route = f"{victim} {encode_signature(forged.signature)} 0002"
+        s2.setsockopt(zmq.ROUTING_ID, route.encode())
         s2.connect(f"tcp://{d.address}")
         _send_until_counted(s2, d, codec.encode(syn), "dropped_unauthenticated")
     finally:

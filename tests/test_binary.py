@@ -170,7 +170,9 @@ def test_binaries_form_a_cluster_and_run_tasks(
             CLUSTER_WITHIN_S,
             what=f"{node.name} to see b1 and b2 alive",
         )
-    assert (b2.state_dir / "cluster.secret").read_text() == secret + "\n"
+    # a member, not an admin: a membership signed by b1's authority key (Ed25519)
+    assert not (b2.state_dir / "cluster.secret").exists()
+    assert (b2.state_dir / "membership").is_file()
 
     # a shell command, as `swarmctl submit --wait -- CMD`
     status = b1.ctl_json("submit", "--wait", "--", "echo", "hello", timeout=TASK_WITHIN_S)

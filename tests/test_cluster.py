@@ -99,17 +99,16 @@ def test_join_token_and_remote_control(tmp_path: Path, daemons: list[Daemon]) ->
     daemons.append(b)
     b.start().wait_ready()
     wait_until(lambda: a.states() == {"a": "alive", "b": "alive"}, 10, what="b to join a")
-    assert (a.state_dir / "cluster.secret").read_text() == (
-        b.state_dir / "cluster.secret"
-    ).read_text()
-    assert oct((b.state_dir / "cluster.secret").stat().st_mode & 0o777) == "0o600"
+    # b is a member without the secret (its membership: listening key, certificate).
+    assert not (b.state_dir / "cluster.secret").exists()
+    assert oct((b.state_dir / "membership").stat().st_mode & 0o777) == "0o600"
     assert oct((a.state_dir / "control.sock").stat().st_mode & 0o777) == "0o600"
 
-    # A member can query another member remotely over CURVE.
+    # A member can query another member remotely over CURVE (with its certificate).
     out = swarmctl("--json", "--node", a.address, "peers", state_dir=b.state_dir)
     assert out.returncode == 0, out.stderr
     assert {p["name"] for p in json.loads(out.stdout)} == {"a", "b"}
-    # Later starts need no token: the secret is stored.
+    # Later starts need no token: the membership is stored.
     b.term()
     b.args = ("--no-mdns", "--join", a.address)
     b.start().wait_ready()

@@ -27,6 +27,7 @@ from swarmd.dashboard import (
     parse_head,
     safe_endpoint,
 )
+from swarmd.identity import ClusterKeys
 from swarmd.watchers import TaskWatchers
 from tests.browser import Browser, find_chromium
 from tests.harness import ROOT, Daemon, free_port, new_secret, swarmctl, wait_until
@@ -50,7 +51,7 @@ def fake_node(secret: bytes, task_name: str = "hello") -> Any:
         name="n1",
         address="127.0.0.1:7946",
         generation=1,
-        keys=SimpleNamespace(secret=secret),
+        keys=ClusterKeys.from_secret(secret),
     )
 
 

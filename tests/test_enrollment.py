@@ -15,9 +15,12 @@ from typing import Any
 
 import msgspec
 import zmq
+from zmq.utils import z85
 
 from protocol import codec
 from protocol.messages import EnrollReply, EnrollRequest, NodeRef, PeersRequest, Syn
+from swarmd.credentials import Verifier, encode_signature
+from swarmd.identity import ClusterKeys
 from swarmd.join_tokens import TOKEN_V2_PREFIX, Invitation, enroll_proof, parse_token
 from tests.harness import Daemon, swarmctl, wait_until
 
@@ -45,11 +48,12 @@ def _joiner(tmp_path: Path, daemons: list[Daemon], name: str, token: str, *args:
 
 
 def _refused(d: Daemon, message: str) -> None:
-    """``d`` exits 77 saying ``message``, without a cluster secret."""
+    """``d`` exits 77 saying ``message``, without a cluster secret or membership."""
     assert d.wait_exit(60) == EXIT_TOKEN_REFUSED, d.log()
     assert message in d.log(), d.log()
     assert "Traceback" not in d.log()
     assert not (d.state_dir / "cluster.secret").exists()
+    assert not (d.state_dir / "membership").exists()
 
 
 def test_a_token_joins_a_node_and_does_not_carry_the_secret(
@@ -72,10 +76,10 @@ def test_a_token_joins_a_node_and_does_not_carry_the_secret(
 
     b = _joiner(tmp_path, daemons, "b", token).wait_ready(30)
     wait_until(lambda: a.states() == {"a": "alive", "b": "alive"}, 15, what="b to join a")
-    assert (b.state_dir / "cluster.secret").read_text() == (
-        a.state_dir / "cluster.secret"
-    ).read_text()
-    assert oct((b.state_dir / "cluster.secret").stat().st_mode & 0o777) == "0o600"
+    # b is a member, not an admin: a membership, and no cluster secret.
+    assert not (b.state_dir / "cluster.secret").exists()
+    assert oct((b.state_dir / "membership").stat().st_mode & 0o777) == "0o600"
+    assert secret.hex() not in (b.state_dir / "membership").read_text()
     assert a.counters().get("enroll_admitted") == 1
     # A restart with the token still given (install.sh's join.env) enrolls no more.
     assert b.term() == 0
@@ -154,6 +158,10 @@ def _uncredentialed(ctx: zmq.Context[zmq.Socket[bytes]], invitation: Invitation)
     return s, public
 
 
+def _b64(signature: bytes) -> bytes:
+    return encode_signature(signature).encode()
+
+
 def _answer(s: zmq.Socket[bytes]) -> EnrollReply:
     assert s.poll(10_000), "no answer to an enroll request"
     reply = codec.decode(s.recv())
@@ -212,7 +220,14 @@ def test_a_client_without_credential_may_only_enroll_and_slowly(
             return None
 
         reply = wait_until(admitted, 20, what="the real request to get through")
-        assert reply.secret.hex() == (a.state_dir / "cluster.secret").read_text().strip()
+        # A membership: the listening key, the authority's key, a certificate for
+        # "newbie" with this very key; no cluster secret.
+        secret = bytes.fromhex((a.state_dir / "cluster.secret").read_text())
+        keys = ClusterKeys.from_secret(secret)
+        assert reply.secret == b"" and reply.authority == keys.authority
+        assert z85.encode(reply.listening_key) == keys.secret_z85
+        route = b"newbie " + _b64(reply.certificate) + b" 01"
+        assert Verifier(keys.authority).sender(route, public) == "newbie"
         s.close()
     finally:
         ctx.term()

@@ -324,7 +324,7 @@ def test_trailing_bytes_after_a_message_are_malformed() -> None:
     assert reason_of(codec.encode(EXAMPLES[Syn]) + b"\x00").reason == "malformed"
 
 
-@pytest.mark.parametrize("version", [0, 1, 2, 4, 99, "3", None])
+@pytest.mark.parametrize("version", [0, 1, 2, 3, 5, 99, "4", None])
 def test_other_version_of_a_broken_message(version: Any) -> None:
     raw = syn_map(v=version)
     del raw["seq"]
@@ -333,13 +333,13 @@ def test_other_version_of_a_broken_message(version: Any) -> None:
     assert repr(version) in error.detail
 
 
-@pytest.mark.parametrize("version", [2, 4], ids=["previous", "next"])
+@pytest.mark.parametrize("version", [3, 5], ids=["previous", "next"])
 @pytest.mark.parametrize("kind", [Syn, PeersRequest], ids=["syn", "peers"])
 def test_well_formed_message_of_another_version_is_rejected(
     kind: type[Message], version: int
 ) -> None:
-    """Version 2 (one CURVE key for the whole cluster) and a future 4 alike."""
-    assert PROTOCOL_VERSION == 3
+    """Version 3 (credentials MACed with the cluster secret) and a future 5 alike."""
+    assert PROTOCOL_VERSION == 4
     raw: dict[str, Any] = msgspec.to_builtins(EXAMPLES[kind])
     raw["v"] = version
     assert reason_of(msgspec.msgpack.encode(raw)).reason == "version"

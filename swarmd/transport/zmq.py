@@ -152,7 +152,7 @@ class ZmqTransport:
         self.gate = EnrollGate(self.counters, log)
         self._auth: AsyncioAuthenticator | None = None
         self.credentials: Credentials | None = None  # what our links present
-        self.verifier = Verifier(keys.secret)
+        self.verifier = Verifier(keys.authority)
         self._denied: set[bytes] = set()  # public keys of revoked nodes
         self._servers: list[tuple[zmq.asyncio.Socket, zmq.Socket[bytes]]] = []
         self._links: dict[str, _Link] = {}
