@@ -985,6 +985,7 @@ def denial_counters(cluster: ChaosCluster) -> dict[int, dict[str, int]]:
         out[h] = {
             "handshake_failed": sum(v for k, v in c.items() if k.startswith("handshake_failed")),
             "zap_denied": c.get("zap_denied", 0),
+            "dropped_unauthenticated": c.get("dropped_unauthenticated", 0),
             "mdns_foreign_cluster": c.get("mdns_foreign_cluster", 0),
         }
     return out
@@ -1057,7 +1058,9 @@ def probe_main(argv: list[str]) -> int:
     """``python -m tests.chaos probe SERVER_KEY HOST:PORT...``: until SIGTERM, dial each
     target as a CURVE client with the cluster's *public* key but a key pair of its own
     (not the secret), ask for the peer list, and count the replies (members must give
-    none: their ZAP handler denies the key). Prints one JSON line at the end."""
+    none: without a credential signed by the cluster's authority every request but an
+    enrollment is dropped and counted as ``dropped_unauthenticated``). Prints one JSON
+    line at the end."""
     import zmq
 
     server_key, targets = argv[0].encode(), argv[1:]

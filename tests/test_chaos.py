@@ -21,7 +21,7 @@ Invariants, checked after healing (and some during the run):
    each coordinator's journal agrees; every worker's outbox drains;
 3. no member accepted traffic from outside the cluster: the intruder never appears in a
    member's view (during the run too), never in a member's log, the probe got no reply,
-   and every member counted the intruder's handshakes and the probe's ZAP denials;
+   and every member counted the intruder's handshakes and dropped the probe's requests;
 4. the members' views agree: each lists exactly the five members, all alive;
 
 and besides: every fault was applied, every SIGTERM ended in exit code 0, and no member
@@ -271,11 +271,12 @@ def test_chaos(
         phase = "invariant 3: nothing accepted from outside"
         wait_for(
             lambda: all(
-                c["handshake_failed"] > 0 and c["zap_denied"] > 0
+                c["handshake_failed"] > 0 and c["dropped_unauthenticated"] > 0
                 for c in chaos.denial_counters(cluster).values()
             ),
             20,
-            "every member to count the intruder's refused handshakes and the probe's ZAP denials",
+            "every member to count the intruder's refused handshakes and the probe's "
+            "uncredentialed requests dropped",
             lambda: chaos.denial_counters(cluster),
         )
         denials = chaos.denial_counters(cluster)
