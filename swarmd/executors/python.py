@@ -390,11 +390,19 @@ def _resolve(call: str) -> Any:
     return target
 
 
+def _environ_now() -> dict[Any, Any]:
+    """A copy of the environment, cheap: CPython keeps it encoded in ``os.environ._data``
+    (copied and compared in C, about 1 µs, where decoding each variable costs ~50 µs a
+    call); the decoded mapping elsewhere."""
+    data = getattr(os.environ, "_data", None)
+    return dict(data) if isinstance(data, dict) else dict(os.environ)
+
+
 @dataclass(frozen=True)
 class _Saved:
     """The process state a call may change and the next call must not see."""
 
-    env: dict[str, str]
+    env: dict[Any, Any]  # as _environ_now() gave it
     cwd: str
     path: list[str]
     umask: int
@@ -403,18 +411,27 @@ class _Saved:
     def now(cls) -> _Saved:
         umask = os.umask(0o077)
         os.umask(umask)
-        return cls(dict(os.environ), os.getcwd(), list(sys.path), umask)
+        return cls(_environ_now(), os.getcwd(), list(sys.path), umask)
 
     def restore(self) -> None:
-        for key in [k for k in os.environ if k not in self.env]:
-            del os.environ[key]
-        for key, value in self.env.items():
-            if os.environ.get(key) != value:
-                os.environ[key] = value
+        if _environ_now() != self.env:  # the call (or its spec's env) changed it
+            self._restore_env()
         with contextlib.suppress(OSError):
             os.chdir(self.cwd)
         sys.path[:] = self.path
         os.umask(self.umask)
+
+    def _restore_env(self) -> None:
+        env = os.environ
+        if isinstance(getattr(env, "_data", None), dict):
+            want = {env.decodekey(k): env.decodevalue(v) for k, v in self.env.items()}
+        else:
+            want = self.env
+        for key in [k for k in env if k not in want]:
+            del env[key]
+        for key, value in want.items():
+            if env.get(key) != value:
+                env[key] = value
 
 
 def _invoke(message: _Call) -> _Reply:
