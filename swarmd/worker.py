@@ -267,9 +267,12 @@ class Worker:
         shell = d.spec.get("kind", "shell") == "shell"
         live = LiveOutput() if shell else None
         pump = asyncio.ensure_future(self._stream(key, d, live)) if live else None
+        # Only declared outputs can make a blob: no spool path (nor a stat to clean
+        # one up) for the many calls without any.
+        spool = self.blobs.path_of(key) if d.spec.get("outputs") else None
         try:
             result = await execute(
-                request_of(d, self.models, self.blobs.path_of(key)),
+                request_of(d, self.models, spool),
                 workdir_root=self.workdir_root,
                 allow_shell=self.allow_shell,
                 limits=self.limits,
@@ -297,7 +300,7 @@ class Worker:
             self.running.pop(key, None)
             if pump is not None:
                 pump.cancel()
-        if message.blob is None:
+        if spool is not None and message.blob is None:
             self.blobs.drop(key)  # a blob it wrote before it failed or was stopped
         self._apply(self.core.on_finished(key, message, time.monotonic()))
 
