@@ -25,6 +25,7 @@ from .core.gossip import GossipConfig
 from .core.retention import DAY_S, Retention
 from .core.units import parse_duration, parse_size
 from .hardware import DeclaredGpu
+from .http_head import check_access
 
 DEFAULT_PORT = 7946
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -356,23 +357,18 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"on_battery {cfg.on_battery!r}: expected pause or run")
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level {cfg.log_level!r}: expected debug, info, warning or error")
-    if cfg.metrics_port is not None:
-        if not 0 < cfg.metrics_port < 65536:
-            raise ConfigError(f"metrics_port {cfg.metrics_port}: expected 1-65535")
-        from .httpapi import check_settings as check_metrics  # only when it is on
-
+    ports = (
+        ("metrics", cfg.metrics_port, cfg.metrics_bind, cfg.metrics_token),
+        ("dashboard", cfg.dashboard_port, cfg.dashboard_bind, cfg.dashboard_token),
+    )
+    for what, port, bind, token in ports:  # the opt-in HTTP ports, when they are on
+        if port is None:
+            continue
+        if not 0 < port < 65536:
+            raise ConfigError(f"{what}_port {port}: expected 1-65535")
         try:
-            check_metrics(cfg.metrics_bind, cfg.metrics_token)
+            check_access(what, bind, token)
         except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-    if cfg.dashboard_port is not None:
-        if not 0 < cfg.dashboard_port < 65536:
-            raise ConfigError(f"dashboard_port {cfg.dashboard_port}: expected 1-65535")
-        from .dashboard import DashboardError, check_settings  # only when it is on
-
-        try:
-            check_settings(cfg.dashboard_bind, cfg.dashboard_token)
-        except DashboardError as exc:
             raise ConfigError(str(exc)) from None
     if cfg.max_concurrency < 1:
         raise ConfigError("max_concurrency: expected at least 1")

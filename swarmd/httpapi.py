@@ -16,7 +16,7 @@ answered, gets a quick 503.
 
 Access, as for the dashboard: bound to loopback (the default) it answers anyone on this
 machine. ``metrics_bind`` anywhere else needs ``[node] metrics_token`` (refused at
-config load without one, :func:`check_settings`), and then every request must carry
+config load without one, :func:`swarmd.http_head.check_access`), and then every request must carry
 it — ``Authorization: Bearer TOKEN`` (Prometheus ``authorization.credentials``) or
 ``?token=TOKEN`` — else 401.
 """
@@ -32,7 +32,6 @@ import time
 from typing import Any
 from urllib.parse import parse_qs
 
-from .http_head import check_access
 from .metrics import CONTENT_TYPE, MetricsNode, NodeMetrics
 
 MAX_LINE_BYTES = 8192  # request line, and each header line
@@ -55,11 +54,6 @@ _REASONS = {
 }
 _JSON = "application/json"
 _TEXT = "text/plain; charset=utf-8"
-
-
-def check_settings(bind: str, token: str | None) -> None:
-    """ValueError for a bind address beyond loopback without a token, or a weak token."""
-    check_access("metrics", bind, token)
 
 
 _BUSY = b"busy: too many connections answering\n"
