@@ -392,8 +392,8 @@ def _resolve(call: str) -> Any:
 
 def _environ_now() -> dict[Any, Any]:
     """A copy of the environment, cheap: CPython keeps it encoded in ``os.environ._data``
-    (copied and compared in C, about 1 µs, where decoding each variable costs ~50 µs a
-    call); the decoded mapping elsewhere."""
+    (copied and compared in C, about 1 µs, where decoding them all cost ~30 µs a call
+    with 35 variables); the decoded mapping elsewhere."""
     data = getattr(os.environ, "_data", None)
     return dict(data) if isinstance(data, dict) else dict(os.environ)
 
