@@ -269,7 +269,7 @@ class Worker:
         pump = asyncio.ensure_future(self._stream(key, d, live)) if live else None
         # Only declared outputs can make a blob: no spool path (nor a stat to clean
         # one up) for the many calls without any.
-        spool = self.blobs.path_of(key) if d.spec.get("outputs") else None
+        spool = self.blobs.spool_for(key) if d.spec.get("outputs") else None
         try:
             result = await execute(
                 request_of(d, self.models, spool),

@@ -40,9 +40,17 @@ class BlobServer:
         self.send = send
         self.counters = counters
         self.log = log
+        # The attempts that may have a blob on disk (declared outputs, or one kept from
+        # before a restart): an acknowledgement of any other costs no stat.
+        self._spooled: set[AttemptKey] = set()
 
     def path_of(self, key: AttemptKey) -> Path:
         return self.root / spool_name(key)
+
+    def spool_for(self, key: AttemptKey) -> Path:
+        """Where the attempt ``key`` writes a blob, should its artifacts need one."""
+        self._spooled.add(key)
+        return self.path_of(key)
 
     def serve(self, want: BlobWant, addr: str | None, result: AttemptResult | None) -> None:
         """Send the chunks ``want`` asks for, read from disk one at a time; an error
@@ -79,15 +87,19 @@ class BlobServer:
         )
 
     def drop(self, key: AttemptKey) -> None:
+        if key not in self._spooled:
+            return
+        self._spooled.discard(key)
         path = self.path_of(key)
         if path.exists():
             shutil.rmtree(path, ignore_errors=True)
 
     def keep_only(self, keys: Iterable[AttemptKey]) -> int:
         """Remove every blob but those of ``keys`` (at start); how many went."""
+        self._spooled = set(keys)
         if not self.root.is_dir():
             return 0
-        keep = {spool_name(k) for k in keys}
+        keep = {spool_name(k) for k in self._spooled}
         gone = 0
         for entry in self.root.iterdir():
             if entry.name not in keep:

@@ -280,6 +280,20 @@ def test_python_stdlib_call(pool: PythonPool, tmp_path: Path) -> None:
     assert res.output == '"[1,2]"'
 
 
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="no SCHED_BATCH here")
+def test_python_workers_run_under_batch_scheduling(pool: PythonPool, tmp_path: Path) -> None:
+    """Pool workers do not preempt the daemon when a call reaches them (SCHED_BATCH);
+    ``batch_scheduling=False`` leaves them as they were started."""
+    res = run_py(pool, py("os:sched_getscheduler", 0), tmp_path)
+    assert res.ok and res.output == str(os.SCHED_BATCH)
+    plain = PythonPool(max_workers=1, batch_scheduling=False)
+    try:
+        res = run_py(plain, py("os:sched_getscheduler", 0), tmp_path)
+        assert res.ok and res.output == str(os.sched_getscheduler(0))
+    finally:
+        plain.close()
+
+
 def test_python_function_from_a_module_on_pythonpath(pool: PythonPool, tmp_path: Path) -> None:
     moddir = tmp_path / "mods"
     moddir.mkdir()
