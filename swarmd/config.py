@@ -58,6 +58,7 @@ class Config:
     join_timeout_s: float = 60.0  # --join-timeout: how long to try enrolling with a token
     log_level: str = "info"
     max_concurrency: int = field(default_factory=lambda: os.cpu_count() or 1)
+    max_queue: int | None = None  # shell/python attempts held beyond the slots; None: slots
     allow_shell: bool = True
     cost_per_hour: float = 0.0
     on_battery: str = "pause"
@@ -214,6 +215,7 @@ def _node_values(top: _Table, label: str) -> dict[str, Any]:
         ("mdns", bool),
         ("log_level", str),
         ("max_concurrency", int),
+        ("max_queue", int),
         ("allow_shell", bool),
         ("cost_per_hour", (int, float)),
         ("on_battery", str),
@@ -372,5 +374,7 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(str(exc)) from None
     if cfg.max_concurrency < 1:
         raise ConfigError("max_concurrency: expected at least 1")
+    if cfg.max_queue is not None and not 0 <= cfg.max_queue <= 10_000:
+        raise ConfigError(f"max_queue {cfg.max_queue}: expected 0-10000")
     if cfg.gossip.interval_s <= 0 or cfg.gossip.fanout < 1:
         raise ConfigError("[gossip]: interval must be > 0 and fanout >= 1")

@@ -218,6 +218,7 @@ class Node:
             send=self._send_to,
             workdir_root=cfg.state_dir / "work",
             slots=cfg.max_concurrency,
+            queue=cfg.max_queue,
             allow_shell=cfg.allow_shell,
             models={m.name: (m.endpoint, m.model, m.max_concurrency) for m in cfg.models},
             log=self.log.getChild("worker"),

@@ -94,6 +94,7 @@ def test_contract_example(tmp_path: Path, state: Path) -> None:
     assert (cfg.name, cfg.port, cfg.bind) == ("desk", 7946, "0.0.0.0")
     assert cfg.join == ("192.168.1.20:7946",)
     assert cfg.max_concurrency == 4
+    assert cfg.max_queue is None  # as many as the slots
     assert cfg.allow_shell is True
     assert cfg.cost_per_hour == 0.0
     assert cfg.on_battery == "pause"
@@ -325,6 +326,8 @@ def test_models_become_valid_gossip_profiles(tmp_path: Path) -> None:
             {},
             ["[models.fast]", "unknown key", "endpiont"],
         ),
+        ("[node]\nmax_queue = -1", {}, ["max_queue", "-1", "0-10000"]),
+        ("[node]\nmax_queue = '8'", {}, ["[node] max_queue", "expected int"]),
         ("[gossip]\ninterval = 'soon'", {}, ["[gossip] interval", "soon"]),
         ("[gossip]\ninterval = '0ms'", {}, ["[gossip]", "interval"]),
         ("[gossip]\nfanout = 0", {}, ["[gossip]", "fanout"]),

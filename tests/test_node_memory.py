@@ -68,7 +68,12 @@ class Swarm:
         self._runs: dict[str, asyncio.Task[int]] = {}
 
     async def start(
-        self, name: str, *, allow_shell: bool = True, node_id: str | None = None
+        self,
+        name: str,
+        *,
+        allow_shell: bool = True,
+        node_id: str | None = None,
+        max_queue: int | None = None,
     ) -> Node:
         state = self.root / name
         ensure_state_dir(state)
@@ -84,6 +89,7 @@ class Swarm:
             join=tuple(n.address for n in self.nodes.values())[:1],
             mdns=False,
             max_concurrency=2,
+            max_queue=max_queue,
             allow_shell=allow_shell,
             drain_grace_s=1.0,
         )
@@ -277,6 +283,31 @@ def _draining(viewer: Node, of: Node) -> bool:
 
 def _slots(viewer: Node, of: Node) -> int:
     return next((m.state.get("slots") for m in viewer.members() if m.node_id == of.node_id), -1)
+
+
+@swarm_test
+async def test_max_queue_is_gossiped_and_bounds_what_a_worker_holds(swarm: Swarm) -> None:
+    """``[node] max_queue``: the peers see it as ``queue_max``; a coordinator never
+    has more than slots + max_queue attempts held on that worker at once."""
+    coordinator = await swarm.start("c", allow_shell=False)
+    worker = await swarm.start("w", max_queue=5)
+    await swarm.formed()
+    await until(lambda: _state(coordinator, worker, "queue_max") == 5, "queue_max gossiped")
+    held: list[int] = []
+    sleepy = {"kind": "python", "call": "time:sleep", "args": [0.05]}
+    task = await swarm.submit(coordinator, *({"id": f"s{i}", **sleepy} for i in range(20)))
+
+    def done() -> bool:
+        held.append(worker.worker.core.load)
+        return task_state(coordinator, task) == "done"
+
+    await until(done, "the task is done")
+    assert max(held) == 2 + 5  # the slots full and the queue full, never more
+    assert counter(worker, "worker_refused") == 0
+
+
+def _state(viewer: Node, of: Node, key: str) -> Any:
+    return next((m.state.get(key) for m in viewer.members() if m.node_id == of.node_id), None)
 
 
 @swarm_test
