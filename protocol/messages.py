@@ -84,6 +84,7 @@ from protocol.state import (
     Models,
     validate_state_value,
 )
+from protocol.usage import UsageNode, UsageReply, UsageRequest, UsageRow
 from protocol.work import (
     AttemptResult,
     BlobChunk,
@@ -111,6 +112,7 @@ ControlRequest = (
     | LogsRequest
     | ArtifactRequest
     | RevokeRequest
+    | UsageRequest
 )
 ControlReply = (
     PeersReply
@@ -125,6 +127,7 @@ ControlReply = (
     | LogsReply
     | ArtifactReply
     | RevokeReply
+    | UsageReply
 )
 WorkMessage = WorkItem | Bundle
 EnrollMessage = EnrollRequest | EnrollReply
@@ -157,6 +160,8 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (
     ArtifactReply,
     RevokeRequest,
     RevokeReply,
+    UsageRequest,
+    UsageReply,
     Dispatch,
     DispatchReply,
     Progress,
@@ -246,6 +251,10 @@ __all__ = [
     "TasksReply",
     "TasksRequest",
     "Text",
+    "UsageNode",
+    "UsageReply",
+    "UsageRequest",
+    "UsageRow",
     "Verdict",
     "WatchReply",
     "WatchRequest",

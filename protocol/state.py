@@ -62,6 +62,20 @@ RevokedEntry = tuple[
 ]
 Revoked = Annotated[list[RevokedEntry], Meta(max_length=1024)]
 
+
+# Today's spend per client key, as this node's book counted it (cluster-wide budgets):
+# {"day": UTC day number, "keys": {key id: [tokens, cost]}}.
+class Spend(Struct):
+    day: Annotated[int, Meta(ge=0)]
+    keys: Annotated[
+        dict[
+            Annotated[str, Meta(max_length=64)],
+            tuple[Annotated[int, Meta(ge=0)], Annotated[float, Meta(ge=0, le=1e15)]],
+        ],
+        Meta(max_length=256),
+    ] = {}
+
+
 # The keys a node gossips about itself and the schema of each value.
 STATE_SCHEMAS: dict[str, Any] = {
     "name": Name,
@@ -79,6 +93,7 @@ STATE_SCHEMAS: dict[str, Any] = {
     "cost_per_hour": Annotated[float, Meta(ge=0)],
     "on_battery": Literal["pause", "run"],
     "speed": Annotated[float, Meta(gt=0, le=1000)],  # [hardware] speed, for shell/python
+    "spend": Spend,  # today's llm spend per client key it coordinated (budgets)
     "revoked": Revoked,  # the node ids shut out of the cluster, as this node knows them
 }
 

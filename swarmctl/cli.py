@@ -365,7 +365,8 @@ def mcp_command(obj: Ctx, root: Path | None) -> None:
     serve(obj.state_dir, obj.node, obj.timeout, root.resolve() if root else default_root())
 
 
-from . import task_commands  # noqa: E402, F401 - registers submit, status, logs ...
+# These register submit, status, logs ... and usage.
+from . import task_commands, usage_command  # noqa: E402, F401
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -12,6 +12,7 @@ import os
 import re
 import socket
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import msgspec
 
 from protocol.messages import ModelProfile
 
+from .core.budget import Budget, parse_budgets
 from .core.failure import DetectorConfig
 from .core.gossip import GossipConfig
 from .core.retention import DAY_S, Retention
@@ -76,6 +78,7 @@ class Config:
     models: tuple[ModelConfig, ...] = ()
     gossip: GossipConfig = field(default_factory=GossipConfig)
     retention: Retention = field(default_factory=Retention)  # [tasks] keep, keep_tasks
+    budgets: Mapping[str, Budget] = field(default_factory=dict)  # [gateway] budget, by key id
     source: Path | None = None  # the file it was read from
 
     @property
@@ -163,6 +166,7 @@ def load(path: Path | None, overrides: dict[str, Any], state_dir: Path | None = 
     t = _Table(f"{label} [tasks]", top.get("tasks", dict, {}))
     retention = _retention(t)
     t.check_unknown()
+    budgets = _budgets(top, label)
     top.check_unknown()
 
     values.update({k: v for k, v in overrides.items() if v is not None and v != ()})
@@ -176,6 +180,7 @@ def load(path: Path | None, overrides: dict[str, Any], state_dir: Path | None = 
         models=tuple(models),
         gossip=gossip,
         retention=retention,
+        budgets=budgets,
         source=path,
         **values,
     )
@@ -338,6 +343,18 @@ def _retention(t: _Table) -> Retention:
     if keep_subtasks < 1:
         raise ConfigError(f"{t.where} keep_subtasks: expected at least 1, got {keep_subtasks}")
     return Retention(keep_s=keep_s, keep_tasks=keep_tasks, keep_subtasks=keep_subtasks)
+
+
+def _budgets(top: _Table, label: str) -> dict[str, Budget]:
+    """``[gateway] budget = { "API key" = "N tokens/day" | "$N/day" }``, by key id (the
+    rest of ``[gateway]`` is read, and checked for unknown keys, with the gateway)."""
+    gateway = _Table(f"{label} [gateway]", top.get("gateway", dict, {}))
+    if "budget" not in gateway.data:
+        return {}
+    try:
+        return parse_budgets(gateway.data["budget"])
+    except ValueError as exc:
+        raise ConfigError(f"{gateway.where} budget: {exc}") from None
 
 
 def _validate(cfg: Config) -> None:

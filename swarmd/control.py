@@ -41,6 +41,7 @@ from protocol.messages import (
     TaskRequest,
     TasksReply,
     TasksRequest,
+    UsageRequest,
     WatchReply,
     WatchRequest,
 )
@@ -59,6 +60,7 @@ from .core.jobspec import (
 from .core.tasks import FINAL_TASK, UnknownTask
 from .credentials import NotAdmin
 from .journal_health import JournalUnavailable
+from .usage import Usage
 from .work import Coordination
 
 INLINE_REPLY_MAX = 8 * 1024 * 1024  # artifacts a task_reply may carry (the frame is 16 MiB)
@@ -85,6 +87,8 @@ class NodeFacade(Protocol):
     def set_draining(self, draining: bool) -> int: ...
     def revoke(self, node_id: str) -> bool: ...
     def revoked(self) -> list[str]: ...
+    @property
+    def usage(self) -> Usage | None: ...
 
 
 def _hardware(value: Any) -> Hardware | None:
@@ -172,6 +176,7 @@ class Control:
             DrainRequest: lambda r, _l: self.drain(r),
             ArtifactRequest: lambda r, _l: self.artifact(r),
             RevokeRequest: self.revoke,
+            UsageRequest: lambda r, _l: self.usage(r),
         }
         self._reader: ArtifactReader | None = None
 
@@ -195,6 +200,18 @@ class Control:
             return self.reader.read(request)
         except (OSError, BlobError) as exc:
             return ErrorReply(code="internal", message=f"cannot read the artifacts: {exc}")
+
+    def usage(self, request: UsageRequest) -> ControlReply:
+        """This node's usage book (a peer gathering ``swarmctl usage`` asks this)."""
+        if self.node.usage is None:
+            return ErrorReply(code="unavailable", message="the usage book is not ready")
+        return self.node.usage.local_reply(request)
+
+    async def _usage_cluster(self, request: UsageRequest) -> ControlReply:
+        """Every live node's usage book, summed (``swarmctl usage``)."""
+        if self.node.usage is None:
+            return ErrorReply(code="unavailable", message="the usage book is not ready")
+        return await self.node.usage.gather(request)
 
     def join_token(self, request: JoinTokenRequest, local: bool) -> ControlReply:
         """Only on the node's own socket: a member asking over the network could
@@ -267,11 +284,15 @@ class Control:
             return request.what == "cancel" or not commits.durable(request.task)
         if isinstance(request, TasksRequest):
             return not commits.durable()
+        if isinstance(request, UsageRequest):
+            return request.cluster
         return isinstance(request, WatchRequest | LogsRequest)
 
     async def answer_later(
-        self, request: WatchRequest | LogsRequest | TaskRequest | TasksRequest
+        self, request: WatchRequest | LogsRequest | TaskRequest | TasksRequest | UsageRequest
     ) -> ControlReply:
+        if isinstance(request, UsageRequest):
+            return await self._usage_cluster(request)
         if isinstance(request, TaskRequest | TasksRequest):
             return await self._once_durable(request)
         coordination = self.node.coordination

@@ -20,6 +20,7 @@ import time
 from collections.abc import Mapping
 
 from .core import tasks as core
+from .core.usage import UsageBook
 from .journal_health import RETRY_S, JournalHealth, JournalUnavailable, describe
 from .store import Store
 
@@ -47,6 +48,8 @@ class GroupCommit:
         self._dirty: set[str] = set()  # tasks with changes not committed yet
         self._retry_at = 0.0
         self._committed: list[asyncio.Future[None]] = []
+        # The llm usage book (swarmd.core.usage): its changed rows go in the same commit.
+        self.usage: UsageBook | None = None
 
     @property
     def failing(self) -> bool:
@@ -91,19 +94,25 @@ class GroupCommit:
         changed, or None if the commit failed (or a retry is not due yet)."""
         if self.failing and time.monotonic() < self._retry_at:
             return None
-        if self._records or self._artifacts:
+        usage = self.usage if self.usage is not None and self.usage.has_pending() else None
+        if self._records or self._artifacts or usage is not None:
             try:
                 for (task_id, subtask_id), files in self._artifacts.items():
                     self.store.put_artifacts(task_id, subtask_id, files)
                 self._artifacts.clear()
                 records = self._records.values()
-                written = self.store.write_journal((r.kind, *r.key[1:], r.data) for r in records)
+                written = self.store.write_journal(
+                    ((r.kind, *r.key[1:], r.data) for r in records),
+                    None if usage is None else usage.pending(),
+                )
             except (sqlite3.Error, OSError) as exc:
                 self._retry_at = time.monotonic() + RETRY_S
                 self.health.failed("journal", exc)
                 return None
             self.records_written += written
             self._records.clear()
+            if usage is not None:
+                usage.written()
         self._retry_at = 0.0
         released, self._held = self._held, []
         changed = [*self._dirty, *(t for t in map(task_of, released) if t not in self._dirty)]

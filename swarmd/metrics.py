@@ -32,6 +32,7 @@ from . import __version__
 from .core.failure import Liveness
 from .core.gossip import Member
 from .core.tasks import SubtaskState, TaskState
+from .usage import UsageCollector
 from .work import Coordination
 from .worker import Worker
 
@@ -219,6 +220,13 @@ class NodeMetrics:
             registry=self.registry,
         )
         node.coordination.on_dispatch_latency = self.dispatch_latency.observe
+        self._register_usage(node)
+
+    def _register_usage(self, node: MetricsNode) -> None:
+        """swarmd_llm_requests_total, _errors_total, _tokens_total, _cost_total."""
+        usage = getattr(node, "usage", None)
+        if usage is not None:
+            self.registry.register(UsageCollector(usage))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -29,6 +29,7 @@ from . import node_services as services
 from . import sdnotify, statedir
 from .config import Config
 from .control import Control
+from .core.budget import Budgets
 from .core.failure import Liveness
 from .core.gossip import Member
 from .core.jobspec import PeerFacts
@@ -54,6 +55,7 @@ from .store import Store
 from .transport import BindError, TransportFactory, listening
 from .transport.base import Transport
 from .trust import Trust
+from .usage import Usage
 from .work import Clock, Coordination
 from .worker import Worker
 
@@ -102,6 +104,7 @@ class Node:
         self.enrollment: Enrollment | None = None  # join tokens: tickets issued, redeemed
         self.health = JournalHealth(config.state_dir, self.log)  # can we write the state dir?
         self.journal_moved: Path | None = None  # a damaged journal, moved aside at start
+        self.usage: Usage | None = None  # the llm usage book and budgets (swarmd/usage.py)
 
     # ------------------------------------------------------------ start / stop
 
@@ -241,7 +244,26 @@ class Node:
         )
         membership.on_peer_gone = coordination.on_peer_gone
         membership.on_new_identity = self._on_new_identity
+        self._build_usage(store, membership, coordination)
         return membership, coordination, worker
+
+    def _build_usage(
+        self, store: Store, membership: Membership, coordination: Coordination
+    ) -> None:
+        """The usage book, read back from the store, fed by the coordinator's results
+        and written with its group commits."""
+        self.usage = usage = Usage(
+            node_id=lambda: self.node_id,
+            name=self.config.name,
+            members=membership.members,
+            send=self._send_to,
+            budgets=Budgets(self.config.budgets),
+            clock=coordination.clock,
+            log=self.log.getChild("usage"),
+        )
+        usage.load(store.usage_rows())
+        coordination.coordinator.usage = usage.book
+        coordination.commits.usage = usage.book
 
     def _start_loops(
         self, own: OwnState, membership: Membership, coordination: Coordination, worker: Worker
@@ -252,6 +274,8 @@ class Node:
         spawn(membership.watchdog())
         spawn(sdnotify.supervise(self._sd_status, membership.healthy))
         spawn(coordination.loop())
+        if self.usage is not None:
+            spawn(self.usage.loop(membership.set, coordination.flush))
         if self.config.models:
             spawn(own.model_loop(membership.set))
         spawn(worker.timer_loop())

@@ -18,6 +18,7 @@ from protocol.messages import (
     ResultAck,
     Syn,
     SynAck,
+    UsageReply,
     WorkItem,
     WorkMessage,
 )
@@ -77,11 +78,19 @@ class Router:
             return None
         return self.node.membership.address_of(sender) or "?"
 
+    def _usage_reply(self, addr: str, message: UsageReply) -> None:
+        """A peer's book for a ``swarmctl usage`` this node is gathering."""
+        owner = None if self.node.membership is None else self.node.membership.node_at(addr)
+        if self.node.trust is not None and self.node.trust.admit_answer(message, owner):
+            self.node.usage.on_reply(owner, message)
+
     def on_link(self, addr: str, message: AnyMessage) -> None:
         if isinstance(message, SynAck) and self.node.membership is not None:
             if self.node.trust is not None and self.node.trust.admit_answer(
                 message, self.node.membership.node_at(addr)
             ):
                 self.node.membership.on_answer(addr, message)
+        elif isinstance(message, UsageReply) and self.node.usage is not None:
+            self._usage_reply(addr, message)
         else:
             self.node.counters["dropped_unexpected"] += 1

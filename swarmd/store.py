@@ -7,6 +7,9 @@
 - ``inputs``: the files a task shipped with it, sent along with each dispatch.
 - ``artifacts``: committed results' output files.
 - ``outbox``: a worker's finished results until their coordinator acknowledges them.
+- ``usage``: the coordinator's llm usage book (:mod:`swarmd.core.usage`), one row per
+  time bucket and (profile, model, node, client), upserted with the journal records
+  of the same commit.
 - ``quarantine``: journal rows restore could not use (bad msgpack, a missing key, a
   wrong type), moved out of ``journal`` with the reason, for a person to look at.
 
@@ -24,7 +27,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +46,19 @@ CREATE TABLE IF NOT EXISTS artifacts (
 CREATE TABLE IF NOT EXISTS outbox (
     task TEXT NOT NULL, subtask TEXT NOT NULL, attempt INTEGER NOT NULL,
     coordinator TEXT NOT NULL, message BLOB NOT NULL, PRIMARY KEY (task, subtask, attempt));
+CREATE TABLE IF NOT EXISTS usage (
+    start INTEGER NOT NULL, span INTEGER NOT NULL, profile TEXT NOT NULL, model TEXT NOT NULL,
+    node TEXT NOT NULL, client TEXT NOT NULL, node_name TEXT NOT NULL, requests INTEGER NOT NULL,
+    errors INTEGER NOT NULL, tokens_in INTEGER NOT NULL, tokens_out INTEGER NOT NULL,
+    cost REAL NOT NULL, PRIMARY KEY (start, span, profile, model, node, client));
 CREATE TABLE IF NOT EXISTS quarantine (
     kind TEXT, task TEXT, subtask TEXT, data BLOB, reason TEXT NOT NULL, at REAL NOT NULL);
 """
 _SIDE_FILES = ("", "-wal", "-shm", "-journal")
 
 JournalRecord = tuple[str, dict[str, Any]]  # (kind, data)
+# The usage book's changes: rows to upsert, and keys (with start, span, dims) to delete.
+UsageWrite = tuple[Sequence[tuple[Any, ...]], Sequence[Any]]
 BadRow = tuple[tuple[str, str, str], str]  # (kind, task, subtask), why
 
 
@@ -114,15 +124,22 @@ class Store:
 
     # ------------------------------------------------------------ coordinator journal
 
-    def write_journal(self, records: Iterable[tuple[str, str, str, Mapping[str, Any]]]) -> int:
-        """Upsert (kind, task, subtask, data) records in one transaction."""
+    def write_journal(
+        self,
+        records: Iterable[tuple[str, str, str, Mapping[str, Any]]],
+        usage: UsageWrite | None = None,
+    ) -> int:
+        """Upsert (kind, task, subtask, data) records, and the usage book's changed
+        rows (``usage``: upserts, keys gone), in one transaction."""
         rows = []
         for kind, task, subtask, data in records:
             self._seq += 1
             rows.append((kind, task, subtask, msgspec.msgpack.encode(data), self._seq))
-        if not rows:
+        if not rows and not usage:
             return 0
         with self._transaction():
+            if usage:
+                self._write_usage(*usage)
             self.db.executemany(
                 "INSERT INTO journal (kind, task, subtask, data, seq) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (kind, task, subtask) DO UPDATE SET data = excluded.data, "
@@ -133,6 +150,25 @@ class Store:
                 if kind == "forget":
                     self._forget(task)
         return len(rows)
+
+    def _write_usage(self, upserts: Sequence[tuple[Any, ...]], gone: Sequence[Any]) -> None:
+        self.db.executemany(
+            "INSERT INTO usage VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (start, span, profile, model, node, client) DO UPDATE SET "
+            "node_name = excluded.node_name, requests = excluded.requests, "
+            "errors = excluded.errors, tokens_in = excluded.tokens_in, "
+            "tokens_out = excluded.tokens_out, cost = excluded.cost",
+            upserts,
+        )
+        self.db.executemany(
+            "DELETE FROM usage WHERE start = ? AND span = ? AND profile = ? AND model = ? "
+            "AND node = ? AND client = ?",
+            [(k.start, k.span, *k.dims) for k in gone],
+        )
+
+    def usage_rows(self) -> list[tuple[Any, ...]]:
+        """The usage book as it was last written (``swarmd.core.usage.Row`` tuples)."""
+        return list(self.db.execute("SELECT * FROM usage"))
 
     def _forget(self, task: str) -> None:
         # The "forget" row itself goes too: nothing of a forgotten task stays, and the

@@ -64,6 +64,10 @@ from protocol.messages import (
     TaskRequest,
     TasksReply,
     TasksRequest,
+    UsageNode,
+    UsageReply,
+    UsageRequest,
+    UsageRow,
     WatchReply,
     WatchRequest,
     validate_state_value,
@@ -150,6 +154,15 @@ EXAMPLES: dict[type[Message], Message] = {
     EnrollReply: EnrollReply(secret=b"\x03" * 32, seeds=["192.168.1.20:7946"]),
     RevokeRequest: RevokeRequest(node="a1b2c3d4e5f60718"),
     RevokeReply: RevokeReply(node="a1b2c3d4e5f60718", added=True, revoked=["a1b2c3d4e5f60718"]),
+    UsageRequest: UsageRequest(since=1.7e9, cluster=False, timeout_s=2.0, ref="ab12"),
+    UsageReply: UsageReply(
+        ref="ab12",
+        since=1.7e9,
+        until=1.7e9 + 60,
+        rows=[UsageRow("fast", "qwen-7b", "a1b2c3d4e5f60718", "gpu1", "cli", 3, 1, 30, 70, 0.0002)],
+        nodes=[UsageNode("a1b2c3d4e5f60718", "gpu1")],
+        missing=[UsageNode("b1b2c3d4e5f60718", "gpu2", "no answer within 3 s")],
+    ),
     StatsRequest: StatsRequest(),
     StatsReply: StatsReply(node="3f9a1c0de4b25a77", name="desk", counters={"received": 12}),
     DrainRequest: DrainRequest(draining=False),
@@ -551,8 +564,19 @@ def test_state_schemas_cover_the_keys_a_node_publishes() -> None:
     assert set(STATE_SCHEMAS) == {
         *("name", "addr", "status", "hw", "models", "draining", "queue"),
         *("slots", "busy", "allow_shell", "cost_per_hour", "on_battery", "speed", "queue_max"),
-        *("revoked", "refusing"),
+        *("revoked", "refusing", "spend"),
     }
+
+
+def test_spend_state_value_is_bounded_and_checked() -> None:
+    ok = {"day": 19700, "keys": {"0123456789ab": [120, 0.5]}}
+    assert validate_state_value("spend", ok).keys == {"0123456789ab": (120, 0.5)}
+    for bad in ({"day": -1}, {"day": 1, "keys": {"k": [-5, 0.0]}}, {"keys": {}}):
+        with pytest.raises(msgspec.ValidationError):
+            validate_state_value("spend", bad)
+    many = {"day": 1, "keys": {f"k{i}": [1, 0.0] for i in range(257)}}
+    with pytest.raises(msgspec.ValidationError):
+        validate_state_value("spend", many)
 
 
 def test_validate_state_value_accepts_a_proper_hardware_dict() -> None:

@@ -9,9 +9,12 @@ from swarmd.core.tasks.effects import Ack, Batch, CancelAttempt, Effect
 from swarmd.core.tasks.lifecycle import Lifecycle
 from swarmd.core.tasks.records import REFUSALS_KEPT, Attempt, Result, SubtaskRecord, TaskRecord
 from swarmd.core.tasks.transitions import ATTEMPT, IN_FLIGHT, SUBTASK, advance
+from swarmd.core.usage import UsageBook
 
 
 class WorkerEvents(Lifecycle):
+    usage: UsageBook | None = None  # the llm usage book, fed with every current llm result
+
     def _live_attempt(
         self, task_id: str, subtask_id: str, attempt: int, node_id: str
     ) -> tuple[TaskRecord, SubtaskRecord, Attempt] | None:
@@ -106,6 +109,7 @@ class WorkerEvents(Lifecycle):
         task, rec, current = live
         batch = Batch()
         self._observe(rec, current, result)
+        self._account(rec, current, result, now)
         if result.ok:
             advance(ATTEMPT, current, "succeeded")
             current.ended = now
@@ -140,6 +144,21 @@ class WorkerEvents(Lifecycle):
             tokens = sum(p for p in parts if isinstance(p, int))
         self.throughput.observe(
             attempt.node_id, attempt.model, tokens, result.duration_s, latency_s=result.latency_s
+        )
+
+    def _account(self, rec: SubtaskRecord, attempt: Attempt, result: Result, now: float) -> None:
+        """The attempt's tokens and cost into the usage book (llm attempts only)."""
+        if self.usage is None or rec.spec.kind != "llm" or attempt.model is None:
+            return
+        client = getattr(rec.spec, "client", None)  # the gateway's API key id, if any
+        self.usage.record_result(
+            now,
+            node=attempt.node_id,
+            node_name=attempt.peer,
+            profile=attempt.model,
+            client=client if isinstance(client, str) and client else None,
+            usage=result.usage,
+            ok=result.ok,
         )
 
     def on_peer_dead(self, node_id: str, now: float) -> list[Effect]:
