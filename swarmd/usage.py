@@ -152,8 +152,8 @@ class Usage:
         )
 
     async def gather(self, request: UsageRequest) -> UsageReply:
-        """This node's book and every live peer's, summed; peers silent for
-        ``timeout_s`` are listed in ``missing``."""
+        """This node's book and every live (or suspect) peer's, summed; peers silent
+        for ``timeout_s``, and dead or departed ones, are listed in ``missing``."""
         own = self.local_reply(request)
         ref = secrets.token_hex(8)
         ask = UsageRequest(since=request.since, cluster=False, timeout_s=request.timeout_s, ref=ref)
@@ -161,7 +161,10 @@ class Usage:
         asked: list[tuple[Member, asyncio.Future[UsageReply]]] = []
         missing: list[UsageNode] = []
         for m in self.members():
-            if m.is_self or m.liveness is not Liveness.ALIVE:
+            if m.is_self:
+                continue
+            if m.liveness not in (Liveness.ALIVE, Liveness.SUSPECT):
+                missing.append(_node(m, m.liveness.value))  # dead or left: not asked
                 continue
             addr = m.state.get("addr")
             if not isinstance(addr, str) or not self.send(addr, ask):
