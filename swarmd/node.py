@@ -260,6 +260,7 @@ class Node:
             budgets=Budgets(self.config.budgets),
             clock=coordination.clock,
             log=self.log.getChild("usage"),
+            counters=self.counters,
         )
         usage.load(store.usage_rows())
         coordination.coordinator.usage = usage.book
@@ -502,6 +503,8 @@ class Node:
         if self.coordination is not None:
             out.update({f"tasks_{k}": v for k, v in self.coordination.counters.items()})
             out["journal_writes"] = self.coordination.journal_writes
+        if self.usage is not None:
+            out.update({f"usage_{k}": v for k, v in self.usage.book.counters.items()})
         if self.store is not None:
             out["store_transactions"] = self.store.transactions
             out.update(self.health.stats(self.store, self.journal_moved))

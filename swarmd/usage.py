@@ -59,6 +59,7 @@ class Usage:
         clock: Callable[[], float] = time.time,
         log: logging.Logger | None = None,
         config: UsageConfig | None = None,
+        counters: Counter[str] | None = None,
     ) -> None:
         self.node_id = node_id
         self.name = name
@@ -68,7 +69,7 @@ class Usage:
         self.clock = clock
         self.log = log or logging.getLogger("swarmd.usage")
         self.book = UsageBook(config, price_of=self._price_of)
-        self.counters: Counter[str] = Counter()
+        self.counters: Counter[str] = Counter() if counters is None else counters  # the node's
         self._prices: dict[tuple[str, str], tuple[str, float]] = {}
         self._prices_at = -PRICES_S
         self._peer_spend: dict[str, tuple[int, float]] = {}
