@@ -41,6 +41,7 @@ from .core.usage import OTHER, Dims, Tally, UsageBook, UsageConfig, day_of
 
 PUBLISH_S: Final = 5.0  # how often the spend key and the expiry run
 PRICES_S: Final = 2.0  # how long the profile prices read from gossip are reused
+PRICES_MISS_S: Final = 0.1  # ... when a profile is not among them (a new one): read again
 PEER_SPEND_S: Final = 1.0  # how long the peers' summed spend is reused
 MAX_SPEND_KEYS: Final = 256  # clients in the gossiped spend key (most tokens first)
 
@@ -87,7 +88,8 @@ class Usage:
     def _price_of(self, node_id: str, profile: str) -> tuple[str, float] | None:
         """The serving profile's upstream model and cost_per_mtok, as it gossips them."""
         now = time.monotonic()
-        if now - self._prices_at >= PRICES_S or (node_id, profile) not in self._prices:
+        age = now - self._prices_at
+        if age >= PRICES_S or (age >= PRICES_MISS_S and (node_id, profile) not in self._prices):
             self._prices_at = now
             self._prices = dict(_prices(self.members()))
         return self._prices.get((node_id, profile))
