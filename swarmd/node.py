@@ -227,6 +227,7 @@ class Node:
             limits=Limits(max_artifact_bytes=cfg.max_artifact_bytes),
             health=self.health,
         )
+        own.serving = worker  # measurements and requests in flight, gossiped
         self.trust = Trust(ident.revoked, self.counters, self.log, self._on_revoked, self._shut_out)
         self.enrollment = Enrollment(
             cfg.state_dir,
@@ -237,7 +238,11 @@ class Node:
             ident.issuer,
         )
         self.pricing = pricing = PricingView(
-            membership.members, coordination.reports, lambda: worker.load, ident.revoked
+            membership.members,
+            coordination.reports,
+            lambda: worker.load,
+            ident.revoked,
+            worker.model_use_by,
         )
         membership.on_peer_gone = coordination.on_peer_gone
         membership.on_new_identity = self._on_new_identity
@@ -254,6 +259,7 @@ class Node:
         spawn(coordination.loop())
         if self.config.models:
             spawn(own.model_loop(membership.set))
+        spawn(own.models_loop(membership.set))
         spawn(worker.timer_loop())
         spawn(StateDirWatch(self.config.state_dir).loop(self.lifecycle.fail, self.log))
 
