@@ -12,6 +12,7 @@ attribute exists from ``__init__``; those built at start are None until then.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 from collections import Counter
@@ -45,6 +46,7 @@ from .journal_open import open_store
 from .lifecycle import Lifecycle
 from .member_file import reenroll_message
 from .membership import Membership
+from .model_probe import ModelProbe
 from .own_state import OwnState
 from .peer_view import PricingView, peer_facts
 from .routing import Router
@@ -260,6 +262,10 @@ class Node:
         if self.config.models:
             spawn(own.model_loop(membership.set))
         spawn(own.models_loop(membership.set))
+        if self.config.probe.urls:  # local model servers, found and kept current
+            found = functools.partial(own.set_probed, publish=membership.set)
+            log = self.log.getChild("models")
+            spawn(ModelProbe(self.config.probe, self.config.models, found, log).loop())
         spawn(worker.timer_loop())
         spawn(StateDirWatch(self.config.state_dir).loop(self.lifecycle.fail, self.log))
 

@@ -92,9 +92,9 @@ class PricingView:
                 values = {k: v.value for k, v in m.state.kvs.items()} | {"queue": 0}
                 if m.is_self:
                     values["models"] = _in_flight_now(values.get("models"), self.own_models())
-                ours = {} if load is None else load.models
+                requests = {} if load is None else load.models
                 peer = peer_from_gossip(
-                    m.node_id, values, model_in_flight=ours, coordinator_id=me, **live
+                    m.node_id, values, model_in_flight=requests, coordinator_id=me, **live
                 )
             elif known is not None and known[0] == version:
                 peer = replace(known[1], **live)  # what it gossiped is unchanged
@@ -113,7 +113,7 @@ def _in_flight_now(models: Any, held: Mapping[str, Mapping[str, int]]) -> Any:
     if not isinstance(models, list):
         return models
     return [
-        {**p, "in_flight": dict(held.get(p.get("name"), {}))} if isinstance(p, dict) else p
+        {**p, "in_flight": dict(held.get(str(p.get("name")), {}))} if isinstance(p, dict) else p
         for p in models
     ]
 
