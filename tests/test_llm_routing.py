@@ -8,13 +8,20 @@ a warm-up pinned to each node, each worker's measured time to first token and to
 are gossiped: they show in `peers --json` on every node, and an unpinned request goes
 to "fast" — from "coord", whose own measurements decide, and from "slow", which sent
 nothing and prices with what "fast" and itself gossip.
+
+And a full endpoint queues on the coordinator: it never sends a profile more requests
+than its max_concurrency.
 """
 
 from __future__ import annotations
 
 import json
 import textwrap
+import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -146,5 +153,103 @@ def test_measured_speed_beats_advertised_hardware(llama: LlamaServer, tmp_path: 
         assert rows["slow"]["basis"].startswith("peer-measured "), rows
     finally:
         for d in nodes.values():
+            d.stop()
+        proxy.close()
+
+
+class CountingProxy:
+    """An HTTP proxy in front of the llama.cpp server that counts the completions in
+    flight at once (not the 1-token latency probes), buffering each answer whole."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.lock = threading.Lock()
+        self.active = self.peak = self.served = 0
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self.forward(None)
+
+            def do_POST(self) -> None:
+                self.forward(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+
+            def forward(self, body: bytes | None) -> None:
+                counted = body is not None and json.loads(body).get("max_tokens") != 1
+                if counted:
+                    with proxy.lock:
+                        proxy.active += 1
+                        proxy.peak = max(proxy.peak, proxy.active)
+                try:
+                    url = proxy.upstream + self.path.removeprefix("/v1")
+                    headers = {"Content-Type": "application/json"}
+                    request = urllib.request.Request(url, data=body, headers=headers)
+                    try:
+                        with urllib.request.urlopen(request, timeout=60) as resp:
+                            status, kind, data = (
+                                resp.status,
+                                resp.headers["Content-Type"],
+                                resp.read(),
+                            )
+                    except urllib.error.HTTPError as exc:
+                        status, kind, data = exc.code, "application/json", exc.read()
+                    self.send_response(status)
+                    self.send_header("Content-Type", kind or "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                finally:
+                    if counted:
+                        with proxy.lock:
+                            proxy.active -= 1
+                            proxy.served += 1
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_full_endpoint_queues_on_the_coordinator(llama: LlamaServer, tmp_path: Path) -> None:
+    """Ten requests for a profile with max_concurrency 2: the coordinator never has more
+    than 2 out at its server (the worker never had to refuse one), and all complete."""
+    proxy = CountingProxy(llama.endpoint)
+    secret = new_secret()
+    coord = Daemon(tmp_path, "coord", secret=secret)
+    worker = Daemon(tmp_path, "w", secret=secret, config=profile(proxy.endpoint, llama.model))
+    try:
+        for d in (coord, worker):
+            d.start()
+        for d in (coord, worker):
+            d.wait_ready()
+        wait_until(lambda: any(p["models"] for p in coord.peers()), 20, what="w's profile")
+        subtasks = "".join(
+            f'[[subtasks]]\nid = "p{i}"\nkind = "llm"\ncapability = "lint"\n'
+            f'prompt = "Fix lint {i}."\nmax_tokens = 64\n'
+            for i in range(10)
+        )
+        work = tmp_path / "work"
+        work.mkdir()
+        (work / "job.toml").write_text(f'name = "ten"\n{subtasks}')
+        out = swarmctl(
+            "--json", "submit", "--wait", "-f", "job.toml", state_dir=coord.state_dir, cwd=work,
+            timeout=180,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr + out.stdout
+        final = json.loads(out.stdout)
+        assert final["state"] == "done"
+        assert {s["peer"] for s in final["subtasks"]} == {"w"}
+        print(f"peak in flight {proxy.peak}, served {proxy.served}")
+        assert proxy.served == 10
+        assert proxy.peak == 2  # used to its limit, never beyond
+        assert worker.counters().get("worker_refused", 0) == 0
+    finally:
+        for d in (coord, worker):
             d.stop()
         proxy.close()
