@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from protocol.base import Address, Bytes, Count, Name, Text
+from protocol.base import Address, Bytes, Count, Name, NodeId, Text
 
 
 class Cpu(Struct):
@@ -50,7 +50,13 @@ class ModelProfile(Struct):
     capabilities: Annotated[list[Name], Meta(max_length=64)] = []
     max_concurrency: Annotated[int, Meta(ge=1)] = 1
     cost_per_mtok: Annotated[float, Meta(ge=0)] = 0.0
-    latency_ms: float | None = None
+    latency_ms: float | None = None  # a 1-token probe of the endpoint (configured profiles)
+    # Measured on this node from the requests its endpoint served (EWMAs; None until
+    # one was): time to the first token, and completion tokens per second after it.
+    ttft_ms: Annotated[float, Meta(ge=0)] | None = None
+    tokens_per_s: Annotated[float, Meta(ge=0)] | None = None
+    # Requests running on this profile now, per coordinating node id (<= 64 entries).
+    in_flight: Annotated[dict[NodeId, Count], Meta(max_length=64)] | None = None
 
 
 Models = Annotated[list[ModelProfile], Meta(max_length=64)]

@@ -118,6 +118,9 @@ def peer_view(member: Member) -> PeerView:
                 "latency_ms": m.latency_ms,
                 "max_concurrency": m.max_concurrency,
                 "cost_per_mtok": m.cost_per_mtok,
+                "ttft_ms": m.ttft_ms,  # measured on that node (EWMA), null until then
+                "tokens_per_s": m.tokens_per_s,
+                "in_flight": sum((m.in_flight or {}).values()),  # all coordinators'
             }
         )
     return PeerView(

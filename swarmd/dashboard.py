@@ -200,21 +200,16 @@ class Dashboard:
         node = self.node
         members = node.members()
         rows: list[dict[str, Any]] = msgspec.to_builtins(peer_views(members))
-        raw_models = {m.node_id: m.state.get("models") or [] for m in members}
         coordinator = node.coordination.coordinator
         throughput = getattr(coordinator, "throughput", None)
         for row in rows:
-            gossiped = {
-                m.get("name"): m for m in raw_models.get(row["id"], []) if isinstance(m, dict)
-            }
             for model in row["models"]:
                 model["endpoint"] = safe_endpoint(str(model.get("endpoint") or ""))
+                # What pricing reads first: this coordinator's own measurement, else the
+                # peer's (already in the row, as gossiped).
                 tps = throughput.tokens_per_s(row["id"], model["name"]) if throughput else None
-                if tps is None:
-                    advertised = gossiped.get(model["name"], {}).get("tokens_per_s")
-                    ok = isinstance(advertised, int | float) and not isinstance(advertised, bool)
-                    tps = advertised if ok else None
-                model["tokens_per_s"] = None if tps is None else round(float(tps), 1)
+                if tps is not None:
+                    model["tokens_per_s"] = round(float(tps), 1)
         summaries = coordinator.tasks()
         recent = summaries[-RECENT_TASKS:][::-1]
         for summary in recent:

@@ -12,6 +12,7 @@ attribute exists from ``__init__``; those built at start are None until then.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 from collections import Counter
@@ -46,6 +47,7 @@ from .journal_open import open_store
 from .lifecycle import Lifecycle
 from .member_file import reenroll_message
 from .membership import Membership
+from .model_probe import ModelProbe
 from .own_state import OwnState
 from .peer_view import PricingView, peer_facts
 from .routing import Router
@@ -230,6 +232,7 @@ class Node:
             limits=Limits(max_artifact_bytes=cfg.max_artifact_bytes),
             health=self.health,
         )
+        own.serving = worker  # measurements and requests in flight, gossiped
         self.trust = Trust(ident.revoked, self.counters, self.log, self._on_revoked, self._shut_out)
         self.enrollment = Enrollment(
             cfg.state_dir,
@@ -240,7 +243,11 @@ class Node:
             ident.issuer,
         )
         self.pricing = pricing = PricingView(
-            membership.members, coordination.reports, lambda: worker.load, ident.revoked
+            membership.members,
+            coordination.reports,
+            lambda: worker.load,
+            ident.revoked,
+            worker.model_use_by,
         )
         membership.on_peer_gone = coordination.on_peer_gone
         membership.on_new_identity = self._on_new_identity
@@ -279,6 +286,11 @@ class Node:
             spawn(self.usage.loop(membership.set, coordination.flush))
         if self.config.models:
             spawn(own.model_loop(membership.set))
+        spawn(own.models_loop(membership.set))
+        if self.config.probe.urls:  # local model servers, found and kept current
+            found = functools.partial(own.set_probed, publish=membership.set)
+            log = self.log.getChild("models")
+            spawn(ModelProbe(self.config.probe, self.config.models, found, log).loop())
         spawn(worker.timer_loop())
         spawn(StateDirWatch(self.config.state_dir).loop(self.lifecycle.fail, self.log))
 

@@ -1,29 +1,43 @@
-"""What this node gossips about itself: its hardware, its model endpoints (with their
-measured latency), its policy (slots, shell, cost) and whether it is draining.
+"""What this node gossips about itself: its hardware, its model endpoints (configured
+and found on local servers, with what was measured of the requests they served and
+those running now), its policy (slots, shell, cost) and whether it is draining.
 
 :meth:`OwnState.values` is the full set, published when the gossip state is (re)built;
-the two probe loops re-measure hardware and model endpoints and publish what changed.
+the probe loops re-measure hardware and model endpoints and publish what changed, and
+:meth:`OwnState.models_loop` re-publishes the model profiles while their measurements
+or requests in flight change (at most every MODEL_STATS_PUBLISH_S).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import msgspec
 
 from protocol.messages import Hardware, ModelProfile
 
-from .config import Config
+from .config import Config, ModelConfig
+from .core.throughput import HERE, ThroughputTracker
 from .hardware import HardwareProbe
 
 MODEL_PROBE_INTERVAL_S = 15.0
 MODEL_PROBE_TIMEOUT_S = 10.0
 HARDWARE_PROBE_TIMEOUT_S = 30.0
+MODEL_STATS_PUBLISH_S = 1.0  # measurements and requests in flight go out this often
 
 Publish = Callable[[str, Any], object]  # (key, value): set this node's gossiped key
+
+
+class Serving(Protocol):
+    """The worker, as far as the gossiped model profiles need it."""
+
+    measured: ThroughputTracker
+
+    def model_use_by(self) -> dict[str, dict[str, int]]: ...
+    def set_models(self, models: dict[str, tuple[str, str, int]]) -> None: ...
 
 
 class OwnState:
@@ -35,6 +49,8 @@ class OwnState:
         self.model_latency_ms: dict[str, float | None] = {}
         self.draining = False  # swarmctl drain, or SIGTERM: no new work
         self.refusing: str | None = None  # why no new work besides (the disk is full)
+        self.probed: tuple[ModelConfig, ...] = ()  # found on local servers (model_probe)
+        self.serving: Serving | None = None  # the worker, once built
 
     async def measure_hardware(self) -> None:
         self.hardware = await asyncio.to_thread(self.probe.probe)
@@ -65,23 +81,53 @@ class OwnState:
             "speed": float(cfg.speed),
         }
 
+    def models(self) -> list[ModelConfig]:
+        """The profiles served: ``[models.NAME]``, then those found by probing."""
+        return [*self.config.models, *self.probed]
+
     def model_profiles(self) -> list[ModelProfile]:
         latency = self.model_latency_ms
-        return [
-            ModelProfile(
-                name=m.name,
-                model=m.model,
-                endpoint=m.endpoint,
-                capabilities=list(m.capabilities),
-                max_concurrency=m.max_concurrency,
-                cost_per_mtok=m.cost_per_mtok,
-                latency_ms=latency.get(m.name),
+        serving = self.serving
+        measured = serving.measured if serving is not None else ThroughputTracker()
+        use = serving.model_use_by() if serving is not None else {}
+        profiles = []
+        for m in self.models():
+            tps = measured.tokens_per_s(HERE, m.name)
+            ttft = measured.latency_s(HERE, m.name)
+            profiles.append(
+                ModelProfile(
+                    name=m.name,
+                    model=m.model,
+                    endpoint=m.endpoint,
+                    capabilities=list(m.capabilities),
+                    max_concurrency=m.max_concurrency,
+                    cost_per_mtok=m.cost_per_mtok,
+                    latency_ms=latency.get(m.name),
+                    ttft_ms=None if ttft is None else round(ttft * 1000.0, 1),
+                    tokens_per_s=None if tps is None else round(tps, 1),
+                    in_flight=dict(sorted(use[m.name].items())) if use.get(m.name) else None,
+                )
             )
-            for m in self.config.models
-        ]
+        return profiles
 
     def _models(self) -> list[Any]:
         return [msgspec.to_builtins(p) for p in self.model_profiles()]
+
+    def set_probed(self, found: Sequence[ModelConfig], publish: Publish) -> None:
+        """The profiles found on local servers changed: serve and gossip them."""
+        self.probed = tuple(found)
+        if self.serving is not None:
+            self.serving.set_models(
+                {m.name: (m.endpoint, m.model, m.max_concurrency) for m in self.models()}
+            )
+        publish("models", self._models())
+
+    async def models_loop(self, publish: Publish) -> None:
+        """Re-publish the model profiles (a no-op while unchanged): what was measured
+        and what runs now reach every coordinator within about a second."""
+        while True:
+            await asyncio.sleep(MODEL_STATS_PUBLISH_S)
+            publish("models", self._models())
 
     async def hardware_loop(self, publish: Publish) -> None:
         """Re-measure the hardware every ``hardware_interval_s`` and publish it."""

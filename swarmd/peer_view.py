@@ -46,8 +46,11 @@ class PricingView:
         reports: Mapping[str, LoadReport],
         own_load: Callable[[], int],
         revoked: Container[str] = (),
+        own_models: Callable[[], Mapping[str, Mapping[str, int]]] = dict,
     ) -> None:
         self.members = members
+        # llm requests this node's worker holds, per profile and coordinating node id
+        self.own_models = own_models
         self.revoked = revoked  # node ids shut out of the cluster: never placed on
         self.reports = reports  # node id -> the latest load it reported (live dict)
         self.own_load = own_load  # attempts this node's worker holds
@@ -58,11 +61,15 @@ class PricingView:
         """The peers as pricing sees them, with the freshest count of each one's
         shell/python attempts held: our own exactly, for a peer that spoke in the last
         REPORT_FRESH_S ours now plus what it held of others' then, else the larger of
-        ours and what it gossiped (up to a gossip round old)."""
+        ours and what it gossiped (up to a gossip round old). llm requests per model
+        profile: ours exactly, plus the other coordinators' as the peer gossips them
+        (this node's own worker: as it holds them now)."""
         out = []
         now = time.monotonic()
         cache: dict[str, tuple[tuple[int, int], PeerCapacity]] = {}
-        for m in self.members():
+        members = self.members()
+        me = next((m.node_id for m in members if m.is_self), None)
+        for m in members:
             load = loads.get(m.node_id)
             ours = 0 if load is None else load.slots
             report = self.reports.get(m.node_id)
@@ -81,18 +88,34 @@ class PricingView:
             # Any change to a key raises its version: the sum tells "unchanged" for sure.
             version = (m.state.generation, sum(v.version for v in m.state.kvs.values()))
             known = self._built.get(m.node_id)
-            if load is not None and load.models:  # in-flight counts per model: build anew
+            if m.is_self or (load is not None and load.models):  # build anew
                 values = {k: v.value for k, v in m.state.kvs.items()} | {"queue": 0}
-                peer = peer_from_gossip(m.node_id, values, model_in_flight=load.models, **live)
+                if m.is_self:
+                    values["models"] = _in_flight_now(values.get("models"), self.own_models())
+                requests = {} if load is None else load.models
+                peer = peer_from_gossip(
+                    m.node_id, values, model_in_flight=requests, coordinator_id=me, **live
+                )
             elif known is not None and known[0] == version:
                 peer = replace(known[1], **live)  # what it gossiped is unchanged
             else:
                 values = {k: v.value for k, v in m.state.kvs.items()} | {"queue": 0}
-                peer = peer_from_gossip(m.node_id, values, **live)  # queue counted in held
+                # the queue is counted in held
+                peer = peer_from_gossip(m.node_id, values, coordinator_id=me, **live)
                 cache[m.node_id] = (version, peer)
             out.append(peer)
         self._built.update(cache)
         return out
+
+
+def _in_flight_now(models: Any, held: Mapping[str, Mapping[str, int]]) -> Any:
+    """This node's gossiped profiles with the requests its worker holds now."""
+    if not isinstance(models, list):
+        return models
+    return [
+        {**p, "in_flight": dict(held.get(str(p.get("name")), {}))} if isinstance(p, dict) else p
+        for p in models
+    ]
 
 
 def peer_facts(members: list[Member]) -> list[PeerFacts]:

@@ -37,7 +37,7 @@ from .artifact_names import check_artifact_names
 from .core import tasks as core
 from .core import template
 from .core.jobspec import JobSpec
-from .core.pricing import PeerCapacity, PricingConfig
+from .core.pricing import PeerCapacity, PricingConfig, ThroughputTracker
 from .dispatch_files import dispatch_files, spec_to_wire
 from .group_commit import GroupCommit
 from .journal_health import JournalHealth
@@ -107,6 +107,8 @@ class Coordination:
             # slots (pricing reads it per peer); a full model profile or a peer that
             # gossips no queue_max refuses, so it is not a candidate at all.
             pricing=PricingConfig(max_queue=0),
+            # The requests this coordinator sent, measured: pricing reads these first.
+            throughput=ThroughputTracker(),
         )
         self._inputs: dict[str, dict[str, bytes]] = {}
         self._finished: dict[str, asyncio.Event] = {}

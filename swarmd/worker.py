@@ -30,6 +30,7 @@ from protocol.messages import (
 )
 
 from .core import worker as core
+from .core.throughput import HERE, ThroughputTracker
 from .core.worker import AttemptKey
 from .executors import ExecRequest, ExecResult, Limits, execute
 from .executors.output import LiveOutput
@@ -116,7 +117,10 @@ class Worker:
         self.send = send
         self.workdir_root = workdir_root
         self.allow_shell = allow_shell
-        self.models = models
+        self.models = dict(models)
+        # The requests this node's endpoints served, for every coordinator: gossiped
+        # with the model profiles (OwnState), so every coordinator prices with them.
+        self.measured = ThroughputTracker()
         self.log = log
         self.limits = limits or Limits()
         config = core.WorkerConfig(
@@ -179,6 +183,15 @@ class Worker:
     @draining.setter
     def draining(self, value: bool) -> None:
         self.core.draining = value
+
+    def set_models(self, models: Mapping[str, tuple[str, str, int]]) -> None:
+        """The model profiles from now on (profile -> (endpoint, model, max)): local
+        servers found or gone. Attempts already running keep their endpoint."""
+        self.models = dict(models)
+        self.core.set_models({name: m[2] for name, m in models.items()})
+
+    def model_use_by(self) -> dict[str, dict[str, int]]:
+        return self.core.model_use_by()
 
     # ------------------------------------------------------------ messages in
 
@@ -295,6 +308,8 @@ class Worker:
         else:
             outcome = "ok" if result.ok else "app_failed" if result.app_failed else "error"
             self.counters[f"outcome_{outcome}"] += 1
+            if d.model is not None and d.spec.get("kind") == "llm" and result.ok and result.usage:
+                self.measured.observe_usage(HERE, d.model, result.usage)
             message = result_message(key, self.node_id, result)
         finally:
             self.running.pop(key, None)

@@ -66,6 +66,7 @@ class Daemon:
         args: tuple[str, ...] = (),
         config: str | None = None,
         real_gpus: bool = False,
+        probe: bool = False,
     ) -> None:
         self.name = name
         self.real_gpus = real_gpus
@@ -79,6 +80,10 @@ class Daemon:
             (self.state_dir / "cluster.secret").write_text(secret + "\n")
             os.chmod(self.state_dir / "cluster.secret", 0o600)
         self.config_path: Path | None = None
+        if not probe and "probe" not in (config or ""):
+            # No probing of this machine's usual model-server ports unless a test asks:
+            # whatever happens to listen there must not change a test's cluster.
+            config = (config or "") + "\n[models]\nprobe = []\n"
         if config is not None:
             self.config_path = root / f"{name}.toml"
             self.config_path.write_text(config)

@@ -59,7 +59,7 @@ MODEL_FIELDS = {"name", "model", "endpoint", "capabilities", "latency_ms"}
 PEER_EXTRAS = {"battery", "refusing"}
 CPU_EXTRAS = {"model"}
 GPU_EXTRAS = {"utilization", "temperature"}
-MODEL_EXTRAS = {"max_concurrency", "cost_per_mtok"}
+MODEL_EXTRAS = {"max_concurrency", "cost_per_mtok", "ttft_ms", "tokens_per_s", "in_flight"}
 
 DESK_HW = Hardware(
     cpu=Cpu(cores=16, model="AMD Ryzen 9 7950X", load=0.25),
@@ -220,6 +220,9 @@ def test_two_nodes_see_each_other_with_the_contract_fields(net: Net) -> None:
                 "latency_ms": None,
                 "max_concurrency": 8,
                 "cost_per_mtok": 0.0,
+                "ttft_ms": None,
+                "tokens_per_s": None,
+                "in_flight": 0,
             },
             {
                 "name": "deep",
@@ -229,6 +232,9 @@ def test_two_nodes_see_each_other_with_the_contract_fields(net: Net) -> None:
                 "latency_ms": 820.5,
                 "max_concurrency": 2,
                 "cost_per_mtok": 0.0,
+                "ttft_ms": None,
+                "tokens_per_s": None,
+                "in_flight": 0,
             },
         ],
         "battery": None,

@@ -381,7 +381,80 @@ def test_tracker_latency_is_added_to_run() -> None:
     )
     assert placement.winner is not None
     assert placement.winner.run_s == pytest.approx(3.0)  # own latency beats the gossiped one
-    assert placement.winner.basis == "measured 50.0 tok/s, latency 1000 ms"
+    assert placement.winner.basis == "measured 50.0 tok/s, ttft 1000 ms"
+
+
+def test_llm_speed_is_own_measurement_then_the_peers_then_hardware() -> None:
+    """The coordinator's own EWMA wins, else what the peer measured and gossips, else
+    advertised hardware; the basis says which."""
+    caps = frozenset({"x"})
+    demand = Demand("llm", capability="x", est_tokens=100)
+    gpu = peer("gpu", gpus_vram_total=(80 * GiB,), gpus_vram_free=(80 * GiB,))
+    big = replace(gpu, models=(offer("m", capabilities=caps),))
+    measured = replace(
+        gpu, models=(offer("m", capabilities=caps, tokens_per_s=10.0, ttft_ms=500.0),)
+    )
+    row = price(demand, [big], CONFIG).winner
+    assert row is not None and row.basis == "estimated 200.0 tok/s from 80.0 GiB GPU"
+    row = price(demand, [measured], CONFIG).winner
+    assert row is not None and row.basis == "peer-measured 10.0 tok/s, peer ttft 500 ms"
+    assert row.run_s == pytest.approx(100 / 10.0 + 0.5)
+    tracker = ThroughputTracker()
+    tracker.observe("gpu", "m", 100, 1.2, latency_s=0.2)  # 100 tok/s here
+    row = price(demand, [measured], CONFIG, throughput=tracker).winner
+    assert row is not None and row.basis == "measured 100.0 tok/s, ttft 200 ms"
+    assert row.run_s == pytest.approx(1.2)
+
+
+def test_measurement_beats_advertised_hardware() -> None:
+    """The GPU node is advertised as fast but measured slow: the measured-faster CPU
+    node wins; unmeasured, the GPU node would."""
+    caps = frozenset({"x"})
+    gpu = peer("gpu", gpus_vram_total=(80 * GiB,), gpus_vram_free=(80 * GiB,))
+    cpu = peer("cpu", cores=2)
+    demand = Demand("llm", capability="x", est_tokens=64)
+    unmeasured = [replace(p, models=(offer("m", capabilities=caps),)) for p in (gpu, cpu)]
+    winner = price(demand, unmeasured, CONFIG).winner
+    assert winner is not None and winner.name == "gpu"
+    measured = [
+        replace(gpu, models=(offer("m", capabilities=caps, tokens_per_s=300.0, ttft_ms=900.0),)),
+        replace(cpu, models=(offer("m", capabilities=caps, tokens_per_s=300.0, ttft_ms=20.0),)),
+    ]
+    winner = price(demand, measured, CONFIG).winner
+    assert winner is not None and winner.name == "cpu"
+
+
+def test_gossiped_in_flight_counts_other_coordinators_only() -> None:
+    """A profile's gossiped in-flight requests per coordinator: the reading coordinator
+    counts its own exactly (not from gossip) and adds the others'."""
+    values = {
+        "hw": {"cpu": {"cores": 4}},
+        "models": [
+            {
+                "name": "m",
+                "model": "tiny",
+                "capabilities": ["x"],
+                "max_concurrency": 2,
+                "in_flight": {"me": 2, "other": 1, "third": 1},
+                "ttft_ms": 12.5,
+                "tokens_per_s": 80.0,
+            }
+        ],
+    }
+    p = peer_from_gossip(
+        "n", values, alive=True, rtt_s=0.0, model_in_flight={"m": 1}, coordinator_id="me"
+    )
+    (m,) = p.models
+    assert (m.in_flight, m.ttft_ms, m.tokens_per_s) == (1 + 2, 12.5, 80.0)
+    full = price(Demand("llm", capability="x"), [p], replace(CONFIG, max_queue=0))
+    assert full.winner is None and "model queue full" in (full.candidates[0].why_not or "")
+    free = peer_from_gossip(
+        "n", values | {"models": [values["models"][0] | {"in_flight": {"me": 5}}]},  # type: ignore[list-item]
+        alive=True, rtt_s=0.0, coordinator_id="me",
+    )  # fmt: skip
+    assert free.models[0].in_flight == 0  # our own count comes from our records
+    bad = values | {"models": [values["models"][0] | {"in_flight": "lots"}]}  # type: ignore[list-item]
+    assert peer_from_gossip("n", bad, alive=True, rtt_s=0.0).models[0].in_flight == 0
 
 
 def test_estimate_llm_tokens() -> None:
@@ -485,6 +558,7 @@ def random_offer(rng: random.Random) -> ModelOffer:
         latency_ms=rng.choice([None, rng.uniform(0.0, 2000.0)]),
         tokens_per_s=rng.choice([None, rng.uniform(0.5, 300.0)]),
         in_flight=rng.choice([0, 0, rng.randint(0, 8)]),
+        ttft_ms=rng.choice([None, rng.uniform(0.0, 2000.0)]),
     )
 
 
@@ -575,7 +649,8 @@ def reference_scores(
             tps = min(200.0, max(1.0, p.cores / max(1.0, p.load)))
         else:
             tps = 20.0
-        run = d.est_tokens / tps + (o.latency_ms or 0.0) / 1000
+        latency_ms = o.ttft_ms if o.ttft_ms is not None else o.latency_ms
+        run = d.est_tokens / tps + (latency_ms or 0.0) / 1000
         ahead = o.in_flight - o.max_concurrency + 1
         wait = run * ahead / o.max_concurrency if ahead > 0 else 0.0
         scores.append(wait + rtt + run + c.cost_weight * o.cost_per_mtok * d.est_tokens / 1e6)

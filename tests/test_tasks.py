@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
@@ -13,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from swarmd.core.jobspec import JobSpec, parse_job
-from swarmd.core.pricing import ModelOffer, PricingConfig, ThroughputTracker
+from swarmd.core.pricing import ModelOffer, PricingConfig, ThroughputTracker, peer_from_gossip
 from swarmd.core.tasks import (
     Ack,
     CancelAttempt,
@@ -599,7 +600,8 @@ def test_llm_results_feed_the_throughput_tracker() -> None:
     d = one(c.schedule([gpu], now=0.0), Dispatch)
     usage = {"prompt_tokens": 10, "completion_tokens": 90, "total_tokens": 100}
     answer(c, d, Result(output="y", usage=usage, duration_s=2.5, latency_s=0.5), 3.0)
-    assert tracker.tokens_per_s("G", "fast") == pytest.approx(50.0)
+    # completion tokens per second after the first token: 90 / (2.5 - 0.5)
+    assert tracker.tokens_per_s("G", "fast") == pytest.approx(45.0)
     assert tracker.latency_s("G", "fast") == pytest.approx(0.5)
 
 
@@ -921,3 +923,53 @@ def test_a_restored_coordinator_does_not_dispatch_again_what_was_out() -> None:
     r.restore(journal, now=100.0)
     assert r.tick(100.0) == [] and r.tick(129.9) == []
     assert r.next_wakeup(100.0) == 130.0
+
+
+def test_a_coordinator_never_sends_a_profile_more_than_its_max_concurrency() -> None:
+    """Many ready llm subtasks, two profiles (max_concurrency 2 and 1), priced as the
+    daemon does (max_queue 0, each pass against the peer view rebuilt with this
+    coordinator's in-flight counts): at no point are more requests out on a profile
+    than it runs at once; the rest queue here, and all finish."""
+    limits = {("G", "fast"): 2, ("H", "slow"): 1}
+    gossip = {
+        node: {
+            "hw": {"cpu": {"cores": 4}},
+            "models": [
+                {"name": name, "model": "m", "capabilities": ["lint"], "max_concurrency": n}
+            ],
+        }
+        for (node, name), n in limits.items()
+    }
+    rng = random.Random(7)
+    c = Coordinator(node_id="me", pricing=PricingConfig(max_queue=0))
+    prompts = [
+        {"id": f"p{i}", "kind": "llm", "capability": "lint", "prompt": "x"} for i in range(30)
+    ]
+    c.submit("t1", job(*prompts), now=0.0)
+    out: list[Dispatch] = []
+    now, peak = 0.0, {key: 0 for key in limits}
+    while c.status("t1")["state"] not in ("done", "failed"):
+        loads = c.load_by_node()
+        peers = [
+            peer_from_gossip(
+                node,
+                values,
+                alive=True,
+                rtt_s=0.001,
+                model_in_flight=loads[node].models if node in loads else {},
+                coordinator_id="me",
+            )
+            for node, values in gossip.items()
+        ]
+        out += of(c.schedule(peers, now), Dispatch)
+        for key, limit in limits.items():
+            running = sum(1 for d in out if (d.node_id, d.model) == key)
+            assert running <= limit, (key, running)
+            peak[key] = max(peak[key], running)
+        assert out, "nothing in flight and nothing dispatched"
+        now += 1.0
+        d = out.pop(rng.randrange(len(out)))
+        usage = {"completion_tokens": 10, "seconds": 0.5, "ttft_s": 0.1}
+        answer(c, d, Result(output="y", usage=usage, duration_s=0.5, latency_s=0.1), now)
+    assert c.status("t1")["state"] == "done"
+    assert peak == limits  # both profiles were used up to their limit, never beyond

@@ -34,7 +34,7 @@ def dispatch(sub: str, kind: str = "python", attempt: int = 1, **kw: Any) -> Dis
         task="t1",
         subtask=sub,
         attempt=attempt,
-        coordinator=COORD,
+        coordinator=kw.pop("coordinator", COORD),
         lease_s=kw.pop("lease_s", 3.0),
         spec=spec,
         **kw,
@@ -124,6 +124,22 @@ def test_llm_needs_the_profile_and_a_free_request() -> None:
     assert r.reason == "model busy"
     w.on_finished(("t1", "y", 1), result("y"), 1.0)
     assert started(w.on_dispatch(dispatch("z", kind="llm", model="fast"), 1.0)) == ["z"]
+
+
+def test_llm_requests_held_per_profile_and_coordinator_and_profiles_that_change() -> None:
+    """What the node gossips as each profile's in_flight, and the profiles found or gone
+    on local servers (a request already running keeps going)."""
+    w = WorkerCore("w1", WorkerConfig(slots=0, models={"fast": 2}))
+    other = NodeRef("c2", 1, 9, "127.0.0.1:7002")
+    w.on_dispatch(dispatch("a", kind="llm", model="fast"), 0.0)
+    w.on_dispatch(dispatch("b", kind="llm", model="fast", coordinator=other), 0.0)
+    assert w.model_use_by() == {"fast": {"c1": 1, "c2": 1}}
+    w.set_models({"new": 1})
+    [r] = sent(w.on_dispatch(dispatch("c", kind="llm", model="fast"), 0.0), DispatchReply)
+    assert r.reason == "no model profile 'fast' on this node"
+    assert started(w.on_dispatch(dispatch("d", kind="llm", model="new"), 0.0)) == ["d"]
+    w.on_finished(("t1", "a", 1), result("a"), 1.0)
+    assert w.model_use_by() == {"fast": {"c2": 1}, "new": {"c1": 1}}
 
 
 def test_draining_refuses() -> None:

@@ -28,9 +28,11 @@ class ModelOffer:
     capabilities: frozenset[str]
     max_concurrency: int
     cost_per_mtok: float
-    latency_ms: float | None  # measured, None until measured
-    tokens_per_s: float | None  # measured, None until measured
-    in_flight: int = 0  # requests running on this profile, as far as the coordinator knows
+    latency_ms: float | None  # a 1-token probe of the endpoint, None until probed
+    tokens_per_s: float | None  # measured by the peer (EWMA), None until measured
+    # requests running on this profile: this coordinator's, plus the others' as gossiped
+    in_flight: int = 0
+    ttft_ms: float | None = None  # time to first token measured by the peer (EWMA)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,12 +103,14 @@ def peer_from_gossip(
     rtt_s: float | None,
     slots_busy: int | None = None,
     model_in_flight: Mapping[str, int] | None = None,
+    coordinator_id: str | None = None,
 ) -> PeerCapacity:
     """Build a :class:`PeerCapacity` from a node's gossiped key-values (as builtins).
 
     Reads ``name``, ``hw`` ({cpu {cores, load}, memory {available}, battery {plugged} |
     None, gpus [{vram_total, vram_free}]}), ``models`` ([{name, model, capabilities,
-    max_concurrency, cost_per_mtok, latency_ms, tokens_per_s?}]), ``draining`` and
+    max_concurrency, cost_per_mtok, latency_ms, ttft_ms?, tokens_per_s?, in_flight?}]),
+    ``draining`` and
     ``queue``. Optional keys, with these defaults when a node does not gossip them:
     ``slots`` (shell/python slots, default ``cores``), ``busy`` (slots in use, default 0;
     ``slots_busy`` overrides it with what the coordinator knows), ``cost_per_hour``
@@ -114,7 +118,9 @@ def peer_from_gossip(
     worker's own limit; absent: ``PricingConfig.max_queue``), ``on_battery`` (the
     battery policy, "pause") and ``speed`` (the declared relative speed, 1.0; anything
     not a finite number > 0 reads as 1.0). Malformed parts read as absent.
-    ``model_in_flight`` maps a profile name to requests known to be running.
+    ``model_in_flight`` maps a profile name to this coordinator's requests running
+    there; the gossiped ``in_flight`` (per coordinating node) adds the other
+    coordinators' (all but ``coordinator_id``).
     """
     hw = _dict(values.get("hw"))
     cpu = _dict(hw.get("cpu"))
@@ -123,7 +129,7 @@ def peer_from_gossip(
     on_battery = isinstance(battery, Mapping) and battery.get("plugged") is False
     gpus = [g for g in _list(hw.get("gpus")) if isinstance(g, Mapping)]
     cores = max(0, _int(cpu.get("cores")))
-    offers = _offers(values.get("models"), model_in_flight or {})
+    offers = _offers(values.get("models"), model_in_flight or {}, coordinator_id)
     policy = values.get("on_battery")
     name = values.get("name")
     speed = _float(values.get("speed"), 1.0)
@@ -150,13 +156,18 @@ def peer_from_gossip(
     )
 
 
-def _offers(models: Any, in_flight: Mapping[str, int]) -> tuple[ModelOffer, ...]:
+def _offers(
+    models: Any, in_flight: Mapping[str, int], coordinator_id: str | None
+) -> tuple[ModelOffer, ...]:
     """The gossiped ``models`` as offers; malformed entries are skipped."""
     offers: list[ModelOffer] = []
     for m in _list(models):
         if not isinstance(m, Mapping) or not isinstance(m.get("name"), str):
             continue
         caps = _list(m.get("capabilities"))
+        others = sum(
+            max(0, _int(n)) for by, n in _dict(m.get("in_flight")).items() if by != coordinator_id
+        )
         offers.append(
             ModelOffer(
                 name=m["name"],
@@ -166,7 +177,8 @@ def _offers(models: Any, in_flight: Mapping[str, int]) -> tuple[ModelOffer, ...]
                 cost_per_mtok=max(0.0, _float(m.get("cost_per_mtok"))),
                 latency_ms=_opt_float(m.get("latency_ms")),
                 tokens_per_s=_opt_float(m.get("tokens_per_s")),
-                in_flight=in_flight.get(m["name"], 0),
+                in_flight=in_flight.get(m["name"], 0) + others,
+                ttft_ms=_opt_float(m.get("ttft_ms")),
             )
         )
     return tuple(offers)

@@ -34,16 +34,20 @@ cost``:
   ``ahead = slots_busy + queue - slots_total + 1``; when ``ahead > 0``
   ``wait_s = queue_slot_wait_s * ahead / slots_total`` (each subtask ahead holds a slot
   for about ``queue_slot_wait_s``), else 0. ``cost = cost_per_hour * run_s / 3600``.
-* llm: ``run_s = est_tokens / tokens_per_s + latency_s``. Throughput and latency are
-  taken, in this order, from the coordinator's own :class:`ThroughputTracker` (EWMA per
-  peer and model profile), from the peer's gossiped measurement (``ModelOffer
-  .tokens_per_s`` / ``latency_ms``), or estimated from advertised hardware (latency 0):
+* llm: ``run_s = est_tokens / tokens_per_s + latency_s``. Throughput (completion
+  tokens/s) and latency (time to first token) are taken, in this order, from the
+  coordinator's own :class:`ThroughputTracker` (EWMAs over the requests it sent, per
+  peer and model profile), from the peer's own measurement as it gossips it (EWMAs over
+  every request its endpoint served: ``ModelOffer.tokens_per_s`` / ``ttft_ms``; for
+  latency then the endpoint probe's ``latency_ms``), or estimated from advertised
+  hardware (latency 0):
   with GPUs ``gpu_tokens_per_s_per_gib * (largest GPU's total VRAM in GiB)``, else with
   CPU cores ``cpu_tokens_per_s_per_core * cores / max(1, load)``, else
   ``default_tokens_per_s``; hardware estimates are clamped to
   ``[min_tokens_per_s, max_tokens_per_s]``. With the defaults a 24 GiB GPU is taken as
   60 tokens/s, an 8 GiB GPU as 20, an idle 8-core CPU as 8. The candidate's ``basis``
-  says which source was used. ``ahead = in_flight - max_concurrency + 1``; when
+  says which source was used ("measured", "peer-measured", "estimated ... from"),
+  and the requests in flight. ``ahead = in_flight - max_concurrency + 1``; when
   ``ahead > 0`` ``wait_s = run_s * ahead / max_concurrency`` (requests ahead take about
   as long as this one). ``cost = cost_per_mtok * est_tokens / 1e6``.
 
@@ -178,6 +182,36 @@ def _hardware_tokens_per_s(peer: PeerCapacity, config: PricingConfig) -> tuple[f
     return min(config.max_tokens_per_s, max(config.min_tokens_per_s, raw)), source
 
 
+def _llm_speed(
+    peer: PeerCapacity,
+    offer: ModelOffer,
+    config: PricingConfig,
+    throughput: ThroughputTracker | None,
+) -> tuple[float, str]:
+    """Tokens/s and where it came from: measured here, measured by the peer, hardware."""
+    own = throughput.tokens_per_s(peer.node_id, offer.name) if throughput else None
+    if own is not None and own > 0.0:
+        return own, f"measured {own:.1f} tok/s"
+    if offer.tokens_per_s is not None and offer.tokens_per_s > 0.0:
+        return offer.tokens_per_s, f"peer-measured {offer.tokens_per_s:.1f} tok/s"
+    tps, source = _hardware_tokens_per_s(peer, config)
+    return tps, f"estimated {tps:.1f} tok/s from {source}"
+
+
+def _llm_latency(
+    peer: PeerCapacity, offer: ModelOffer, throughput: ThroughputTracker | None
+) -> tuple[float | None, str]:
+    """Seconds to the first token and where it came from (None: not known, taken as 0)."""
+    own = throughput.latency_s(peer.node_id, offer.name) if throughput else None
+    if own is not None:
+        return own, "ttft"
+    if offer.ttft_ms is not None:
+        return offer.ttft_ms / 1000.0, "peer ttft"
+    if offer.latency_ms is not None:
+        return offer.latency_ms / 1000.0, "probe latency"
+    return None, ""
+
+
 def _llm_estimate(
     demand: Demand,
     peer: PeerCapacity,
@@ -186,21 +220,14 @@ def _llm_estimate(
     config: PricingConfig,
     throughput: ThroughputTracker | None,
 ) -> _Estimate:
-    measured = throughput.tokens_per_s(peer.node_id, offer.name) if throughput else None
-    latency = throughput.latency_s(peer.node_id, offer.name) if throughput else None
-    if measured is not None and measured > 0.0:
-        tps, basis = measured, f"measured {measured:.1f} tok/s"
-    elif offer.tokens_per_s is not None and offer.tokens_per_s > 0.0:
-        tps, basis = offer.tokens_per_s, f"advertised {offer.tokens_per_s:.1f} tok/s"
-    else:
-        tps, source = _hardware_tokens_per_s(peer, config)
-        basis = f"estimated {tps:.1f} tok/s from {source}"
-    if latency is None and offer.latency_ms is not None and offer.latency_ms >= 0.0:
-        latency = offer.latency_ms / 1000.0
+    tps, basis = _llm_speed(peer, offer, config, throughput)
+    latency, source = _llm_latency(peer, offer, throughput)
     if latency is not None:
-        basis += f", latency {latency * 1000.0:.0f} ms"
+        basis += f", {source} {latency * 1000.0:.0f} ms"
     run_s = max(0, demand.est_tokens) / tps + (latency or 0.0)
     concurrency = max(1, offer.max_concurrency)
+    if offer.in_flight > 0:
+        basis += f", {offer.in_flight}/{concurrency} in flight"
     ahead = offer.in_flight - concurrency + 1
     wait_s = run_s * ahead / concurrency if ahead > 0 else 0.0
     cost = offer.cost_per_mtok * max(0, demand.est_tokens) / 1e6

@@ -26,6 +26,7 @@ progress went) until its coordinator acknowledges it, across restarts too
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -172,6 +173,21 @@ class WorkerCore:
     def load(self) -> int:
         """Shell/python attempts held, running or queued (what a coordinator prices)."""
         return self._running_slots + len(self._queued)
+
+    def model_use_by(self) -> dict[str, dict[str, int]]:
+        """llm attempts held per model profile, per coordinating node id."""
+        out: dict[str, dict[str, int]] = {}
+        for held in self.held.values():
+            if held.model is not None:
+                by = out.setdefault(held.model, {})
+                coordinator = held.dispatch.coordinator.id
+                by[coordinator] = by.get(coordinator, 0) + 1
+        return out
+
+    def set_models(self, models: Mapping[str, int]) -> None:
+        """The model profiles served from now on (profile -> max_concurrency): local
+        servers found or gone. Attempts already held run to their end."""
+        self.config = dataclasses.replace(self.config, models=dict(models))
 
     def running_keys(self) -> list[AttemptKey]:
         return [k for k, h in self.held.items() if h.running]

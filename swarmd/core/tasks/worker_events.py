@@ -137,13 +137,8 @@ class WorkerEvents(Lifecycle):
             return
         if result.duration_s is None or not result.ok or not result.usage:
             return
-        usage = result.usage
-        tokens = usage.get("total_tokens")
-        if not isinstance(tokens, int):
-            parts = [usage.get("prompt_tokens"), usage.get("completion_tokens")]
-            tokens = sum(p for p in parts if isinstance(p, int))
-        self.throughput.observe(
-            attempt.node_id, attempt.model, tokens, result.duration_s, latency_s=result.latency_s
+        self.throughput.observe_usage(
+            attempt.node_id, attempt.model, result.usage, result.duration_s, result.latency_s
         )
 
     def _account(self, rec: SubtaskRecord, attempt: Attempt, result: Result, now: float) -> None:
