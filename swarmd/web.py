@@ -152,6 +152,7 @@ class WebServer:
         self.headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
         self._server: Server | None = None
         self._socket: socket.socket | None = None
+        self._port: int | None = None
         # Connections waiting for a request, oldest first: the ones shed when full.
         self.waiting: dict[_Connection, None] = {}
 
@@ -187,11 +188,13 @@ class WebServer:
             sock.close()
             raise
         self._server, self._socket = server, sock
+        self._port = int(sock.getsockname()[1])
 
     @property
     def port(self) -> int:
-        assert self._socket is not None, "not started"
-        return int(self._socket.getsockname()[1])
+        """The bound port (after :meth:`start`)."""
+        assert self._port is not None, "not started"
+        return self._port
 
     async def stop(self) -> None:
         """Stop listening; answers in progress get ``graceful_s`` to finish."""
@@ -204,9 +207,9 @@ class WebServer:
 
 
 def _listen(bind: str, port: int) -> socket.socket:
-    family, _, _, _, address = socket.getaddrinfo(
-        bind, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
+    """A listening socket on the first address of ``bind`` (IPv4 first: "localhost")."""
+    infos = socket.getaddrinfo(bind, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, address = min(infos, key=lambda info: info[0] != socket.AF_INET)
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -358,6 +361,13 @@ class _Connection(H11Protocol):
         reason = f"{str(error or msg)[:200]}\n".encode("ascii", "replace")
         self.transport.write(_plain(status, reason, self.web.headers))
         self.transport.close()
+
+    def shutdown(self) -> None:
+        """The server stops: close now if idle, else after the answer in progress."""
+        try:
+            super().shutdown()
+        except h11.LocalProtocolError:  # h11 already in error (a refused request)
+            self.transport.close()
 
     def pause_writing(self) -> None:
         super().pause_writing()

@@ -4,6 +4,7 @@ real sockets (bad requests, bodies, idle/half-open/slow clients, stop) and its h
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 import socket
@@ -176,14 +177,18 @@ def test_request_bodies_are_limited() -> None:
         assert await raw(server.port, post % (100, b"a" * 100)) == (200, _ok(b"POST 100"))
         # declared too large: refused before a byte of the body is read
         status, answer = await raw(server.port, post % (101, b""), eof=False)
-        assert status == 413 and b"over 100 bytes" in answer
+        assert status == 413 and answer.endswith(b'{"error": "request body over 100 bytes"}')
+        assert b"content-type: application/json" in answer
         # chunked: refused once past the limit
         chunked = b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
         chunked += b"40\r\n" + b"a" * 64 + b"\r\n" + b"40\r\n" + b"a" * 64 + b"\r\n0\r\n\r\n"
         assert (await raw(server.port, chunked))[0] == 413
         assert calls["echo"] == 1 and server.counters["http_bad_requests"] == 2
 
-    serve(check, Limits(max_body_bytes=100))
+    def as_json(status: int, message: str) -> tuple[str, bytes]:
+        return "application/json", json.dumps({"error": message}).encode()
+
+    serve(check, Limits(max_body_bytes=100), error_body=as_json)
 
 
 def _ok(body: bytes) -> bytes:
