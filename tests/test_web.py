@@ -244,11 +244,11 @@ def test_idle_connections_are_shed_for_a_new_request_and_a_busy_server_says_503(
         for i, (_, writer) in enumerate(idle):
             if i % 2:
                 writer.write(b"GET /echo HTTP/1.1\r\nHost: x\r\n")  # never finished
-        await asyncio.sleep(0.05)
+        await _until(lambda: server.counters["http_shed"] == 4)  # 8 idle, room for 4
         started = time.monotonic()
         assert (await raw(server.port, get("/echo")))[0] == 200
         assert time.monotonic() - started < 2
-        assert server.counters["http_shed"] >= 4
+        assert server.counters["http_shed"] == 5
         for _, writer in idle:
             writer.close()
         # every slot answering (and not done): the next one hears 503 at once
@@ -309,8 +309,9 @@ def test_stop_ends_a_response_that_would_never_finish() -> None:
         await _until(lambda: calls.get("block", 0) == 1)
         started = time.monotonic()
         await asyncio.wait_for(server.stop(), 10)
-        assert time.monotonic() - started < 3
-        assert await asyncio.wait_for(reader.read(), 5) is not None  # closed
+        assert time.monotonic() - started < 5
+        await asyncio.wait_for(reader.read(), 5)  # returns once the server closed it
+        assert reader.at_eof()
         writer.close()
 
     asyncio.run(main())
