@@ -17,10 +17,10 @@ Nothing secret is served: no cluster secret, no join token, model endpoints with
 credentials or query. As a last guard every response is checked for the secret in the
 encodings it is stored and carried in, and withheld (500) if it contains it.
 
-The handler is deliberately tiny: one request per connection (``Connection: close``),
-a bounded request head, no request bodies, a read deadline, a cap on connections. A
-bad request gets 400 and never reaches the node; an error in a handler gets 500 and is
-logged; nothing here can stop the node.
+A starlette app served by :mod:`swarmd.web` (uvicorn in the daemon's event loop): a
+bounded request head, no request bodies, a read deadline, a cap on connections, the
+security headers on every answer. A bad request gets 400 and never reaches the node; an
+error in a handler gets 500 and is logged; nothing here can stop the node.
 """
 
 from __future__ import annotations
@@ -28,33 +28,30 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hmac
 import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 from zmq.utils import z85
 
 from . import __version__
 from .control import peers as peer_views
 from .core.gossip import Member
 from .core.tasks import UnknownTask
-from .http_head import (
-    BadRequest,
-    Request,
-    check_access,
-    error_body,
-    host_name,
-    is_loopback,
-    parse_head,
-    response_head,
-)
+from .http_head import SECURITY_HEADERS, check_access
+from .web import Limits, WebServer, host_is_loopback, presented_token, token_matches
 from .work import Coordination
 
 MAX_HEAD = 8192  # request line + headers, bytes
@@ -65,6 +62,13 @@ EVENT_INTERVAL_S = 1.0  # a new state at least this often (peers' load, liveness
 EVENT_MIN_S = 0.2  # and when a task changes, but not more often than this
 RECENT_TASKS = 25
 STATE_CACHE_S = 0.2  # several viewers share one rendering of the state
+LIMITS = Limits(
+    max_body_bytes=0,
+    max_head_bytes=MAX_HEAD,
+    request_timeout_s=READ_TIMEOUT_S,
+    write_timeout_s=WRITE_TIMEOUT_S,
+    max_connections=MAX_CONNECTIONS,
+)
 
 _TASK_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
@@ -155,8 +159,7 @@ class Dashboard:
         self.clock = clock
         self.counters: Counter[str] = Counter()
         self.page = resources.files("swarmd").joinpath("dashboard.html").read_bytes()
-        self._server: asyncio.Server | None = None
-        self._conns: set[asyncio.Task[Any]] = set()
+        self._web: WebServer | None = None
         self._closing = asyncio.Event()
         self._cache: tuple[float, bytes] | None = None
         self._forbidden = _forbidden(node.keys)
@@ -164,14 +167,23 @@ class Dashboard:
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._on_connection, self.bind, self.requested_port, limit=MAX_HEAD
+        web = WebServer(
+            _Access(self._app(), self),
+            self.bind,
+            self.requested_port,
+            LIMITS,
+            counters=self.counters,
+            prefix="dashboard",
+            headers=SECURITY_HEADERS,
+            error_body=lambda status, message: ("application/json", error_body(message)),
         )
+        await web.start()
+        self._web = web
 
     @property
     def port(self) -> int:
-        assert self._server is not None and self._server.sockets
-        return int(self._server.sockets[0].getsockname()[1])
+        assert self._web is not None
+        return self._web.port
 
     @property
     def url(self) -> str:
@@ -181,18 +193,10 @@ class Dashboard:
         return f"http://{host}:{self.port}/"
 
     async def close(self) -> None:
-        self._closing.set()
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._conns):
-            task.cancel()
-        for task in list(self._conns):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(task, 1.0)
-        if self._server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 2.0)
-            self._server = None
+        self._closing.set()  # ends the event streams
+        web, self._web = self._web, None
+        if web is not None:
+            await web.stop()
 
     # ------------------------------------------------------------ state
 
@@ -249,139 +253,70 @@ class Dashboard:
 
     # ------------------------------------------------------------ HTTP
 
-    async def _on_connection(self, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        try:
-            if task is not None:
-                self._conns.add(task)
-            if len(self._conns) > MAX_CONNECTIONS:
-                self.counters["dashboard_busy"] += 1
-                await self._respond(w, 503, error_body("too many connections"), head_only=False)
-                return
-            await self._serve(reader, w)
-        except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
-            pass
-        except asyncio.CancelledError:
-            pass  # the server is closing; end quietly (3.11 logs a cancelled handler)
-        except Exception:
-            self.counters["dashboard_errors"] += 1
-            self.log.exception("dashboard: request failed")
-        finally:
-            if task is not None:
-                self._conns.discard(task)
-            w.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(w.wait_closed(), 1.0)
+    def _app(self) -> Starlette:
+        routes = [
+            Route("/", self._page),
+            Route("/index.html", self._page),
+            Route("/api/state", self._state),
+            Route("/api/explain/{task:path}", self._explain),
+            Route("/api/events", self._events),
+            Route("/favicon.ico", lambda _: Response(b"", 204, media_type="image/x-icon")),
+        ]
+        return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
 
-    async def _serve(self, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT_S)
-        except asyncio.LimitOverrunError:
-            self.counters["dashboard_bad_requests"] += 1
-            await self._respond(w, 431, error_body("request head too large"))
-            await _linger(reader, w)
-            return
-        except asyncio.IncompleteReadError as exc:
-            if exc.partial.strip():
-                self.counters["dashboard_bad_requests"] += 1
-                await self._respond(w, 400, error_body("incomplete request"))
-            return
-        except TimeoutError:
-            await self._respond(w, 408, error_body("request timeout"))
-            return
-        try:
-            request = parse_head(head)
-        except BadRequest as exc:
-            self.counters["dashboard_bad_requests"] += 1
-            await self._respond(w, exc.status, error_body(exc.message))
-            await _linger(reader, w)
-            return
-        self.counters["dashboard_requests"] += 1
-        head_only = request.method == "HEAD"
-        denied = self._access(request)
-        if denied is not None:
-            status, message, extra = denied
-            await self._respond(w, status, error_body(message), headers=extra, head_only=head_only)
-            return
-        if request.method not in ("GET", "HEAD"):
-            await self._respond(
-                w,
-                405,
-                error_body("only GET"),
-                headers=[("Allow", "GET, HEAD")],
-                head_only=head_only,
-            )
-            return
-        path = request.path
-        if path in ("/", "/index.html"):
-            await self._respond(w, 200, self.page, "text/html; charset=utf-8", head_only=head_only)
-        elif path == "/api/state":
-            try:
-                body = self._state_bytes()
-            except Exception:
-                self.counters["dashboard_errors"] += 1
-                self.log.exception("dashboard: cannot render the state")
-                await self._respond(w, 500, error_body("cannot render the state"))
-                return
-            await self._respond(w, 200, body, head_only=head_only)
-        elif path.startswith("/api/explain/"):
-            await self._explain(w, path.removeprefix("/api/explain/"), head_only)
-        elif path == "/api/events":
-            await self._events(w, head_only)
-        elif path == "/favicon.ico":
-            await self._respond(w, 204, b"", "image/x-icon", head_only=head_only)
-        else:
-            await self._respond(
-                w, 404, error_body(f"no such page: {path[:200]}"), head_only=head_only
-            )
-
-    def _access(self, request: Request) -> tuple[int, str, list[tuple[str, str]]] | None:
+    def access(self, request: Request) -> tuple[int, str, dict[str, str]] | None:
+        """Why this request is refused (status, message, headers), or None."""
         if self.token is not None:
-            given = request.query.get("token", [""])[-1]
-            auth = request.headers.get("authorization", "")
-            scheme, _, value = auth.partition(" ")
-            if scheme.lower() == "bearer":
-                given = value.strip()
-            if not hmac.compare_digest(given.encode(), self.token.encode()):
+            given = presented_token(request.headers, request.query_params)
+            if not token_matches(given, self.token):
                 self.counters["dashboard_unauthorized"] += 1
-                return 401, "a dashboard token is required", [("WWW-Authenticate", "Bearer")]
+                return 401, "a dashboard token is required", {"WWW-Authenticate": "Bearer"}
             return None
         # No token: loopback only. A browser sends the name it resolved in Host; a
         # rebinding attacker's page would send its own name, so refuse that.
-        host = request.headers.get("host")
-        if host is not None and not is_loopback(host_name(host)):
+        if not host_is_loopback(request.headers.get("host")):
             self.counters["dashboard_forbidden_host"] += 1
-            return 403, "open the dashboard as http://127.0.0.1 or http://localhost", []
+            return 403, "open the dashboard as http://127.0.0.1 or http://localhost", {}
         return None
 
-    async def _explain(self, w: asyncio.StreamWriter, task: str, head_only: bool) -> None:
+    async def _page(self, request: Request) -> Response:
+        return Response(self.page, media_type="text/html; charset=utf-8")
+
+    async def _state(self, request: Request) -> Response:
+        try:
+            body = self._state_bytes()
+        except Exception:
+            self.counters["dashboard_errors"] += 1
+            self.log.exception("dashboard: cannot render the state")
+            return _json(500, "cannot render the state")
+        return Response(body, media_type="application/json")
+
+    async def _explain(self, request: Request) -> Response:
+        task = request.path_params["task"]
         if not _TASK_RE.match(task):
-            await self._respond(w, 400, error_body("malformed task id"), head_only=head_only)
-            return
+            return _json(400, "malformed task id")
         try:
             body = self._encode(self.node.coordination.coordinator.explain(task))
         except UnknownTask:
-            await self._respond(
-                w, 404, error_body(f"unknown task {task} on this node"), head_only=head_only
-            )
-            return
-        await self._respond(w, 200, body, head_only=head_only)
+            return _json(404, f"unknown task {task} on this node")
+        except Exception:
+            self.counters["dashboard_errors"] += 1
+            self.log.exception("dashboard: cannot explain %s", task)
+            return _json(500, "cannot explain the task")
+        return Response(body, media_type="application/json")
 
-    async def _events(self, w: asyncio.StreamWriter, head_only: bool) -> None:
-        head = response_head(200, "text/event-stream", None)
-        w.write(head)
-        if head_only:
-            await asyncio.wait_for(w.drain(), WRITE_TIMEOUT_S)
-            return
-        w.write(b"retry: 1000\n\n")
+    async def _events(self, request: Request) -> Response:
+        return EventSourceResponse(self._event_stream(), sep="\n", send_timeout=WRITE_TIMEOUT_S)
+
+    async def _event_stream(self) -> AsyncIterator[ServerSentEvent]:
+        yield ServerSentEvent(retry=1000)
         while not self._closing.is_set():
             try:
-                w.write(b"data: " + self._state_bytes() + b"\n\n")
+                yield ServerSentEvent(data=self._state_bytes().decode())
             except Exception:
                 self.counters["dashboard_errors"] += 1
                 self.log.exception("dashboard: cannot render the state")
-                w.write(b": state unavailable\n\n")
-            await asyncio.wait_for(w.drain(), WRITE_TIMEOUT_S)
+                yield ServerSentEvent(comment="state unavailable")
             await self._next_event()
 
     async def _next_event(self) -> None:
@@ -401,33 +336,38 @@ class Dashboard:
         finally:
             closing.cancel()
 
-    async def _respond(
-        self,
-        w: asyncio.StreamWriter,
-        status: int,
-        body: bytes,
-        content_type: str = "application/json",
-        *,
-        headers: list[tuple[str, str]] | None = None,
-        head_only: bool = False,
-    ) -> None:
-        w.write(response_head(status, content_type, len(body), headers))
-        if not head_only:
-            w.write(body)
-        await asyncio.wait_for(w.drain(), WRITE_TIMEOUT_S)
+
+class _Access:
+    """Counts each request and refuses those without access, before any route."""
+
+    def __init__(self, app: Starlette, dashboard: Dashboard) -> None:
+        self.app = app
+        self.dashboard = dashboard
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            self.dashboard.counters["dashboard_requests"] += 1
+            denied = self.dashboard.access(Request(scope))
+            if denied is not None:
+                status, message, headers = denied
+                await _json(status, message, headers)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
-async def _linger(reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-    """After an error answer to a request we did not read to its end: stop writing and
-    discard what the client still sends (bounded), so that closing the socket does not
-    reset the connection before the client has read the answer."""
-    with contextlib.suppress(Exception):
-        if w.can_write_eof():
-            w.write_eof()
-        deadline = time.monotonic() + 1.0
-        discarded = 0
-        while discarded < (1 << 20) and (left := deadline - time.monotonic()) > 0:
-            chunk = await asyncio.wait_for(reader.read(65536), left)
-            if not chunk:
-                break
-            discarded += len(chunk)
+def error_body(message: str) -> bytes:
+    return msgspec.json.encode({"error": message})
+
+
+def _json(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(error_body(message), status, headers, media_type="application/json")
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's 404 and 405, as the dashboard's JSON errors."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return _json(404, f"no such page: {request.url.path[:200]}")
+    if exc.status_code == 405:
+        return _json(405, "only GET", {"Allow": "GET, HEAD"})
+    return _json(exc.status_code, str(exc.detail), dict(exc.headers or {}))

@@ -1,12 +1,12 @@
 """The opt-in HTTP port (``[node] metrics_port``): ``/metrics`` and ``/healthz``.
 
-A deliberately tiny HTTP/1.1 server on the daemon's event loop: one GET (or HEAD) per
-connection, then ``Connection: close``. Every read is bounded in size and time; a
-request it cannot parse gets 400 (or, when the peer is gone, nothing) and never
-reaches the rest of the node. At most ``MAX_CONNECTIONS`` are open: a new one past
-that closes the one that has waited longest for its request (idle or half-open
-connections cannot starve ``/healthz``), or, when every one is already being
-answered, gets a quick 503.
+A small starlette app served by :mod:`swarmd.web` (uvicorn in the daemon's event loop):
+GET (or HEAD) only, no request bodies, every request bounded in size and time
+(``REQUEST_TIMEOUT_S``); a request it cannot parse gets 400 and never reaches the rest
+of the node. At most ``MAX_CONNECTIONS`` are open: a new one past that closes the one
+that has waited longest for its request (idle or half-open connections cannot starve
+``/healthz``: ``http_shed``), or, when every one is already being answered, gets a
+quick 503 (``http_refused``).
 
 * ``/metrics``: Prometheus text exposition (:mod:`swarmd.metrics`).
 * ``/healthz``: 200 ``{"status": "ok", ...}`` while the gossip loop ticks; 503 with
@@ -23,61 +23,30 @@ it — ``Authorization: Bearer TOKEN`` (Prometheus ``authorization.credentials``
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import hmac
 import json
 import logging
 import time
 from typing import Any
-from urllib.parse import parse_qs
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
 
 from .metrics import CONTENT_TYPE, MetricsNode, NodeMetrics
+from .web import Limits, WebServer, presented_token, token_matches
 
-MAX_LINE_BYTES = 8192  # request line, and each header line
-MAX_HEADER_LINES = 64
 REQUEST_TIMEOUT_S = 5.0
-WRITE_TIMEOUT_S = 5.0
 MAX_CONNECTIONS = 32
 STALL_FACTOR = 10  # like the node's watchdog: this many gossip intervals without a tick
-
-_REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    401: "Unauthorized",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    408: "Request Timeout",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-}
+LIMITS = Limits(
+    max_body_bytes=0,
+    request_timeout_s=REQUEST_TIMEOUT_S,
+    write_timeout_s=5.0,
+    max_connections=MAX_CONNECTIONS,
+)
 _JSON = "application/json"
-_TEXT = "text/plain; charset=utf-8"
-
-
-_BUSY = b"busy: too many connections answering\n"
-
-
-def _head(status: int, ctype: str, length: int) -> bytes:
-    lines = [
-        f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}",
-        f"Content-Type: {ctype}",
-        f"Content-Length: {length}",
-        "Cache-Control: no-store",
-        "Connection: close",
-    ]
-    if status == 405:
-        lines.append("Allow: GET, HEAD")
-    if status == 401:
-        lines.append("WWW-Authenticate: Bearer")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
-
-
-class BadRequest(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class HttpApi:
@@ -88,28 +57,26 @@ class HttpApi:
         self.metrics = NodeMetrics(node)
         self.token: str | None = getattr(getattr(node, "config", None), "metrics_token", None)
         self.started = time.monotonic()
-        self.server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[Any]] = set()
-        # Those still reading their request, oldest first: shed first when full.
-        self._reading: dict[asyncio.Task[Any], None] = {}
+        self.web: WebServer | None = None
 
     async def start(self, host: str, port: int) -> None:
-        self.server = await asyncio.start_server(
-            self._accept, host, port, limit=MAX_LINE_BYTES, reuse_address=True
+        web = WebServer(
+            self._app(),
+            host,
+            port,
+            LIMITS,
+            counters=self.node.counters,
+            prefix="http",
+            headers=[("Cache-Control", "no-store")],
         )
+        await web.start()
+        self.web = web
         where = f"[{host}]" if ":" in host else host
-        self.log.info("metrics on http://%s:%d/metrics, health on /healthz", where, port)
+        self.log.info("metrics on http://%s:%d/metrics, health on /healthz", where, web.port)
 
     async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-        for task in list(self._connections):
-            task.cancel()
-        if self._connections:
-            await asyncio.wait(list(self._connections), timeout=2)
-        if self.server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.server.wait_closed(), 2)
+        if self.web is not None:
+            await self.web.stop()
 
     # ------------------------------------------------------------ health
 
@@ -136,121 +103,52 @@ class HttpApi:
 
     # ------------------------------------------------------------ HTTP
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        if len(self._connections) >= MAX_CONNECTIONS and not self._shed_oldest_reading():
-            # Every slot is busy answering: say so at once rather than hang up unanswered.
-            self.node.counters["http_refused"] += 1
-            writer.write(_head(503, _TEXT, len(_BUSY)) + _BUSY)
-            writer.close()
-            return
-        self._connections.add(task)
-        self._reading[task] = None
+    def _app(self) -> Any:
+        routes = [
+            Route("/metrics", self._metrics),
+            Route("/healthz", self._healthz),
+            Route("/", self._index),
+        ]
+        app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+
+        async def checked(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            """Every request carries the token when one is set; then the routes."""
+            if scope["type"] == "http":
+                self.node.counters["http_requests"] += 1
+                if self.token is not None:
+                    request = Request(scope)
+                    given = presented_token(request.headers, request.query_params)
+                    if not token_matches(given, self.token):
+                        self.node.counters["http_unauthorized"] += 1
+                        refusal = PlainTextResponse(
+                            "a metrics token is required\n",
+                            401,
+                            headers={"WWW-Authenticate": "Bearer"},
+                        )
+                        await refusal(scope, receive, send)
+                        return
+            await app(scope, receive, send)
+
+        return checked
+
+    async def _metrics(self, request: Request) -> Response:
         try:
-            await self._serve(reader, writer)
-        except Exception:  # a scrape must never take the node down
+            return Response(self.metrics.render(), media_type=CONTENT_TYPE)
+        except Exception:
             self.node.counters["http_errors"] += 1
-            self.log.debug("HTTP connection failed", exc_info=True)
-        finally:
-            self._connections.discard(task)
-            self._reading.pop(task, None)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 1)
+            self.log.exception("collecting metrics failed")
+            return PlainTextResponse("collecting metrics failed\n", 500)
 
-    def _shed_oldest_reading(self) -> bool:
-        """Make room by closing the connection that has waited longest for its request
-        (idle, half-open or slow ones): they cannot starve a quick ``/healthz``."""
-        if not self._reading:
-            return False
-        oldest = next(iter(self._reading))
-        del self._reading[oldest]
-        self._connections.discard(oldest)
-        oldest.cancel()
-        self.node.counters["http_shed"] += 1
-        return True
+    async def _healthz(self, request: Request) -> Response:
+        status, body = self.health()
+        return Response((json.dumps(body) + "\n").encode(), status, media_type=_JSON)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = False
-        try:
-            method, path, given = await asyncio.wait_for(
-                self._read_request(reader), REQUEST_TIMEOUT_S
-            )
-            self._reading.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
-            head = method == "HEAD"
-            if self._authorized(given):
-                status, ctype, body = self._route(method, path)
-            else:
-                self.node.counters["http_unauthorized"] += 1
-                status, ctype, body = 401, _TEXT, b"a metrics token is required\n"
-        except BadRequest as exc:
-            self.node.counters["http_bad_requests"] += 1
-            status, ctype, body = exc.status, _TEXT, f"{exc}\n".encode()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            return  # the client went away: nobody to answer
-        except TimeoutError:
-            self.node.counters["http_bad_requests"] += 1
-            status, ctype, body = 408, _TEXT, b"request timeout\n"
-        self.node.counters["http_requests"] += 1
-        writer.write(_head(status, ctype, len(body)))
-        if not head:
-            writer.write(body)
-        with contextlib.suppress(ConnectionError, TimeoutError):
-            await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT_S)
+    async def _index(self, request: Request) -> Response:
+        return PlainTextResponse("swarmd: /metrics (Prometheus), /healthz\n")
 
-    def _authorized(self, given: str) -> bool:
-        token = self.token
-        return token is None or hmac.compare_digest(given.encode(), token.encode())
 
-    async def _read_request(self, reader: asyncio.StreamReader) -> tuple[str, str, str]:
-        """Method, path and the token the request carries ("" without one)."""
-        line = await self._read_line(reader, 400)
-        try:
-            text = line.decode("ascii")
-        except UnicodeDecodeError:
-            raise BadRequest(400, "bad request line") from None
-        parts = text.split()
-        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-            raise BadRequest(400, "bad request line")
-        method, target, _version = parts
-        path, _, query = target.partition("?")
-        given = parse_qs(query).get("token", [""])[-1]
-        for _ in range(MAX_HEADER_LINES):
-            header = (await self._read_line(reader, 431)).decode("latin-1").strip()
-            if not header:
-                break
-            name, _, value = header.partition(":")
-            scheme, _, credentials = value.strip().partition(" ")
-            if name.strip().lower() == "authorization" and scheme.lower() == "bearer":
-                given = credentials.strip()
-        else:
-            raise BadRequest(431, "too many header lines")
-        if not method.isalpha() or not method.isupper():
-            raise BadRequest(400, "bad method")
-        if not target.startswith("/"):
-            raise BadRequest(400, "bad request target")
-        return method, path, given
-
-    @staticmethod
-    async def _read_line(reader: asyncio.StreamReader, status: int) -> bytes:
-        try:
-            return await reader.readuntil(b"\n")
-        except asyncio.LimitOverrunError:
-            raise BadRequest(status, "line too long") from None
-
-    def _route(self, method: str, path: str) -> tuple[int, str, bytes]:
-        if path not in ("/metrics", "/healthz", "/"):
-            return 404, _TEXT, b"not found: try /metrics or /healthz\n"
-        if method not in ("GET", "HEAD"):
-            return 405, _TEXT, b"method not allowed\n"
-        if path == "/metrics":
-            try:
-                return 200, CONTENT_TYPE, self.metrics.render()
-            except Exception:
-                self.log.exception("collecting metrics failed")
-                return 500, _TEXT, b"collecting metrics failed\n"
-        if path == "/healthz":
-            status, body = self.health()
-            return status, _JSON, (json.dumps(body) + "\n").encode()
-        return 200, _TEXT, b"swarmd: /metrics (Prometheus), /healthz\n"
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return PlainTextResponse("not found: try /metrics or /healthz\n", 404)
+    return PlainTextResponse(f"{exc.detail.lower()}\n", exc.status_code, headers=exc.headers)

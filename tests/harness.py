@@ -227,6 +227,8 @@ class BinaryDaemon(Daemon):
     def command(self) -> list[str]:
         cmd = [str(self.binary), "run", "--state-dir", str(self.state_dir)]
         cmd += ["--bind", "127.0.0.1", "--port", str(self.port), "--name", self.name]
+        if self.config_path:
+            cmd += ["--config", str(self.config_path)]
         return cmd + list(self.args)
 
     def start(self) -> BinaryDaemon:

@@ -22,12 +22,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from swarmd import __version__
 from swarmd.entry import choose
 from tests import harness
-from tests.harness import build_onefile, new_secret, wait_until
+from tests.harness import build_onefile, free_port, new_secret, wait_until
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -156,7 +157,9 @@ def test_binaries_form_a_cluster_and_run_tasks(
     binary: Path, tmp_path: Path, nodes: list[BinaryDaemon]
 ) -> None:
     secret = new_secret()
-    b1 = BinaryDaemon(binary, tmp_path, "b1", secret=secret, args=("--no-mdns",))
+    metrics_port, dashboard_port = free_port(), free_port()
+    config = f"[node]\nmetrics_port = {metrics_port}\ndashboard_port = {dashboard_port}\n"
+    b1 = BinaryDaemon(binary, tmp_path, "b1", secret=secret, args=("--no-mdns",), config=config)
     nodes.append(b1.start())
     wait_until(lambda: "b1" in b1.alive(), CLUSTER_WITHIN_S, what="b1 to answer swarmctl")
 
@@ -170,6 +173,14 @@ def test_binaries_form_a_cluster_and_run_tasks(
             CLUSTER_WITHIN_S,
             what=f"{node.name} to see b1 and b2 alive",
         )
+    # the HTTP ports (uvicorn, starlette, sse-starlette bundled): health and the dashboard
+    health = httpx.get(f"http://127.0.0.1:{metrics_port}/healthz", timeout=10)
+    assert (health.status_code, health.json()["status"]) == (200, "ok")
+    state = httpx.get(f"http://127.0.0.1:{dashboard_port}/api/state", timeout=10).json()
+    assert {p["name"] for p in state["peers"]} == {"b1", "b2"}
+    with httpx.stream("GET", f"http://127.0.0.1:{dashboard_port}/api/events", timeout=10) as ev:
+        assert any(line.startswith("data: ") for line in ev.iter_lines())
+
     # a member, not an admin: a membership signed by b1's authority key (Ed25519)
     assert not (b2.state_dir / "cluster.secret").exists()
     assert (b2.state_dir / "membership").is_file()

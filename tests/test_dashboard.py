@@ -24,7 +24,6 @@ from swarmd.dashboard import (
     Dashboard,
     DashboardError,
     check_settings,
-    parse_head,
     safe_endpoint,
 )
 from swarmd.identity import ClusterKeys
@@ -224,8 +223,6 @@ def test_settings() -> None:
         Dashboard(fake_node(bytes(32)), bind="0.0.0.0")
     assert safe_endpoint("http://user:pw@gpu:8001/v1?api_key=x#f") == "http://gpu:8001/v1"
     assert safe_endpoint("http://[::1]:8001/v1") == "http://[::1]:8001/v1"
-    request = parse_head(b"GET /api/explain/t%201?a=1 HTTP/1.0\r\n\r\n")
-    assert request.path == "/api/explain/t 1" and request.query == {"a": ["1"]}
 
 
 # ---------------------------------------------------------------- real daemons

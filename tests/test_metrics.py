@@ -166,7 +166,8 @@ def test_bad_requests_get_400_or_a_closed_connection_and_the_node_keeps_serving(
         status, _, _ = http(port, request)
         assert status in (0, 400, 431), what
         assert health(port)[0] == 200, f"after {what}"
-    assert http(port, b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n")[0] == 405
+    assert http(port, b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")[0] == 405
+    assert http(port, b"GET /metrics HTTP/1.1\r\n\r\n")[0] == 400  # HTTP/1.1 needs a Host
     assert get(port, "/nope")[0] == 404
     status, headers, body = http(port, b"HEAD /metrics HTTP/1.0\r\n\r\n")
     assert status == 200 and body == b"" and int(headers["content-length"]) > 0
@@ -272,9 +273,9 @@ def test_metrics_beyond_loopback_need_a_token_and_then_every_request_carries_it(
         status, headers, body = get(port, path)
         assert (status, headers["www-authenticate"]) == (401, "Bearer"), path
         assert b"swarmd_" not in body and d.node_id().encode() not in body
-    wrong = b"GET /metrics HTTP/1.1\r\nAuthorization: Bearer nope\r\n\r\n"
+    wrong = b"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\n\r\n"
     assert http(port, wrong)[0] == 401
-    bearer = f"GET /metrics HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
+    bearer = f"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
     status, _, body = http(port, bearer)
     assert status == 200 and b"swarmd_peers" in body
     assert get(port, f"/healthz?token={TOKEN}")[0] == 200
