@@ -39,7 +39,7 @@ if str(ROOT) not in sys.path:
 import httpx  # noqa: E402
 
 from bench.common import daemons, fmt_summary, load, save, summary, table  # noqa: E402
-from bench.dispatch import wait_done  # noqa: E402
+from bench.dispatch import cpu_and_counters, wait_done  # noqa: E402
 from protocol.messages import SubmitReply, SubmitRequest, TaskReply, TaskRequest  # noqa: E402
 from swarmctl.client import Client  # noqa: E402
 from tests.harness import Daemon, new_secret, wait_until  # noqa: E402
@@ -88,7 +88,7 @@ def run_job(client: Client, n: int, tag: str) -> dict[str, Any]:
     wall = time.perf_counter() - t0
     assert result["state"] == "done", result
     subs = result["subtasks"].values()
-    assert all(s.get("output") for s in subs), "a prompt without output"
+    assert all(s.get("output") for s in subs), list(subs)[:2]
     return {
         "task": reply.task,
         "wall_s": round(wall, 4),
@@ -145,7 +145,9 @@ def direct(server: LlamaServer, n: int, concurrency: int) -> float:
 
 
 @contextlib.contextmanager
-def cluster(root: Path, server: LlamaServer, concurrency: int) -> Iterator[dict[str, Client]]:
+def cluster(
+    root: Path, server: LlamaServer, concurrency: int
+) -> Iterator[dict[str, tuple[Client, Daemon]]]:
     secret = new_secret()
     nodes = [
         Daemon(root, "w1", secret=secret, config=worker_config(server.endpoint, server.model,
@@ -161,44 +163,59 @@ def cluster(root: Path, server: LlamaServer, concurrency: int) -> Iterator[dict[
         coords = nodes[1:]
 
         def serves() -> bool:
-            return all(
-                any(p["name"] == "w1" and p["models"] for p in c.peers()) for c in coords
-            )
+            return all(any(p["name"] == "w1" and p["models"] for p in c.peers()) for c in coords)
 
         wait_until(serves, 30, what="the coordinators to see w1's model")
-        clients = {d.name: Client(d.state_dir, timeout_s=60) for d in coords}
+        clients = {d.name: (Client(d.state_dir, timeout_s=60), d) for d in coords}
         try:
             yield clients
         finally:
-            for c in clients.values():
+            for c, _ in clients.values():
                 c.close()
+
+
+def _rounds(
+    server: LlamaServer,
+    clients: dict[str, tuple[Client, Daemon]],
+    prompts: int,
+    rounds: int,
+    concurrency: int,
+    log: bool,
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[float]]]:
+    """Alternating rounds: per arm a row per round; the direct floor per round."""
+    detail: dict[str, list[dict[str, Any]]] = {arm: [] for arm in ARMS}
+    floor: dict[str, list[float]] = {"concurrent": [], "sequential": []}
+    for arm in ARMS:  # warm-up: the worker's client, the server's cache
+        run_job(clients[arm][0], min(prompts, 2 * concurrency), f"warm-{arm}")
+    for r in range(rounds):
+        for arm in ARMS if r % 2 == 0 else ARMS[::-1]:
+            client, coordinator = clients[arm]
+            before = cpu_and_counters(coordinator)["cpu_s"]
+            row = run_job(client, prompts, f"{arm}-{r}")
+            cpu = cpu_and_counters(coordinator)["cpu_s"] - before
+            row["coordinator_cpu_ms"] = round(cpu * 1000, 1)
+            row |= groups_of(client, row.pop("task"))
+            detail[arm].append(row)
+            if log:
+                print(f"round {r} grouping {arm}: {row}", file=sys.stderr)
+        floor["concurrent"].append(direct(server, prompts, concurrency))
+        floor["sequential"].append(direct(server, prompts, 1))
+        if log:
+            print(f"round {r} direct: {floor}", file=sys.stderr)
+    return detail, floor
 
 
 def measure(prompts: int, rounds: int, concurrency: int, log: bool = True) -> dict[str, Any]:
     python, why = llama_python()
     if python is None:
         return {"skipped": f"llama-cpp-python is not available: {why}"}
-    walls: dict[str, list[float]] = {arm: [] for arm in ARMS}
-    detail: dict[str, list[dict[str, Any]]] = {arm: [] for arm in ARMS}
-    floor: dict[str, list[float]] = {"concurrent": [], "sequential": []}
-    with tempfile.TemporaryDirectory(prefix="swarmd-bench-batching-") as tmp:
-        with llama_server(python, Path(tmp)) as server:
-            with cluster(Path(tmp), server, concurrency) as clients:
-                for arm in ARMS:  # warm-up: the worker's client, the server's cache
-                    run_job(clients[arm], min(prompts, 2 * concurrency), f"warm-{arm}")
-                for r in range(rounds):
-                    order = ARMS if r % 2 == 0 else ARMS[::-1]
-                    for arm in order:
-                        row = run_job(clients[arm], prompts, f"{arm}-{r}")
-                        row |= groups_of(clients[arm], row.pop("task"))
-                        walls[arm].append(row["wall_s"])
-                        detail[arm].append(row)
-                        if log:
-                            print(f"round {r} grouping {arm}: {row}", file=sys.stderr)
-                    floor["concurrent"].append(direct(server, prompts, concurrency))
-                    floor["sequential"].append(direct(server, prompts, 1))
-                    if log:
-                        print(f"round {r} direct: {floor}", file=sys.stderr)
+    with (
+        tempfile.TemporaryDirectory(prefix="swarmd-bench-batching-") as tmp,
+        llama_server(python, Path(tmp)) as server,
+        cluster(Path(tmp), server, concurrency) as clients,
+    ):
+        detail, floor = _rounds(server, clients, prompts, rounds, concurrency, log)
+    walls = {arm: [row["wall_s"] for row in detail[arm]] for arm in ARMS}
     on, off = statistics.median(walls["on"]), statistics.median(walls["off"])
     return {
         "prompts": prompts,
@@ -207,9 +224,13 @@ def measure(prompts: int, rounds: int, concurrency: int, log: bool = True) -> di
         "max_concurrency": concurrency,
         "server": "llama-cpp-python (llama_cpp.server), tiny generated GGUF, 1 thread",
         "wall_s": {arm: summary(walls[arm], 4) for arm in ARMS},
-        "per_prompt_ms": {arm: round(statistics.median(walls[arm]) / prompts * 1000, 2)
-                          for arm in ARMS},  # fmt: skip
+        "per_prompt_ms": {
+            arm: round(statistics.median(walls[arm]) / prompts * 1000, 2) for arm in ARMS
+        },
         "off_over_on": round(off / on, 3),
+        "coordinator_cpu_ms": {
+            arm: summary([d["coordinator_cpu_ms"] for d in detail[arm]], 1) for arm in ARMS
+        },
         "direct_s": {k: summary(v, 4) for k, v in floor.items()},
         "server_serializes": _serializes(floor),
         "rounds_detail": detail,
@@ -233,19 +254,22 @@ def markdown(result: dict[str, Any]) -> str:
     if "skipped" in result:
         return f"Skipped: {result['skipped']}"
     ws, ds = result["wall_s"], result["direct_s"]
+    cpu = result["coordinator_cpu_ms"]
     rows = [
-        ["swarm, grouping on", fmt_summary(ws["on"], 3), result["per_prompt_ms"]["on"]],
-        ["swarm, grouping off", fmt_summary(ws["off"], 3), result["per_prompt_ms"]["off"]],
-        ["direct, same concurrency", fmt_summary(ds["concurrent"], 3), "-"],
-        ["direct, one at a time", fmt_summary(ds["sequential"], 3), "-"],
-    ]
+        ["swarm, grouping on", fmt_summary(ws["on"], 3), result["per_prompt_ms"]["on"],
+         fmt_summary(cpu["on"], 0)],
+        ["swarm, grouping off", fmt_summary(ws["off"], 3), result["per_prompt_ms"]["off"],
+         fmt_summary(cpu["off"], 0)],
+        ["direct, same concurrency", fmt_summary(ds["concurrent"], 3), "-", "-"],
+        ["direct, one at a time", fmt_summary(ds["sequential"], 3), "-", "-"],
+    ]  # fmt: skip
     first = result["rounds_detail"]["on"][0]
     serial = "runs one completion at a time" if result["server_serializes"] else "overlaps them"
     return (
         f"{result['prompts']} prompts of max_tokens {result['max_tokens']}, "
         f"max_concurrency {result['max_concurrency']}, {result['rounds']} rounds "
         f"alternating; {result['server']}.\n\n"
-        + table(["", "wall s (median, range)", "ms per prompt"], rows)
+        + table(["", "wall s (median, range)", "ms per prompt", "coordinator CPU ms"], rows)
         + f"\n\noff / on: {result['off_over_on']}. Grouped: {first['groups']} groups, "
         f"largest {first['largest_group']}, {first['pricings']} pricings for "
         f"{result['prompts']} prompts (off: one each). The server {serial} "
@@ -260,10 +284,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
-    if args.quick:
-        result = run(quick=True)
-    else:
-        result = measure(args.prompts, args.rounds, args.concurrency)
+    quick = args.quick
+    result = run(quick=True) if quick else measure(args.prompts, args.rounds, args.concurrency)
     print(json.dumps({k: v for k, v in result.items() if k != "rounds_detail"}, indent=2))
     print(markdown(result))
     print(f"wrote {save('llm_batching', result)}")

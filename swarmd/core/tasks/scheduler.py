@@ -72,9 +72,9 @@ class Scheduler(Lifecycle):
         else:
             rec.group = None
             placement = self._price(rec, view, priced)
-            winner = placement.winner
-            if winner is None:
+            if placement.winner is None:
                 return False
+            winner = placement.winner
             rest = tuple(
                 c for c in placement.candidates if c.feasible and c.node_id != winner.node_id
             )
