@@ -226,3 +226,28 @@ def test_llm_batching_quick() -> None:
     assert on["per_peer"] == off["per_peer"] == {"w1": 16}
     assert 0 < result["direct_s"]["sequential"]["median"] < 60
     assert "grouping off" in llm_batching.markdown(result)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_gateway_quick() -> None:
+    from bench import gateway
+
+    before = children()
+    result = gateway.run(quick=True)
+    no_leftovers(before)
+    json.dumps(result)
+    if "targets" not in result:
+        pytest.skip(str(result["skipped"]))
+    targets = result["targets"]
+    assert set(targets) | set(result["skipped"]) == {"direct", "litellm", "swarmd"}
+    direct = targets["direct"]
+    assert direct["n"] == 10 and 0 < direct["call_ms"]["median"] < 5000
+    assert direct["rps"] > 10 and direct["errors"] == 0
+    for name in set(targets) - {"direct"}:
+        row = targets[name]
+        assert row["n"] == 10 and row["rps"] > 0, (name, row)
+        assert "added_call_ms" in row and "added_ttft_ms" in row
+    for name, why in result["skipped"].items():
+        assert why, name  # a skipped target says why
+    assert "| direct |" in gateway.markdown(result)
