@@ -263,16 +263,18 @@ def markdown(result: dict[str, Any]) -> str:
         ["direct, same concurrency", fmt_summary(ds["concurrent"], 3), "-", "-"],
         ["direct, one at a time", fmt_summary(ds["sequential"], 3), "-", "-"],
     ]  # fmt: skip
-    first = result["rounds_detail"]["on"][0]
+    detail = result["rounds_detail"]
+    pricings = {arm: statistics.median(d["pricings"] for d in detail[arm]) for arm in ARMS}
+    groups = statistics.median(d["groups"] for d in detail["on"])
     serial = "runs one completion at a time" if result["server_serializes"] else "overlaps them"
     return (
         f"{result['prompts']} prompts of max_tokens {result['max_tokens']}, "
         f"max_concurrency {result['max_concurrency']}, {result['rounds']} rounds "
         f"alternating; {result['server']}.\n\n"
         + table(["", "wall s (median, range)", "ms per prompt", "coordinator CPU ms"], rows)
-        + f"\n\noff / on: {result['off_over_on']}. Grouped: {first['groups']} groups, "
-        f"largest {first['largest_group']}, {first['pricings']} pricings for "
-        f"{result['prompts']} prompts (off: one each). The server {serial} "
+        + f"\n\noff / on: {result['off_over_on']}. Grouping on: {groups:g} groups per job "
+        f"(median); pricings per job (a pass prices the queue's head again each time a "
+        f"slot frees): on {pricings['on']:g}, off {pricings['off']:g}. The server {serial} "
         "(direct concurrent vs one at a time)."
     )
 
