@@ -46,6 +46,8 @@ SECTIONS: tuple[Section, ...] = (
     Section("footprint", "bench.footprint", "Footprint"),
     Section("compare", "bench.compare", "Dispatch side by side (Ray, Dask, Celery)"),
     Section("scheduling", "bench.scheduling", "Scheduling quality (HEFT SLR, agent workload)"),
+    Section("llm_batching", "bench.llm_batching", "Small llm prompts grouped vs not (llama.cpp)"),
+    Section("gateway", "bench.gateway", "OpenAI gateway overhead (vs direct, vs LiteLLM)"),
 )
 
 Runner = Callable[[bool], dict[str, Any]]

@@ -306,6 +306,18 @@ def cancel(obj: Ctx, task: str) -> None:
     obj.emit_json(body) if obj.as_json else _print_status(body)
 
 
+def _grouped(task: str, subtask: str, g: dict[str, Any]) -> str:
+    """One line on a subtask placed with a group of small llm subtasks."""
+    size = g.get("size", 1)
+    where = f"on {g.get('peer')} ({g.get('model')})"
+    lead = g.get("lead")
+    if g.get("task") == task and lead == subtask:
+        return f"grouped: priced for a group of {size} small llm subtasks {where}"
+    if g.get("task") != task:
+        lead = f"{g.get('task')}/{lead}"
+    return f"grouped: joined {lead}'s group of {size} {where}, not priced alone"
+
+
 @main.command()
 @click.argument("task")
 @click.pass_obj
@@ -320,6 +332,8 @@ def explain(obj: Ctx, task: str) -> None:
         click.echo(f"\n{sub['id']} ({sub.get('state')}): priced {sub.get('priced', 0)} time(s)")
         if sub.get("reason"):
             click.echo(f"  {sub['reason']}")
+        if sub.get("grouped"):
+            click.echo(f"  {_grouped(str(body.get('id')), sub['id'], sub['grouped'])}")
         rows = [["", "PEER", "FEASIBLE", "WAIT", "RTT", "RUN", "COST", "SCORE", "WHY NOT / BASIS"]]
         for c in sub.get("candidates", []):
             num = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731

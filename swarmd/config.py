@@ -101,6 +101,8 @@ class Config:
     gossip: GossipConfig = field(default_factory=GossipConfig)
     retention: Retention = field(default_factory=Retention)  # [tasks] keep, keep_tasks
     budgets: Mapping[str, Budget] = field(default_factory=dict)  # [gateway] budget, by key id
+    llm_grouping: bool = True  # [tasks] llm_grouping: small llm subtasks go out in groups
+    llm_group_max_tokens: int = 512  # [tasks] llm_group_max_tokens: "small"
     source: Path | None = None  # the file it was read from
 
     @property
@@ -188,6 +190,7 @@ def load(path: Path | None, overrides: dict[str, Any], state_dir: Path | None = 
     g.check_unknown()
     t = _Table(f"{label} [tasks]", top.get("tasks", dict, {}))
     retention = _retention(t)
+    grouping = _grouping(t)
     t.check_unknown()
     budgets = _budgets(top, label)
     top.check_unknown()
@@ -206,6 +209,7 @@ def load(path: Path | None, overrides: dict[str, Any], state_dir: Path | None = 
         retention=retention,
         budgets=budgets,
         source=path,
+        **grouping,
         **values,
     )
     try:
@@ -443,6 +447,18 @@ def _budgets(top: _Table, label: str) -> dict[str, Budget]:
         return parse_budgets(gateway.data["budget"])
     except ValueError as exc:
         raise ConfigError(f"{gateway.where} budget: {exc}") from None
+
+
+def _grouping(t: _Table) -> dict[str, Any]:
+    """[tasks] llm_grouping = true (small llm subtasks for one model profile, ready
+    together, go to one node up to its free concurrency) and llm_group_max_tokens = 512
+    (small: the prompt estimate + max_tokens at most this)."""
+    base = Config(state_dir=Path())
+    grouping = t.get("llm_grouping", bool, base.llm_grouping)
+    max_tokens = t.get("llm_group_max_tokens", int, base.llm_group_max_tokens)
+    if max_tokens < 0:
+        raise ConfigError(f"{t.where} llm_group_max_tokens: expected 0 or more, got {max_tokens}")
+    return {"llm_grouping": grouping, "llm_group_max_tokens": max_tokens}
 
 
 def _validate(cfg: Config) -> None:

@@ -214,7 +214,11 @@ class Node:
             me=lambda: membership.me,
             clock=Clock(),
             log=self.log.getChild("tasks"),
-            config=CoordinatorConfig(retention=cfg.retention),
+            config=CoordinatorConfig(
+                retention=cfg.retention,
+                llm_grouping=cfg.llm_grouping,
+                group_max_tokens=cfg.llm_group_max_tokens,
+            ),
             health=self.health,
         )
         self.worker = worker = Worker(

@@ -163,6 +163,9 @@ def llama_server(
         "--host", "127.0.0.1", "--port", str(port),
         "--n_ctx", "512", "--n_threads", "1", "--n_threads_batch", "1",
         "--seed", "1",
+        # Its default cuts a streaming completion short (an empty answer, no error)
+        # when another request arrives; a real server queues or batches them.
+        "--interrupt_requests", "False",
     ]  # fmt: skip
     t1 = time.monotonic()
     with open(log, "wb") as log_file:

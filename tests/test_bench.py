@@ -97,7 +97,7 @@ def test_select_only_and_skip() -> None:
     names = [s.name for s in SECTIONS]
     assert run_all.select(names, None, None) == names
     assert run_all.select(names, "simconv,failover", None) == ["failover", "simconv"]
-    assert run_all.select(names, None, "compare,scheduling") == names[:4]
+    assert run_all.select(names, None, "compare,scheduling") == names[:4] + names[6:]
     assert run_all.select(names, "footprint,simconv", "simconv") == ["footprint"]
     with pytest.raises(SystemExit, match="unknown section"):
         run_all.select(names, "nonsense", None)
@@ -111,6 +111,8 @@ def test_the_sections_are_all_listed_in_order() -> None:
         "footprint",
         "compare",
         "scheduling",
+        "llm_batching",
+        "gateway",
     ]
 
 
@@ -205,3 +207,47 @@ def test_footprint_quick() -> None:
     assert "skipped" in result["binary"]  # quick mode does not build
     md = footprint.markdown(result)
     assert "Ray head" in md and "Binary: " in md
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_llm_batching_quick() -> None:
+    from bench import llm_batching
+
+    before = children()
+    result = llm_batching.run(quick=True)
+    no_leftovers(before)
+    json.dumps(result)
+    if "skipped" in result:
+        pytest.skip(result["skipped"])
+    assert result["prompts"] == 16 and result["wall_s"]["on"]["n"] == 1
+    on, off = result["rounds_detail"]["on"][0], result["rounds_detail"]["off"][0]
+    assert on["largest_group"] == result["max_concurrency"] and off["groups"] == 0
+    assert on["per_peer"] == off["per_peer"] == {"w1": 16}
+    assert 0 < result["direct_s"]["sequential"]["median"] < 60
+    assert "grouping off" in llm_batching.markdown(result)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_gateway_quick() -> None:
+    from bench import gateway
+
+    before = children()
+    result = gateway.run(quick=True)
+    no_leftovers(before)
+    json.dumps(result)
+    if "targets" not in result:
+        pytest.skip(str(result["skipped"]))
+    targets = result["targets"]
+    assert set(targets) | set(result["skipped"]) == {"direct", "litellm", "swarmd"}
+    direct = targets["direct"]
+    assert direct["n"] == 10 and 0 < direct["call_ms"]["median"] < 5000
+    assert direct["rps"] > 10 and direct["errors"] == 0
+    for name in set(targets) - {"direct"}:
+        row = targets[name]
+        assert row["n"] == 10 and row["rps"] > 0, (name, row)
+        assert "added_call_ms" in row and "added_ttft_ms" in row
+    for name, why in result["skipped"].items():
+        assert why, name  # a skipped target says why
+    assert "| direct |" in gateway.markdown(result)

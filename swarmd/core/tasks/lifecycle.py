@@ -74,6 +74,8 @@ class Lifecycle(Bookkeeping):
         rec.round = rest
         if placement is not None:
             rec.placements.append(placement)
+        else:
+            rec.group = None  # refused by the group's node: it goes on alone
         while len(rec.placements) > max(1, self.config.placements_kept):
             rec.placements.popleft()
         self._in_flight[(task.id, rec.id)] = rec

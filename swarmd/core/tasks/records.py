@@ -47,6 +47,10 @@ class CoordinatorConfig:
     restore_grace_s: float | None = None  # lease given to re-adopted attempts (None: lease_s)
     aging_s: float = DEFAULT_AGING_S  # ready queue aging, see swarmd.core.queue
     placements_kept: int = 8  # winning placements kept per subtask for explain
+    # Small llm subtasks of one kind, ready together, go to one node up to its free
+    # concurrency (swarmd.core.tasks.grouping); small: est_tokens at most this.
+    llm_grouping: bool = True
+    group_max_tokens: int = 512
     retention: Retention = field(default_factory=Retention)  # when tasks are forgotten
 
     def backoff(self, failures: int) -> float:
@@ -184,6 +188,29 @@ class Attempt:
 
 
 @dataclass(slots=True)
+class GroupNote:
+    """Small llm subtasks placed together on one node in one schedule pass (see
+    :mod:`swarmd.core.tasks.grouping`): one note, shared by its members."""
+
+    task_id: str  # the lead's task
+    lead: str  # the member that was priced; the others joined it
+    node_id: str
+    peer: str
+    model: str | None
+    size: int = 1
+
+    def to_data(self) -> dict[str, Any]:
+        return {
+            "task": self.task_id,
+            "lead": self.lead,
+            "node_id": self.node_id,
+            "peer": self.peer,
+            "model": self.model,
+            "size": self.size,
+        }
+
+
+@dataclass(slots=True)
 class SubtaskRecord:
     task_id: str
     spec: SubtaskSpec
@@ -208,6 +235,7 @@ class SubtaskRecord:
     priced: int = 0  # pricing passes so far
     round: tuple[Candidate, ...] = ()  # candidates left to try if the current one refuses
     refused_by: set[str] = field(default_factory=set)  # nodes that refused in this round
+    group: GroupNote | None = None  # its last placement was with a group (explain)
 
     @property
     def id(self) -> str:

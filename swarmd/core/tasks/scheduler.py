@@ -1,5 +1,7 @@
 """The schedule pass: walk the ready subtasks in order, price each against the live
 view of the peers (:func:`swarmd.core.pricing.price`), dispatch it to the winner.
+Small llm subtasks of one kind follow the first one priced to its node, up to the
+profile's free concurrency there (:mod:`swarmd.core.tasks.grouping`).
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from dataclasses import replace
 from swarmd.core.pricing import Demand, PeerCapacity, Placement, price, reprice
 from swarmd.core.tasks.backlog import Kind
 from swarmd.core.tasks.effects import Batch, Effect
+from swarmd.core.tasks.grouping import Groups, group_key
 from swarmd.core.tasks.lifecycle import Lifecycle
-from swarmd.core.tasks.records import SubtaskRecord
+from swarmd.core.tasks.records import SubtaskRecord, TaskRecord
 
 # (demand, nodes excluded) -> its placement in this pass, and the nodes changed since
 _Priced = dict[tuple[Demand, frozenset[str]], tuple[Placement, set[str]]]
@@ -33,30 +36,58 @@ class Scheduler(Lifecycle):
             return []
         view = {p.node_id: p for p in peers}
         priced: _Priced = {}
+        groups = Groups()
         blocked: set[Kind] = set()
         for key in self._backlog.walk(now):
             task = self._tasks[key[0]]
             rec = task.subtasks[key[1]]
             if rec.not_before > now or rec.demand is None:
                 continue
-            placement = self._price(rec, view, priced)
-            winner = placement.winner
-            if winner is None:
+            if not self._place(batch, task, rec, view, priced, groups, now):
                 blocked.add(self._backlog.kind(key))
                 if len(blocked) == self._backlog.kinds():
                     break
-                continue
-            self._backlog.take(key)
+        if groups.joined:
+            self.counters["grouped"] += groups.joined
+        return self._finish(batch)
+
+    def _place(
+        self,
+        batch: Batch,
+        task: TaskRecord,
+        rec: SubtaskRecord,
+        view: dict[str, PeerCapacity],
+        priced: _Priced,
+        groups: Groups,
+        now: float,
+    ) -> bool:
+        """Dispatch ``rec``: with the open group of its kind if it is a small llm
+        subtask and one has room, else to the winner of its own pricing (opening a
+        group there). False: no peer can take it now."""
+        gkey = group_key(rec, self.config.group_max_tokens) if self.config.llm_grouping else None
+        group = groups.join(gkey, rec) if gkey is not None else None
+        if group is not None:
+            rec.last_placement = group.placement
+            placement, winner, rest = group.placement, group.winner, group.rest
+        else:
+            rec.group = None
+            placement = self._price(rec, view, priced)
+            if placement.winner is None:
+                return False
+            winner = placement.winner
             rest = tuple(
                 c for c in placement.candidates if c.feasible and c.node_id != winner.node_id
             )
-            self._dispatch(batch, task, rec, "dispatch", winner, placement, rest, now)
-            peer = view.get(winner.node_id)
-            if peer is not None:
-                view[winner.node_id] = _one_more(peer, winner.model)
-                for _, changed in priced.values():
-                    changed.add(winner.node_id)
-        return self._finish(batch)
+        self._backlog.take((task.id, rec.id))
+        self._dispatch(batch, task, rec, "dispatch", winner, placement, rest, now)
+        peer = view.get(winner.node_id)
+        if peer is not None:
+            view[winner.node_id] = _one_more(peer, winner.model)
+            for _, changed in priced.values():
+                changed.add(winner.node_id)
+        if gkey is not None and group is None:
+            groups.open(gkey, rec, placement, rest, view)
+        return True
 
     def _price(
         self, rec: SubtaskRecord, view: dict[str, PeerCapacity], priced: _Priced

@@ -101,6 +101,7 @@ class Views(Bookkeeping):
                     "placed": len(rec.attempts) + rec.refusals,
                     "reason": None if last is None else last.reason,
                     "candidates": [] if last is None else explain_table(last),
+                    "grouped": None if rec.group is None else rec.group.to_data(),
                     "attempts": [a.to_data() for a in rec.attempts],
                     "reasons": list(rec.reasons),
                     "refusals": list(rec.refusal_notes),
