@@ -177,7 +177,7 @@ class Worker:
 
     @property
     def queue_limit(self) -> int:
-        return self.core.config.queue_limit
+        return self.core.queue_limit
 
     @property
     def draining(self) -> bool:

@@ -68,6 +68,42 @@ def test_slots_then_a_bounded_queue_then_refusal() -> None:
     assert (w.busy, w.queued) == (2, 0)
 
 
+def test_without_a_configured_queue_short_attempts_get_a_deeper_one() -> None:
+    """No ``queue``: one queued per slot until attempts have run; after short ones up to
+    ``queue_depth_max`` per slot (they cover ``queue_hold_s``), and back to one per slot
+    once attempts take ``queue_hold_s`` or longer. A configured queue never moves."""
+    w = WorkerCore("w1", WorkerConfig(slots=2, queue_hold_s=0.05, queue_depth_max=4))
+    assert w.queue_limit == 2
+    now, n = 0.0, 0
+
+    def run_one(seconds: float) -> None:
+        nonlocal now, n
+        n += 1
+        key = ("t1", f"s{n}", 1)
+        assert started(w.on_dispatch(dispatch(f"s{n}"), now)) == [f"s{n}"]
+        now += seconds
+        w.on_finished(key, result(f"s{n}"), now)
+
+    run_one(0.001)
+    assert w.queue_limit == 2 * 4  # 1 ms calls: 50 per slot would fit, 4 at most
+    for _ in range(30):
+        run_one(0.2)
+    assert w.queue_limit == 2  # long attempts: one per slot again
+    for _ in range(30):
+        run_one(0.02)
+    assert w.queue_limit == 2 * 2  # 20 ms: two cover 50 ms
+    # Admission follows the limit: 2 running + 4 queued, the next is refused.
+    for i in range(6):
+        w.on_dispatch(dispatch(f"q{i}"), now)
+    assert (w.busy, w.queued) == (2, 4)
+    [refusal] = sent(w.on_dispatch(dispatch("q6"), now), DispatchReply)
+    assert refusal.reason == "all slots busy"
+    fixed = WorkerCore("w1", WorkerConfig(slots=2, queue=1))
+    fixed.on_dispatch(dispatch("x"), 1.0)
+    fixed.on_finished(("t1", "x", 1), result("x"), 1.001)
+    assert fixed.queue_limit == 1
+
+
 def test_an_accepted_dispatch_gets_no_reply_but_a_start_notice_if_it_still_runs() -> None:
     w = WorkerCore("w1", WorkerConfig(slots=1, queue=1, start_notice_s=0.05))
     effects = w.on_dispatch(dispatch("a"), 0.0)

@@ -9,8 +9,13 @@ message, :class:`Persist` or :class:`Unpersist` a result in the durable outbox.
 Admission (every dispatch, whatever the coordinator believed):
 
 * ``shell`` and ``python`` subtasks need ``allow_shell`` (a python call such as
-  ``os:system`` is a shell); they share ``slots`` running attempts, and up to ``queue``
-  more are held, queued, so a worker never idles for a round trip between two;
+  ``os:system`` is a shell); they share ``slots`` running attempts, and up to
+  :attr:`WorkerCore.queue_limit` more are held, queued, so a worker never idles for a
+  round trip between two: ``queue`` when configured (``[node] max_queue``), else as
+  much as covers ``queue_hold_s`` of its recent attempts' run time — one per slot for
+  attempts of ``queue_hold_s`` or longer, up to ``queue_depth_max`` per slot for short
+  ones (a slot that ran a 1 ms call is free again long before a round trip brings the
+  next: a deeper queue keeps it busy, and long work is still held only one deep);
 * ``llm`` subtasks need the named model profile, at most ``max_concurrency`` each;
 * a draining worker takes nothing new.
 
@@ -55,7 +60,10 @@ SHELL_DISABLED = "shell and python subtasks are disabled on this node (allow_she
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
     slots: int = 4  # shell/python attempts running at once
-    queue: int | None = None  # shell/python attempts held beyond the slots; None: = slots
+    queue: int | None = None  # shell/python attempts held beyond the slots; None: adaptive
+    queue_hold_s: float = 0.05  # adaptive: hold about this much run time per slot queued
+    queue_depth_max: int = 4  # adaptive: at most this many queued per slot
+    run_alpha: float = 0.2  # adaptive: weight of each finished attempt in the run time
     allow_shell: bool = True
     models: Mapping[str, int] = field(default_factory=dict)  # profile -> max_concurrency
     resend_first_s: float = 2.0
@@ -70,6 +78,7 @@ class WorkerConfig:
 
     @property
     def queue_limit(self) -> int:
+        """The queue configured, or the adaptive queue's least (one per slot)."""
         return max(0, self.slots if self.queue is None else self.queue)
 
 
@@ -123,6 +132,7 @@ class _Held:
     model: str | None  # an llm attempt's profile; None: a shell/python slot
     next_beat: float
     running: bool = False
+    started: float | None = None  # when it started running (shell/python)
     told: bool = False  # its coordinator heard it started
     cancelled: bool = False  # by its coordinator
 
@@ -153,6 +163,7 @@ class WorkerCore:
         self._queued: deque[AttemptKey] = deque()  # shell/python, in arrival order
         self._running_slots = 0
         self._model_use: Counter[str] = Counter()
+        self._run_s: float | None = None  # shell/python attempts' run time, an EWMA
         self.outbox: dict[AttemptKey, _Outgoing] = {}
         # Attempts whose result was acknowledged: a late copy of their dispatch (sent
         # again while the answer was on its way) is not run again. The last DONE_KEPT.
@@ -173,6 +184,16 @@ class WorkerCore:
     def load(self) -> int:
         """Shell/python attempts held, running or queued (what a coordinator prices)."""
         return self._running_slots + len(self._queued)
+
+    @property
+    def queue_limit(self) -> int:
+        """Shell/python attempts held beyond the slots, at most, now (gossiped as
+        ``queue_max``): the configured queue, else adaptive (module docstring)."""
+        config = self.config
+        if config.queue is not None or self._run_s is None:
+            return config.queue_limit
+        per_slot = int(config.queue_hold_s / max(self._run_s, 1e-6))
+        return config.slots * max(1, min(config.queue_depth_max, per_slot))
 
     def model_use_by(self) -> dict[str, dict[str, int]]:
         """llm attempts held per model profile, per coordinating node id."""
@@ -249,7 +270,7 @@ class WorkerCore:
             return SHELL_DISABLED
         if self.config.slots <= 0:
             return "no shell/python slots on this node"
-        if self.load >= self.config.slots + self.config.queue_limit:
+        if self.load >= self.config.slots + self.queue_limit:
             return "all slots busy"
         return None
 
@@ -312,6 +333,7 @@ class WorkerCore:
         held.next_beat = now + self.config.start_notice_s
         if held.model is None:
             self._running_slots += 1
+            held.started = now
         return [Start(key, held.dispatch)]
 
     def _start_queued(self, now: float) -> list[Effect]:
@@ -358,6 +380,8 @@ class WorkerCore:
             self._model_use[held.model] -= 1
         elif held.running:
             self._running_slots -= 1
+            if held.started is not None:
+                self._observe_run(now - held.started)
         self.counters["finished"] += 1
         message = msgspec.structs.replace(result, node=self.node_id, load=self.load)
         addr = held.dispatch.coordinator.addr
@@ -370,6 +394,11 @@ class WorkerCore:
         # its write need not delay the first send; a crash before it re-runs the attempt.
         effects: list[Effect] = [Send(addr, message), Persist(key, addr, message)]
         return effects + self._start_queued(now)
+
+    def _observe_run(self, seconds: float) -> None:
+        seconds = max(0.0, seconds)
+        old = self._run_s
+        self._run_s = seconds if old is None else old + self.config.run_alpha * (seconds - old)
 
     def hand_back(self, now: float) -> list[Effect]:
         """Shutting down: queued attempts end at once, running ones are stopped."""
