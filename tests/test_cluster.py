@@ -6,6 +6,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,10 +44,18 @@ def test_three_daemons_form_one_cluster_by_mdns_and_track_failures(
     print(f"formed {formed - ready:.2f} s after all answered ({formed - t0:.2f} s from spawn)")
     assert formed - ready < FORM_WITHIN_S, f"took {formed - ready:.2f} s"
 
-    # The real CLI shows the same, with the CONTRACT fields.
-    out = swarmctl("--json", "peers", state_dir=n1.state_dir)
-    assert out.returncode == 0, out.stderr
-    peers = json.loads(out.stdout)
+    # The real CLI shows the same, with the CONTRACT fields. A peer first heard of
+    # through another's gossip has no round trip measured yet (rtt_ms null) until this
+    # node's own first exchange with it: wait for that, then check every field.
+    def measured() -> list[dict[str, Any]] | None:
+        out = swarmctl("--json", "peers", state_dir=n1.state_dir)
+        assert out.returncode == 0, out.stderr
+        rows: list[dict[str, Any]] = json.loads(out.stdout)
+        return rows if all(p["self"] or p["rtt_ms"] is not None for p in rows) else None
+
+    wait_until(lambda: measured() is not None, 5, what="round trips measured")
+    peers = measured()
+    assert peers is not None
     assert {p["name"] for p in peers} == {"n1", "n2", "n3"}
     keys = {"id", "name", "address", "state", "self", "generation", "draining", "rtt_ms"}
     keys |= {"last_seen_s", "cpu", "memory", "gpus", "models"}
