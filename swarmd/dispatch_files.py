@@ -72,4 +72,5 @@ def spec_to_wire(spec: SubtaskSpec) -> dict[str, Any]:
         "call": spec.call,
         "args": list(spec.args),
         "kwargs": dict(spec.kwargs),
+        **({} if spec.api is None else {"api": spec.api, "request": spec.request}),
     }

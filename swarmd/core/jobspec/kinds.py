@@ -14,13 +14,13 @@ from typing import Any, Final
 from swarmd.core import template
 
 from .fields import FieldReader
-from .spec import DEFAULT_MAX_TOKENS, Kind
+from .spec import APIS, DEFAULT_MAX_TOKENS, Kind
 from .wording import quote, type_name
 
 # Keys of a subtask table, by kind. Order is the order of the "allowed" lists in messages.
 KIND_KEYS: Final[Mapping[str, tuple[str, ...]]] = {
     "shell": ("run", "inputs", "outputs", "estimate"),
-    "llm": ("prompt", "model", "max_tokens", "system"),
+    "llm": ("prompt", "model", "max_tokens", "system", "api", "request", "client"),
     "python": ("call", "args", "kwargs", "inputs", "outputs", "estimate"),
 }
 
@@ -90,13 +90,15 @@ def _argv(r: FieldReader, value: object) -> list[str] | None:
 
 def read_llm(r: FieldReader, values: dict[str, Any]) -> None:
     raw = r.raw
-    if "prompt" not in raw:
+    if "api" in raw or "request" in raw:
+        _read_request(r, values)
+    elif "prompt" not in raw:
         r.error("prompt", "missing (llm subtasks need a prompt)")
     elif (prompt := r.string("prompt")) is not None:
         values["prompt"] = prompt
     if "model" in raw and (model := r.string("model")) is not None:
         values["model"] = model
-    if "capability" in raw and "model" in raw:
+    if "capability" in raw and "model" in raw and "api" not in raw:
         r.error(None, 'give either "capability" or "model" (a profile name), not both')
     elif "capability" not in raw and "model" not in raw:
         r.error(None, 'llm subtasks need "capability" or "model" (a profile name)')
@@ -105,6 +107,30 @@ def read_llm(r: FieldReader, values: dict[str, Any]) -> None:
         values["max_tokens"] = n
     if "system" in raw and (system := r.string("system", allow_empty=True)) is not None:
         values["system"] = system
+    if "client" in raw and (client := r.string("client")) is not None:
+        values["client"] = client
+
+
+def _read_request(r: FieldReader, values: dict[str, Any]) -> None:
+    """An OpenAI request passed through: ``api`` (which endpoint) and ``request`` (the
+    body), instead of a prompt."""
+    raw = r.raw
+    for key in ("prompt", "system"):
+        if key in raw:
+            r.error(key, f'not with "api" and "request" (the request carries the {key})')
+    api = raw.get("api")
+    if api not in APIS:
+        shown = quote(api) if isinstance(api, str) else "missing"
+        r.error("api", f"{shown}: expected one of {', '.join(APIS)} (with a request)")
+    else:
+        values["api"] = api
+    request = raw.get("request")
+    if not isinstance(request, Mapping):
+        r.error("request", f"expected a table (an OpenAI request body), got {type_name(request)}")
+    elif not is_jsonable(request):
+        r.error("request", _JSON_ONLY)
+    else:
+        values["request"] = dict(request)
 
 
 # ---------------------------------------------------------------------------- python

@@ -35,10 +35,13 @@ _PYTHON_KEYS: Final[tuple[_Rule, ...]] = (
 _KIND_KEYS: Final[Mapping[str, tuple[_Rule, ...]]] = {
     "shell": (("run", "run", _always, list),),
     "llm": (
-        ("prompt", "prompt", _always, _same),
+        ("prompt", "prompt", _is_set, _same),
         ("model", "model", _is_set, _same),
         ("max_tokens", "max_tokens", _is_set, _same),
         ("system", "system", _is_set, _same),
+        ("api", "api", _is_set, _same),
+        ("request", "request", _is_set, dict),
+        ("client", "client", _is_set, _same),
     ),
     "python": _PYTHON_KEYS,
 }

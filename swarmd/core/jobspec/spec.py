@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 Kind = Literal["shell", "llm", "python"]
+Api = Literal["chat", "completions", "embeddings"]  # an OpenAI request passed through
 Priority = Literal["critical", "high", "normal", "low"]
 
 KINDS: Final[tuple[Kind, ...]] = ("shell", "llm", "python")
+APIS: Final[tuple[Api, ...]] = ("chat", "completions", "embeddings")
 PRIORITY_RANK: Final[Mapping[str, int]] = {"critical": 0, "high": 1, "normal": 2, "low": 3}
 
 MAX_ID_LENGTH: Final = 64
@@ -49,6 +51,12 @@ class SubtaskSpec:
     outputs: tuple[str, ...] = ()  # relative paths collected back as artifacts
     max_tokens: int | None = None  # llm (DEFAULT_MAX_TOKENS when kind == "llm")
     system: str | None = None  # llm system prompt (optional)
+    # llm, instead of prompt/system: an OpenAI request body passed to the endpoint's
+    # /chat/completions, /completions or /embeddings as it is, but for its "model"
+    # (the gateway's requests; swarmd.core.gateway).
+    api: Api | None = None
+    request: Mapping[str, Any] | None = field(default=None, hash=False, compare=True)
+    client: str | None = None  # who asked (the gateway's API key label), for usage
 
     def templated_texts(self) -> list[tuple[str, str]]:
         """``(key, text)`` of every text rendered with upstream results before running:

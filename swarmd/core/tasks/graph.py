@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import Any, Final
 
 from swarmd.core import template
+from swarmd.core.gateway import estimate_request_tokens
 from swarmd.core.jobspec import (
     DEFAULT_MAX_TOKENS,
     JobError,
@@ -116,7 +117,9 @@ def render(task: TaskRecord, rec: SubtaskRecord) -> str | None:
     rec.rendered = rendered
     rec.upstream = results if spec.inputs else {}
     est_tokens = 0
-    if spec.kind == "llm":
+    if spec.kind == "llm" and spec.api is not None and spec.request is not None:
+        est_tokens = estimate_request_tokens(spec.api, spec.request)
+    elif spec.kind == "llm":
         max_tokens = spec.max_tokens if spec.max_tokens is not None else DEFAULT_MAX_TOKENS
         est_tokens = estimate_llm_tokens(rendered.prompt or "", max_tokens, rendered.system)
     demand = Demand(
