@@ -6,7 +6,7 @@ from typing import Annotated
 
 from msgspec import Meta, Struct
 
-PROTOCOL_VERSION = 4  # 4: credentials signed by the cluster authority (PROTOCOL.md)
+PROTOCOL_VERSION = 5  # 5: stream_chunk, gateway requests in dispatch specs (PROTOCOL.md)
 
 NodeId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 Address = Annotated[str, Meta(min_length=3, max_length=262)]  # host:port
@@ -14,6 +14,7 @@ Name = Annotated[str, Meta(max_length=128)]
 Text = Annotated[str, Meta(max_length=4096)]
 Count = Annotated[int, Meta(ge=0)]
 LOG_CHUNK_BYTES = 256 * 1024  # output in one progress message, per stream
+STREAM_CHUNK_BYTES = 256 * 1024  # a gateway answer's bytes in one stream_chunk
 Bytes = Annotated[int, Meta(ge=0)]
 CHUNK_BYTES = 1024 * 1024  # the most data one blob_chunk or artifact_reply carries
 Sha256 = Annotated[bytes, Meta(min_length=32, max_length=32)]

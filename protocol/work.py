@@ -1,4 +1,5 @@
-"""Work messages between nodes: dispatch, refusal, progress, result, ack, cancel, bundle."""
+"""Work messages between nodes: dispatch, refusal, progress, streamed answers, result, ack,
+cancel, bundle."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from msgspec import Meta, Struct
 from protocol.base import (
     CHUNK_BYTES,
     LOG_CHUNK_BYTES,
+    STREAM_CHUNK_BYTES,
     Count,
     Files,
     Message,
@@ -123,6 +125,22 @@ class BlobChunk(Message, tag="blob_chunk"):
     error: Text = ""
 
 
+class StreamChunk(Message, tag="stream_chunk"):
+    """Worker -> coordinator (version 5): the next bytes of a gateway request's answer
+    as its endpoint streams them, ready to write to the client (server-sent events, the
+    ``model`` of each event already set back to the name the client asked for).
+    ``seq`` counts the attempt's chunks from 0: the coordinator takes them in order and
+    ends the client's stream with an error at a gap. The stream's end (or its failure)
+    is the attempt's ``result``."""
+
+    task: TaskId
+    subtask: Annotated[str, Meta(max_length=64)]
+    attempt: Annotated[int, Meta(ge=1)]
+    node: NodeId
+    seq: Count
+    data: Annotated[bytes, Meta(max_length=STREAM_CHUNK_BYTES)]
+
+
 class ResultAck(Message, tag="result_ack"):
     task: TaskId
     subtask: Annotated[str, Meta(max_length=64)]
@@ -145,6 +163,7 @@ WorkItem = (
     | CancelAttempt
     | BlobWant
     | BlobChunk
+    | StreamChunk
 )
 
 

@@ -51,6 +51,12 @@ def _duration(text: str) -> float:
     callback=lambda _c, _p, v: None if v is None else _duration(v),
     help="how long to try reaching the token's issuer (default 60s)",
 )
+@click.option(
+    "--gateway-port",
+    type=click.IntRange(0, 65535),
+    help="port of the OpenAI-compatible API (default 7950; 0 turns it off)",
+)
+@click.option("--gateway-bind", help="address of the OpenAI-compatible API (default 127.0.0.1)")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.version_option(__version__, prog_name="swarmd")
 def main(
@@ -65,6 +71,8 @@ def main(
     no_mdns: bool | None,
     join_token: str | None,
     join_timeout: float | None,
+    gateway_port: int | None,
+    gateway_bind: str | None,
     log_level: str | None,
 ) -> None:
     """Run a swarmd node: find peers, gossip capacity, take work."""
@@ -78,6 +86,8 @@ def main(
         "join_token": join_token,
         "join_timeout_s": join_timeout,
         "log_level": log_level,
+        "gateway_port": gateway_port,
+        "gateway_bind": gateway_bind,
     }
     try:
         config = load(config_path or default_config_path(), overrides, state_dir=state_dir)

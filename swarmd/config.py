@@ -32,6 +32,7 @@ from .hardware import DeclaredGpu
 from .http_head import check_access
 
 DEFAULT_PORT = 7946
+DEFAULT_GATEWAY_PORT = 7950
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
@@ -103,6 +104,11 @@ class Config:
     budgets: Mapping[str, Budget] = field(default_factory=dict)  # [gateway] budget, by key id
     llm_grouping: bool = True  # [tasks] llm_grouping: small llm subtasks go out in groups
     llm_group_max_tokens: int = 512  # [tasks] llm_group_max_tokens: "small"
+    # [gateway]: the OpenAI-compatible API. port None: the default port if it is free
+    # (a warning if not); a port set: that one or the node does not start; 0: off.
+    gateway_port: int | None = None
+    gateway_bind: str = "127.0.0.1"
+    gateway_api_keys: tuple[str, ...] = field(default=(), repr=False)  # and the file's
     source: Path | None = None  # the file it was read from
 
     @property
@@ -193,6 +199,7 @@ def load(path: Path | None, overrides: dict[str, Any], state_dir: Path | None = 
     grouping = _grouping(t)
     t.check_unknown()
     budgets = _budgets(top, label)
+    _gateway(top, label, values)
     top.check_unknown()
 
     values.update({k: v for k, v in overrides.items() if v is not None and v != ()})
@@ -449,6 +456,51 @@ def _budgets(top: _Table, label: str) -> dict[str, Budget]:
         raise ConfigError(f"{gateway.where} budget: {exc}") from None
 
 
+def _gateway(top: _Table, label: str, values: dict[str, Any]) -> None:
+    """``[gateway]`` port, bind, api_keys, api_keys_file (read here: one key a line)."""
+    gw = _Table(f"{label} [gateway]", top.get("gateway", dict, {}))
+    if (port := gw.get("port", int)) is not None:
+        values["gateway_port"] = port
+    if (bind := gw.get("bind", str)) is not None:
+        values["gateway_bind"] = bind
+    gw.used.add("budget")  # read by _budgets
+    keys = gw.get("api_keys", list, [])
+    if not all(isinstance(k, str) and k.strip() for k in keys):
+        raise ConfigError(f"{gw.where} api_keys: expected a list of non-empty strings")
+    if (path := gw.get("api_keys_file", str)) is not None:
+        try:
+            text = Path(path).expanduser().read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{gw.where} api_keys_file: cannot read {path}: {exc}") from None
+        lines = [line.strip() for line in text.splitlines()]
+        from_file = [k for k in lines if k and not k.startswith("#")]
+        if not from_file:
+            raise ConfigError(f"{gw.where} api_keys_file: {path} holds no keys")
+        keys = [*keys, *from_file]
+    if keys:
+        values["gateway_api_keys"] = tuple(k.strip() for k in keys)
+    gw.check_unknown()
+
+
+def _check_gateway(cfg: Config) -> None:
+    if cfg.gateway_port is not None and not 0 <= cfg.gateway_port < 65536:
+        raise ConfigError(f"[gateway] port {cfg.gateway_port}: expected 0 (off) or 1-65535")
+    if cfg.gateway_port == 0 or cfg.gateway_api_keys:
+        return
+    try:
+        loopback = (
+            cfg.gateway_bind == "localhost" or ipaddress.ip_address(cfg.gateway_bind).is_loopback
+        )
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ConfigError(
+            f"[gateway] bind {cfg.gateway_bind!r} is not a loopback address: set api_keys "
+            "or api_keys_file too (every request must then carry a key as "
+            "Authorization: Bearer KEY), or port = 0 to turn the gateway off"
+        )
+
+
 def _grouping(t: _Table) -> dict[str, Any]:
     """[tasks] llm_grouping = true (small llm subtasks for one model profile, ready
     together, go to one node up to its free concurrency) and llm_group_max_tokens = 512
@@ -493,6 +545,7 @@ def _validate(cfg: Config) -> None:
             check_access(what, bind, token)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+    _check_gateway(cfg)
     if cfg.max_concurrency < 1:
         raise ConfigError("max_concurrency: expected at least 1")
     if cfg.max_queue is not None and not 0 <= cfg.max_queue <= 10_000:

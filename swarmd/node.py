@@ -100,6 +100,8 @@ class Node:
         self.transport: Transport | None = None
         self.http: Any = None  # swarmd.httpapi.HttpApi with [node] metrics_port
         self.dashboard: Any = None  # swarmd.dashboard.Dashboard with [node] dashboard_port
+        self.gateway: Any = None  # swarmd.gateway.app.Gateway unless [gateway] port = 0
+        self.gateway_server: Any = None  # and its HTTP server
         self.discovery: Discovery | None = None
         self.router = Router(self)
         self.trust: Trust | None = None
@@ -169,6 +171,7 @@ class Node:
         self._start_loops(own, membership, coordination, worker)
         if cfg.dashboard_port is not None:
             self.dashboard = await services.serve_dashboard(self)
+        self.gateway, self.gateway_server = await services.serve_gateway(self) or (None, None)
         if cfg.mdns:
             await self._start_discovery()
         self.log.info(
@@ -330,6 +333,8 @@ class Node:
             await self.http.close()
         if self.dashboard is not None:
             await self.dashboard.close()
+        if self.gateway_server is not None:
+            await self.gateway_server.close()
         await services.stop_discovery(self.discovery)
         if self.worker is not None:
             await self.worker.close()
@@ -516,6 +521,8 @@ class Node:
             out.update({f"mdns_{k}": v for k, v in self.discovery.counters.items()})
         if self.worker is not None:
             out.update({f"worker_{k}": v for k, v in self.worker.counters.items()})
+        if self.gateway is not None:
+            out.update(self.gateway.counters)
         if self.coordination is not None:
             out.update({f"tasks_{k}": v for k, v in self.coordination.counters.items()})
             out["journal_writes"] = self.coordination.journal_writes

@@ -56,6 +56,36 @@ async def serve_dashboard(node: Any) -> Any:
     return dashboard
 
 
+async def serve_gateway(node: Any) -> tuple[Any, Any] | None:
+    """``[gateway]``: the OpenAI-compatible API (:mod:`.gateway`), unless its port is 0.
+    On the default port a port in use only turns it off (with a warning), so that
+    several nodes can run on one machine; a port that was asked for must be had."""
+    from .config import DEFAULT_GATEWAY_PORT
+    from .gateway.app import Gateway
+    from .gateway.auth import ApiKeys
+    from .gateway.serve import HttpServer, bind
+
+    cfg: Config = node.config
+    if cfg.gateway_port == 0:
+        return None
+    port = DEFAULT_GATEWAY_PORT if cfg.gateway_port is None else cfg.gateway_port
+    log = node.log.getChild("gateway")
+    try:
+        sock = bind(cfg.gateway_bind, port)
+    except OSError as exc:
+        where = f"{cfg.gateway_bind}:{port}"
+        if cfg.gateway_port is not None:
+            raise StartupError(f"cannot serve the gateway on {where}: {exc}") from None
+        log.warning("gateway off: cannot serve on %s (%s); set [gateway] port", where, exc)
+        return None
+    gateway = Gateway(node, ApiKeys(cfg.gateway_api_keys), log=log)
+    server = HttpServer(gateway.app(), sock, log)
+    await server.start()
+    keys = f"{len(gateway.keys)} API key(s)" if gateway.keys.required else "no API keys"
+    node.log.info("OpenAI-compatible gateway on %s/v1 (%s)", server.url, keys)
+    return gateway, server
+
+
 async def discover(
     cfg: Config,
     identity: LocalIdentity,

@@ -16,6 +16,7 @@ from protocol.messages import (
     Dispatch,
     ErrorReply,
     ResultAck,
+    StreamChunk,
     Syn,
     SynAck,
     UsageReply,
@@ -68,6 +69,11 @@ class Router:
             worker.on_ack(message, self._proven_address(sender))
         elif isinstance(message, BlobWant):
             worker.on_blob_want(message, self._proven_address(sender))
+        elif isinstance(message, StreamChunk):
+            if self.node.gateway is not None:
+                self.node.gateway.relay.on_chunk(message)
+            else:
+                self.node.counters["dropped_stream_chunks"] += 1
         else:
             coordination.on_message(message, sender)
 

@@ -25,6 +25,7 @@ from protocol.messages import (
     Bundle,
     Dispatch,
     Progress,
+    StreamChunk,
     Syn,
     SynAck,
 )
@@ -39,7 +40,7 @@ def claimed_sender(message: AnyMessage) -> str | None:
         return message.sender.id
     if isinstance(message, Dispatch):
         return message.coordinator.id
-    if isinstance(message, Progress | AttemptResult):
+    if isinstance(message, Progress | AttemptResult | StreamChunk):
         return message.node
     return None
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 from protocol.messages import LogsReply, LogsRequest
@@ -28,6 +29,7 @@ class TaskWatchers:
         self._versions: dict[str, int] = {}  # task id -> changes seen
         self._waiting: dict[str, list[asyncio.Future[None]]] = {}
         self._any: list[asyncio.Future[None]] = []  # waiting on any task (the dashboard)
+        self.listeners: list[Callable[[str], None]] = []  # told of every change (the gateway)
 
     def changed(self, task_id: str | None) -> None:
         """The task changed (or was forgotten): wake whoever waits on it."""
@@ -40,6 +42,8 @@ class TaskWatchers:
             self.live.forget(task_id)
         else:
             self._versions[task_id] = self._versions.get(task_id, 0) + 1
+        for listener in self.listeners:
+            listener(task_id)
         waiting, self._any = [*self._waiting.pop(task_id, ()), *self._any], []
         for future in waiting:
             if not future.done():

@@ -22,6 +22,7 @@ import httpx
 from protocol import codec
 from protocol.messages import (
     LOG_CHUNK_BYTES,
+    STREAM_CHUNK_BYTES,
     AttemptResult,
     BlobWant,
     CancelAttempt,
@@ -29,6 +30,7 @@ from protocol.messages import (
     Message,
     Progress,
     ResultAck,
+    StreamChunk,
 )
 
 from .core import worker as core
@@ -72,6 +74,8 @@ def request_of(
         args=tuple(s.get("args") or ()),
         kwargs=dict(s.get("kwargs") or {}),
         spool=spool,
+        api=s.get("api"),
+        request=s.get("request"),
     )
 
 
@@ -295,6 +299,7 @@ class Worker:
                 pool=self._python_pool() if d.spec.get("kind") == "python" else None,
                 http=self._llm_client() if d.spec.get("kind") == "llm" else None,
                 live=live,
+                relay=self._relay(d) if d.spec.get("api") else None,
             )
         except asyncio.CancelledError:
             # Still report how it ended: the coordinator fences it off if it moved on,
@@ -350,6 +355,27 @@ class Worker:
                     err_at=err_at,
                 )
                 self.send(d.coordinator.addr, message)
+
+    def _relay(self, d: Dispatch) -> Callable[[bytes], None]:
+        """A gateway request's streamed answer to its coordinator, as it arrives."""
+        seq = 0
+
+        def relay(data: bytes) -> None:
+            nonlocal seq
+            for at in range(0, len(data), STREAM_CHUNK_BYTES):
+                piece = data[at : at + STREAM_CHUNK_BYTES]
+                message = StreamChunk(
+                    task=d.task,
+                    subtask=d.subtask,
+                    attempt=d.attempt,
+                    node=self.node_id,
+                    seq=seq,
+                    data=piece,
+                )
+                seq += 1
+                self.send(d.coordinator.addr, message)
+
+        return relay
 
     def _python_pool(self) -> Any:
         if self._pool is None:

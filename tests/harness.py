@@ -97,6 +97,8 @@ class Daemon:
         cmd += ["--bind", "127.0.0.1", "--port", str(self.port), "--name", self.name]
         if self.config_path:
             cmd += ["--config", str(self.config_path)]
+        if not any(a.startswith("--gateway-port") for a in self.args):
+            cmd += ["--gateway-port", "0"]  # tests that want the gateway give its port
         return cmd + list(self.args)
 
     def start(self) -> Daemon:

@@ -56,6 +56,7 @@ from protocol.messages import (
     RevokeRequest,
     StatsReply,
     StatsRequest,
+    StreamChunk,
     SubmitReply,
     SubmitRequest,
     Syn,
@@ -216,6 +217,14 @@ EXAMPLES: dict[type[Message], Message] = {
         data=b"chunk",
         sha256=hashlib.sha256(b"chunk").digest(),
     ),
+    StreamChunk: StreamChunk(
+        task="3f9a1c-000001",
+        subtask="main",
+        attempt=1,
+        node="3f9a1c0de4b25a77",
+        seq=0,
+        data=b'data: {"choices": [{"delta": {"content": "hi"}}]}\n\n',
+    ),
     ArtifactRequest: ArtifactRequest(task="3f9a1c-000001", subtask="lint", index=1, offset=5),
     ArtifactReply: ArtifactReply(
         pieces=[ArtifactPiece("r.txt", 2, hashlib.sha256(b"ok").digest(), 0, b"ok")], done=True
@@ -337,7 +346,7 @@ def test_trailing_bytes_after_a_message_are_malformed() -> None:
     assert reason_of(codec.encode(EXAMPLES[Syn]) + b"\x00").reason == "malformed"
 
 
-@pytest.mark.parametrize("version", [0, 1, 2, 3, 5, 99, "4", None])
+@pytest.mark.parametrize("version", [0, 1, 2, 3, 4, 6, 99, "5", None])
 def test_other_version_of_a_broken_message(version: Any) -> None:
     raw = syn_map(v=version)
     del raw["seq"]
@@ -346,13 +355,13 @@ def test_other_version_of_a_broken_message(version: Any) -> None:
     assert repr(version) in error.detail
 
 
-@pytest.mark.parametrize("version", [3, 5], ids=["previous", "next"])
+@pytest.mark.parametrize("version", [4, 6], ids=["previous", "next"])
 @pytest.mark.parametrize("kind", [Syn, PeersRequest], ids=["syn", "peers"])
 def test_well_formed_message_of_another_version_is_rejected(
     kind: type[Message], version: int
 ) -> None:
-    """Version 3 (credentials MACed with the cluster secret) and a future 5 alike."""
-    assert PROTOCOL_VERSION == 4
+    """Version 4 (no stream_chunk, no gateway requests) and a future 6 alike."""
+    assert PROTOCOL_VERSION == 5
     raw: dict[str, Any] = msgspec.to_builtins(EXAMPLES[kind])
     raw["v"] = version
     assert reason_of(msgspec.msgpack.encode(raw)).reason == "version"

@@ -224,19 +224,19 @@ def estimate_request_tokens(api: Api, request: Mapping[str, Any]) -> int:
     """Tokens a request will use, for pricing: about 4 characters per token of the
     text it carries (messages, prompt or input), plus what it may generate."""
     text = {"chat": "messages", "completions": "prompt", "embeddings": "input"}[api]
-    chars = _text_chars(request.get(text), 0)
+    chars = text_chars(request.get(text), 0)
     return math.ceil(chars / 4) + (0 if api == "embeddings" else max_tokens_of(api, request))
 
 
-def _text_chars(value: Any, depth: int) -> int:
+def text_chars(value: Any, depth: int) -> int:
     if isinstance(value, str):
         return len(value)
     if depth > 32:
         return 0
     if isinstance(value, list | tuple):
-        return sum(_text_chars(v, depth + 1) for v in value)
+        return sum(text_chars(v, depth + 1) for v in value)
     if isinstance(value, Mapping):
-        return sum(_text_chars(v, depth + 1) for v in value.values())
+        return sum(text_chars(v, depth + 1) for v in value.values())
     return 0
 
 

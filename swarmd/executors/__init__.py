@@ -13,7 +13,8 @@ retries, a refused kind): the coordinator retries the latter elsewhere and the f
 only when the subtask asks for ``retry_on_error``.
 
 One file per kind: :mod:`.shell`, :mod:`.python` (a persistent pool of worker
-processes), :mod:`.llm` (OpenAI-compatible chat completions); :mod:`.workdir` holds the
+processes), :mod:`.llm` (OpenAI-compatible chat completions), :mod:`.passthrough` (the
+gateway's OpenAI requests, passed to the endpoint as they came); :mod:`.workdir` holds the
 private working directory (inputs in, artifacts out) and :mod:`.output` the bounded
 capture of stdout/stderr.
 """
@@ -74,6 +75,8 @@ class ExecRequest:
     args: tuple[Any, ...] = ()
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     spool: Path | None = None  # where artifacts too big to go inline are written (a blob)
+    api: str | None = None  # llm: a gateway request passed through (.passthrough)
+    request: Mapping[str, Any] | None = None  # its OpenAI body
 
 
 @dataclass(frozen=True)
@@ -140,9 +143,11 @@ async def execute(
     http: httpx.AsyncClient | None = None,
     keep: bool = False,
     live: LiveOutput | None = None,
+    relay: Callable[[bytes], None] | None = None,
 ) -> ExecResult:
     """Run one attempt of a subtask and return its result (never raises, except
-    ``asyncio.CancelledError`` after the attempt's processes are gone)."""
+    ``asyncio.CancelledError`` after the attempt's processes are gone). ``relay`` takes
+    a gateway request's streamed answer as it arrives."""
     limits = limits or Limits()
     if req.kind == "shell":
         from swarmd.executors import shell
@@ -161,6 +166,10 @@ async def execute(
         return await pool.run(
             req, workdir_root=workdir_root, limits=limits, progress=progress, keep=keep
         )
+    if req.kind == "llm" and req.api is not None:
+        from swarmd.executors import passthrough
+
+        return await passthrough.run(req, relay)
     if req.kind == "llm":
         from swarmd.executors import llm
 

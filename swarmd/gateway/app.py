@@ -1,0 +1,288 @@
+"""The gateway's HTTP routes (starlette): ``GET /v1/models``, ``POST
+/v1/chat/completions``, ``/v1/completions`` and ``/v1/embeddings``.
+
+A request is checked (API key, size, JSON, model, priority, feasibility, budget) and
+becomes an llm subtask this node coordinates (:mod:`swarmd.core.gateway`); the answer
+comes back through :mod:`.relay`: a streamed one is written as server-sent events as
+its chunks arrive (the response starts with the first chunk, so a failover before it
+is invisible), a whole one when the task ends. Either way it carries ``x-swarmd-node``
+(the node whose endpoint answered) and ``x-swarmd-task``. A client that goes away
+cancels the task, and with it the upstream request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Final
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from ..core.gateway import (
+    PRIORITY_HEADER,
+    GatewayError,
+    Target,
+    job_data,
+    parse_body,
+    priority_of,
+)
+from ..core.jobspec import SINGLE_SUBTASK_ID, JobError, parse_job
+from ..core.jobspec.spec import Api
+from ..core.pricing import Demand, PricingConfig, price
+from ..journal_health import JournalUnavailable
+from .auth import ApiKeys
+from .catalog import catalog_of
+from .errors import UNAUTHORIZED, error_event, error_response, too_large, unavailable
+from .errors import upstream_failed as failed
+from .relay import Event, Pending, Relay
+
+MAX_BODY_BYTES: Final = 8 * 1024 * 1024  # a request travels in one dispatch frame
+BODY_TIMEOUT_S: Final = 30.0  # the whole body, once the headers are in
+DONE: Final = b"data: [DONE]\n\n"
+_ANY_LOAD: Final = PricingConfig(max_queue=1 << 30)  # feasible at all, whatever the load
+
+BudgetCheck = Callable[[str], str | None]  # key label -> why it is refused (429), or None
+
+
+class Gateway:
+    def __init__(
+        self,
+        node: Any,
+        keys: ApiKeys,
+        *,
+        max_body: int = MAX_BODY_BYTES,
+        budget: BudgetCheck | None = None,
+        log: logging.Logger | None = None,
+    ) -> None:
+        self.node = node  # swarmd.node.Node: members(), coordination
+        self.keys = keys
+        self.max_body = max_body
+        self.budget = budget  # the usage helper's per-key daily budget, when configured
+        self.log = log or logging.getLogger("swarmd.gateway")
+        self.counters: Counter[str] = Counter()
+        coordination = node.coordination
+        self.relay = Relay(coordination.coordinator, self._cancel, self.counters, self.log)
+        coordination.watchers.listeners.append(self.relay.changed)
+
+    def app(self) -> Starlette:
+        routes = [
+            Route("/v1/models", self.models, methods=["GET"]),
+            Route("/v1/models/{model:path}", self.model, methods=["GET"]),
+            Route("/v1/chat/completions", self.chat, methods=["POST"]),
+            Route("/v1/completions", self.completions, methods=["POST"]),
+            Route("/v1/embeddings", self.embeddings, methods=["POST"]),
+        ]
+        return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+
+    # ------------------------------------------------------------ routes
+
+    async def models(self, request: Request) -> Response:
+        if self.keys.check(request.headers.get("authorization")) is None:
+            return self._unauthorized()
+        return _json(catalog_of(self.node.members()).models_list())
+
+    async def model(self, request: Request) -> Response:
+        if self.keys.check(request.headers.get("authorization")) is None:
+            return self._unauthorized()
+        name = request.path_params["model"]
+        for entry in catalog_of(self.node.members()).models_list()["data"]:
+            if entry["id"] == name:
+                return _json(entry)
+        return error_response(catalog_of(self.node.members())._unknown(name, "chat", ()))
+
+    async def chat(self, request: Request) -> Response:
+        return await self.complete(request, "chat")
+
+    async def completions(self, request: Request) -> Response:
+        return await self.complete(request, "completions")
+
+    async def embeddings(self, request: Request) -> Response:
+        return await self.complete(request, "embeddings")
+
+    # ------------------------------------------------------------ a request
+
+    async def complete(self, request: Request, api: Api) -> Response:
+        client = self.keys.check(request.headers.get("authorization"))
+        if client is None:
+            return self._unauthorized()
+        self.counters[f"gateway_requests_{api}"] += 1
+        try:
+            raw = await self._body(request)
+            if raw is None:
+                return Response(status_code=400)  # the client left mid-body: no one reads it
+            task_id, stream = self._submit(request, api, raw, client)
+        except GatewayError as exc:
+            self.counters[f"gateway_errors_{exc.status}"] += 1
+            return error_response(exc)
+        pending = self.relay.open(task_id)
+        try:
+            first = await _until_gone(request, pending.next())
+        except BaseException:
+            self.relay.close(task_id)
+            raise
+        if first is None:  # the client went: cancel the task (and the upstream request)
+            self.counters["gateway_client_gone"] += 1
+            self.relay.close(task_id)
+            return Response(status_code=499)
+        if first.kind == "chunk":
+            headers = self._headers(task_id, stream=True)
+            return StreamingResponse(self._stream(pending, first), headers=headers)
+        self.relay.close(task_id)
+        if first.kind == "error":
+            return error_response(failed(first.message), self._headers(task_id))
+        return self._final(task_id, stream)
+
+    async def _body(self, request: Request) -> bytes | None:
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_body:
+            raise too_large(self.max_body)
+        raw = bytearray()
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT_S):
+                async for piece in request.stream():
+                    raw += piece
+                    if len(raw) > self.max_body:
+                        raise too_large(self.max_body)
+        except TimeoutError:
+            raise GatewayError(408, "The request body came too slowly.", "timeout") from None
+        except ClientDisconnect:
+            return None
+        return bytes(raw)
+
+    def _submit(self, request: Request, api: Api, raw: bytes, client: str) -> tuple[str, bool]:
+        """The request as a task this node coordinates: its id, and whether it streams."""
+        body = parse_body(raw)
+        priority = priority_of(request.headers.get(PRIORITY_HEADER))
+        target = catalog_of(self.node.members()).resolve(body["model"], api)
+        self._check_feasible(target)
+        if self.budget is not None and (refused := self.budget(client)) is not None:
+            raise GatewayError(429, refused, "insufficient_quota", "budget_exceeded")
+        if self.relay.full():
+            raise GatewayError(
+                429, "Too many requests wait on this node; try again.", "rate_limit", "busy"
+            )
+        data = job_data(api, body, target, priority, client)
+        try:
+            job = parse_job(data, source="gateway request")
+        except JobError as exc:
+            raise GatewayError(400, str(exc), "invalid_request_error") from None
+        try:
+            task_id = self.node.coordination.submit(job, {}, data)
+        except JournalUnavailable as exc:
+            raise unavailable(f"This node cannot take requests now: {exc}") from None
+        return task_id, body.get("stream") is True and api != "embeddings"
+
+    def _check_feasible(self, target: Target) -> None:
+        """503 with each node's reason when no live node could ever serve ``target``."""
+        coordination = self.node.coordination
+        peers = coordination.peers(coordination.coordinator.load_by_node())
+        demand = Demand(kind="llm", capability=target.capability, model=target.model)
+        placement = price(demand, peers, _ANY_LOAD)
+        if placement.winner is None:
+            why = placement.reason or "no live node serves it"
+            raise unavailable(f"No node can serve '{target.name}' now: {why}", "no_feasible_node")
+
+    # ------------------------------------------------------------ the answer
+
+    async def _stream(self, pending: Pending, first: Event) -> AsyncIterator[bytes]:
+        try:
+            yield first.data
+            while True:
+                event = await pending.next()
+                if event.kind == "chunk":
+                    yield event.data
+                elif event.kind == "error":
+                    yield error_event(event.message)
+                    return
+                else:
+                    yield self._stream_end(pending.task_id)
+                    return
+        finally:
+            self.relay.close(pending.task_id)
+
+    def _stream_end(self, task_id: str) -> bytes:
+        rec = self.node.coordination.coordinator.record(task_id).subtasks[SINGLE_SUBTASK_ID]
+        if rec.state == "done":
+            return DONE
+        self.counters["gateway_broken_streams"] += 1
+        return error_event(f"The answer broke off: {rec.error or rec.state}")
+
+    def _final(self, task_id: str, stream: bool) -> Response:
+        """The answer of a task that ended before any chunk was relayed."""
+        rec = self.node.coordination.coordinator.record(task_id).subtasks[SINGLE_SUBTASK_ID]
+        headers = self._headers(task_id)
+        result = rec.result
+        if result is not None and result.ok:
+            if stream:  # an empty stream
+                headers = self._headers(task_id, stream=True)
+                return StreamingResponse(_once(DONE), headers=headers)
+            return Response(result.output or "{}", media_type="application/json", headers=headers)
+        status = (result.usage or {}).get("status") if result is not None else None
+        if result is not None and result.app_failed and isinstance(status, int) and result.output:
+            # The endpoint's own answer to a request it refused (4xx): as it came.
+            return Response(result.output, status, media_type="application/json", headers=headers)
+        self.counters["gateway_failed"] += 1
+        return error_response(failed(f"The request failed: {rec.error or rec.state}"), headers)
+
+    def _headers(self, task_id: str, *, stream: bool = False) -> dict[str, str]:
+        rec = self.node.coordination.coordinator.record(task_id).subtasks[SINGLE_SUBTASK_ID]
+        headers = {"x-swarmd-task": task_id}
+        if rec.attempts:
+            headers["x-swarmd-node"] = rec.attempts[-1].peer
+        if stream:
+            headers |= {
+                "content-type": "text/event-stream; charset=utf-8",
+                "cache-control": "no-cache",
+                "x-accel-buffering": "no",
+            }
+        return headers
+
+    def _cancel(self, task_id: str) -> None:
+        coordination = self.node.coordination
+        with contextlib.suppress(KeyError):
+            coordination.run(coordination.coordinator.cancel(task_id, coordination.clock()))
+
+    def _unauthorized(self) -> Response:
+        self.counters["gateway_unauthorized"] += 1
+        return error_response(UNAUTHORIZED, {"www-authenticate": "Bearer"})
+
+
+async def _until_gone(request: Request, waiting: Any) -> Event | None:
+    """``waiting``'s event, or None if the client disconnects first."""
+    answer = asyncio.ensure_future(waiting)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait([answer, gone], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not answer.done():
+            answer.cancel()
+    return answer.result() if answer.done() and not answer.cancelled() else None
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+def _json(body: Any) -> Response:
+    return Response(json.dumps(body), media_type="application/json")
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
+    message = f"{request.method} {request.url.path}: {exc.detail}"
+    return error_response(GatewayError(exc.status_code, message, kind))
