@@ -143,7 +143,7 @@ class LlamaServer:
 
 @contextlib.contextmanager
 def llama_server(
-    python: str, workdir: Path, *, start_timeout_s: float = 60.0
+    python: str, workdir: Path, *, start_timeout_s: float = 60.0, alias: str = MODEL_ALIAS
 ) -> Iterator[LlamaServer]:
     """Write the tiny model, start ``python -m llama_cpp.server`` on a free loopback port,
     wait until ``/v1/models`` answers, yield, stop it (SIGTERM, SIGKILL after 5 s)."""
@@ -159,7 +159,7 @@ def llama_server(
     port = free_port()
     argv = [
         python, "-m", "llama_cpp.server",
-        "--model", str(model_path), "--model_alias", MODEL_ALIAS,
+        "--model", str(model_path), "--model_alias", alias,
         "--host", "127.0.0.1", "--port", str(port),
         "--n_ctx", "512", "--n_threads", "1", "--n_threads_batch", "1",
         "--seed", "1",
@@ -188,7 +188,7 @@ def llama_server(
             time.sleep(0.05)
         yield LlamaServer(
             endpoint=endpoint,
-            model=MODEL_ALIAS,
+            model=alias,
             process=process,
             log=log,
             gguf_bytes=model_path.stat().st_size,

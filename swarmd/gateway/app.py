@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
@@ -211,7 +212,7 @@ class Gateway:
     def _stream_end(self, task_id: str) -> bytes:
         rec = self.node.coordination.coordinator.record(task_id).subtasks[SINGLE_SUBTASK_ID]
         if rec.state == "done":
-            return DONE
+            return _usage_chunk(task_id, rec) + DONE
         self.counters["gateway_broken_streams"] += 1
         return error_event(f"The answer broke off: {rec.error or rec.state}")
 
@@ -271,6 +272,28 @@ async def _until_gone(request: Request, waiting: Any) -> Event | None:
 async def _disconnected(request: Request) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
+
+
+def _usage_chunk(task_id: str, rec: Any) -> bytes:
+    """The usage chunk a client asked for (``stream_options.include_usage``) when the
+    endpoint did not send one: the worker's count (estimated, as for llm subtasks)."""
+    request = rec.spec.request or {}
+    options = request.get("stream_options")
+    usage = (rec.result.usage or {}) if rec.result is not None else {}
+    if not isinstance(options, dict) or options.get("include_usage") is not True:
+        return b""
+    if not usage.get("estimated"):
+        return b""  # the endpoint's own went out with the stream
+    chat = rec.spec.api == "chat"
+    chunk = {
+        "id": f"{'chatcmpl' if chat else 'cmpl'}-{task_id}",
+        "object": "chat.completion.chunk" if chat else "text_completion",
+        "created": int(time.time()),
+        "model": request.get("model"),
+        "choices": [],
+        "usage": {k: usage.get(k) for k in ("prompt_tokens", "completion_tokens", "total_tokens")},
+    }
+    return b"data: " + json.dumps(chunk).encode() + b"\n\n"
 
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:
