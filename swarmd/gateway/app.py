@@ -72,6 +72,17 @@ class Gateway:
         coordination = node.coordination
         self.relay = Relay(coordination.coordinator, self._cancel, self.counters, self.log)
         coordination.watchers.listeners.append(self.relay.changed)
+        self._drop_orphans()
+
+    def _drop_orphans(self) -> None:
+        """Gateway requests resumed from the journal have no client any more (it was
+        this node's HTTP connection): cancelled, not run for no one."""
+        coordinator = self.node.coordination.coordinator
+        for task_id in coordinator.task_ids():
+            task = coordinator.record(task_id)
+            if not task.final and any(r.spec.api for r in task.subtasks.values()):
+                self.counters["gateway_orphans_cancelled"] += 1
+                self._cancel(task_id)
 
     def app(self) -> Starlette:
         routes = [
