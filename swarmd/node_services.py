@@ -78,7 +78,9 @@ async def serve_gateway(node: Any) -> tuple[Any, Any] | None:
             raise StartupError(f"cannot serve the gateway on {where}: {exc}") from None
         log.warning("gateway off: cannot serve on %s (%s); set [gateway] port", where, exc)
         return None
-    gateway = Gateway(node, ApiKeys(cfg.gateway_api_keys), log=log)
+    usage = getattr(node, "usage", None)  # [gateway] budget: 429 once a key's day is spent
+    budget = usage.check_budget if usage is not None else None
+    gateway = Gateway(node, ApiKeys(cfg.gateway_api_keys), budget=budget, log=log)
     server = HttpServer(gateway.app(), sock, log)
     await server.start()
     keys = f"{len(gateway.keys)} API key(s)" if gateway.keys.required else "no API keys"

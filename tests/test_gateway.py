@@ -33,6 +33,7 @@ openai = pytest.importorskip("openai")
 
 DELAY_S = 0.15
 KEY = "sk-swarmd-test-0123456789abcdef"
+SMALL_KEY = "sk-swarmd-small-0123456789abcdef"  # a budget of 10 tokens a day
 HI = [{"role": "user", "content": "Fix the lint."}]
 
 
@@ -76,7 +77,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         slow = DelayProxy((host, int(port)), DELAY_S)
         secret = new_secret()
         gateway_port = free_port()
-        gateway = f'[gateway]\napi_keys = ["{KEY}"]\n'
+        gateway = (
+            f'[gateway]\napi_keys = ["{KEY}", "{SMALL_KEY}"]\n'
+            f'budget = {{ "{SMALL_KEY}" = "10 tokens/day" }}\n'
+        )
         nodes = {
             "n1": Daemon(
                 root, "n1", secret=secret, config=gateway,
@@ -283,6 +287,15 @@ def test_keys_sizes_and_garbage_are_refused_and_the_node_keeps_serving(gw: Clust
         s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")  # and nothing more
         answer, _ = _chat(gw.client(), "fast")  # served meanwhile
     assert answer.choices[0].message.content.strip()
+
+
+def test_a_key_past_its_daily_budget_is_refused_with_429(gw: Cluster) -> None:
+    client = gw.client(key=SMALL_KEY)
+    _chat(client, "fast", max_tokens=20)  # within budget when asked: it goes through
+    with pytest.raises(openai.RateLimitError) as err:
+        _chat(client, "fast")
+    assert "budget" in str(err.value).lower()
+    assert _chat(gw.client(), "fast")[0].choices  # other keys go on
 
 
 # ---------------------------------------------------------------- last: kills n2

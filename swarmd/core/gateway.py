@@ -19,13 +19,13 @@ Errors are :class:`GatewayError`: an HTTP status and an OpenAI-shaped body
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from .budget import key_id as budget_key_id
 from .jobspec import DEFAULT_MAX_TOKENS, PRIORITY_RANK, SINGLE_SUBTASK_ID
 from .jobspec.spec import APIS, Api
 
@@ -251,8 +251,9 @@ def rewrite_model(doc: Any, name: str) -> Any:
 
 
 def key_id(api_key: str | None) -> str:
-    """The label requests are accounted under: the first 12 hex digits of the key's
-    SHA-256 (the key itself is never kept), "local" without keys."""
+    """The label requests are accounted under (usage, budgets): the first 12 hex digits
+    of the key's SHA-256 (:func:`swarmd.core.budget.key_id`; the key itself is never
+    kept), "local" without keys."""
     if not api_key:
         return LOCAL_CLIENT
-    return hashlib.sha256(api_key.encode()).hexdigest()[:12]
+    return budget_key_id(api_key)
