@@ -143,7 +143,12 @@ class LlamaServer:
 
 @contextlib.contextmanager
 def llama_server(
-    python: str, workdir: Path, *, start_timeout_s: float = 60.0, alias: str = MODEL_ALIAS
+    python: str,
+    workdir: Path,
+    *,
+    start_timeout_s: float = 60.0,
+    alias: str = MODEL_ALIAS,
+    embeddings: bool = False,
 ) -> Iterator[LlamaServer]:
     """Write the tiny model, start ``python -m llama_cpp.server`` on a free loopback port,
     wait until ``/v1/models`` answers, yield, stop it (SIGTERM, SIGKILL after 5 s)."""
@@ -166,6 +171,7 @@ def llama_server(
         # Its default cuts a streaming completion short (an empty answer, no error)
         # when another request arrives; a real server queues or batches them.
         "--interrupt_requests", "False",
+        *(["--embedding", "true"] if embeddings else []),  # /v1/embeddings too
     ]  # fmt: skip
     t1 = time.monotonic()
     with open(log, "wb") as log_file:

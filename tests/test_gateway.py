@@ -4,8 +4,9 @@ official ``openai`` SDK, unmodified, pointed at a node's gateway.
 The cluster (one per module): n1 serves the gateway (with an API key) and no model;
 n2 serves "tiny-llama" as profile "fast" (capabilities lint, format) through a counting
 HTTP proxy; n3 serves the same model as "slow" (lint) behind a proxy that adds
-DELAY_S to every request, and "tiny-other", a second llama.cpp server, as "other"
-(review), through a counting proxy. Both "fast" and "other" take 2 requests at once.
+DELAY_S to every request, and "tiny-other", a second llama.cpp server (with
+embeddings), as "other" (review, embeddings), through a counting proxy. Both "fast"
+and "other" take 2 requests at once.
 
 The last test kills n2: keep it last.
 """
@@ -69,7 +70,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     (root / "b").mkdir()
     with (
         llama_server(python, root / "a") as one,
-        llama_server(python, root / "b", alias="tiny-other") as two,
+        llama_server(python, root / "b", alias="tiny-other", embeddings=True) as two,
     ):
         host, port = one.endpoint.split("//")[1].split("/")[0].split(":")
         fast = HttpProxy(one.endpoint.removesuffix("/v1"))
@@ -93,7 +94,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             "n3": Daemon(
                 root, "n3", secret=secret,
                 config=profile("slow", f"http://127.0.0.1:{slow.port}/v1", one.model, ["lint"])
-                + profile("other", other.endpoint, two.model, ["review"]),
+                + profile("other", other.endpoint, two.model, ["review", "embeddings"]),
             ),
         }  # fmt: skip
         try:
@@ -145,6 +146,7 @@ def test_models_list_shows_both_models_profiles_and_capability_aliases(gw: Clust
         "fast": "n2",
         "other": "n3",
         "slow": "n3",
+        "capability:embeddings": "n3",
         "capability:format": "n2",
         "capability:lint": "n2,n3",
         "capability:review": "n3",
@@ -171,10 +173,14 @@ def test_chat_without_and_with_stream_returns_text_and_usage(gw: Cluster) -> Non
     assert len(usage) == 1 and usage[0].completion_tokens == 8
 
 
-def test_completions_route_and_embeddings_need_an_embeddings_model(gw: Cluster) -> None:
+def test_completions_and_embeddings_routes(gw: Cluster) -> None:
     client = gw.client()
     done = client.completions.create(model="tiny-other", prompt="lint", max_tokens=5)
     assert done.choices[0].text.strip() and done.model == "tiny-other"
+    raw = client.embeddings.with_raw_response.create(model="capability:embeddings", input="x")
+    vectors = raw.parse()
+    assert raw.headers["x-swarmd-node"] == "n3" and vectors.model == "capability:embeddings"
+    assert len(vectors.data) == 1 and len(vectors.data[0].embedding) > 0
     with pytest.raises(openai.NotFoundError) as err:
         client.embeddings.create(model="tiny-llama", input="x")
     assert "embeddings" in str(err.value)
