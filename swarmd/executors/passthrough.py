@@ -81,7 +81,7 @@ async def run(req: ExecRequest, relay: Relay | None = None) -> ExecResult:
     asked = str(body.get("model") or req.model)
     body["model"] = req.model
     stream = body.get("stream") is True and req.api != "embeddings"
-    url = req.endpoint.rstrip("/") + API_PATHS[req.api]
+    url = req.endpoint.rstrip("/") + API_PATHS[req.api]  # type: ignore[index]  # checked
     timeout = httpx.Timeout(CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S)
     answer = _Answer(started)
     try:

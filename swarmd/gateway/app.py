@@ -130,7 +130,7 @@ class Gateway:
             raw = await self._body(request)
             if raw is None:
                 return Response(status_code=400)  # the client left mid-body: no one reads it
-            task_id, stream = self._submit(request, api, raw, client)
+            task_id = self._submit(request, api, raw, client)
         except GatewayError as exc:
             self.counters[f"gateway_errors_{exc.status}"] += 1
             return error_response(exc)
@@ -150,7 +150,7 @@ class Gateway:
         self.relay.close(task_id)
         if first.kind == "error":
             return error_response(failed(first.message), self._headers(task_id))
-        return self._final(task_id, stream)
+        return self._final(task_id)
 
     async def _body(self, request: Request) -> bytes | None:
         length = request.headers.get("content-length", "")
@@ -169,8 +169,8 @@ class Gateway:
             return None
         return bytes(raw)
 
-    def _submit(self, request: Request, api: Api, raw: bytes, client: str) -> tuple[str, bool]:
-        """The request as a task this node coordinates: its id, and whether it streams."""
+    def _submit(self, request: Request, api: Api, raw: bytes, client: str) -> str:
+        """The request as a task this node coordinates (its id)."""
         body = parse_body(raw)
         priority = priority_of(request.headers.get(PRIORITY_HEADER))
         target = catalog_of(self.node.members()).resolve(body["model"], api)
@@ -187,10 +187,10 @@ class Gateway:
         except JobError as exc:
             raise GatewayError(400, str(exc), "invalid_request_error") from None
         try:
-            task_id = self.node.coordination.submit(job, {}, data)
+            task_id: str = self.node.coordination.submit(job, {}, data)
         except JournalUnavailable as exc:
             raise unavailable(f"This node cannot take requests now: {exc}") from None
-        return task_id, body.get("stream") is True and api != "embeddings"
+        return task_id
 
     def _check_feasible(self, target: Target) -> None:
         """503 with each node's reason when no live node could ever serve ``target``."""
@@ -227,16 +227,16 @@ class Gateway:
         self.counters["gateway_broken_streams"] += 1
         return error_event(f"The answer broke off: {rec.error or rec.state}")
 
-    def _final(self, task_id: str, stream: bool) -> Response:
+    def _final(self, task_id: str) -> Response:
         """The answer of a task that ended before any chunk was relayed."""
         rec = self.node.coordination.coordinator.record(task_id).subtasks[SINGLE_SUBTASK_ID]
         headers = self._headers(task_id)
         result = rec.result
         if result is not None and result.ok:
-            if stream:  # an empty stream
-                headers = self._headers(task_id, stream=True)
-                return StreamingResponse(_once(DONE), headers=headers)
-            return Response(result.output or "{}", media_type="application/json", headers=headers)
+            if result.output is not None:  # (an endpoint that would not stream: as it came)
+                return Response(result.output, media_type="application/json", headers=headers)
+            headers = self._headers(task_id, stream=True)  # a stream without a chunk
+            return StreamingResponse(_once(_usage_chunk(task_id, rec) + DONE), headers=headers)
         status = (result.usage or {}).get("status") if result is not None else None
         if result is not None and result.app_failed and isinstance(status, int) and result.output:
             # The endpoint's own answer to a request it refused (4xx): as it came.
@@ -296,7 +296,7 @@ def _usage_chunk(task_id: str, rec: Any) -> bytes:
     if not usage.get("estimated"):
         return b""  # the endpoint's own went out with the stream
     chat = rec.spec.api == "chat"
-    chunk = {
+    chunk: dict[str, Any] = {
         "id": f"{'chatcmpl' if chat else 'cmpl'}-{task_id}",
         "object": "chat.completion.chunk" if chat else "text_completion",
         "created": int(time.time()),

@@ -42,7 +42,7 @@ def _head_timeout_protocol(base: type[Any]) -> type[Any]:
     or the last one answered) HEAD_TIMEOUT_S after it connected or was last answered:
     one that sends its request head slowly, or half of one, loses its slot."""
 
-    class Protocol(base):  # type: ignore[misc, valid-type]
+    class Protocol(base):  # type: ignore[misc]
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
             self._head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self._head_timeout)
