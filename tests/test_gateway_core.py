@@ -20,8 +20,8 @@ from swarmd.core.gateway import (
     served_from_gossip,
 )
 from swarmd.core.jobspec import JobError, job_to_data, parse_job
-from swarmd.core.pricing import ModelOffer, PeerCapacity, PricingConfig
-from swarmd.core.tasks import Coordinator, Dispatch
+from swarmd.core.pricing import ModelOffer, PeerCapacity, PricingConfig, ThroughputTracker
+from swarmd.core.tasks import Coordinator, Dispatch, Result
 
 CATALOG = Catalog(
     [
@@ -201,3 +201,20 @@ def test_the_coordinator_prices_a_gateway_request_like_any_llm_subtask() -> None
 def test_rewrite_model_sets_the_name_the_client_used() -> None:
     assert rewrite_model({"model": "tiny-llama", "x": 1}, "fast") == {"model": "fast", "x": 1}
     assert rewrite_model([1], "fast") == [1]
+
+
+def test_a_gateway_answer_is_measured_like_any_llm_result() -> None:
+    tracker = ThroughputTracker()
+    c = Coordinator(node_id="n1", pricing=PricingConfig(max_queue=0), throughput=tracker)
+    body = {"model": "fast", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    c.submit(
+        "t1", parse_job(job_data("chat", body, CATALOG.resolve("fast", "chat"), "high", "k")), 0.0
+    )
+    peers = [_peer("n2", _offer("fast", "tiny-llama", {"lint"}, 5.0, {}))]
+    (d,) = [e for e in c.schedule(peers, 0.0) if isinstance(e, Dispatch)]
+    # what the passthrough executor reports (swarmd/executors/passthrough.py)
+    usage = {"prompt_tokens": 10, "completion_tokens": 40, "total_tokens": 50}
+    result = Result(output=None, usage=usage, duration_s=1.1, latency_s=0.1)
+    c.on_result("t1", "main", d.attempt, "n2", result, 1.0)
+    assert tracker.latency_s("n2", "fast") == pytest.approx(0.1)
+    assert tracker.tokens_per_s("n2", "fast") == pytest.approx(50.0)
