@@ -61,12 +61,18 @@ async def serve_gateway(node: Any) -> tuple[Any, Any] | None:
     On the default port a port in use only turns it off (with a warning), so that
     several nodes can run on one machine; a port that was asked for must be had."""
     from .config import DEFAULT_GATEWAY_PORT
-    from .gateway.app import Gateway
-    from .gateway.auth import ApiKeys
-    from .gateway.serve import HttpServer, bind
 
     cfg: Config = node.config
     if cfg.gateway_port == 0:
+        return None
+    try:
+        from .gateway.app import Gateway
+        from .gateway.auth import ApiKeys
+        from .gateway.serve import HttpServer, bind
+    except ImportError as exc:  # a build without the HTTP stack
+        if cfg.gateway_port is not None:
+            raise StartupError(f"cannot serve the gateway: {exc}") from None
+        node.log.warning("gateway off: this build lacks its HTTP stack (%s)", exc)
         return None
     port = DEFAULT_GATEWAY_PORT if cfg.gateway_port is None else cfg.gateway_port
     log = node.log.getChild("gateway")
