@@ -4,6 +4,7 @@ made into a job that round-trips through the journal, priced like any llm subtas
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -218,3 +219,22 @@ def test_a_gateway_answer_is_measured_like_any_llm_result() -> None:
     c.on_result("t1", "main", d.attempt, "n2", result, 1.0)
     assert tracker.latency_s("n2", "fast") == pytest.approx(0.1)
     assert tracker.tokens_per_s("n2", "fast") == pytest.approx(50.0)
+
+
+def test_gateway_requests_go_ahead_of_queued_batch_work() -> None:
+    c = Coordinator(node_id="n1", pricing=PricingConfig(max_queue=0))
+    batch = {
+        "name": "batch",
+        "subtasks": [
+            {"id": f"s{i}", "kind": "llm", "prompt": "x", "model": "fast"} for i in range(3)
+        ],
+    }
+    c.submit("batch", parse_job(batch), 0.0)
+    body = {"model": "fast", "messages": []}
+    target = CATALOG.resolve("fast", "chat")
+    c.submit("gw", parse_job(job_data("chat", body, target, priority_of(None), "k")), 1.0)
+    c.submit("gw-low", parse_job(job_data("chat", body, target, priority_of("low"), "k")), 1.0)
+    peers = [_peer("n2", replace(_offer("fast", "m", set(), 5.0, {}), max_concurrency=1))]
+    (first,) = [e for e in c.schedule(peers, 2.0) if isinstance(e, Dispatch)]
+    assert first.task_id == "gw"
+    assert c.record("gw-low").subtasks["main"].spec.priority == "low"
