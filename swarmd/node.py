@@ -334,7 +334,7 @@ class Node:
         if self.dashboard is not None:
             await self.dashboard.close()
         if self.gateway_server is not None:
-            await self.gateway_server.close()
+            await self.gateway_server.stop()
         await services.stop_discovery(self.discovery)
         if self.worker is not None:
             await self.worker.close()

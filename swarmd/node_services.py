@@ -66,9 +66,10 @@ async def serve_gateway(node: Any) -> tuple[Any, Any] | None:
     if cfg.gateway_port == 0:
         return None
     try:
-        from .gateway.app import Gateway
+        from .gateway.app import LIMITS, Gateway
         from .gateway.auth import ApiKeys
-        from .gateway.serve import HttpServer, bind
+        from .gateway.errors import error_body
+        from .web import WebServer
     except ImportError as exc:  # a build without the HTTP stack
         if cfg.gateway_port is not None:
             raise StartupError(f"cannot serve the gateway: {exc}") from None
@@ -76,21 +77,32 @@ async def serve_gateway(node: Any) -> tuple[Any, Any] | None:
         return None
     port = DEFAULT_GATEWAY_PORT if cfg.gateway_port is None else cfg.gateway_port
     log = node.log.getChild("gateway")
+    usage = getattr(node, "usage", None)  # [gateway] budget: 429 once a key's day is spent
+    budget = usage.check_budget if usage is not None else None
+    gateway = Gateway(
+        node, ApiKeys(cfg.gateway_api_keys), budget=budget, log=log, bind=cfg.gateway_bind
+    )
+    server = WebServer(
+        gateway.app(),
+        cfg.gateway_bind,
+        port,
+        LIMITS,
+        counters=gateway.counters,
+        prefix="gateway",
+        error_body=error_body,
+    )
     try:
-        sock = bind(cfg.gateway_bind, port)
+        await server.start()
     except OSError as exc:
+        gateway.detach()
         where = f"{cfg.gateway_bind}:{port}"
         if cfg.gateway_port is not None:
             raise StartupError(f"cannot serve the gateway on {where}: {exc}") from None
         log.warning("gateway off: cannot serve on %s (%s); set [gateway] port", where, exc)
         return None
-    usage = getattr(node, "usage", None)  # [gateway] budget: 429 once a key's day is spent
-    budget = usage.check_budget if usage is not None else None
-    gateway = Gateway(node, ApiKeys(cfg.gateway_api_keys), budget=budget, log=log)
-    server = HttpServer(gateway.app(), sock, log)
-    await server.start()
     keys = f"{len(gateway.keys)} API key(s)" if gateway.keys.required else "no API keys"
-    node.log.info("OpenAI-compatible gateway on %s/v1 (%s)", server.url, keys)
+    where = f"{cfg.gateway_bind}:{server.port}"
+    node.log.info("OpenAI-compatible gateway on http://%s/v1 (%s)", where, keys)
     return gateway, server
 
 

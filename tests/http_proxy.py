@@ -47,7 +47,9 @@ class HttpProxy:
         self.client_gone = 0  # answers the client stopped reading before their end
         self._lock = threading.Lock()
         app = Starlette(routes=[Route("/{path:path}", self._proxy, methods=["GET", "POST"])])
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()

@@ -286,6 +286,8 @@ def test_keys_sizes_and_garbage_are_refused_and_the_node_keeps_serving(gw: Clust
             url, headers={**auth, "x-swarmd-priority": "urgent"}, json={"model": "fast"}
         )
         assert bad.status_code == 400
+        rebound = http.get(gw.base_url + "/models", headers={**auth, "host": "evil.example"})
+        assert rebound.status_code == 403  # a web page's rebound name on a loopback gateway
         low = {**auth, "x-swarmd-priority": "low"}
         body = {"model": "fast", "messages": HI, "max_tokens": 4}
         assert http.post(url, headers=low, json=body).status_code == 200

@@ -1,12 +1,11 @@
 """The gateway's HTTP layer in-process: API keys (constant-time, every key checked),
-the server's limits on slow and half-open clients, the [gateway] config, and the
+the [gateway] config, and the
 passthrough executor against a real HTTP server standing in for an endpoint."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,8 @@ from starlette.routing import Route
 from swarmd.config import ConfigError, load
 from swarmd.core.gateway import key_id
 from swarmd.executors import ExecRequest, passthrough
-from swarmd.gateway import serve
 from swarmd.gateway.auth import ApiKeys
+from swarmd.web import WebServer
 
 # ---------------------------------------------------------------- keys
 
@@ -89,59 +88,6 @@ def test_a_non_loopback_bind_with_the_gateway_off_needs_no_keys(tmp_path: Path) 
     assert _load(tmp_path, '[gateway]\nport = 0\nbind = "0.0.0.0"\n').gateway_port == 0
 
 
-# ---------------------------------------------------------------- the server's limits
-
-
-async def _hello(request: Request) -> Response:
-    return JSONResponse({"hello": True})
-
-
-async def _connection_closed(port: int, send: bytes, within: float) -> bool:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(send)
-    await writer.drain()
-    try:
-        data = await asyncio.wait_for(reader.read(), within)
-    finally:
-        writer.close()
-    return data == b""
-
-
-def test_slow_and_half_open_clients_are_closed_while_others_are_served(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    asyncio.run(_test_slow_and_half_open_clients_are_closed_while_others_are_served(monkeypatch))
-
-
-async def _test_slow_and_half_open_clients_are_closed_while_others_are_served(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(serve, "HEAD_TIMEOUT_S", 0.3)
-    app = Starlette(routes=[Route("/", _hello)])
-    server = serve.HttpServer(app, serve.bind("127.0.0.1", 0), __import__("logging").getLogger())
-    await server.start()
-    try:
-        silent = _connection_closed(server.port, b"", 5)
-        half = _connection_closed(server.port, b"GET / HTTP/1.1\r\nHost: x\r\n", 5)
-        served = asyncio.to_thread(_get, server.port)
-        closed_silent, closed_half, answer = await asyncio.gather(silent, half, served)
-        assert closed_silent and closed_half
-        assert json.loads(answer.split(b"\r\n\r\n", 1)[1]) == {"hello": True}
-        with pytest.raises(OSError):  # a port in use: the caller decides
-            serve.bind("127.0.0.1", server.port)
-    finally:
-        await server.close()
-
-
-def _get(port: int) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        out = b""
-        while chunk := s.recv(65536):
-            out += chunk
-    return out
-
-
 # ---------------------------------------------------------------- passthrough
 
 
@@ -168,7 +114,7 @@ class Endpoint:
 
 async def _run(endpoint: Endpoint, request: dict[str, Any]) -> tuple[Any, list[bytes]]:
     app = Starlette(routes=[Route("/v1/chat/completions", endpoint.chat, methods=["POST"])])
-    server = serve.HttpServer(app, serve.bind("127.0.0.1", 0), __import__("logging").getLogger())
+    server = WebServer(app, "127.0.0.1", 0)
     await server.start()
     relayed: list[bytes] = []
     try:
@@ -178,7 +124,7 @@ async def _run(endpoint: Endpoint, request: dict[str, Any]) -> tuple[Any, list[b
         )  # fmt: skip
         result = await passthrough.run(req, relayed.append)
     finally:
-        await server.close()
+        await server.stop()
     return result, relayed
 
 

@@ -169,7 +169,7 @@ async def execute(
     if req.kind == "llm" and req.api is not None:
         from swarmd.executors import passthrough
 
-        return await passthrough.run(req, relay)
+        return await passthrough.run(req, relay, http)
     if req.kind == "llm":
         from swarmd.executors import llm
 

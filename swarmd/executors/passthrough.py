@@ -69,8 +69,11 @@ class _Answer:
     pending: bytearray = field(default_factory=bytearray)
 
 
-async def run(req: ExecRequest, relay: Relay | None = None) -> ExecResult:
-    """One gateway request; never raises (except cancellation, which closes the
+async def run(
+    req: ExecRequest, relay: Relay | None = None, client: httpx.AsyncClient | None = None
+) -> ExecResult:
+    """One gateway request (on ``client``: the worker's, whose connections are kept;
+    else one per event loop); never raises (except cancellation, which closes the
     upstream connection: the endpoint sees the client go)."""
     started = time.monotonic()
     if req.api not in API_PATHS or req.request is None:
@@ -86,7 +89,8 @@ async def run(req: ExecRequest, relay: Relay | None = None) -> ExecResult:
     answer = _Answer(started)
     try:
         async with asyncio.timeout(req.timeout_s or DEFAULT_TIMEOUT_S):
-            async with _client().stream("POST", url, json=body, timeout=timeout) as resp:
+            http = client if client is not None else _client()
+            async with http.stream("POST", url, json=body, timeout=timeout) as resp:
                 if resp.status_code >= 400:
                     return await _http_error(resp, url, started)
                 events = "event-stream" in resp.headers.get("content-type", "")

@@ -39,6 +39,7 @@ from ..core.jobspec import SINGLE_SUBTASK_ID, JobError, parse_job
 from ..core.jobspec.spec import Api
 from ..core.pricing import Demand, PricingConfig, price
 from ..journal_health import JournalUnavailable
+from ..web import Limits, host_is_loopback
 from .auth import ApiKeys
 from .catalog import catalog_of
 from .errors import UNAUTHORIZED, error_event, error_response, too_large, unavailable
@@ -47,6 +48,14 @@ from .relay import Event, Pending, Relay
 
 MAX_BODY_BYTES: Final = 8 * 1024 * 1024  # a request travels in one dispatch frame
 BODY_TIMEOUT_S: Final = 30.0  # the whole body, once the headers are in
+# The HTTP server's (swarmd.web): a request (head and body) within 30 s of connecting or
+# of the last answer, a reader that takes nothing for 30 s dropped, 1024 connections.
+LIMITS: Final = Limits(
+    max_body_bytes=MAX_BODY_BYTES,
+    request_timeout_s=BODY_TIMEOUT_S,
+    write_timeout_s=30.0,
+    max_connections=1024,
+)
 DONE: Final = b"data: [DONE]\n\n"
 _ANY_LOAD: Final = PricingConfig(max_queue=1 << 30)  # feasible at all, whatever the load
 
@@ -62,6 +71,7 @@ class Gateway:
         max_body: int = MAX_BODY_BYTES,
         budget: BudgetCheck | None = None,
         log: logging.Logger | None = None,
+        bind: str = "127.0.0.1",
     ) -> None:
         self.node = node  # swarmd.node.Node: members(), coordination
         self.keys = keys
@@ -69,10 +79,19 @@ class Gateway:
         self.budget = budget  # the usage helper's per-key daily budget, when configured
         self.log = log or logging.getLogger("swarmd.gateway")
         self.counters: Counter[str] = Counter()
+        # Bound to loopback: only a loopback Host (a web page that rebinds its name to
+        # 127.0.0.1 must not use the swarm, nor read its answers).
+        self.loopback_only = host_is_loopback(bind)
         coordination = node.coordination
         self.relay = Relay(coordination.coordinator, self._cancel, self.counters, self.log)
         coordination.watchers.listeners.append(self.relay.changed)
         self._drop_orphans()
+
+    def detach(self) -> None:
+        """No server after all: stop following the coordinator."""
+        listeners = self.node.coordination.watchers.listeners
+        if self.relay.changed in listeners:
+            listeners.remove(self.relay.changed)
 
     def _drop_orphans(self) -> None:
         """Gateway requests resumed from the journal have no client any more (it was
@@ -96,14 +115,24 @@ class Gateway:
 
     # ------------------------------------------------------------ routes
 
+    def _admit(self, request: Request) -> str | Response:
+        """The request's key label, or the answer refusing it: no valid key (401), or a
+        foreign Host on a loopback-only gateway (403)."""
+        if self.loopback_only and not host_is_loopback(request.headers.get("host")):
+            self.counters["gateway_foreign_host"] += 1
+            message = "This gateway serves only requests addressed to a loopback host."
+            return error_response(GatewayError(403, message, "invalid_request_error", "host"))
+        client = self.keys.check(request.headers.get("authorization"))
+        return self._unauthorized() if client is None else client
+
     async def models(self, request: Request) -> Response:
-        if self.keys.check(request.headers.get("authorization")) is None:
-            return self._unauthorized()
+        if isinstance(refused := self._admit(request), Response):
+            return refused
         return _json(catalog_of(self.node.members()).models_list())
 
     async def model(self, request: Request) -> Response:
-        if self.keys.check(request.headers.get("authorization")) is None:
-            return self._unauthorized()
+        if isinstance(refused := self._admit(request), Response):
+            return refused
         name = request.path_params["model"]
         for entry in catalog_of(self.node.members()).models_list()["data"]:
             if entry["id"] == name:
@@ -122,9 +151,9 @@ class Gateway:
     # ------------------------------------------------------------ a request
 
     async def complete(self, request: Request, api: Api) -> Response:
-        client = self.keys.check(request.headers.get("authorization"))
-        if client is None:
-            return self._unauthorized()
+        client = self._admit(request)
+        if isinstance(client, Response):
+            return client
         self.counters[f"gateway_requests_{api}"] += 1
         try:
             raw = await self._body(request)

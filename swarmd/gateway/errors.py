@@ -26,6 +26,18 @@ def error_response(error: GatewayError, headers: dict[str, str] | None = None) -
     )
 
 
+_SERVER_CODES: Final = {400: "bad_request", 408: "timeout", 413: "too_large", 503: "busy"}
+
+
+def error_body(status: int, message: str) -> tuple[str, bytes]:
+    """What the HTTP server answers itself (413, 408, 400 for a malformed request,
+    503 when full), OpenAI-shaped."""
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    code = _SERVER_CODES.get(status, str(status))
+    body = {"error": {"message": message, "type": kind, "code": code}}
+    return "application/json", json.dumps(body).encode()
+
+
 def error_event(message: str, type_: str = "server_error", code: str | None = None) -> bytes:
     """An error as a server-sent event, for a stream that cannot go on."""
     body = {"error": {"message": message, "type": type_, "code": code}}
