@@ -151,16 +151,23 @@ class Coordination:
         return f"{self.node_id[:6]}-{secrets.token_hex(5)}"
 
     def submit(
-        self, job: JobSpec, files: Mapping[str, bytes], data: Mapping[str, Any] | None = None
+        self,
+        job: JobSpec,
+        files: Mapping[str, bytes],
+        data: Mapping[str, Any] | None = None,
+        *,
+        ephemeral: bool = False,
     ) -> str:
         """Coordinate ``job`` (parsed from ``data``, if given: journaled as it came).
-        JournalUnavailable if it cannot be journaled (then it is not taken at all)."""
+        JournalUnavailable if it cannot be journaled (then it is not taken at all).
+        ``ephemeral``: not journaled at all (a gateway request, see
+        :attr:`swarmd.core.tasks.records.TaskRecord.ephemeral`)."""
         self.health.refuse_if_failing()
         task_id = self.new_task_id()
         if files:
             self.commits.put_inputs(task_id, files)
             self._inputs[task_id] = dict(files)
-        self.run(self.coordinator.submit(task_id, job, self.clock(), data))
+        self.run(self.coordinator.submit(task_id, job, self.clock(), data, ephemeral=ephemeral))
         self.place()  # at once, not on the loop's next turn
         self.flush()  # journaled before the caller hears of the task
         if not self.commits.durable(task_id):  # the commit failed: as if never submitted

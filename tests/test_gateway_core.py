@@ -238,3 +238,26 @@ def test_gateway_requests_go_ahead_of_queued_batch_work() -> None:
     (first,) = [e for e in c.schedule(peers, 2.0) if isinstance(e, Dispatch)]
     assert first.task_id == "gw"
     assert c.record("gw-low").subtasks["main"].spec.priority == "low"
+
+
+def test_a_gateway_task_is_never_journaled() -> None:
+    """Ephemeral: no journal record from submit to forget (only the connected client
+    waits for it), while a like task submitted as a job is journaled at every step."""
+    from swarmd.core.tasks import Journal
+
+    def records(ephemeral: bool) -> list[str]:
+        c = Coordinator(node_id="n1", pricing=PricingConfig(max_queue=0))
+        body = {"model": "fast", "messages": [{"role": "user", "content": "hi"}]}
+        job = parse_job(job_data("chat", body, CATALOG.resolve("fast", "chat"), "high", "k"))
+        effects = list(c.submit("t1", job, 0.0, ephemeral=ephemeral))
+        peers = [_peer("n2", _offer("fast", "tiny-llama", {"lint"}, 5.0, {}))]
+        placed = c.schedule(peers, 0.0)
+        (d,) = [e for e in placed if isinstance(e, Dispatch)]
+        effects += placed
+        effects += c.on_result("t1", "main", d.attempt, "n2", Result(output="{}"), 1.0)
+        assert c.status("t1")["state"] == "done"
+        effects += c.forget("t1")
+        return [e.kind for e in effects if isinstance(e, Journal)]
+
+    assert records(ephemeral=True) == []
+    assert {"task", "subtask", "task_state", "forget"} <= set(records(ephemeral=False))

@@ -85,23 +85,12 @@ class Gateway:
         coordination = node.coordination
         self.relay = Relay(coordination.coordinator, self._cancel, self.counters, self.log)
         coordination.watchers.listeners.append(self.relay.changed)
-        self._drop_orphans()
 
     def detach(self) -> None:
         """No server after all: stop following the coordinator."""
         listeners = self.node.coordination.watchers.listeners
         if self.relay.changed in listeners:
             listeners.remove(self.relay.changed)
-
-    def _drop_orphans(self) -> None:
-        """Gateway requests resumed from the journal have no client any more (it was
-        this node's HTTP connection): cancelled, not run for no one."""
-        coordinator = self.node.coordination.coordinator
-        for task_id in coordinator.task_ids():
-            task = coordinator.record(task_id)
-            if not task.final and any(r.spec.api for r in task.subtasks.values()):
-                self.counters["gateway_orphans_cancelled"] += 1
-                self._cancel(task_id)
 
     def app(self) -> Starlette:
         routes = [
@@ -216,7 +205,7 @@ class Gateway:
         except JobError as exc:
             raise GatewayError(400, str(exc), "invalid_request_error") from None
         try:
-            task_id: str = self.node.coordination.submit(job, {}, data)
+            task_id: str = self.node.coordination.submit(job, {}, data, ephemeral=True)
         except JournalUnavailable as exc:
             raise unavailable(f"This node cannot take requests now: {exc}") from None
         return task_id

@@ -61,16 +61,23 @@ class Bookkeeping:
     def _finish(self, batch: Batch) -> list[Effect]:
         """Journal records first (those added directly, then the snapshots of what
         changed), then the other effects in the order they arose."""
-        journal: list[Effect] = [e for e in batch.effects if isinstance(e, Journal)]
+        journal: list[Effect] = [
+            e for e in batch.effects if isinstance(e, Journal) and self._journaled(e)
+        ]
         for task_id in batch.tasks:
             task = self._tasks.get(task_id)
-            if task is not None:
+            if task is not None and not task.ephemeral:
                 journal.append(Journal("task_state", self._task_state_data(task)))
         for task_id, subtask_id in batch.subtasks:
             task = self._tasks.get(task_id)
-            if task is not None:
+            if task is not None and not task.ephemeral:
                 journal.append(Journal("subtask", task.subtasks[subtask_id].to_data(task_id)))
         return journal + [e for e in batch.effects if not isinstance(e, Journal)]
+
+    def _journaled(self, record: Journal) -> bool:
+        """Whether ``record`` goes to the journal: not for an ephemeral task."""
+        task = self._tasks.get(str(record.data.get("task")))
+        return task is None or not task.ephemeral
 
     @staticmethod
     def _task_state_data(task: TaskRecord) -> dict[str, Any]:

@@ -40,15 +40,23 @@ class Coordinator(Scheduler, WorkerEvents, Timeouts, Restore, Views):
     """
 
     def submit(
-        self, task_id: str, job: JobSpec, now: float, data: Mapping[str, Any] | None = None
+        self,
+        task_id: str,
+        job: JobSpec,
+        now: float,
+        data: Mapping[str, Any] | None = None,
+        *,
+        ephemeral: bool = False,
     ) -> list[Effect]:
         """Accept a validated job as task ``task_id``. ValueError if the id is taken,
         JobError if the graph is broken (unknown ``after``, cycle). ``data`` is the job
         as it was parsed from, if the caller has it (journaled as it is, else the job is
-        written out again)."""
+        written out again). An ``ephemeral`` task is never journaled (nothing of it
+        survives a restart; its effects need no commit first)."""
         if task_id in self._tasks:
             raise ValueError(f"task {task_id!r} exists already")
         task = new_task(task_id, job, now, self.pricing)
+        task.ephemeral = ephemeral
         self._tasks[task_id] = task
         self._open[task_id] = task
         batch = Batch()
@@ -88,7 +96,7 @@ class Coordinator(Scheduler, WorkerEvents, Timeouts, Restore, Views):
             raise ValueError(f"task {task_id!r} is still {task.state}")
         del self._tasks[task_id]
         self._finished.discard(task_id)
-        return [Journal("forget", {"task": task_id})]
+        return [] if task.ephemeral else [Journal("forget", {"task": task_id})]
 
     def discard(self, task_id: str) -> None:
         """Drop a task just submitted whose records could not be journaled, as if it

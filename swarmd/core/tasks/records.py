@@ -289,6 +289,9 @@ class TaskRecord:
     # subtask id -> upward rank: estimated seconds from its start to the end of the job
     # along the longest chain through it; the ready queue's urgency (critical path first)
     urgency: dict[str, float] = field(default_factory=dict)
+    # Not journaled (a gateway request: only the client connected to this node waits
+    # for it, and it goes with that connection): never restored after a restart.
+    ephemeral: bool = False
 
     @property
     def final(self) -> bool:
