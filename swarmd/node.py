@@ -27,23 +27,20 @@ from protocol.messages import (
 )
 
 from . import node_services as services
+from . import node_wiring as wiring
 from . import sdnotify, statedir
 from .config import Config
 from .control import Control
-from .core.budget import Budgets
 from .core.failure import Liveness
 from .core.gossip import Member
 from .core.jobspec import PeerFacts
-from .core.tasks import CoordinatorConfig
 from .credentials import NotAdmin
 from .discovery import Discovery, Sighting, advertise_address, choose_interfaces
 from .enrollment import Enrollment
-from .executors import Limits
 from .hardware import HardwareProbe
 from .identity import ClusterKeys
 from .joining import EXIT_TOKEN_REFUSED
 from .journal_health import JournalHealth
-from .journal_open import open_store
 from .lifecycle import Lifecycle
 from .member_file import reenroll_message
 from .membership import Membership
@@ -58,7 +55,7 @@ from .transport import BindError, TransportFactory, listening
 from .transport.base import Transport
 from .trust import Trust
 from .usage import Usage
-from .work import Clock, Coordination
+from .work import Coordination
 from .worker import Worker
 
 __all__ = ["Node", "StartupError"]
@@ -150,7 +147,7 @@ class Node:
             cfg, HardwareProbe(cfg.gpus, log=self.log.getChild("hardware")), self.log
         )
         await own.measure_hardware()
-        membership, coordination, worker = self._build(ident, own)
+        membership, coordination, worker = wiring.build(self, ident, own)
         coordination.restore()
         try:
             self.transport = await self._open_transport(
@@ -182,103 +179,6 @@ class Node:
             cfg.control_path,
             f"mDNS on {', '.join(self.interfaces)}" if cfg.mdns else "mDNS off",
         )
-
-    def _build(
-        self, ident: LocalIdentity, own: OwnState
-    ) -> tuple[Membership, Coordination, Worker]:
-        """Membership, the journal, the coordinator, the worker and pricing, wired."""
-        cfg = self.config
-        self.membership = membership = Membership(
-            node_id=ident.node_id,
-            generation=ident.generation,
-            address=self.address,
-            seeds=ident.seeds,
-            state_dir=cfg.state_dir,
-            config=cfg.gossip,
-            own_values=own.values,
-            send=self._send_to,
-            counters=self.counters,
-            log=self.log,
-        )
-        self.control = Control(self)
-        self.store, self.journal_moved = store, _ = open_store(
-            cfg.state_dir / "swarmd.db", self.log
-        )
-        store.start_checkpointer()
-        self.health.on_change = self._on_journal_health
-        self.coordination = coordination = Coordination(
-            node_id=ident.node_id,
-            node_name=cfg.name,
-            store=store,
-            send=self._send_to,
-            address_of=membership.address_of,
-            generation_of=membership.generation_of,
-            peers=lambda loads: pricing.capacities(loads),
-            me=lambda: membership.me,
-            clock=Clock(),
-            log=self.log.getChild("tasks"),
-            config=CoordinatorConfig(
-                retention=cfg.retention,
-                llm_grouping=cfg.llm_grouping,
-                group_max_tokens=cfg.llm_group_max_tokens,
-            ),
-            health=self.health,
-        )
-        self.worker = worker = Worker(
-            node_id=ident.node_id,
-            store=store,
-            send=self._send_to,
-            workdir_root=cfg.state_dir / "work",
-            slots=cfg.max_concurrency,
-            queue=cfg.max_queue,
-            allow_shell=cfg.allow_shell,
-            models={m.name: (m.endpoint, m.model, m.max_concurrency) for m in cfg.models},
-            log=self.log.getChild("worker"),
-            generation=membership.generation,
-            resources=own.resources(),
-            limits=Limits(max_artifact_bytes=cfg.max_artifact_bytes),
-            health=self.health,
-        )
-        own.serving = worker  # measurements and requests in flight, gossiped
-        self.trust = Trust(ident.revoked, self.counters, self.log, self._on_revoked, self._shut_out)
-        self.enrollment = Enrollment(
-            cfg.state_dir,
-            ident.keys,
-            lambda: (self.address, self.members()),
-            self.counters,
-            self.log,
-            ident.issuer,
-        )
-        self.pricing = pricing = PricingView(
-            membership.members,
-            coordination.reports,
-            lambda: worker.load,
-            ident.revoked,
-            worker.model_use_by,
-        )
-        membership.on_peer_gone = coordination.on_peer_gone
-        membership.on_new_identity = self._on_new_identity
-        self._build_usage(store, membership, coordination)
-        return membership, coordination, worker
-
-    def _build_usage(
-        self, store: Store, membership: Membership, coordination: Coordination
-    ) -> None:
-        """The usage book, read back from the store, fed by the coordinator's results
-        and written with its group commits."""
-        self.usage = usage = Usage(
-            node_id=lambda: self.node_id,
-            name=self.config.name,
-            members=membership.members,
-            send=self._send_to,
-            budgets=Budgets(self.config.budgets),
-            clock=coordination.clock,
-            log=self.log.getChild("usage"),
-            counters=self.counters,
-        )
-        usage.load(store.usage_rows())
-        coordination.coordinator.usage = usage.book
-        coordination.commits.usage = usage.book
 
     def _start_loops(
         self, own: OwnState, membership: Membership, coordination: Coordination, worker: Worker

@@ -1,0 +1,151 @@
+"""How a :class:`swarmd.node.Node` builds its pieces at start: membership, the journal,
+the coordinator, the worker, pricing's view of the peers, trust, enrollment and the
+usage book, each handed the callbacks that connect it to the others. Every piece is
+set as the node's attribute of the same name."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .control import Control
+from .core.budget import Budgets
+from .core.pricing import PeerCapacity
+from .core.tasks import CoordinatorConfig, NodeLoad
+from .enrollment import Enrollment
+from .executors import Limits
+from .journal_open import open_store
+from .membership import Membership
+from .own_state import OwnState
+from .peer_view import PricingView
+from .statedir import LocalIdentity
+from .store import Store
+from .trust import Trust
+from .usage import Usage
+from .work import Clock, Coordination
+from .worker import Worker
+
+if TYPE_CHECKING:
+    from .node import Node
+
+
+def build(
+    node: Node, ident: LocalIdentity, own: OwnState
+) -> tuple[Membership, Coordination, Worker]:
+    """Every piece, wired; the three the node's loops run."""
+    membership = _membership(node, ident, own)
+    node.control = Control(node)
+    node.store, node.journal_moved = store, _ = open_store(
+        node.config.state_dir / "swarmd.db", node.log
+    )
+    store.start_checkpointer()
+    node.health.on_change = node._on_journal_health
+    coordination = _coordination(node, ident, store, membership)
+    worker = _worker(node, ident, own, store, membership)
+    own.serving = worker  # measurements and requests in flight, gossiped
+    node.trust = Trust(ident.revoked, node.counters, node.log, node._on_revoked, node._shut_out)
+    node.enrollment = Enrollment(
+        node.config.state_dir,
+        ident.keys,
+        lambda: (node.address, node.members()),
+        node.counters,
+        node.log,
+        ident.issuer,
+    )
+    node.pricing = PricingView(
+        membership.members,
+        coordination.reports,
+        lambda: worker.load,
+        ident.revoked,
+        worker.model_use_by,
+    )
+    membership.on_peer_gone = coordination.on_peer_gone
+    membership.on_new_identity = node._on_new_identity
+    _usage(node, store, membership, coordination)
+    return membership, coordination, worker
+
+
+def _membership(node: Node, ident: LocalIdentity, own: OwnState) -> Membership:
+    cfg = node.config
+    node.membership = membership = Membership(
+        node_id=ident.node_id,
+        generation=ident.generation,
+        address=node.address,
+        seeds=ident.seeds,
+        state_dir=cfg.state_dir,
+        config=cfg.gossip,
+        own_values=own.values,
+        send=node._send_to,
+        counters=node.counters,
+        log=node.log,
+    )
+    return membership
+
+
+def _coordination(
+    node: Node, ident: LocalIdentity, store: Store, membership: Membership
+) -> Coordination:
+    cfg = node.config
+
+    def peers(loads: dict[str, NodeLoad]) -> list[PeerCapacity]:
+        assert node.pricing is not None  # built right after; used only once running
+        return node.pricing.capacities(loads)
+
+    node.coordination = coordination = Coordination(
+        node_id=ident.node_id,
+        node_name=cfg.name,
+        store=store,
+        send=node._send_to,
+        address_of=membership.address_of,
+        generation_of=membership.generation_of,
+        peers=peers,
+        me=lambda: membership.me,
+        clock=Clock(),
+        log=node.log.getChild("tasks"),
+        config=CoordinatorConfig(
+            retention=cfg.retention,
+            llm_grouping=cfg.llm_grouping,
+            group_max_tokens=cfg.llm_group_max_tokens,
+        ),
+        health=node.health,
+    )
+    return coordination
+
+
+def _worker(
+    node: Node, ident: LocalIdentity, own: OwnState, store: Store, membership: Membership
+) -> Worker:
+    cfg = node.config
+    node.worker = worker = Worker(
+        node_id=ident.node_id,
+        store=store,
+        send=node._send_to,
+        workdir_root=cfg.state_dir / "work",
+        slots=cfg.max_concurrency,
+        queue=cfg.max_queue,
+        allow_shell=cfg.allow_shell,
+        models={m.name: (m.endpoint, m.model, m.max_concurrency) for m in cfg.models},
+        log=node.log.getChild("worker"),
+        generation=membership.generation,
+        resources=own.resources(),
+        limits=Limits(max_artifact_bytes=cfg.max_artifact_bytes),
+        health=node.health,
+    )
+    return worker
+
+
+def _usage(node: Node, store: Store, membership: Membership, coordination: Coordination) -> None:
+    """The usage book, read back from the store, fed by the coordinator's results
+    and written with its group commits."""
+    node.usage = usage = Usage(
+        node_id=lambda: node.node_id,
+        name=node.config.name,
+        members=membership.members,
+        send=node._send_to,
+        budgets=Budgets(node.config.budgets),
+        clock=coordination.clock,
+        log=node.log.getChild("usage"),
+        counters=node.counters,
+    )
+    usage.load(store.usage_rows())
+    coordination.coordinator.usage = usage.book
+    coordination.commits.usage = usage.book
