@@ -6,8 +6,6 @@ Errors name the file, the table and the key (``ConfigError``); the CLI exits 2 o
 
 from __future__ import annotations
 
-import dataclasses
-import ipaddress
 import math
 import os
 import re
@@ -17,13 +15,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-import msgspec
-
-from protocol.messages import ModelProfile
-
-from .core.budget import Budget, parse_budgets
+from .config_gateway import _budgets, _check_gateway, _gateway
+from .config_models import (
+    DEFAULT_PROBES,
+    MAX_PROBES,
+    ModelConfig,
+    ProbeConfig,
+    _models,
+    _probe,
+    is_loopback_url,
+)
+from .config_table import ConfigError
+from .config_table import Table as _Table
+from .core.budget import Budget
 from .core.failure import DetectorConfig
 from .core.gossip import GossipConfig
 from .core.retention import DAY_S, Retention
@@ -34,39 +39,6 @@ from .http_head import check_access
 DEFAULT_PORT = 7946
 DEFAULT_GATEWAY_PORT = 7950
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-
-
-class ConfigError(ValueError):
-    pass
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    name: str
-    endpoint: str
-    model: str
-    capabilities: tuple[str, ...] = ()
-    max_concurrency: int = 1
-    cost_per_mtok: float = 0.0
-
-
-# The usual local OpenAI-compatible servers: Ollama, llama.cpp server, vLLM, LM Studio.
-DEFAULT_PROBES = (
-    "http://127.0.0.1:11434/v1",
-    "http://127.0.0.1:8080/v1",
-    "http://127.0.0.1:8000/v1",
-    "http://127.0.0.1:1234/v1",
-)
-MAX_PROBES = 16
-
-
-@dataclass(frozen=True)
-class ProbeConfig:
-    """``[models] probe`` / ``probe_interval`` and ``[capabilities]`` (swarmd.model_probe)."""
-
-    urls: tuple[str, ...] = DEFAULT_PROBES  # () turns probing off
-    interval_s: float = 30.0
-    capabilities: dict[str, tuple[str, ...]] = field(default_factory=dict)  # tag -> globs
 
 
 @dataclass(frozen=True)
@@ -146,41 +118,6 @@ def split_host_port(text: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"bad address {text!r}: expected HOST:PORT")
     return host.strip("[]"), int(port)
-
-
-class _Table:
-    """Typed access to one TOML table with errors that say where."""
-
-    def __init__(self, where: str, data: Any) -> None:
-        if not isinstance(data, dict):
-            raise ConfigError(f"{where}: expected a table")
-        self.where, self.data, self.used = where, data, set[str]()
-
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
-        self.used.add(key)
-        if key not in self.data:
-            return default
-        value = self.data[key]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        is_bool = isinstance(value, bool)  # bool is an int subclass: only if asked for
-        if (is_bool and bool not in kinds) or not isinstance(value, kinds):
-            names = " or ".join(k.__name__ for k in kinds)
-            raise ConfigError(f"{self.where} {key}: expected {names}, got {value!r}")
-        return value
-
-    def convert(self, key: str, fn: Any, default: Any = None) -> Any:
-        self.used.add(key)
-        if key not in self.data:
-            return default
-        try:
-            return fn(self.data[key])
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"{self.where} {key}: {exc}") from None
-
-    def check_unknown(self) -> None:
-        unknown = sorted(set(self.data) - self.used)
-        if unknown:
-            raise ConfigError(f"{self.where}: unknown key(s) {', '.join(unknown)}")
 
 
 def load(path: Path | None, overrides: dict[str, Any], state_dir: Path | None = None) -> Config:
@@ -306,97 +243,6 @@ def _hardware(top: _Table, label: str, values: dict[str, Any]) -> list[DeclaredG
     return gpus
 
 
-_PROBE_KEYS = ("probe", "probe_interval")  # the keys of [models] that are not profiles
-
-
-def _models(top: _Table, label: str) -> list[ModelConfig]:
-    models = []
-    for name, item in top.get("models", dict, {}).items():
-        if name in _PROBE_KEYS and not isinstance(item, dict):
-            continue  # read by _probe
-        m = _Table(f"{label} [models.{name}]", item)
-        endpoint, model = m.get("endpoint", str), m.get("model", str)
-        if not endpoint or not model:
-            raise ConfigError(f"{m.where}: endpoint and model are required")
-        caps = m.get("capabilities", list, [])
-        if not all(isinstance(c, str) for c in caps):
-            raise ConfigError(f"{m.where} capabilities: expected a list of strings")
-        model_config = ModelConfig(
-            name=name,
-            endpoint=endpoint,
-            model=model,
-            capabilities=tuple(caps),
-            max_concurrency=m.get("max_concurrency", int, 1),
-            cost_per_mtok=float(m.get("cost_per_mtok", (int, float), 0.0)),
-        )
-        m.check_unknown()
-        try:  # the same limits peers will check when it is gossiped
-            msgspec.convert(dataclasses.asdict(model_config), ModelProfile)
-        except msgspec.ValidationError as exc:
-            raise ConfigError(f"{m.where}: {exc}") from None
-        models.append(model_config)
-    return models
-
-
-def is_loopback_url(url: str) -> bool:
-    """Whether ``url`` is http(s) to a loopback address (127.0.0.0/8, ::1, localhost)."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        _ = parts.port  # a bad port raises
-    except ValueError:
-        return False
-    if parts.scheme not in ("http", "https") or not host:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _probe(top: _Table, label: str) -> ProbeConfig:
-    """``[models] probe = ["http://127.0.0.1:PORT/v1", ...]`` (replaces the default
-    list; ``[]``: no probing), ``[models] probe_interval = "30s"``, and
-    ``[capabilities]`` tag = [model-id globs]."""
-    base = ProbeConfig()
-    models = top.data.get("models")
-    models = models if isinstance(models, dict) else {}  # not a table: _models said so
-    values = {k: v for k, v in models.items() if k in _PROBE_KEYS and not isinstance(v, dict)}
-    m = _Table(f"{label} [models]", values)
-    urls = m.get("probe", list, list(base.urls))
-    if not all(isinstance(u, str) for u in urls):
-        raise ConfigError(f'{m.where} probe: expected a list of "http://127.0.0.1:PORT/v1" strings')
-    if len(urls) > MAX_PROBES:
-        raise ConfigError(f"{m.where} probe: at most {MAX_PROBES} servers, got {len(urls)}")
-    for url in urls:
-        if not is_loopback_url(url):
-            raise ConfigError(
-                f"{m.where} probe: {url!r} is not an http URL of a loopback address "
-                "(only this machine's own servers are probed)"
-            )
-    interval = m.convert("probe_interval", parse_duration, base.interval_s)
-    if interval < 1.0:
-        raise ConfigError(f"{m.where} probe_interval: expected at least 1s")
-    return ProbeConfig(tuple(dict.fromkeys(urls)), interval, _capability_globs(top, label))
-
-
-def _capability_globs(top: _Table, label: str) -> dict[str, tuple[str, ...]]:
-    """``[capabilities]``: tag -> model-id globs, for the models found by probing."""
-    table = _Table(f"{label} [capabilities]", top.get("capabilities", dict, {}))
-    out: dict[str, tuple[str, ...]] = {}
-    for tag in table.data:
-        globs = table.get(tag, list)
-        ok = all(isinstance(g, str) and 0 < len(g) <= 256 for g in globs) and len(globs) <= 64
-        if not ok:
-            raise ConfigError(f'{table.where} {tag}: expected a list of model-id globs ["*3b*"]')
-        if not 0 < len(tag) <= 128:
-            raise ConfigError(f"{table.where}: a capability name is 1 to 128 characters")
-        out[tag] = tuple(globs)
-    return out
-
-
 def _gossip_config(g: _Table) -> GossipConfig:
     d = DetectorConfig()
     detector = DetectorConfig(
@@ -442,63 +288,6 @@ def _retention(t: _Table) -> Retention:
     if keep_subtasks < 1:
         raise ConfigError(f"{t.where} keep_subtasks: expected at least 1, got {keep_subtasks}")
     return Retention(keep_s=keep_s, keep_tasks=keep_tasks, keep_subtasks=keep_subtasks)
-
-
-def _budgets(top: _Table, label: str) -> dict[str, Budget]:
-    """``[gateway] budget = { "API key" = "N tokens/day" | "$N/day" }``, by key id (the
-    rest of ``[gateway]`` is read, and checked for unknown keys, with the gateway)."""
-    gateway = _Table(f"{label} [gateway]", top.get("gateway", dict, {}))
-    if "budget" not in gateway.data:
-        return {}
-    try:
-        return parse_budgets(gateway.data["budget"])
-    except ValueError as exc:
-        raise ConfigError(f"{gateway.where} budget: {exc}") from None
-
-
-def _gateway(top: _Table, label: str, values: dict[str, Any]) -> None:
-    """``[gateway]`` port, bind, api_keys, api_keys_file (read here: one key a line)."""
-    gw = _Table(f"{label} [gateway]", top.get("gateway", dict, {}))
-    if (port := gw.get("port", int)) is not None:
-        values["gateway_port"] = port
-    if (bind := gw.get("bind", str)) is not None:
-        values["gateway_bind"] = bind
-    gw.used.add("budget")  # read by _budgets
-    keys = gw.get("api_keys", list, [])
-    if not all(isinstance(k, str) and k.strip() for k in keys):
-        raise ConfigError(f"{gw.where} api_keys: expected a list of non-empty strings")
-    if (path := gw.get("api_keys_file", str)) is not None:
-        try:
-            text = Path(path).expanduser().read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{gw.where} api_keys_file: cannot read {path}: {exc}") from None
-        lines = [line.strip() for line in text.splitlines()]
-        from_file = [k for k in lines if k and not k.startswith("#")]
-        if not from_file:
-            raise ConfigError(f"{gw.where} api_keys_file: {path} holds no keys")
-        keys = [*keys, *from_file]
-    if keys:
-        values["gateway_api_keys"] = tuple(k.strip() for k in keys)
-    gw.check_unknown()
-
-
-def _check_gateway(cfg: Config) -> None:
-    if cfg.gateway_port is not None and not 0 <= cfg.gateway_port < 65536:
-        raise ConfigError(f"[gateway] port {cfg.gateway_port}: expected 0 (off) or 1-65535")
-    if cfg.gateway_port == 0 or cfg.gateway_api_keys:
-        return
-    try:
-        loopback = (
-            cfg.gateway_bind == "localhost" or ipaddress.ip_address(cfg.gateway_bind).is_loopback
-        )
-    except ValueError:
-        loopback = False
-    if not loopback:
-        raise ConfigError(
-            f"[gateway] bind {cfg.gateway_bind!r} is not a loopback address: set api_keys "
-            "or api_keys_file too (every request must then carry a key as "
-            "Authorization: Bearer KEY), or port = 0 to turn the gateway off"
-        )
 
 
 def _grouping(t: _Table) -> dict[str, Any]:
@@ -552,3 +341,15 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"max_queue {cfg.max_queue}: expected 0-10000")
     if cfg.gossip.interval_s <= 0 or cfg.gossip.fanout < 1:
         raise ConfigError("[gossip]: interval must be > 0 and fanout >= 1")
+
+
+__all__ = [
+    "DEFAULT_PROBES",
+    "MAX_PROBES",
+    "Config",
+    "ConfigError",
+    "ModelConfig",
+    "ProbeConfig",
+    "is_loopback_url",
+    "load",
+]
