@@ -88,7 +88,10 @@ class PricingView:
             # Any change to a key raises its version: the sum tells "unchanged" for sure.
             version = (m.state.generation, sum(v.version for v in m.state.kvs.values()))
             known = self._built.get(m.node_id)
-            if m.is_self or (load is not None and load.models):  # build anew
+            # Built anew when llm requests in flight must be counted in (ours on that
+            # peer, or this node's own worker's); else from the cache while its gossip
+            # is unchanged.
+            if (load is not None and load.models) or (m.is_self and m.state.get("models")):
                 values = {k: v.value for k, v in m.state.kvs.items()} | {"queue": 0}
                 if m.is_self:
                     values["models"] = _in_flight_now(values.get("models"), self.own_models())

@@ -175,7 +175,9 @@ class Coordination:
             self.coordinator.discard(task_id)
             self._inputs.pop(task_id, None)
             self.health.refuse_if_failing()
-        self.log.info("task %s (%s): %d subtask(s)", task_id, job.name, len(job.subtasks))
+        # Per task at debug: thousands a second at info would flood the log (journald
+        # drops a service's messages past 10,000 in 30 s by default).
+        self.log.debug("task %s (%s): %d subtask(s)", task_id, job.name, len(job.subtasks))
         return task_id
 
     def wake(self) -> None:
@@ -184,8 +186,8 @@ class Coordination:
     def place(self) -> None:
         """One scheduling pass over the ready queue, with the live peer view (none while
         the journal cannot be written: nothing new goes out)."""
-        if self.commits.failing:
-            return
+        if self.commits.failing or not self.coordinator.ready_count():
+            return  # (building the peer view costs more than a pass with nothing to do)
         now = self.clock()
         loads = self.coordinator.load_by_node()
         self.run(self.coordinator.schedule(self.peers(loads), now))
@@ -264,7 +266,7 @@ class Coordination:
                     ),
                 )
             elif isinstance(effect, core.TaskFinished):
-                self.log.info("task %s %s", effect.task_id, effect.state)
+                self.log.debug("task %s %s", effect.task_id, effect.state)
                 self._finished.setdefault(effect.task_id, asyncio.Event()).set()
         for task_id in changed:  # watchers hear of a change once it is journaled
             self.watchers.changed(task_id)

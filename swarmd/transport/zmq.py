@@ -120,12 +120,29 @@ class _MemberCheck:
         return ok
 
 
+class _Readable:
+    """When a socket may have messages to read, for its receive pump. ZeroMQ's FD is
+    edge-triggered, and a send on the socket can take in the edge of a message that
+    arrived meanwhile: so every send kicks too (the pump then asks ZMQ_EVENTS), and a
+    timer kicks every POLL_MS in any case. One event per socket, no future or poller
+    per wait (pyzmq's ``poll`` cost ~10% of a coordinator's CPU per message)."""
+
+    __slots__ = ("event",)
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+
+    def kick(self) -> None:
+        self.event.set()
+
+
 @dataclass
 class _Link:
     addr: str
     sock: zmq.asyncio.Socket
     sync: zmq.Socket[bytes]
     task: asyncio.Task[None] | None = None
+    readable: _Readable = field(default_factory=_Readable)
     last_used: float = field(default_factory=time.monotonic)
 
 
@@ -216,7 +233,9 @@ class ZmqTransport:
     def _serve(self, sock: zmq.asyncio.Socket, local: bool) -> None:
         sync: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
         self._servers.append((sock, sync))
-        self._spawn(self._pump(sock, sync, self._server_frames(sync, local), copy=False))
+        readable = _Readable()
+        handle = self._server_frames(sync, local, readable)
+        self._spawn(self._pump(sync, readable, handle, copy=False))
 
     def _spawn(self, coro: object) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
@@ -227,14 +246,34 @@ class ZmqTransport:
 
     async def _pump(
         self,
-        sock: zmq.asyncio.Socket,
         sync: zmq.Socket[bytes],
+        readable: _Readable,
         handle: Callable[[list[Any]], None],
         copy: bool = True,
     ) -> None:
+        loop = asyncio.get_running_loop()
+        fd = sync.getsockopt(zmq.FD)
+        loop.add_reader(fd, readable.kick)
+        timer = _Every(loop, POLL_MS / 1000, readable.kick)
+        try:
+            await self._receive(sync, readable, handle, copy)
+        finally:
+            timer.cancel()
+            with contextlib.suppress(Exception):  # closed already
+                loop.remove_reader(fd)
+
+    async def _receive(
+        self,
+        sync: zmq.Socket[bytes],
+        readable: _Readable,
+        handle: Callable[[list[Any]], None],
+        copy: bool,
+    ) -> None:
         while True:
             try:
-                if not await sock.poll(POLL_MS, zmq.POLLIN):
+                readable.event.clear()
+                if not sync.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    await readable.event.wait()
                     continue
                 for _ in range(1000):  # a batch, then yield to the loop
                     try:
@@ -273,7 +312,7 @@ class ZmqTransport:
             return b""
 
     def _server_frames(
-        self, sync: zmq.Socket[bytes], local: bool
+        self, sync: zmq.Socket[bytes], local: bool, readable: _Readable
     ) -> Callable[[list[zmq.Frame]], None]:
         def handle(frames: list[zmq.Frame]) -> None:
             route = frames[0].bytes
@@ -286,6 +325,8 @@ class ZmqTransport:
                     self.counters["reply_dropped"] += 1
                     self.log.debug("reply dropped: %s", exc)
                     return False
+                finally:
+                    readable.kick()
 
             if len(frames) != 2:
                 self.counters["dropped_frames"] += 1
@@ -351,6 +392,8 @@ class ZmqTransport:
         except zmq.Again:
             self.counters["send_dropped"] += 1  # not connected yet or queue full
             return False
+        finally:
+            link.readable.kick()
 
     def _send_to(self, addr: str, frame: bytes) -> bool:
         return self._send_frame(self._links.get(addr) or self._open_link(addr), frame)
@@ -386,7 +429,7 @@ class ZmqTransport:
                 self.counters["received"] += 1
                 self.on_link(addr, message)
 
-        link.task = asyncio.ensure_future(self._pump(sock, sync, handle))
+        link.task = asyncio.ensure_future(self._pump(sync, link.readable, handle))
         self._links[addr] = link
         return link
 
@@ -485,3 +528,20 @@ def _bind(transport: ZmqTransport, bind: str, port: int, control_path: Path | No
     except zmq.ZMQError as exc:
         raise BindError(f"cannot create control socket {control_path}: {exc}") from None
     os.chmod(control_path, 0o600)
+
+
+class _Every:
+    """Calls ``call`` every ``seconds`` on ``loop`` until cancelled."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, seconds: float, call: Callable[[], None]
+    ) -> None:
+        self.loop, self.seconds, self.call = loop, seconds, call
+        self.handle = loop.call_later(seconds, self._tick)
+
+    def _tick(self) -> None:
+        self.call()
+        self.handle = self.loop.call_later(self.seconds, self._tick)
+
+    def cancel(self) -> None:
+        self.handle.cancel()

@@ -21,6 +21,10 @@ _Priced = dict[tuple[Demand, frozenset[str]], tuple[Placement, set[str]]]
 
 
 class Scheduler(Lifecycle):
+    def ready_count(self) -> int:
+        """Subtasks queued ready (backing off or not): a pass has work only then."""
+        return len(self._backlog)
+
     def schedule(self, peers: Sequence[PeerCapacity], now: float) -> list[Effect]:
         """One placement pass: walk the ready queue in order, price each subtask that
         is not backing off against ``peers`` and dispatch it to the winner. What cannot
