@@ -70,9 +70,11 @@ def wait_done(client: Client, task: str, timeout: float) -> dict[str, Any]:
 class Swarm:
     """A coordinator that runs no work and two workers with ``slots`` slots each."""
 
-    def __init__(self, root: Path, slots: int = 4) -> None:
+    def __init__(self, root: Path, slots: int = 4, max_queue: int | None = None) -> None:
         secret = new_secret()
         worker_cfg = f"[node]\nmax_concurrency = {slots}\n"
+        if max_queue is not None:  # else the worker's adaptive queue
+            worker_cfg += f"max_queue = {max_queue}\n"
         self.slots = slots
         self.nodes = [
             Daemon(root, "coord", secret=secret, config="[node]\nallow_shell = false\n"),
@@ -188,10 +190,16 @@ def per_subtask(before: dict[str, float], after: dict[str, float], n: int) -> di
     }
 
 
-def measure(subtasks: int, sequential: int, slots: int = 4, log: bool = True) -> dict[str, Any]:
+def measure(
+    subtasks: int,
+    sequential: int,
+    slots: int = 4,
+    log: bool = True,
+    max_queue: int | None = None,
+) -> dict[str, Any]:
     """Start the three daemons, measure throughput and latency, stop them."""
     with tempfile.TemporaryDirectory(prefix="swarmd-bench-") as tmp:
-        swarm = Swarm(Path(tmp), slots)
+        swarm = Swarm(Path(tmp), slots, max_queue)
         with swarm as client:
             warm_up(client, slots)
             before = [cpu_and_counters(d) for d in swarm.nodes]
@@ -238,8 +246,14 @@ def main() -> None:
     parser.add_argument("--subtasks", type=int, default=2000)
     parser.add_argument("--sequential", type=int, default=100)
     parser.add_argument("--slots", type=int, default=4)
+    parser.add_argument(
+        "--max-queue",
+        type=int,
+        default=None,
+        help="the workers' [node] max_queue (default: adaptive)",
+    )
     args = parser.parse_args()
-    result = measure(args.subtasks, args.sequential, args.slots)
+    result = measure(args.subtasks, args.sequential, args.slots, max_queue=args.max_queue)
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "dispatch.json").write_text(json.dumps(result, indent=2) + "\n")
