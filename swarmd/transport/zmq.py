@@ -127,13 +127,27 @@ class _Readable:
     timer kicks every POLL_MS in any case. One event per socket, no future or poller
     per wait (pyzmq's ``poll`` cost ~10% of a coordinator's CPU per message)."""
 
-    __slots__ = ("event",)
+    __slots__ = ("event", "fd", "loop")
 
     def __init__(self) -> None:
         self.event = asyncio.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.fd = -1
 
     def kick(self) -> None:
         self.event.set()
+
+    def watch(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        self.loop, self.fd = loop, fd
+        loop.add_reader(fd, self.kick)
+
+    def release(self) -> None:
+        """Stop watching the FD: before its socket closes (a new socket may get the
+        same number, and must not lose its reader to this one's late clean-up)."""
+        if self.loop is not None:
+            with contextlib.suppress(Exception):  # the loop is closed already
+                self.loop.remove_reader(self.fd)
+            self.loop = None
 
 
 @dataclass
@@ -252,15 +266,13 @@ class ZmqTransport:
         copy: bool = True,
     ) -> None:
         loop = asyncio.get_running_loop()
-        fd = sync.getsockopt(zmq.FD)
-        loop.add_reader(fd, readable.kick)
+        readable.watch(loop, sync.getsockopt(zmq.FD))
         timer = _Every(loop, POLL_MS / 1000, readable.kick)
         try:
             await self._receive(sync, readable, handle, copy)
         finally:
             timer.cancel()
-            with contextlib.suppress(Exception):  # closed already
-                loop.remove_reader(fd)
+            readable.release()
 
     async def _receive(
         self,
@@ -445,6 +457,7 @@ class ZmqTransport:
             return
         if link.task:
             link.task.cancel()
+        link.readable.release()
         link.sock.close(linger=0)
 
     @property
