@@ -119,7 +119,10 @@ class Daemon:
                 raise AssertionError(f"{self.name} exited {self.proc.returncode}:\n{self.log()}")
             return self.try_peers() is not None
 
-        wait_until(answers, timeout, what=f"{self.name} to answer on its control socket")
+        try:
+            wait_until(answers, timeout, what=f"{self.name} to answer on its control socket")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.name}'s log:\n{self.log()[-4000:]}") from None
         return self
 
     def signal(self, sig: int) -> None:

@@ -255,6 +255,14 @@ class ZmqTransport:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """A receive pump or monitor that stopped on an error: said, not left silent
+        (a socket nobody reads would look like a node that does not answer)."""
+        if not task.cancelled() and task.exception() is not None:
+            self.counters["pump_crashed"] += 1
+            self.log.error("a receive loop stopped", exc_info=task.exception())
 
     # ------------------------------------------------------------ receiving
 
@@ -266,8 +274,14 @@ class ZmqTransport:
         copy: bool = True,
     ) -> None:
         loop = asyncio.get_running_loop()
-        readable.watch(loop, sync.getsockopt(zmq.FD))
-        timer = _Every(loop, POLL_MS / 1000, readable.kick)
+        every = POLL_MS / 1000
+        try:
+            readable.watch(loop, sync.getsockopt(zmq.FD))
+        except (RuntimeError, OSError, zmq.ZMQError) as exc:  # the loop refused the FD
+            self.counters["pump_fd_refused"] += 1
+            self.log.warning("cannot watch a socket's FD (%s): polling it every 5 ms", exc)
+            every = 0.005
+        timer = _Every(loop, every, readable.kick)
         try:
             await self._receive(sync, readable, handle, copy)
         finally:
@@ -442,6 +456,7 @@ class ZmqTransport:
                 self.on_link(addr, message)
 
         link.task = asyncio.ensure_future(self._pump(sync, link.readable, handle))
+        link.task.add_done_callback(self._ended)
         self._links[addr] = link
         return link
 
