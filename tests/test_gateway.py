@@ -55,7 +55,12 @@ class Cluster:
     def client(self, key: str = KEY, timeout: float = 60.0) -> Any:
         return openai.OpenAI(base_url=self.base_url, api_key=key, max_retries=0, timeout=timeout)
 
-    def reset(self) -> None:
+    def reset(self, quiet: bool = False) -> None:
+        """No faults, counts from zero; with ``quiet``, once what a test before left
+        running at the endpoints is gone."""
+        if quiet:
+            idle = lambda: self.fast.in_flight == 0 and self.other.in_flight == 0  # noqa: E731
+            wait_until(idle, 30, what="the endpoints quiet")
         self.fast.reset()
         self.other.reset()
 
@@ -123,7 +128,7 @@ def _measured(n1: Daemon) -> bool:
 
 @pytest.fixture
 def gw(cluster: Cluster) -> Iterator[Cluster]:
-    cluster.reset()
+    cluster.reset(quiet=True)
     yield cluster
     cluster.reset()
 
@@ -253,14 +258,16 @@ def test_a_stream_cut_after_its_first_bytes_ends_with_an_error_event(gw: Cluster
 
 def test_a_client_that_disconnects_frees_the_upstream_request(gw: Cluster) -> None:
     gw.fast.faults.event_delay_s = 0.1  # 200 tokens: 20 s if read to the end
+    # By profile name: only n2 serves "fast", whatever the tests before did to the
+    # measured speeds (a stream cut on n2 may make n3 the better pick for a capability).
     stream = gw.client().chat.completions.create(
-        model="capability:lint", messages=HI, max_tokens=200, stream=True
+        model="fast", messages=HI, max_tokens=200, stream=True
     )
     first = next(iter(stream))
-    assert first.model == "capability:lint"
+    assert first.model == "fast" and gw.fast.in_flight == 1
     left = time.monotonic()
     stream.close()
-    wait_until(lambda: gw.fast.client_gone == 1 and gw.fast.in_flight == 0, 10, what="freed")
+    wait_until(lambda: gw.fast.client_gone >= 1 and gw.fast.in_flight == 0, 10, what="freed")
     assert time.monotonic() - left < 10
     counters = gw.nodes["n1"].counters()
     assert counters.get("gateway_cancelled", 0) >= 1
