@@ -261,3 +261,23 @@ def test_a_gateway_task_is_never_journaled() -> None:
 
     assert records(ephemeral=True) == []
     assert {"task", "subtask", "task_state", "forget"} <= set(records(ephemeral=False))
+
+
+def test_an_answered_gateway_task_sheds_its_request_and_answer() -> None:
+    """Retention keeps finished tasks (10,000 by default): a gateway task's body and
+    answer (up to 8 MiB each) go once answered; its state and placement stay. A job's
+    task keeps everything."""
+    c = Coordinator(node_id="n1", pricing=PricingConfig(max_queue=0))
+    body = {"model": "fast", "messages": [{"role": "user", "content": "x" * 1000}]}
+    job = parse_job(job_data("chat", body, CATALOG.resolve("fast", "chat"), "high", "k"))
+    peers = [_peer("n2", _offer("fast", "tiny-llama", {"lint"}, 5.0, {}))]
+    for task_id, ephemeral in (("gw", True), ("job", False)):
+        c.submit(task_id, job, 0.0, ephemeral=ephemeral)
+        (d,) = [e for e in c.schedule(peers, 0.0) if isinstance(e, Dispatch)]
+        c.on_result(task_id, "main", d.attempt, "n2", Result(output="{}" * 1000), 1.0)
+        c.shed(task_id)
+    gw, kept = c.record("gw").subtasks["main"], c.record("job").subtasks["main"]
+    assert gw.spec.request is None and gw.result is not None and gw.result.output is None
+    assert c.record("gw").spec.subtasks[0].request is None
+    assert gw.state == "done" and gw.attempts and "n2" in str(c.explain("gw"))
+    assert kept.spec.request == body and kept.result is not None and kept.result.output

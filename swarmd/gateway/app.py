@@ -167,8 +167,11 @@ class Gateway:
             return StreamingResponse(self._stream(pending, first), headers=headers)
         self.relay.close(task_id)
         if first.kind == "error":
-            return error_response(failed(first.message), self._headers(task_id))
-        return self._final(task_id)
+            answer = error_response(failed(first.message), self._headers(task_id))
+        else:
+            answer = self._final(task_id)
+        self.node.coordination.coordinator.shed(task_id)  # the answer is built
+        return answer
 
     async def _body(self, request: Request) -> bytes | None:
         length = request.headers.get("content-length", "")
@@ -237,6 +240,7 @@ class Gateway:
                     return
         finally:
             self.relay.close(pending.task_id)
+            self.node.coordination.coordinator.shed(pending.task_id)
 
     def _stream_end(self, task_id: str) -> bytes:
         rec = self.node.coordination.coordinator.record(task_id).subtasks[SINGLE_SUBTASK_ID]

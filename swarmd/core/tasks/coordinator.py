@@ -5,6 +5,7 @@ together from its parts (one concern each) and the calls that start and end a ta
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from swarmd.core.jobspec import JobSpec, job_to_data
@@ -97,6 +98,22 @@ class Coordinator(Scheduler, WorkerEvents, Timeouts, Restore, Views):
         del self._tasks[task_id]
         self._finished.discard(task_id)
         return [] if task.ephemeral else [Journal("forget", {"task": task_id})]
+
+    def shed(self, task_id: str) -> None:
+        """An ephemeral task answered to its client: its request body and answer go
+        (they may be megabytes, kept by retention like any finished task); its states,
+        attempts and placements stay for ``explain`` and the dashboard."""
+        task = self._tasks.get(task_id)
+        if task is None or not task.ephemeral or not task.final:
+            return
+        for rec in task.subtasks.values():
+            rec.spec = replace(rec.spec, request=None)
+            if rec.rendered is not None:
+                rec.rendered = replace(rec.rendered, request=None)
+            if rec.result is not None:
+                rec.result = replace(rec.result, output=None, stdout="", stderr="")
+        task.spec = replace(task.spec, subtasks=tuple(r.spec for r in task.subtasks.values()))
+        self.counters["shed"] += 1
 
     def discard(self, task_id: str) -> None:
         """Drop a task just submitted whose records could not be journaled, as if it
