@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.harness import Daemon
+from tests.llm_server import LlamaServer, llama_python, llama_server
 
 
 @pytest.fixture
@@ -16,3 +17,14 @@ def daemons() -> Iterator[list[Daemon]]:
     yield started
     for d in started:
         d.stop()
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
+    """A real llama.cpp OpenAI-compatible server for one test module (tests/llm_server.py);
+    the module's tests skip where llama-cpp-python is not installed."""
+    python, why = llama_python()
+    if python is None:
+        pytest.skip(f"llama-cpp-python is not available ({why}); test.sh installs it")
+    with llama_server(python, tmp_path_factory.mktemp("llama")) as server:
+        yield server

@@ -11,25 +11,13 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from tests.harness import Daemon, new_secret, swarmctl, wait_until
-from tests.llm_server import LlamaServer, llama_python, llama_server
+from tests.llm_server import LlamaServer
 
 CONCURRENCY = 3
 PROMPTS = 8
-
-
-@pytest.fixture(scope="module")
-def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
-    python, why = llama_python()
-    if python is None:
-        pytest.skip(f"llama-cpp-python is not available ({why}); test.sh installs it")
-    with llama_server(python, tmp_path_factory.mktemp("llama")) as server:
-        yield server
 
 
 def model_config(server: LlamaServer) -> str:

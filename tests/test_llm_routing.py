@@ -20,28 +20,16 @@ import textwrap
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.harness import Daemon, new_secret, swarmctl, wait_until
-from tests.llm_server import LlamaServer, llama_python, llama_server
+from tests.llm_server import LlamaServer
 from tests.test_llm_cluster import DelayProxy
 
 DELAY_S = 0.5
 WARM_UP = 3  # requests pinned to each node
-
-
-@pytest.fixture(scope="module")
-def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
-    python, why = llama_python()
-    if python is None:
-        pytest.skip(f"llama-cpp-python is not available ({why}); test.sh installs it")
-    with llama_server(python, tmp_path_factory.mktemp("llama")) as server:
-        yield server
 
 
 def profile(endpoint: str, model: str) -> str:
