@@ -38,6 +38,7 @@ from .core.throughput import HERE, ThroughputTracker
 from .core.worker import AttemptKey
 from .executors import ExecRequest, ExecResult, Limits, execute
 from .executors.output import LiveOutput
+from .http_client import HttpPool
 from .journal_health import RETRY_S, JournalHealth
 from .store import Store
 from .worker_blobs import BlobServer
@@ -141,6 +142,7 @@ class Worker:
         self.running: dict[AttemptKey, asyncio.Task[None]] = {}
         self._pool: Any = None
         self._http: httpx.AsyncClient | None = None  # llm attempts' connections, kept
+        self._upstream = HttpPool()  # gateway requests' connections to the endpoints, kept
         self._puts: dict[AttemptKey, tuple[str, AttemptResult]] = {}  # outbox, not written yet
         self._drops: set[AttemptKey] = set()
         self._flush_due = False
@@ -298,6 +300,7 @@ class Worker:
                 limits=self.limits,
                 pool=self._python_pool() if d.spec.get("kind") == "python" else None,
                 http=self._llm_client() if d.spec.get("kind") == "llm" else None,
+                upstream=self._upstream,
                 live=live,
                 relay=self._relay(d) if d.spec.get("api") else None,
             )
@@ -418,6 +421,7 @@ class Worker:
         if tasks:
             await asyncio.wait(tasks, timeout=5)
         self.flush()
+        await self._upstream.aclose()
         if self._http is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._http.aclose(), 5)

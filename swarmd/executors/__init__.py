@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from swarmd.blobs import Spooled
     from swarmd.executors.output import LiveOutput
     from swarmd.executors.python import PythonPool
+    from swarmd.http_client import HttpPool
 
 ExecKind = Literal["shell", "llm", "python"]
 
@@ -141,6 +142,7 @@ async def execute(
     progress: Progress | None = None,
     pool: PythonPool | None = None,
     http: httpx.AsyncClient | None = None,
+    upstream: HttpPool | None = None,
     keep: bool = False,
     live: LiveOutput | None = None,
     relay: Callable[[bytes], None] | None = None,
@@ -169,7 +171,7 @@ async def execute(
     if req.kind == "llm" and req.api is not None:
         from swarmd.executors import passthrough
 
-        return await passthrough.run(req, relay, http)
+        return await passthrough.run(req, relay, upstream)
     if req.kind == "llm":
         from swarmd.executors import llm
 

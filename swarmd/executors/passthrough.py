@@ -28,10 +28,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import httpx
-
 from swarmd.core.gateway import API_PATHS, rewrite_model, text_chars
 from swarmd.executors import ExecRequest, ExecResult
+from swarmd.http_client import HttpError, HttpPool, HttpTimeout, Reply
 
 Relay = Callable[[bytes], None]
 
@@ -42,18 +41,21 @@ MAX_BODY_BYTES: Final = 8 * 1024 * 1024  # a non-streamed answer (it travels in 
 MAX_EVENT_BYTES: Final = 1024 * 1024  # one server-sent event
 ERROR_SNIPPET: Final = 300
 
-_clients: dict[int, httpx.AsyncClient] = {}  # per event loop: connections are reused
+_pools: dict[int, HttpPool] = {}  # per event loop: connections are reused
+_HEADERS: Final = {
+    "Content-Type": "application/json",
+    "Accept": "text/event-stream, application/json",
+}
 
 
-def _client() -> httpx.AsyncClient:
+def _pool() -> HttpPool:
     loop = asyncio.get_running_loop()
-    client = _clients.get(id(loop))
-    if client is None or client.is_closed:
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
-        client = httpx.AsyncClient(trust_env=False, limits=limits)
-        _clients.clear()  # another loop's client (a test's) is of no use here
-        _clients[id(loop)] = client
-    return client
+    pool = _pools.get(id(loop))
+    if pool is None or pool.closed:
+        pool = HttpPool()
+        _pools.clear()  # another loop's pool (a test's) is of no use here
+        _pools[id(loop)] = pool
+    return pool
 
 
 @dataclass
@@ -70,9 +72,9 @@ class _Answer:
 
 
 async def run(
-    req: ExecRequest, relay: Relay | None = None, client: httpx.AsyncClient | None = None
+    req: ExecRequest, relay: Relay | None = None, pool: HttpPool | None = None
 ) -> ExecResult:
-    """One gateway request (on ``client``: the worker's, whose connections are kept;
+    """One gateway request (on ``pool``: the worker's, whose connections are kept;
     else one per event loop); never raises (except cancellation, which closes the
     upstream connection: the endpoint sees the client go)."""
     started = time.monotonic()
@@ -85,23 +87,26 @@ async def run(
     body["model"] = req.model
     stream = body.get("stream") is True and req.api != "embeddings"
     url = req.endpoint.rstrip("/") + API_PATHS[req.api]  # type: ignore[index]  # checked
-    timeout = httpx.Timeout(CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S)
+    payload = json.dumps(body, ensure_ascii=False).encode()
     answer = _Answer(started)
     try:
         async with asyncio.timeout(req.timeout_s or DEFAULT_TIMEOUT_S):
-            http = client if client is not None else _client()
-            async with http.stream("POST", url, json=body, timeout=timeout) as resp:
-                if resp.status_code >= 400:
+            http = pool if pool is not None else _pool()
+            post = http.post(
+                url, payload, _HEADERS, connect_s=CONNECT_TIMEOUT_S, read_s=READ_TIMEOUT_S
+            )
+            async with post as resp:
+                if resp.status >= 400:
                     return await _http_error(resp, url, started)
                 events = "event-stream" in resp.headers.get("content-type", "")
                 if stream and events:
                     return await _relay_stream(resp, req, asked, answer, relay)
                 return await _whole_body(resp, req, asked, answer, url)
-    except TimeoutError:
+    except (TimeoutError, HttpTimeout):
         return ExecResult.failure(
             f"{url}: no answer in time", app_failed=False, seconds=_since(started)
         )
-    except httpx.HTTPError as exc:
+    except HttpError as exc:
         why = f"{type(exc).__name__} from {url}: {exc}".rstrip(": ")
         return ExecResult.failure(why, app_failed=False, seconds=_since(started))
 
@@ -110,15 +115,15 @@ def _since(started: float) -> float:
     return time.monotonic() - started
 
 
-async def _http_error(resp: httpx.Response, url: str, started: float) -> ExecResult:
+async def _http_error(resp: Reply, url: str, started: float) -> ExecResult:
     raw = bytearray()
-    with contextlib.suppress(httpx.HTTPError):
-        async for piece in resp.aiter_bytes():
+    with contextlib.suppress(HttpError):
+        async for piece in resp.chunks():
             raw += piece
             if len(raw) > MAX_BODY_BYTES:
                 break
     text = bytes(raw[:MAX_BODY_BYTES]).decode("utf-8", errors="replace")
-    status = resp.status_code
+    status = resp.status
     node_failure = status == 429 or status >= 500
     snippet = " ".join(text[:ERROR_SNIPPET].split()) or "(empty body)"
     return ExecResult(
@@ -135,10 +140,10 @@ async def _http_error(resp: httpx.Response, url: str, started: float) -> ExecRes
 
 
 async def _whole_body(
-    resp: httpx.Response, req: ExecRequest, asked: str, answer: _Answer, url: str
+    resp: Reply, req: ExecRequest, asked: str, answer: _Answer, url: str
 ) -> ExecResult:
     raw = bytearray()
-    async for piece in resp.aiter_bytes():
+    async for piece in resp.chunks():
         raw += piece
         if len(raw) > MAX_BODY_BYTES:
             return ExecResult.failure(
@@ -156,10 +161,10 @@ async def _whole_body(
 
 
 async def _relay_stream(
-    resp: httpx.Response, req: ExecRequest, asked: str, answer: _Answer, relay: Relay | None
+    resp: Reply, req: ExecRequest, asked: str, answer: _Answer, relay: Relay | None
 ) -> ExecResult:
     buf = bytearray()
-    async for piece in resp.aiter_bytes():
+    async for piece in resp.chunks():
         buf += piece
         while (end := _event_end(buf)) is not None:
             event = bytes(buf[: end[0]])
@@ -171,6 +176,7 @@ async def _relay_stream(
             relay(bytes(answer.pending))
         answer.pending.clear()
         if answer.done:
+            resp.end_if_buffered()  # keeps the connection when the stream's end came too
             break
     if answer.error is not None:
         result = _result(req, answer, None, streamed=True)
