@@ -277,6 +277,8 @@ class Coordination:
 
     def _task_files(self, task_id: str) -> dict[str, bytes]:
         if task_id not in self._inputs:
+            if self.coordinator.record(task_id).ephemeral:
+                return {}  # a gateway request: no input files, nothing in the store
             self._inputs[task_id] = self.store.inputs(task_id)
         return self._inputs[task_id]
 
