@@ -25,6 +25,10 @@ from .journal_health import RETRY_S, JournalHealth, JournalUnavailable, describe
 from .store import Store
 
 HELD_MAX = 100_000  # messages held during an outage; beyond, the oldest go (resent anyway)
+# Usage rows alone (a gateway request's tokens: its task is never journaled) wait this
+# long for a commit that writes records anyway, so that they leave the request's path
+# and many requests share one transaction. A crash loses at most this much accounting.
+USAGE_DELAY_S = 0.25
 
 _Key = tuple[str, str, str]
 
@@ -50,6 +54,7 @@ class GroupCommit:
         self._committed: list[asyncio.Future[None]] = []
         # The llm usage book (swarmd.core.usage): its changed rows go in the same commit.
         self.usage: UsageBook | None = None
+        self.usage_due_at: float | None = None  # when usage rows alone must be written
 
     @property
     def failing(self) -> bool:
@@ -89,12 +94,19 @@ class GroupCommit:
         self._artifacts[(task_id, subtask_id)] = files
         self._dirty.add(task_id)
 
-    def commit(self) -> tuple[list[core.Effect], list[str]] | None:
+    def commit(self, *, all_usage: bool = False) -> tuple[list[core.Effect], list[str]] | None:
         """Write what is pending: the held effects to carry out now and the tasks that
-        changed, or None if the commit failed (or a retry is not due yet)."""
-        if self.failing and time.monotonic() < self._retry_at:
+        changed, or None if the commit failed (or a retry is not due yet). Usage rows
+        alone wait until :attr:`usage_due_at` unless ``all_usage``."""
+        now = time.monotonic()
+        if self.failing and now < self._retry_at:
             return None
         usage = self.usage if self.usage is not None and self.usage.has_pending() else None
+        if usage is not None and not (self._records or self._artifacts or all_usage):
+            if self.usage_due_at is None:
+                self.usage_due_at = now + USAGE_DELAY_S
+            if now < self.usage_due_at:
+                usage = None
         if self._records or self._artifacts or usage is not None:
             try:
                 for (task_id, subtask_id), files in self._artifacts.items():
@@ -113,6 +125,7 @@ class GroupCommit:
             self._records.clear()
             if usage is not None:
                 usage.written()
+                self.usage_due_at = None
         self._retry_at = 0.0
         released, self._held = self._held, []
         changed = [*self._dirty, *(t for t in map(task_of, released) if t not in self._dirty)]

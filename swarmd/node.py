@@ -238,6 +238,8 @@ class Node:
         await services.stop_discovery(self.discovery)
         if self.worker is not None:
             await self.worker.close()
+        if self.coordination is not None:
+            self.coordination.flush(all_usage=True)  # usage rows that waited for a commit
         if self.transport is not None:
             await self.transport.close()
         if self.own is not None:

@@ -111,6 +111,7 @@ class Coordination:
             throughput=ThroughputTracker(),
         )
         self._inputs: dict[str, dict[str, bytes]] = {}
+        self._usage_flush: asyncio.TimerHandle | None = None
         self._finished: dict[str, asyncio.Event] = {}
         self._wake = asyncio.Event()
         # Each turn's effects: journaled together, then carried out (flush()).
@@ -237,11 +238,14 @@ class Coordination:
     def _forget_loads(self) -> None:
         self._loads = None
 
-    def flush(self) -> None:
+    def flush(self, *, all_usage: bool = False) -> None:
         """Commit this turn's journal records, then carry out the effects held for it
-        (nothing, while the commit fails: they wait for the retry)."""
+        (nothing, while the commit fails: they wait for the retry). Usage rows alone are
+        written a little later (see :data:`swarmd.group_commit.USAGE_DELAY_S`), or now
+        with ``all_usage`` (shutdown)."""
         self._flush_due = False
-        committed = self.commits.commit()
+        committed = self.commits.commit(all_usage=all_usage)
+        self._flush_usage_later()
         if committed is None:
             return
         effects, changed = committed
@@ -270,6 +274,19 @@ class Coordination:
                 self._finished.setdefault(effect.task_id, asyncio.Event()).set()
         for task_id in changed:  # watchers hear of a change once it is journaled
             self.watchers.changed(task_id)
+
+    def _flush_usage_later(self) -> None:
+        due = self.commits.usage_due_at
+        if due is None or self._usage_flush is not None:
+            return
+        with contextlib.suppress(RuntimeError):  # no loop (a tool or a test): the next flush
+            loop = asyncio.get_running_loop()
+            delay = max(0.0, due - time.monotonic())
+            self._usage_flush = loop.call_later(delay, self._flush_usage)
+
+    def _flush_usage(self) -> None:
+        self._usage_flush = None
+        self.flush()
 
     def _to(self, node_id: str, message: Message) -> bool:
         addr = self.address_of(node_id)
