@@ -15,7 +15,7 @@ from typing import Any
 from .core.failure import Liveness
 from .core.gossip import Member
 from .core.jobspec import PeerFacts
-from .core.pricing import PeerCapacity, peer_from_gossip
+from .core.pricing import ModelOffer, PeerCapacity, peer_from_gossip
 from .core.tasks import NodeLoad
 
 REPORT_FRESH_S = 1.0  # a worker's own load report beats its gossip for this long
@@ -88,37 +88,43 @@ class PricingView:
             # Any change to a key raises its version: the sum tells "unchanged" for sure.
             version = (m.state.generation, sum(v.version for v in m.state.kvs.values()))
             known = self._built.get(m.node_id)
-            # Built anew when llm requests in flight must be counted in (ours on that
-            # peer, or this node's own worker's); else from the cache while its gossip
-            # is unchanged.
-            if (load is not None and load.models) or (m.is_self and m.state.get("models")):
-                values = {k: v.value for k, v in m.state.kvs.items()} | {"queue": 0}
-                if m.is_self:
-                    values["models"] = _in_flight_now(values.get("models"), self.own_models())
-                requests = {} if load is None else load.models
-                peer = peer_from_gossip(
-                    m.node_id, values, model_in_flight=requests, coordinator_id=me, **live
-                )
-            elif known is not None and known[0] == version:
-                peer = replace(known[1], **live)  # what it gossiped is unchanged
+            if known is not None and known[0] == version:
+                base = known[1]  # what it gossiped is unchanged
             else:
                 values = {k: v.value for k, v in m.state.kvs.items()} | {"queue": 0}
                 # the queue is counted in held
-                peer = peer_from_gossip(m.node_id, values, coordinator_id=me, **live)
-                cache[m.node_id] = (version, peer)
-            out.append(peer)
+                base = peer_from_gossip(m.node_id, values, coordinator_id=me, **live)
+                cache[m.node_id] = (version, base)
+            # llm requests in flight counted in: ours on that peer, and for this node
+            # the other coordinators' as its own worker holds them now.
+            requests = {} if load is None else load.models
+            if m.is_self and base.models:
+                held = self.own_models()
+                counts = {
+                    o.name: requests.get(o.name, 0) + _others(held.get(o.name), me)
+                    for o in base.models
+                }
+                out.append(replace(base, models=_with_in_flight(base.models, counts), **live))
+            elif requests:
+                counts = {o.name: o.in_flight + requests.get(o.name, 0) for o in base.models}
+                out.append(replace(base, models=_with_in_flight(base.models, counts), **live))
+            else:
+                out.append(replace(base, **live))
         self._built.update(cache)
         return out
 
 
-def _in_flight_now(models: Any, held: Mapping[str, Mapping[str, int]]) -> Any:
-    """This node's gossiped profiles with the requests its worker holds now."""
-    if not isinstance(models, list):
-        return models
-    return [
-        {**p, "in_flight": dict(held.get(str(p.get("name")), {}))} if isinstance(p, dict) else p
-        for p in models
-    ]
+def _others(held: Mapping[str, int] | None, me: str | None) -> int:
+    """Requests a worker holds for coordinators other than ``me``."""
+    return sum(n for by, n in (held or {}).items() if by != me and n > 0)
+
+
+def _with_in_flight(
+    offers: tuple[ModelOffer, ...], counts: Mapping[str, int]
+) -> tuple[ModelOffer, ...]:
+    return tuple(
+        o if o.in_flight == counts[o.name] else replace(o, in_flight=counts[o.name]) for o in offers
+    )
 
 
 def peer_facts(members: list[Member]) -> list[PeerFacts]:
