@@ -41,7 +41,7 @@ from ..core.pricing import Demand, PricingConfig, price
 from ..journal_health import JournalUnavailable
 from ..web import Limits, host_is_loopback
 from .auth import ApiKeys
-from .catalog import catalog_of
+from .catalog import ClusterView, catalog_of
 from .errors import UNAUTHORIZED, error_event, error_response, too_large, unavailable
 from .errors import upstream_failed as failed
 from .relay import Event, Pending, Relay
@@ -82,6 +82,7 @@ class Gateway:
         # Bound to loopback: only a loopback Host (a web page that rebinds its name to
         # 127.0.0.1 must not use the swarm, nor read its answers).
         self.loopback_only = host_is_loopback(bind)
+        self.view = ClusterView(node.members)
         coordination = node.coordination
         self.relay = Relay(coordination.coordinator, self._cancel, self.counters, self.log)
         coordination.watchers.listeners.append(self.relay.changed)
@@ -194,8 +195,8 @@ class Gateway:
         """The request as a task this node coordinates (its id)."""
         body = parse_body(raw)
         priority = priority_of(request.headers.get(PRIORITY_HEADER))
-        target = catalog_of(self.node.members()).resolve(body["model"], api)
-        self._check_feasible(target)
+        target = self.view.catalog().resolve(body["model"], api)
+        self.view.check_feasible(target, lambda: self._check_feasible(target))
         if self.budget is not None and (refused := self.budget(client)) is not None:
             raise GatewayError(429, refused, "insufficient_quota", "budget_exceeded")
         if self.relay.full():
