@@ -281,3 +281,40 @@ def test_an_answered_gateway_task_sheds_its_request_and_answer() -> None:
     assert c.record("gw").spec.subtasks[0].request is None
     assert gw.state == "done" and gw.attempts and "n2" in str(c.explain("gw"))
     assert kept.spec.request == body and kept.result is not None and kept.result.output
+
+
+# ---------------------------------------------------------------- the cluster view
+
+
+def test_the_cluster_view_is_rebuilt_when_a_member_dies_or_after_a_while() -> None:
+    from types import SimpleNamespace
+
+    from swarmd.core.failure import Liveness
+    from swarmd.gateway.catalog import FRESH_S, ClusterView
+
+    profile = {"name": "fast", "model": "m1", "capabilities": ["lint"]}
+    state = SimpleNamespace(generation=1, get=lambda k: {"name": "n2", "models": [profile]}.get(k))
+    member = SimpleNamespace(node_id="n2", liveness=Liveness.ALIVE, state=state)
+    now = [100.0]
+    view = ClusterView(lambda: [member], clock=lambda: now[0])
+    checks: list[str] = []
+    target = view.catalog().resolve("m1", "chat")
+    view.check_feasible(target, lambda: checks.append("checked"))
+    view.check_feasible(target, lambda: checks.append("checked"))
+    assert checks == ["checked"]  # passed once: remembered
+    member.liveness = Liveness.DEAD
+    with pytest.raises(GatewayError):  # at once, not after FRESH_S
+        view.catalog().resolve("m1", "chat")
+    member.liveness = Liveness.ALIVE
+    view.check_feasible(target, lambda: checks.append("checked"))
+    now[0] += FRESH_S
+    view.check_feasible(target, lambda: checks.append("checked"))
+    assert checks == ["checked"] * 3
+
+    def refuse() -> None:
+        raise GatewayError(503, "no", "x")
+
+    now[0] += FRESH_S
+    for _ in range(2):  # a refusal is never remembered
+        with pytest.raises(GatewayError):
+            view.check_feasible(target, refuse)
