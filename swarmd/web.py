@@ -16,6 +16,8 @@ API::
     token_matches_any(given, keys)        # each key compared, no early exit
     presented_token(headers, query)       # "Authorization: Bearer X" or ?token=X, else ""
     host_is_loopback(host_header)         # the DNS-rebinding guard of loopback-only ports
+    on_client_gone(scope, callback)       # called when the client hangs up (or sends EOF)
+                                          # before its response is complete
 
 What it guarantees, before the app sees a request (see :class:`Limits`):
 
@@ -50,10 +52,10 @@ import hmac
 import logging
 import socket
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar, Final, cast
 
 import h11
 from uvicorn import Config, Server
@@ -115,6 +117,20 @@ def presented_token(headers: Mapping[str, str], query: Mapping[str, str] | None 
     if scheme.lower() == "bearer":
         return value.strip()
     return (query or {}).get("token", "")
+
+
+_ON_GONE: Final = "swarmd.on_client_gone"
+_GONE: Final = "swarmd.client_gone"
+
+
+def on_client_gone(scope: Mapping[str, Any], callback: Callable[[], object]) -> bool:
+    """Have ``callback`` called (soon, once) when the client of this request (its ASGI
+    ``scope``) drops the connection before the response is complete: without a task
+    awaiting ``receive()`` for it. False, and no call, if it is gone already."""
+    if scope.get(_GONE):
+        return False
+    cast(dict[str, Any], scope).setdefault(_ON_GONE, []).append(callback)
+    return True
 
 
 def host_is_loopback(host: str | None) -> bool:
@@ -347,6 +363,9 @@ class _Connection(H11Protocol):
         if state is h11.IDLE or state is h11.SEND_BODY:
             return None  # nothing to answer (or half a body): close
         self._peer_eof = True
+        # Most clients close both ways when they give up: an app that asked to hear of
+        # a client that went (on_client_gone) hears it now, not when its answer is due.
+        self._client_gone()
         return True
 
     def on_response_complete(self) -> None:
@@ -388,7 +407,16 @@ class _Connection(H11Protocol):
         self.web.count("timeouts")
         self.transport.abort()
 
+    def _client_gone(self) -> None:
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            scope = cast(dict[str, Any], cycle.scope)
+            scope[_GONE] = True
+            for callback in scope.pop(_ON_GONE, ()):
+                self.loop.call_soon(callback)
+
     def connection_lost(self, exc: Exception | None) -> None:
+        self._client_gone()
         self.web.waiting.pop(self, None)
         self._cancel_deadline()
         if self._stalled is not None:

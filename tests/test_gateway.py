@@ -258,6 +258,24 @@ def test_a_stream_cut_after_its_first_bytes_ends_with_an_error_event(gw: Cluster
     assert "broke off" in str(err.value)
 
 
+def test_a_client_that_hangs_up_before_the_answer_frees_the_upstream_request(
+    gw: Cluster,
+) -> None:
+    """Non-streamed: the client gives up while the endpoint still works on it; the
+    gateway hears it at once (no task of its own waits on the connection) and cancels
+    the task, so the worker drops its upstream request."""
+    gw.fast.faults.hold_s = 5.0  # the endpoint does not answer within the client's patience
+    before = gw.nodes["n1"].counters().get("gateway_client_gone", 0)
+    with pytest.raises(openai.APITimeoutError):
+        gw.client(timeout=1.0).chat.completions.create(model="fast", messages=HI, max_tokens=8)
+    wait_until(
+        lambda: gw.nodes["n1"].counters().get("gateway_client_gone", 0) == before + 1,
+        10,
+        what="the gateway to see its client go",
+    )
+    assert gw.nodes["n1"].counters().get("gateway_cancelled", 0) >= 1
+
+
 def test_a_client_that_disconnects_frees_the_upstream_request(gw: Cluster) -> None:
     gw.fast.faults.event_delay_s = 0.1  # 200 tokens: 20 s if read to the end
     # By profile name: only n2 serves "fast", whatever the tests before did to the

@@ -39,7 +39,7 @@ from ..core.jobspec import SINGLE_SUBTASK_ID, JobError, parse_job
 from ..core.jobspec.spec import Api
 from ..core.pricing import Demand, PricingConfig, price
 from ..journal_health import JournalUnavailable
-from ..web import Limits, host_is_loopback
+from ..web import Limits, host_is_loopback, on_client_gone
 from .auth import ApiKeys
 from .catalog import ClusterView, catalog_of
 from .errors import UNAUTHORIZED, error_event, error_response, too_large, unavailable
@@ -154,12 +154,14 @@ class Gateway:
             self.counters[f"gateway_errors_{exc.status}"] += 1
             return error_response(exc)
         pending = self.relay.open(task_id)
+        if not on_client_gone(request.scope, lambda: self.relay.client_gone(task_id)):
+            pending.put(Event("gone"))
         try:
-            first = await _until_gone(request, pending.next())
+            first = await pending.next()
         except BaseException:
             self.relay.close(task_id)
             raise
-        if first is None:  # the client went: cancel the task (and the upstream request)
+        if first.kind == "gone":  # the client went: cancel the task (and the upstream request)
             self.counters["gateway_client_gone"] += 1
             self.relay.close(task_id)
             return Response(status_code=499)
@@ -236,6 +238,8 @@ class Gateway:
                 elif event.kind == "error":
                     yield error_event(event.message)
                     return
+                elif event.kind == "gone":
+                    return
                 else:
                     yield self._stream_end(pending.task_id)
                     return
@@ -288,24 +292,6 @@ class Gateway:
     def _unauthorized(self) -> Response:
         self.counters["gateway_unauthorized"] += 1
         return error_response(UNAUTHORIZED, {"www-authenticate": "Bearer"})
-
-
-async def _until_gone(request: Request, waiting: Any) -> Event | None:
-    """``waiting``'s event, or None if the client disconnects first."""
-    answer = asyncio.ensure_future(waiting)
-    gone = asyncio.ensure_future(_disconnected(request))
-    try:
-        await asyncio.wait([answer, gone], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone.cancel()
-        if not answer.done():
-            answer.cancel()
-    return answer.result() if answer.done() and not answer.cancelled() else None
-
-
-async def _disconnected(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 def _usage_chunk(task_id: str, rec: Any) -> bytes:

@@ -32,7 +32,7 @@ MAX_BUFFERED_BYTES: Final = 32 * 1024 * 1024  # chunks waiting for a slow client
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    kind: Literal["chunk", "end", "error"]
+    kind: Literal["chunk", "end", "error", "gone"]  # gone: the HTTP client hung up
     data: bytes = b""
     message: str = ""
 
@@ -105,6 +105,12 @@ class Relay:
         if not final:
             self.counters["gateway_cancelled"] += 1
             self.cancel(task_id)
+
+    def client_gone(self, task_id: str) -> None:
+        """The HTTP client of ``task_id`` hung up: its waiting side hears it."""
+        pending = self.pending.get(task_id)
+        if pending is not None:
+            pending.put(Event("gone"))
 
     def full(self) -> bool:
         return len(self.pending) >= MAX_PENDING
