@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import random
 import statistics
 import sys
 import tempfile
@@ -105,17 +106,22 @@ def _has_content(data: str) -> bool:
 
 
 async def latencies(targets: list[Target], n: int) -> dict[str, dict[str, list[float]]]:
-    """``n`` calls and ``n`` streams per target, the targets' order rotating each time."""
+    """``n`` calls and ``n`` streams per target, in a new random order of the targets
+    each time (seeded): each follows each other one equally often. (A rotation keeps
+    the cyclic order, so one target would nearly always run right after the same other
+    one, and inherit what that one left in the CPU caches of this small machine.)"""
     out: dict[str, dict[str, list[float]]] = {t.name: {"call": [], "ttft": []} for t in targets}
     clients = {t.name: httpx.AsyncClient(trust_env=False, timeout=60) for t in targets}
+    rng = random.Random(12)
     try:
         for t in targets:  # warm: connections, the upstream's first request
             await timed_call(clients[t.name], t, -1)
         for i in range(n):
-            k = i % len(targets)
-            for t in targets[k:] + targets[:k]:
+            for t in rng.sample(targets, len(targets)):
                 c = clients[t.name]
                 out[t.name]["call"].append(await timed_call(c, t, i))
+            for t in rng.sample(targets, len(targets)):
+                c = clients[t.name]
                 out[t.name]["ttft"].append(await timed_first_token(c, t, i))
     finally:
         for c in clients.values():
