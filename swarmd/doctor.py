@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 import time
 from pathlib import Path
@@ -59,8 +60,8 @@ async def dial(address: str, timeout_s: float = DIAL_TIMEOUT_S) -> str:
         )
     except TimeoutError:
         return f"timed out after {timeout_s:g} s (a firewall dropping the packets?)"
-    except OSError as exc:
-        return exc.strerror or str(exc)
+    except OSError as exc:  # asyncio's strerror names the call: say the errno's words
+        return os.strerror(exc.errno) if exc.errno else str(exc)
     writer.close()
     with contextlib.suppress(OSError, TimeoutError):
         await asyncio.wait_for(writer.wait_closed(), timeout_s)
