@@ -56,6 +56,14 @@ from protocol.control import (
     WatchReply,
     WatchRequest,
 )
+from protocol.doctor import (
+    DoctorReply,
+    DoctorRequest,
+    Finding,
+    MemberAddress,
+    ReachReply,
+    ReachRequest,
+)
 from protocol.enroll import EnrollReply, EnrollRequest
 from protocol.gossip import (
     KV,
@@ -115,6 +123,8 @@ ControlRequest = (
     | ArtifactRequest
     | RevokeRequest
     | UsageRequest
+    | DoctorRequest
+    | ReachRequest
 )
 ControlReply = (
     PeersReply
@@ -130,6 +140,8 @@ ControlReply = (
     | ArtifactReply
     | RevokeReply
     | UsageReply
+    | DoctorReply
+    | ReachReply
 )
 WorkMessage = WorkItem | Bundle
 EnrollMessage = EnrollRequest | EnrollReply
@@ -164,6 +176,10 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (
     RevokeReply,
     UsageRequest,
     UsageReply,
+    DoctorRequest,
+    DoctorReply,
+    ReachRequest,
+    ReachReply,
     Dispatch,
     DispatchReply,
     Progress,
@@ -213,6 +229,8 @@ __all__ = [
     "DigestEntry",
     "Dispatch",
     "DispatchReply",
+    "DoctorReply",
+    "DoctorRequest",
     "DrainReply",
     "DrainRequest",
     "EnrollMessage",
@@ -220,6 +238,7 @@ __all__ = [
     "EnrollRequest",
     "ErrorReply",
     "Files",
+    "Finding",
     "GossipMessage",
     "Gpu",
     "Hardware",
@@ -227,6 +246,7 @@ __all__ = [
     "JoinTokenRequest",
     "LogsReply",
     "LogsRequest",
+    "MemberAddress",
     "Memory",
     "Message",
     "ModelProfile",
@@ -240,6 +260,8 @@ __all__ = [
     "PeersReply",
     "PeersRequest",
     "Progress",
+    "ReachReply",
+    "ReachRequest",
     "ResultAck",
     "RevokeReply",
     "RevokeRequest",

@@ -366,7 +366,7 @@ def mcp_command(obj: Ctx, root: Path | None) -> None:
 
 
 # These register submit, status, logs ... and usage.
-from . import task_commands, usage_command  # noqa: E402, F401
+from . import doctor_command, task_commands, usage_command  # noqa: E402, F401
 
 if __name__ == "__main__":  # pragma: no cover
     main()

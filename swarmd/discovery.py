@@ -8,11 +8,12 @@ ignored and nothing here decides whether a peer is alive.
 Design choices:
 
 * **Which interfaces.** mDNS runs on the interfaces of the bind address
-  (:func:`choose_interfaces`). A daemon bound to 127.0.0.1 advertises and browses on
-  loopback only, which is how several nodes on one machine (and the tests) find each
-  other without touching the LAN. A wildcard bind uses the real LAN interfaces that are
-  up; container/VPN/bridge interfaces are skipped by name, since advertising a docker
-  bridge address to the LAN only produces unreachable peers.
+  (:func:`choose_interfaces`, decided in :mod:`swarmd.core.interfaces`). A daemon
+  bound to 127.0.0.1 advertises and browses on loopback only, which is how several
+  nodes on one machine (and the tests) find each other without touching the LAN. A
+  wildcard bind uses the real LAN interfaces that are up; container/VPN/bridge
+  interfaces are skipped by name, since advertising a docker bridge address to the LAN
+  only produces unreachable peers.
 * **Unique names.** The instance name is ``<name>-<node_id[:12]>`` so that many nodes on
   one host, and parallel test runs sharing 224.0.0.251:5353, never collide. The SRV
   target host is the same unique label under ``.local.``, so one node's goodbye for its
@@ -45,9 +46,9 @@ import contextlib
 import ipaddress
 import logging
 import re
-import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from time import monotonic
 from typing import Any
 
 from zeroconf import IPVersion, ServiceInfo, ServiceStateChange, Zeroconf
@@ -55,35 +56,20 @@ from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZerocon
 
 from protocol.messages import PROTOCOL_VERSION
 
-SERVICE_TYPE = "_swarmd._tcp.local."
+from .core import interfaces
+from .core.interfaces import VIRTUAL_INTERFACE_PREFIXES, WILDCARDS
 
-#: Interface name prefixes that are virtual (containers, bridges, VPNs, tunnels).
-VIRTUAL_INTERFACE_PREFIXES: tuple[str, ...] = (
-    "docker",
-    "br-",
-    "veth",
-    "virbr",
-    "vmnet",
-    "vboxnet",
-    "cni",
-    "flannel",
-    "cali",
-    "tun",
-    "tap",
-    "wg",
-    "zt",
-    "tailscale",
-    "lxc",
-    "lxd",
-)
+__all__ = ["VIRTUAL_INTERFACE_PREFIXES", "Discovery", "Sighting", "choose_interfaces"]
+
+SERVICE_TYPE = "_swarmd._tcp.local."
 
 LOOKUP_TIMEOUT_MS = 3000
 REGISTER_TIMEOUT_S = 10.0
 STOP_STEP_TIMEOUT_S = 3.0
 MAX_CONCURRENT_LOOKUPS = 64
 MAX_NAME_CHARS = 100
+MAX_HEARD = 256  # records kept for swarmctl doctor (the oldest go first)
 
-_WILDCARDS = frozenset({"", "0.0.0.0", "*", "::"})
 _LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9-]+")
 
 _module_log = logging.getLogger(__name__)
@@ -94,16 +80,13 @@ def choose_interfaces(
     if_addrs: Mapping[str, list[Any]] | None = None,
     if_stats: Mapping[str, Any] | None = None,
 ) -> list[str]:
-    """IPv4 addresses on which to run mDNS for a daemon bound to `bind`.
+    """IPv4 addresses on which to run mDNS for a daemon bound to `bind`
+    (:mod:`swarmd.core.interfaces` decides, and says why for each interface).
 
-    - a loopback bind (any ``127.x.y.z``, or ``localhost``) -> ``[bind]`` (loopback only);
-    - a specific non-wildcard IP -> ``[that IP]``;
-    - a wildcard (``0.0.0.0``, ``::``, ``*`` or empty) -> the IPv4 addresses of real LAN
-      interfaces that are up: loopback and link-local addresses are skipped, and so are
-      virtual interfaces by name prefix (:data:`VIRTUAL_INTERFACE_PREFIXES`: docker,
-      br-, veth, virbr, ...). Interfaces without stats are treated as down.
-      **If nothing is left, this falls back to** ``["127.0.0.1"]`` (and logs a warning):
-      the node then only finds peers on the same machine, or through ``--join`` seeds.
+    A loopback or specific bind -> ``[that address]``; a wildcard -> the addresses of
+    real LAN interfaces that are up, **falling back to** ``["127.0.0.1"]`` (with a
+    warning) when there is none: the node then only finds peers on the same machine,
+    or through ``--join`` seeds.
 
     `if_addrs` / `if_stats` default to ``psutil.net_if_addrs()`` /
     ``psutil.net_if_stats()``; tests inject fakes (any objects with ``.family`` and
@@ -111,49 +94,29 @@ def choose_interfaces(
 
     Raises ValueError if `bind` is neither an IP address, a wildcard, nor ``localhost``.
     """
-    bind = bind.strip()
-    if bind == "localhost":
-        return ["127.0.0.1"]
-    if bind not in _WILDCARDS:
-        try:
-            ipaddress.ip_address(bind)
-        except ValueError:
-            raise ValueError(f"bind address must be an IP address, got {bind!r}") from None
-        return [bind]
+    decisions = decide_interfaces(bind, if_addrs, if_stats)
+    if not any(d.used for d in decisions):
+        _module_log.warning(
+            "no usable LAN interface for mDNS; falling back to loopback (127.0.0.1): "
+            "only peers on this machine or --join seeds will be found"
+        )
+    return interfaces.chosen(decisions)
 
-    if if_addrs is None or if_stats is None:
+
+def decide_interfaces(
+    bind: str,
+    if_addrs: Mapping[str, list[Any]] | None = None,
+    if_stats: Mapping[str, Any] | None = None,
+) -> list[interfaces.InterfaceDecision]:
+    """Each interface mDNS would use or skip for `bind`, and why (psutil by default)."""
+    if interfaces.bind_decision(bind) is None and (if_addrs is None or if_stats is None):
         import psutil
 
         if if_addrs is None:
             if_addrs = psutil.net_if_addrs()
         if if_stats is None:
             if_stats = psutil.net_if_stats()
-
-    chosen: list[str] = []
-    for ifname in sorted(if_addrs):
-        if ifname.lower().startswith(VIRTUAL_INTERFACE_PREFIXES):
-            continue
-        stats = if_stats.get(ifname)
-        if stats is None or not getattr(stats, "isup", False):
-            continue
-        for addr in if_addrs[ifname]:
-            if getattr(addr, "family", None) != socket.AF_INET:
-                continue
-            try:
-                ip = ipaddress.IPv4Address(str(getattr(addr, "address", "")))
-            except ValueError:
-                continue
-            if ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast:
-                continue
-            if str(ip) not in chosen:
-                chosen.append(str(ip))
-    if not chosen:
-        _module_log.warning(
-            "no usable LAN interface for mDNS; falling back to loopback (127.0.0.1): "
-            "only peers on this machine or --join seeds will be found"
-        )
-        return ["127.0.0.1"]
-    return chosen
+    return interfaces.decide(bind, if_addrs or {}, if_stats or {})
 
 
 def _host_port(host: str, port: int) -> str:
@@ -168,11 +131,25 @@ def advertise_address(bind: str, port: int, interfaces: list[str]) -> str:
     bind = bind.strip()
     if bind == "localhost":
         host = "127.0.0.1"
-    elif bind not in _WILDCARDS:
+    elif bind not in WILDCARDS:
         host = bind
     else:
         host = interfaces[0] if interfaces else "127.0.0.1"
     return _host_port(host, port)
+
+
+@dataclass(frozen=True)
+class Heard:
+    """A valid swarmd record on the LAN, of any cluster (``swarmctl doctor`` reads
+    these: nodes of another cluster, ids heard at two addresses, who answered)."""
+
+    instance: str
+    node_id: str
+    name: str
+    address: str  # "host:port"
+    fingerprint: str
+    protocol_version: int
+    at: float  # time.monotonic() when last heard
 
 
 @dataclass(frozen=True)
@@ -252,6 +229,9 @@ class Discovery:
         self.counters: collections.Counter[str] = collections.Counter()
         #: Last sighting per node id (a node found again under a new address replaces it).
         self.sightings: dict[str, Sighting] = {}
+        #: Every valid record heard, ours and other clusters', by instance name; a
+        #: goodbye removes it (see :class:`Heard`).
+        self.heard: dict[str, Heard] = {}
 
         label = instance_label(name, node_id)
         self.instance_name = f"{label}.{SERVICE_TYPE}"
@@ -354,7 +334,10 @@ class Discovery:
     ) -> None:
         """zeroconf browser handler (runs in the event loop); must never raise."""
         try:
-            if self._stopping or state_change is ServiceStateChange.Removed:
+            if state_change is ServiceStateChange.Removed:
+                self.heard.pop(name, None)
+                return
+            if self._stopping:
                 return
             if name in self._lookups:
                 self._rerun.add(name)
@@ -400,6 +383,12 @@ class Discovery:
             self.counters["handler_error"] += 1
             self.log.exception("mDNS: error resolving %s", name)
 
+    def _remember(self, heard: Heard) -> None:
+        self.heard.pop(heard.instance, None)
+        self.heard[heard.instance] = heard
+        while len(self.heard) > MAX_HEARD:
+            del self.heard[next(iter(self.heard))]
+
     def _consider(self, name: str, info: ServiceInfo) -> None:
         """Validate one resolved record and report it if it is a peer of our cluster."""
         try:
@@ -418,6 +407,7 @@ class Discovery:
         if name == self.instance_name:
             self.counters["self"] += 1
             return
+        self._remember(Heard(name, node_id, peer_name, f"{ipv4[0]}:{port}", fp, pv, monotonic()))
         # A record with our node id under another name is *not* dropped: it is a copied
         # state dir, and gossip with that address is how the conflict is detected.
         if fp != self.fingerprint:

@@ -36,6 +36,7 @@ from .core.gossip import Member
 from .core.jobspec import PeerFacts
 from .credentials import NotAdmin
 from .discovery import Discovery, Sighting, advertise_address, choose_interfaces
+from .doctor import Doctor
 from .enrollment import Enrollment
 from .hardware import HardwareProbe
 from .identity import ClusterKeys
@@ -100,6 +101,8 @@ class Node:
         self.gateway: Any = None  # swarmd.gateway.app.Gateway unless [gateway] port = 0
         self.gateway_server: Any = None  # and its HTTP server
         self.discovery: Discovery | None = None
+        self.discovery_error = ""  # why mDNS did not start (swarmctl doctor says it)
+        self.doctor = Doctor(self)  # swarmctl doctor and peers' reach tests
         self.router = Router(self)
         self.trust: Trust | None = None
         self.enrollment: Enrollment | None = None  # join tokens: tickets issued, redeemed
@@ -210,7 +213,11 @@ class Node:
             self.interfaces,
             self._on_sighting,
             self.log,
+            self._on_discovery_error,
         )
+
+    def _on_discovery_error(self, why: str) -> None:
+        self.discovery_error = why
 
     async def _restart_discovery(self) -> None:
         await services.stop_discovery(self.discovery)

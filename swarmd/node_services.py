@@ -113,9 +113,11 @@ async def discover(
     interfaces: list[str],
     on_sighting: Callable[[Sighting], None],
     log: logging.Logger,
+    on_error: Callable[[str], None] = lambda _why: None,
 ) -> Discovery | None:
-    """Advertise and browse over mDNS; None when mDNS is unavailable or our name and id
-    are already advertised by another live node (a copied state dir: a conflict)."""
+    """Advertise and browse over mDNS; None when mDNS is unavailable (``on_error`` is
+    told why) or our name and id are already advertised by another live node (a copied
+    state dir: a conflict)."""
     discovery = Discovery(
         node_id=membership.node_id,
         name=cfg.name,
@@ -132,6 +134,7 @@ async def discover(
         return None
     except Exception as exc:
         log.warning("mDNS unavailable (%r); relying on --join seeds", exc)
+        on_error(f"{type(exc).__name__}: {exc}"[:1000])
         return None
     return discovery
 

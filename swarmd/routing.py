@@ -14,7 +14,10 @@ from protocol.messages import (
     Bundle,
     CancelAttempt,
     Dispatch,
+    DoctorRequest,
     ErrorReply,
+    ReachReply,
+    ReachRequest,
     ResultAck,
     StreamChunk,
     Syn,
@@ -48,6 +51,8 @@ class Router:
                 self._work(item, sender)
         elif isinstance(message, WorkItem):
             self._work(message, sender)
+        elif isinstance(message, DoctorRequest | ReachRequest):
+            self.node.doctor.serve(message, reply, local, sender)
         else:
             self._control(message, reply, local)
 
@@ -98,5 +103,9 @@ class Router:
                 self.node.membership.on_answer(addr, message)
         elif isinstance(message, UsageReply) and self.node.usage is not None:
             self._usage_reply(addr, message)
+        elif isinstance(message, ReachReply) and self.node.membership is not None:
+            owner = self.node.membership.node_at(addr)
+            if self.node.trust is not None and self.node.trust.admit_answer(message, owner):
+                self.node.doctor.on_reach_reply(owner, message)
         else:
             self.node.counters["dropped_unexpected"] += 1

@@ -31,17 +31,21 @@ from protocol.messages import (
     DigestEntry,
     Dispatch,
     DispatchReply,
+    DoctorReply,
+    DoctorRequest,
     DrainReply,
     DrainRequest,
     EnrollReply,
     EnrollRequest,
     ErrorReply,
+    Finding,
     Gpu,
     Hardware,
     JoinTokenReply,
     JoinTokenRequest,
     LogsReply,
     LogsRequest,
+    MemberAddress,
     Memory,
     Message,
     ModelProfile,
@@ -51,6 +55,8 @@ from protocol.messages import (
     PeersRequest,
     PeerView,
     Progress,
+    ReachReply,
+    ReachRequest,
     ResultAck,
     RevokeReply,
     RevokeRequest,
@@ -156,6 +162,22 @@ EXAMPLES: dict[type[Message], Message] = {
     RevokeRequest: RevokeRequest(node="a1b2c3d4e5f60718"),
     RevokeReply: RevokeReply(node="a1b2c3d4e5f60718", added=True, revoked=["a1b2c3d4e5f60718"]),
     UsageRequest: UsageRequest(since=1.7e9, cluster=False, timeout_s=2.0, ref="ab12"),
+    DoctorRequest: DoctorRequest(timeout_s=2.5),
+    DoctorReply: DoctorReply(
+        node="n1",
+        name="desk",
+        findings=[Finding("reachability", "fail", "n2 cannot reach 10.0.0.5:7946", "open it")],
+    ),
+    ReachRequest: ReachRequest(ref="cd34"),
+    ReachReply: ReachReply(
+        ref="cd34",
+        address="10.0.0.5:7946",
+        reachable=False,
+        error="timed out after 2 s",
+        received=1.7e9,
+        answered=1.7e9 + 2,
+        view=[MemberAddress("n1", 3, "10.0.0.5:7946")],
+    ),
     UsageReply: UsageReply(
         ref="ab12",
         since=1.7e9,
@@ -346,7 +368,7 @@ def test_trailing_bytes_after_a_message_are_malformed() -> None:
     assert reason_of(codec.encode(EXAMPLES[Syn]) + b"\x00").reason == "malformed"
 
 
-@pytest.mark.parametrize("version", [0, 1, 2, 3, 4, 6, 99, "5", None])
+@pytest.mark.parametrize("version", [0, 1, 2, 3, 4, 5, 7, 99, "6", None])
 def test_other_version_of_a_broken_message(version: Any) -> None:
     raw = syn_map(v=version)
     del raw["seq"]
@@ -355,13 +377,13 @@ def test_other_version_of_a_broken_message(version: Any) -> None:
     assert repr(version) in error.detail
 
 
-@pytest.mark.parametrize("version", [4, 6], ids=["previous", "next"])
+@pytest.mark.parametrize("version", [5, 7], ids=["previous", "next"])
 @pytest.mark.parametrize("kind", [Syn, PeersRequest], ids=["syn", "peers"])
 def test_well_formed_message_of_another_version_is_rejected(
     kind: type[Message], version: int
 ) -> None:
-    """Version 4 (no stream_chunk, no gateway requests) and a future 6 alike."""
-    assert PROTOCOL_VERSION == 5
+    """Version 5 (no doctor/reach) and a future 7 alike."""
+    assert PROTOCOL_VERSION == 6
     raw: dict[str, Any] = msgspec.to_builtins(EXAMPLES[kind])
     raw["v"] = version
     assert reason_of(msgspec.msgpack.encode(raw)).reason == "version"
