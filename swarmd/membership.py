@@ -22,6 +22,7 @@ from typing import Any
 
 from protocol.messages import GossipMessage, Message, NodeRef, Syn, SynAck
 
+from .core.crash import Confirmed
 from .core.failure import Liveness
 from .core.gossip import (
     Event,
@@ -205,6 +206,19 @@ class Membership:
                 reply(send.message)
             elif link is not None:
                 self.send(link, send.message)
+
+    def crashed(self, confirmed: Confirmed) -> None:
+        """Our link to a member dropped and its port refused us (crash_watch.py)."""
+        node_id, generation = confirmed.node_id, confirmed.generation
+        if self.gossip.crashed(node_id, generation, time.monotonic()):
+            self.log.warning(
+                "peer %s at %s gen %d crashed: the link dropped and its port refused %d probes",
+                node_id,
+                confirmed.addr,
+                generation,
+                confirmed.refusals,
+            )
+        self._handle_events()
 
     # ------------------------------------------------------------ events
 

@@ -34,6 +34,7 @@ from .control import Control
 from .core.failure import Liveness
 from .core.gossip import Member
 from .core.jobspec import PeerFacts
+from .crash_watch import CrashWatch
 from .credentials import NotAdmin
 from .discovery import Discovery, Sighting, advertise_address, choose_interfaces
 from .doctor import Doctor
@@ -96,6 +97,7 @@ class Node:
         self.pricing: PricingView | None = None
         self.control: Control | None = None
         self.transport: Transport | None = None
+        self.crash_watch: CrashWatch | None = None
         self.http: Any = None  # swarmd.httpapi.HttpApi with [node] metrics_port
         self.dashboard: Any = None  # swarmd.dashboard.Dashboard with [node] dashboard_port
         self.gateway: Any = None  # swarmd.gateway.app.Gateway unless [gateway] port = 0
@@ -166,6 +168,9 @@ class Node:
             raise StartupError(str(exc)) from None
         self.transport.set_identity(ident.credentials)
         self.transport.on_enroll = self.enrollment.handle  # type: ignore[union-attr]
+        if cfg.gossip.crash.enabled:  # a dropped link is probed: a crash is dead in < 1 s
+            self.crash_watch = CrashWatch(membership, cfg.gossip.crash, self.counters, self.log)
+            self.transport.link_events = self.crash_watch.events()
         if cfg.metrics_port is not None:
             self.http = await services.serve_http(self)
         self._start_loops(own, membership, coordination, worker)
@@ -249,6 +254,8 @@ class Node:
             self.coordination.flush(all_usage=True)  # usage rows that waited for a commit
         if self.transport is not None:
             await self.transport.close()
+        if self.crash_watch is not None:
+            await self.crash_watch.close()
         if self.own is not None:
             self.own.probe.close()
         if self.store is not None:

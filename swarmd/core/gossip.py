@@ -42,6 +42,7 @@ from protocol.messages import (
     validate_state_value,
 )
 
+from .crash import Quarantine
 from .digests import DigestMaker, hot_rounds, wants
 from .failure import FailureDetector, Liveness
 from .gossip_types import (
@@ -118,6 +119,7 @@ class Gossip:
         self._seq = 0
         self._events: list[Event] = []
         self.conflicts = Conflicts(self.me, self._events_append)
+        self.quarantine = Quarantine(self.config.crash.quarantine_s)
         self._started = now
 
     # ------------------------------------------------------------ own state
@@ -185,6 +187,33 @@ class Gossip:
         addrs = self.roster.addrs
         return [self._syn(addrs[i], digest, complete, news, now) for i in self.roster.live.items]
 
+    def crashed(self, node_id: str, generation: int, now: float) -> bool:
+        """The transport lost its link to the node and probes found nothing listening at
+        its port (:mod:`.crash`): that generation's process is gone, a confirmed
+        suspicion. Dead at once, and the claim goes out as news; for a while beats of
+        that generation relayed late raise the claim instead of reviving it."""
+        node = self.state.nodes.get(node_id)
+        liveness = self.detector.state(node_id)
+        if node is None or node.generation != generation:
+            return False
+        if liveness is not _ALIVE and liveness is not _SUSPECT:
+            return False
+        self.quarantine.hold(node_id, generation, now)
+        self._hold(node_id, Belief(generation, node.heartbeat, "dead", now), now)
+        self._changed(node_id, self.detector.mark_dead(node_id, now), _DEAD)
+        self.counters["crashes_confirmed"] += 1
+        return True
+
+    def _quarantined(self, node_id: str, gen: int, hb: int, now: float) -> bool:
+        """A beat (or an alive claim) of a crashed generation, heard within its
+        quarantine: an old one relayed late. Our dead claim rises to it instead."""
+        if not self.quarantine.covers(node_id, gen, now):
+            return False
+        belief = self.beliefs.get(node_id)
+        if belief is not None and belief.hb < hb:
+            self._hold(node_id, Belief(gen, hb, "dead", belief.born), now)
+        return True
+
     def answered(self, seq: int) -> bool:
         """Whether the Syn numbered ``seq`` got its SynAck (or expired)."""
         return seq not in self._pending
@@ -232,6 +261,7 @@ class Gossip:
     def _drop(self, node_id: str) -> None:
         self.roster.remove(node_id)
         self.beliefs.forget(node_id)
+        self.quarantine.forget(node_id)
         self.digests.forget(node_id)
         self._rtt.pop(node_id, None)
         self._advanced.pop(node_id, None)
@@ -360,6 +390,8 @@ class Gossip:
                 continue
             action = self.beliefs.judge(claim, node.generation, node.heartbeat)
             if action == "alive":
+                if self._quarantined(claim.id, claim.gen, claim.hb, now):
+                    continue
                 self._hold(claim.id, Belief(claim.gen, claim.hb, "alive", now), now)
                 if claim.hb > node.heartbeat:
                     node.heartbeat, self._advanced[claim.id] = claim.hb, now
@@ -442,6 +474,8 @@ class Gossip:
                 detector.heartbeat(node_id, now)
             return
         if liveness is not _SUSPECT and liveness is not _DEAD:
+            return
+        if self._quarantined(node_id, gen, hb, now):
             return
         belief = self.beliefs.get(node_id)
         if belief is None or belief.gen != gen or hb > belief.hb:

@@ -10,6 +10,7 @@ import msgspec
 
 from protocol.messages import GossipMessage, validate_state_value
 
+from .crash import CrashConfig
 from .failure import DetectorConfig, Liveness
 from .membership import NodeState
 
@@ -56,6 +57,7 @@ class GossipConfig:
     news_max: int = 32  # liveness claims per message
     hot_rounds: float = 4.0  # news stays hot this many rounds + 2 log2(N)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
+    crash: CrashConfig = field(default_factory=CrashConfig)  # a dropped link, probed
 
 
 @dataclass(frozen=True, slots=True)

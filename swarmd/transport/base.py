@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from protocol.messages import AnyMessage, EnrollRequest, Message, WorkItem
@@ -38,6 +39,15 @@ UndeliveredHandler = Callable[[str, list[WorkItem]], None]
 EnrollHandler = Callable[[EnrollRequest, bytes, Reply], None]
 
 
+@dataclass(frozen=True)
+class LinkEvents:
+    """What a transport calls when its link to a peer's address drops (the connection
+    closed: a crashed peer's kernel resets it at once) or is up again (reconnected)."""
+
+    lost: Callable[[str], None]
+    up: Callable[[str], None]
+
+
 class BindError(RuntimeError):
     """The transport cannot listen where it was told to (the message says where)."""
 
@@ -47,6 +57,7 @@ class Transport(Protocol):
     on_link: LinkHandler
     on_undelivered: UndeliveredHandler | None
     on_enroll: EnrollHandler | None  # None: enroll requests are dropped like the rest
+    link_events: LinkEvents | None  # set before links open; None: nobody asks
     counters: Counter[str]
 
     @property

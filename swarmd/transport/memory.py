@@ -29,7 +29,14 @@ from protocol.messages import AnyMessage, Bundle, Message, WorkItem
 
 from ..credentials import Credentials
 from ..identity import ClusterKeys
-from .base import BindError, EnrollHandler, LinkHandler, ServerHandler, UndeliveredHandler
+from .base import (
+    BindError,
+    EnrollHandler,
+    LinkEvents,
+    LinkHandler,
+    ServerHandler,
+    UndeliveredHandler,
+)
 from .bundler import Bundler
 
 LOCAL = "(local)"  # the sender address of requests made through MemoryHub.request
@@ -165,6 +172,7 @@ class MemoryTransport:
         self.on_link = on_link
         self.on_undelivered = on_undelivered
         self.on_enroll: EnrollHandler | None = None  # never called: no enrollment here
+        self.link_events: LinkEvents | None = None  # never called: no connections here
         self.counters = counters
         self.log = log
         self.fingerprint = keys.fingerprint  # nodes of another cluster cannot talk

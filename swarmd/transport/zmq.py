@@ -51,6 +51,7 @@ from ..identity import ClusterKeys
 from .base import (
     BindError,
     EnrollHandler,
+    LinkEvents,
     LinkHandler,
     ServerHandler,
     TransportFactory,
@@ -58,9 +59,10 @@ from .base import (
 )
 from .bundler import Bundler
 from .enroll_gate import EnrollGate
+from .link_monitor import MONITOR_POLL_S, LinkMonitor, event_handler, open_monitor
+from .readable import POLL_MS, _Every, _Readable
 
 ZAP_DOMAIN = "swarmd"
-POLL_MS = 250
 LINK_IDLE_S = 60.0
 
 
@@ -120,36 +122,6 @@ class _MemberCheck:
         return ok
 
 
-class _Readable:
-    """When a socket may have messages to read, for its receive pump. ZeroMQ's FD is
-    edge-triggered, and a send on the socket can take in the edge of a message that
-    arrived meanwhile: so every send kicks too (the pump then asks ZMQ_EVENTS), and a
-    timer kicks every POLL_MS in any case. One event per socket, no future or poller
-    per wait (pyzmq's ``poll`` cost ~10% of a coordinator's CPU per message)."""
-
-    __slots__ = ("event", "fd", "loop")
-
-    def __init__(self) -> None:
-        self.event = asyncio.Event()
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.fd = -1
-
-    def kick(self) -> None:
-        self.event.set()
-
-    def watch(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
-        self.loop, self.fd = loop, fd
-        loop.add_reader(fd, self.kick)
-
-    def release(self) -> None:
-        """Stop watching the FD: before its socket closes (a new socket may get the
-        same number, and must not lose its reader to this one's late clean-up)."""
-        if self.loop is not None:
-            with contextlib.suppress(Exception):  # the loop is closed already
-                self.loop.remove_reader(self.fd)
-            self.loop = None
-
-
 @dataclass
 class _Link:
     addr: str
@@ -158,6 +130,7 @@ class _Link:
     task: asyncio.Task[None] | None = None
     readable: _Readable = field(default_factory=_Readable)
     last_used: float = field(default_factory=time.monotonic)
+    monitor: LinkMonitor | None = None
 
 
 class ZmqTransport:
@@ -178,6 +151,8 @@ class ZmqTransport:
         self.on_server = on_server
         self.on_link = on_link
         self.on_enroll: EnrollHandler | None = None
+        # Set before the first link opens: links then report drops (link_monitor.py).
+        self.link_events: LinkEvents | None = None
         self.log = log
         self.counters: Counter[str] = counters if counters is not None else Counter()
         self.gate = EnrollGate(self.counters, log)
@@ -272,9 +247,9 @@ class ZmqTransport:
         readable: _Readable,
         handle: Callable[[list[Any]], None],
         copy: bool = True,
+        every: float = POLL_MS / 1000,
     ) -> None:
         loop = asyncio.get_running_loop()
-        every = POLL_MS / 1000
         try:
             readable.watch(loop, sync.getsockopt(zmq.FD))
         except (RuntimeError, OSError, zmq.ZMQError) as exc:  # the loop refused the FD
@@ -442,9 +417,10 @@ class ZmqTransport:
         if self.credentials is None:
             raise RuntimeError("set_identity before sending: links present credentials")
         curve_client(sock, self.keys, self.credentials)
+        monitor = self._monitor(sock, addr)
         sock.connect(f"tcp://{addr}")
         sync: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
-        link = _Link(addr, sock, sync)
+        link = _Link(addr, sock, sync, monitor=monitor)
 
         def handle(frames: list[bytes]) -> None:
             if len(frames) != 1:
@@ -460,6 +436,17 @@ class ZmqTransport:
         self._links[addr] = link
         return link
 
+    def _monitor(self, sock: zmq.asyncio.Socket, addr: str) -> LinkMonitor | None:
+        """Watch the link's drops and reconnects, if anybody listens (before connect)."""
+        if self.link_events is None:
+            return None
+        monitor = open_monitor(sock)
+        handle = event_handler(addr, self.link_events, self.counters, self.log)
+        pump = self._pump(monitor.sync, monitor.readable, handle, every=MONITOR_POLL_S)
+        monitor.task = asyncio.ensure_future(pump)
+        monitor.task.add_done_callback(self._ended)
+        return monitor
+
     def close_idle_links(self, keep: set[str]) -> None:
         now = time.monotonic()
         for addr, link in list(self._links.items()):
@@ -470,6 +457,8 @@ class ZmqTransport:
         link = self._links.pop(addr, None)
         if link is None:
             return
+        if link.monitor is not None:
+            link.monitor.stop(link.sock)
         if link.task:
             link.task.cancel()
         link.readable.release()
@@ -556,20 +545,3 @@ def _bind(transport: ZmqTransport, bind: str, port: int, control_path: Path | No
     except zmq.ZMQError as exc:
         raise BindError(f"cannot create control socket {control_path}: {exc}") from None
     os.chmod(control_path, 0o600)
-
-
-class _Every:
-    """Calls ``call`` every ``seconds`` on ``loop`` until cancelled."""
-
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, seconds: float, call: Callable[[], None]
-    ) -> None:
-        self.loop, self.seconds, self.call = loop, seconds, call
-        self.handle = loop.call_later(seconds, self._tick)
-
-    def _tick(self) -> None:
-        self.call()
-        self.handle = self.loop.call_later(self.seconds, self._tick)
-
-    def cancel(self) -> None:
-        self.handle.cancel()
