@@ -30,9 +30,12 @@ Clocks (all on this one machine):
 * ``seen_redispatch_s``: the first poll that shows 2 attempts, minus t0 (a cross-check
   of ``redispatch_s``: it trails by at most one poll interval plus a request).
 
-Expected from the defaults: death = last heartbeat + phi >= 8 (mean interval + 0.3 s
-acceptable pause + ~5 deviations) + 0.6 s suspicion, ~1.5-2 s; then the coordinator
-re-dispatches at once (the first retry after a lost attempt has no backoff; later
+Expected from the defaults: after a SIGKILL the victim's kernel resets its
+connections, the coordinator's link to it drops (ZeroMQ socket monitor) and two probes
+of its port 100 ms apart are refused: dead ~0.1 s after the kill (swarmd/core/crash.py).
+A partition resets nothing: death = last heartbeat + phi >= 8 (mean interval + 0.3 s
+acceptable pause + ~5 deviations) + 0.6 s suspicion, ~1.5-2 s. Either way the
+coordinator re-dispatches at once (the first retry after a lost attempt has no backoff; later
 failures back off from ``backoff_base_s`` 0.5 s).
 """
 
@@ -298,6 +301,7 @@ def run(quick: bool = False, trials: int | None = None) -> dict[str, Any]:
     n = trials if trials is not None else (2 if quick else 10)
     settle_s = 1.0 if quick else 3.0
     detector, gossip, coordinator = DetectorConfig(), GossipConfig(), CoordinatorConfig()
+    crash = gossip.crash
     result: dict[str, Any] = {
         "quick": quick,
         "settings": {
@@ -306,6 +310,8 @@ def run(quick: bool = False, trials: int | None = None) -> dict[str, Any]:
             "acceptable_pause_s": detector.acceptable_pause_s,
             "min_std_s": detector.min_std_s,
             "suspicion_s": detector.suspicion_s,
+            "crash_probes": crash.probes if crash.enabled else 0,
+            "crash_probe_gap_s": crash.probe_gap_s,
             "retry_backoff_s": 0.0,  # a first lost attempt is retried at once
             "backoff_base_s": coordinator.backoff_base_s,
             "lease_s": coordinator.lease_s,
@@ -374,7 +380,9 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"swarmd settings: gossip every {s['gossip_interval_s']:g} s, phi >= "
         f"{s['phi_threshold']:g} (acceptable pause {s['acceptable_pause_s']:g} s, std floor "
-        f"{s['min_std_s']:g} s) then {s['suspicion_s']:g} s suspicion; the first retry "
+        f"{s['min_std_s']:g} s) then {s['suspicion_s']:g} s suspicion; a dropped link whose "
+        f"port refuses {s.get('crash_probes', 0)} probes "
+        f"({s.get('crash_probe_gap_s', 0.1) * 1000:g} ms apart) is dead at once; the first retry "
         f"after a lost attempt goes at once (later ones back off from "
         f"{s.get('backoff_base_s', 0.5):g} s).",
         "",

@@ -30,6 +30,7 @@ from .config_table import ConfigError
 from .config_table import Table as _Table
 from .core.budget import Budget
 from .core.failure import DetectorConfig
+from .core.crash import CrashConfig
 from .core.gossip import GossipConfig
 from .core.retention import DAY_S, Retention
 from .core.units import parse_duration, parse_size
@@ -257,7 +258,17 @@ def _gossip_config(g: _Table) -> GossipConfig:
         fanout=g.get("fanout", int, base.fanout),
         forget_after_s=g.convert("forget_after", parse_duration, base.forget_after_s),
         detector=detector,
+        crash=_crash_config(g),
     )
+
+
+def _crash_config(g: _Table) -> CrashConfig:
+    """``[gossip] crash_probes``: refused probes after a dropped link that make a peer
+    dead at once (core/crash.py); 0 turns the crash path off (accrual detector only)."""
+    probes = g.get("crash_probes", int, CrashConfig().probes)
+    if not 0 <= probes <= 10:
+        raise ConfigError(f"{g.where} crash_probes: expected 0 (off) to 10, got {probes}")
+    return CrashConfig(enabled=probes > 0, probes=max(1, probes))
 
 
 MIN_KEEP_S = 60.0  # a finished task stays long enough for `submit --wait` to read it

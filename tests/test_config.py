@@ -186,9 +186,12 @@ def test_gossip_table(tmp_path: Path) -> None:
         min_std = "50ms"
         acceptable_pause = 0.5
         suspicion = "3s"
+        crash_probes = 3
         """,
     )
     g = cfg.gossip
+    assert g.crash.enabled and g.crash.probes == 3
+    assert not load_text(tmp_path, "[gossip]\ncrash_probes = 0").gossip.crash.enabled
     assert g.interval_s == pytest.approx(0.2)
     assert g.fanout == 4
     assert g.forget_after_s == 120.0
@@ -336,6 +339,8 @@ def test_models_become_valid_gossip_profiles(tmp_path: Path) -> None:
         ("[gossip]\ninterval = true", {}, ["[gossip] interval"]),
         ("[gossip]\ninterval = '1d'", {}, ["[gossip] interval", "1d"]),
         ("[gossip]\nphi = 8", {}, ["[gossip]", "unknown key", "phi"]),
+        ("[gossip]\ncrash_probes = -1", {}, ["[gossip] crash_probes", "0 (off) to 10"]),
+        ("[gossip]\ncrash_probes = true", {}, ["[gossip] crash_probes", "expected int"]),
         ("[tasks]\nkeep = 'a week'", {}, ["[tasks] keep", "a week", "7d"]),
         ("[tasks]\nkeep = '7 days'", {}, ["[tasks] keep", "7 days"]),
         ("[tasks]\nkeep = -1", {}, ["[tasks] keep", "-1"]),

@@ -23,8 +23,8 @@ from .zmq import (
     Transport,
     ZmqTransport,
     curve_client,
-    listening,
 )
+from .zmq_listen import listening
 
 __all__ = [
     "BUNDLE_MAX",
