@@ -164,7 +164,8 @@ def test_late_relayed_beats_do_not_revive_a_crash_but_a_live_peer_comes_back() -
     )
     a.receive(late, now + 0.01, wire.rng)
     assert a.liveness("b") is Liveness.DEAD
-    assert a.beliefs.get("b") is not None and a.beliefs.get("b").hb == hb + 1  # type: ignore[union-attr]
+    belief = a.beliefs.get("b")
+    assert belief is not None and (belief.verdict, belief.hb) == ("dead", hb + 1)
     assert a.drain_events() == []
     # b was alive all along (say, a firewall reset the connection): it keeps beating and
     # refutes; within the quarantine that changes nothing, after it b is alive again.

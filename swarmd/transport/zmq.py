@@ -19,6 +19,9 @@ On the owner-only control socket it is also answered with an ``ErrorReply``
 waiting out its timeout; that socket reads up to ``CONTROL_MAX_BYTES`` so that a
 request over ``MAX_FRAME_BYTES`` gets its answer too.
 Handshake failures (garbage bytes, wrong keys) are counted from the socket monitor.
+A link's drops and reconnects are told to ``link_events`` from a monitor of its own
+(:mod:`.link_monitor`: a crashed peer's connection drops at once); the daemon opens
+its transport with :func:`.zmq_listen.listening`.
 
 I/O pattern: the asyncio socket is used only to *wait* (poll with a timeout, which
 also covers pyzmq's historical lost-wakeup bugs); reading and writing go through a
