@@ -29,8 +29,8 @@ from .config_models import (
 from .config_table import ConfigError
 from .config_table import Table as _Table
 from .core.budget import Budget
-from .core.failure import DetectorConfig
 from .core.crash import CrashConfig
+from .core.failure import DetectorConfig
 from .core.gossip import GossipConfig
 from .core.retention import DAY_S, Retention
 from .core.units import parse_duration, parse_size
