@@ -7,11 +7,13 @@ PrepareForSleep signal and the idle hint.
   ``InhibitDelayMaxSec``, 5 s by default) before suspending until the returned
   :class:`Inhibitor` is released.
 - :meth:`Logind.on_prepare_for_sleep` calls back with True before a suspend and False
-  after the resume. Only a signal sent by a root process is taken (logind runs as root;
-  any root process can suspend the machine anyway): on the system bus any local user
-  may emit a signal with logind's interface, and one that makes the node hand back its
-  work and announce that it sleeps must not be that cheap. Others are counted and
-  logged (``rejected``).
+  after the resume. Only a signal sent by logind (the owner of org.freedesktop.login1)
+  or by another process of root's (which could suspend the machine anyway) is taken:
+  on the system bus any local user may emit a signal with logind's interface, and one
+  that makes the node hand back its work and announce that it sleeps must not be that
+  cheap. Others are counted (``rejected``) and logged; so is a sender that is gone
+  before it can be asked who it is (``busctl emit`` exits at once: a test emits from a
+  connection that stays open until the node took the signal).
 - :meth:`Logind.idle_hint`: whether the seat's sessions are idle and since when
   (``IdleHint``, ``IdleSinceHint`` of the Manager), for a user-activity policy.
 """
@@ -214,23 +216,21 @@ class Logind:
         task.add_done_callback(self._checks.discard)
 
     async def _from_root(self, sender: str | None, start: bool) -> None:
+        uid: int | None = None
         try:
-            reply = await self._call(
-                "org.freedesktop.DBus",
-                "/org/freedesktop/DBus",
-                "org.freedesktop.DBus",
-                "GetConnectionUnixUser",
-                "s",
-                [sender or ""],
-            )
-            uid = reply.body[0]
-        except LogindError as exc:
-            uid = None
+            owner = await self._bus_call("GetNameOwner", LOGIND)
+            if owner != sender:
+                uid = await self._bus_call("GetConnectionUnixUser", sender or "")
+        except LogindError as exc:  # gone already (a one-shot emitter), or no logind
             self.log.warning("PrepareForSleep from %s: cannot tell who sent it (%s)", sender, exc)
+            uid = None
+        else:
+            if owner == sender:
+                uid = 0
         if uid != 0:
             self.rejected += 1
             self.log.warning(
-                "PrepareForSleep(%s) from %s (uid %s) ignored: only root's (logind's) count",
+                "PrepareForSleep(%s) from %s (uid %s) ignored: only logind's or root's count",
                 start,
                 sender,
                 uid,
@@ -238,3 +238,14 @@ class Logind:
             return
         for callback in list(self._callbacks):
             callback(start)
+
+    async def _bus_call(self, member: str, arg: str) -> Any:
+        reply = await self._call(
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus",
+            member,
+            "s",
+            [arg],
+        )
+        return reply.body[0]

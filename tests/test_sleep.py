@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Daemon, swarmctl, wait_until
+from tests import fake_logind
+from tests.harness import Daemon, new_secret, swarmctl, wait_until
 from tests.test_drain import make_cluster, parallel_job, status, submit_job
 
 WORKERS = "[node]\nmax_concurrency = 2\n"
@@ -142,3 +143,51 @@ def test_a_vanished_node_is_still_dead(cluster: list[Daemon]) -> None:
     n2.kill()
     wait_until(lambda: n1.states().get("n2") == "dead", 10, what="n2 dead")
     assert "sleeping" not in n1.states().values()
+
+
+def test_logind_inhibitor_is_released_only_after_the_peers_know(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The logind path with the real dbus-daemon and a stand-in for logind
+    (tests/fake_logind.py; the real logind: tests/test_systemd.py): the node takes a
+    delay inhibitor at start, and on PrepareForSleep(true) releases it only once its
+    peer shows it sleeping; on (false) it takes a new one and is alive again."""
+    reason = fake_logind.available()
+    if reason:
+        pytest.skip(reason)
+    fake = fake_logind.FakeLogind(tmp_path / "bus").start()
+    secret = new_secret()
+    n1 = Daemon(tmp_path, "n1", secret=secret)
+    n2 = Daemon(tmp_path, "n2", secret=secret, args=("--join", n1.address))
+    try:
+        n1.start()
+        monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", fake.address)
+        n2.start()
+        monkeypatch.delenv("DBUS_SYSTEM_BUS_ADDRESS")
+        for d in (n1, n2):
+            d.wait_ready()
+        wait_until(lambda: n1.states().get("n2") == "alive", 15, what="n2 alive")
+        wait_until(lambda: "holding a sleep delay inhibitor" in n2.log(), 15, what="inhibitor")
+        [first] = fake.held
+        assert (first.who, first.mode) == ("swarmd", "delay")
+        fake.settle()
+        assert not first.released()
+
+        t = time.monotonic()
+        fake.emit(True)
+        wait_until(first.released, 5, interval=0.01, what="the inhibitor released")
+        released = time.monotonic() - t
+        # Announced before the release: the peer knows (or is a moment from knowing).
+        wait_until(lambda: n1.states().get("n2") == "sleeping", 1, what="n1 sees n2 sleeping")
+        assert released < 3.5, released
+        print(f"PrepareForSleep(true) -> inhibitor released: {released:.2f} s")
+
+        fake.emit(False)
+        wait_until(lambda: len(fake.held) == 2, 5, what="a new inhibitor after the wake")
+        wait_until(lambda: n1.states().get("n2") == "alive", 2, interval=0.02, what="alive")
+        fake.settle()
+        assert not fake.held[1].released()
+    finally:
+        for d in (n1, n2):
+            d.stop()
+        fake.close()
