@@ -27,7 +27,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from dbus_fast import BusType, Message, MessageType
+from dbus_fast import BusType, InvalidAddressError, Message, MessageType
 from dbus_fast.aio import MessageBus
 
 LOGIND = "org.freedesktop.login1"
@@ -79,8 +79,17 @@ class Logind:
                 negotiate_unix_fd=True,
             )
             await asyncio.wait_for(bus.connect(), CALL_TIMEOUT_S)
-        except (OSError, TimeoutError, Exception) as exc:  # no bus: the usual case off Linux
-            log.debug("no system D-Bus (%s): no logind sleep inhibitor", exc)
+        except (FileNotFoundError, ConnectionRefusedError, InvalidAddressError) as exc:
+            log.debug("no system D-Bus (%s): no logind sleep inhibitor", exc)  # not Linux
+            return None
+        except Exception as exc:  # there is a bus, and it hung up on us
+            log.warning(
+                "the system D-Bus refused this node (%r): no logind sleep inhibitor, so a "
+                "suspend is not announced and peers will see this node dead, not sleeping "
+                "(a DynamicUser= service cannot use dbus-daemon on some systems; see "
+                "README, 'When a laptop sleeps')",
+                exc,
+            )
             return None
         logind = cls(bus, log)
         try:
