@@ -122,14 +122,14 @@ class Node:
         loop = asyncio.get_running_loop()
         for sig in _SIGNALS:
             loop.add_signal_handler(sig, self.lifecycle.on_signal)
+        for sig, start in _SLEEP_SIGNALS:  # ignored until the node is up
+            loop.add_signal_handler(sig, self.sleep.on_prepare_for_sleep, start)
         try:
             await self._start()
-            for sig, start in _SLEEP_SIGNALS:
-                loop.add_signal_handler(sig, self.sleep.on_prepare_for_sleep, start)
         except StartupError as exc:
             self.log.error("%s", exc)
             await self._shutdown(announce=False)
-            for sig in _SIGNALS:
+            for sig in (*_SIGNALS, *(s for s, _ in _SLEEP_SIGNALS)):
                 loop.remove_signal_handler(sig)
             return exc.exit_code
         self.ready.set()

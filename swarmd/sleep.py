@@ -94,6 +94,13 @@ class Sleep:
 
     def on_prepare_for_sleep(self, start: bool) -> None:
         """logind's signal (or SIGUSR1/SIGUSR2): prepare, or wake, on a task."""
+        if not self.node.ready.is_set():
+            self.log.info("PrepareForSleep(%s) before the node is up: nothing to do", start)
+            if start:
+                self._release()  # do not hold the suspend up
+            else:
+                self.node.lifecycle.spawn(self._inhibit())
+            return
         self.node.lifecycle.spawn(self.prepare() if start else self.wake())
 
     # ------------------------------------------------------------ sleep

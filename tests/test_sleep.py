@@ -168,6 +168,7 @@ def test_logind_inhibitor_is_released_only_after_the_peers_know(
             d.wait_ready()
         wait_until(lambda: n1.states().get("n2") == "alive", 15, what="n2 alive")
         wait_until(lambda: "holding a sleep delay inhibitor" in n2.log(), 15, what="inhibitor")
+        wait_until(lambda: "listening on" in n2.log(), 15, what="n2 up")  # start-up ended
         [first] = fake.held
         assert (first.who, first.mode) == ("swarmd", "delay")
         fake.settle()

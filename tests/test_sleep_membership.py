@@ -1,5 +1,6 @@
 """Sleep is not death, in the membership core: the failure detector, the gossip core
-wired by hand (``tests.test_gossip.Wire``) and the virtual-time simulation with loss.
+wired by hand (``tests.test_gossip.Wire``), the virtual-time simulation with loss, and
+pricing's view of the members.
 
 A node that says ``sleeping`` (logind's PrepareForSleep, in the daemon) is shown
 sleeping by every peer at once and stays so while it is silent, however long; it is
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 from swarmd.core.failure import FailureDetector, Liveness
 from swarmd.core.gossip import GossipConfig, MemberChanged
+from swarmd.core.pricing import Demand, PricingConfig, price
+from swarmd.peer_view import PricingView
 from swarmd.simulator import Network, Simulation
 from tests.test_gossip import INTERVAL, Wire, addr, view
 
@@ -183,3 +186,32 @@ def test_simulation_sleep_and_wake_under_loss() -> None:
     print(f"sleeper alive on all 19 peers {sim.now - woke:.2f} s after its wake")
     assert sim.run_until_true(sim.converged, 10.0, 0.5)
     assert sim.count(DEAD) == 0 and sim.count(SUSPECT) == 0
+
+
+# ------------------------------------------------------------------ pricing
+
+
+def test_pricing_never_places_on_a_sleeper_and_says_why() -> None:
+    """Pricing's view built from a peer's members (as the daemon builds it): the
+    sleeping node is no candidate, with the reason `sleeping` for `swarmctl explain`."""
+    wire, now = three()
+    a, b = wire.nodes[addr("a")], wire.nodes[addr("b")]
+    for g, name in ((a, "a"), (b, "b"), (wire.nodes[addr("c")], "c")):
+        g.set("name", name)
+        g.set("slots", 4)
+    now = wire.run(now, 3 * INTERVAL)
+    view_of_b = PricingView(lambda: b.members(now), {}, lambda: 0)
+    before = price(Demand("shell", node="a"), view_of_b.capacities({}), PricingConfig())
+    assert before.winner is not None and before.winner.name == "a"
+
+    wire.deliver(addr("a"), a.sleep(now), now)
+    placement = price(Demand("shell"), view_of_b.capacities({}), PricingConfig())
+    rows = {c.name: c for c in placement.candidates}
+    assert rows["a"].why_not == "sleeping"
+    assert placement.winner is not None and placement.winner.name != "a"
+    pinned = price(Demand("shell", node="a"), view_of_b.capacities({}), PricingConfig())
+    assert pinned.winner is None  # a pin waits for the wake
+
+    wire.deliver(addr("a"), a.wake(now), now)
+    after = price(Demand("shell", node="a"), view_of_b.capacities({}), PricingConfig())
+    assert after.winner is not None and after.winner.name == "a"
