@@ -81,7 +81,11 @@ class Sleep:
         if self.logind is None or (self.inhibitor is not None and self.inhibitor.held):
             return
         try:
-            self.inhibitor = await self.logind.inhibit_sleep("swarmd", INHIBIT_WHY)
+            inhibitor = await self.logind.inhibit_sleep("swarmd", INHIBIT_WHY)
+            if self.inhibitor is not None and self.inhibitor.held:
+                inhibitor.release()  # another call took one meanwhile: never hold two
+            else:
+                self.inhibitor = inhibitor
         except LogindError as exc:
             # Sleep is still announced on PrepareForSleep; the machine just may not
             # wait for the announcement to get out.
