@@ -19,7 +19,7 @@ class PeerView(Struct):
     id: str
     name: str
     address: str
-    state: Literal["alive", "suspect", "dead", "left"]
+    state: Literal["alive", "suspect", "dead", "left", "sleeping"]
     is_self: bool = field(name="self")
     generation: int
     draining: bool

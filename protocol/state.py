@@ -90,6 +90,7 @@ STATE_SCHEMAS: dict[str, Any] = {
     "hw": Hardware,
     "models": Models,
     "draining": bool,
+    "sleeping": bool,  # the machine suspends (logind's PrepareForSleep); false once awake
     "refusing": Text | None,  # why it takes no new work besides draining (disk full)
     "queue": Count,  # shell/python attempts held here, queued for a slot
     "slots": Count,  # shell/python attempts this node runs at once

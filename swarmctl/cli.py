@@ -172,7 +172,9 @@ def peers_table(peers: list[PeerView]) -> str:
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     head = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
     alive = sum(p.state == "alive" for p in peers)
-    footer = f"{len(peers)} node(s), {alive} alive.  * this node; GPU* declared, not measured"
+    asleep = sum(p.state == "sleeping" for p in peers)
+    counts = f"{alive} alive" + (f", {asleep} sleeping" if asleep else "")
+    footer = f"{len(peers)} node(s), {counts}.  * this node; GPU* declared, not measured"
     refusing = [f"{p.name} takes no new work: {p.refusing}" for p in peers if p.refusing]
     return "\n".join([head.rstrip(), *(line.rstrip() for line in lines), footer, *refusing])
 

@@ -351,7 +351,7 @@ def _task_tools(server: Any, swarm: SwarmTools, run: Run) -> None:
 def _swarm_tools(server: Any, swarm: SwarmTools, run: Run) -> None:
     @server.tool()
     async def list_peers() -> dict[str, Any]:
-        """The machines of the swarm: {"peers": [{name, id, state (alive, suspect,
+        """The machines of the swarm: {"peers": [{name, id, state (alive, suspect, sleeping,
         dead), address, cpu, memory, gpus (name, vram_total, vram_free), models (name,
         capabilities, latency_ms, …), draining, rtt_ms, ...}]}. Call it before
         delegating, to learn which capabilities, model profiles and GPUs exist."""

@@ -39,6 +39,8 @@ from .identity import new_node_id, next_generation, write_node_id
 WATCHDOG_FACTOR = 10  # a gossip tick this many intervals late is a stalled loop
 HOUSEKEEPING_S = 5.0  # how often idle links to non-members are closed
 
+_REACHABLE = (Liveness.ALIVE, Liveness.SUSPECT, Liveness.SLEEPING)
+
 SendTo = Callable[[str, Message], bool]  # (address, message) -> queued?
 Reply = Callable[[Message], bool]
 
@@ -135,9 +137,11 @@ class Membership:
         return self.gossip.node_at(addr)
 
     def address_of(self, node_id: str) -> str | None:
-        """Where a live (or suspect) member listens; None if it is not one."""
+        """Where a live (or suspect, or sleeping) member listens; None if it is not one.
+        A sleeping member still gets acknowledgements and cancels: it is awake while it
+        prepares to sleep, and the rest waits in the link until it wakes."""
         node = self.gossip.state.nodes.get(node_id)
-        if node is None or self.gossip.liveness(node_id) not in (Liveness.ALIVE, Liveness.SUSPECT):
+        if node is None or self.gossip.liveness(node_id) not in _REACHABLE:
             return None
         addr = node.get("addr")
         return addr if isinstance(addr, str) else None
@@ -178,13 +182,22 @@ class Membership:
 
     async def leave(self) -> None:
         """Tell every live peer we are leaving; wait (bounded) for them to hear it."""
-        sends = self.gossip.leave(time.monotonic())
+        await self._announced(self.gossip.leave(time.monotonic()), 1.0)
+        await asyncio.sleep(0.05)  # let the final Acks leave the socket queues
+
+    async def announce(self, *, sleeping: bool, wait_s: float) -> None:
+        """Tell every live peer (every known one, on waking) that this node sleeps or
+        is awake again, now; wait up to ``wait_s`` for their answers (so our Acks,
+        which carry the news, are on their way)."""
+        now = time.monotonic()
+        await self._announced(self.gossip.sleep(now) if sleeping else self.gossip.wake(now), wait_s)
+
+    async def _announced(self, sends: list[Send], wait_s: float) -> None:
         self._send(sends)
         seqs = [s.message.seq for s in sends if isinstance(s.message, Syn)]
-        deadline = time.monotonic() + 1.0
+        deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline and not all(self.gossip.answered(q) for q in seqs):
             await asyncio.sleep(0.01)
-        await asyncio.sleep(0.05)  # let the final Acks leave the socket queues
 
     # ------------------------------------------------------------ messages
 
@@ -237,7 +250,9 @@ class Membership:
         name = event.name or (node.get("name") if node else None)
         old = event.old.value if event.old else "new"
         new = event.new.value if event.new else "forgotten"
-        gone = event.new in (Liveness.DEAD, Liveness.LEFT, None)
+        # A sleeping peer handed its attempts back before it said so: any still out on
+        # it (a lost hand-back) go elsewhere now, once; its later results are stale.
+        gone = event.new in (Liveness.DEAD, Liveness.LEFT, Liveness.SLEEPING, None)
         known = self._known_generation.get(event.node_id)
         restarted = known is not None and event.generation > known
         self._known_generation[event.node_id] = event.generation

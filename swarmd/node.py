@@ -50,6 +50,7 @@ from .model_probe import ModelProbe
 from .own_state import OwnState
 from .peer_view import PricingView, peer_facts
 from .routing import Router
+from .sleep import Sleep
 from .statedir import LocalIdentity, StartupError
 from .statewatch import StateDirWatch
 from .store import Store
@@ -63,6 +64,9 @@ from .worker import Worker
 __all__ = ["Node", "StartupError"]
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# The same preparation as logind's PrepareForSleep(true) / (false): tests, and machines
+# without logind whose suspend hook can signal the daemon (swarmd/sleep.py).
+_SLEEP_SIGNALS = ((signal.SIGUSR1, True), (signal.SIGUSR2, False))
 
 
 def _no_reply(_message: Any) -> bool:
@@ -111,6 +115,7 @@ class Node:
         self.health = JournalHealth(config.state_dir, self.log)  # can we write the state dir?
         self.journal_moved: Path | None = None  # a damaged journal, moved aside at start
         self.usage: Usage | None = None  # the llm usage book and budgets (swarmd/usage.py)
+        self.sleep = Sleep(self, self.log.getChild("sleep"))  # logind: sleep is not death
 
     # ------------------------------------------------------------ start / stop
 
@@ -119,12 +124,14 @@ class Node:
         loop = asyncio.get_running_loop()
         for sig in _SIGNALS:
             loop.add_signal_handler(sig, self.lifecycle.on_signal)
+        for sig, start in _SLEEP_SIGNALS:  # ignored until the node is up
+            loop.add_signal_handler(sig, self.sleep.on_prepare_for_sleep, start)
         try:
             await self._start()
         except StartupError as exc:
             self.log.error("%s", exc)
             await self._shutdown(announce=False)
-            for sig in _SIGNALS:
+            for sig in (*_SIGNALS, *(s for s, _ in _SLEEP_SIGNALS)):
                 loop.remove_signal_handler(sig)
             return exc.exit_code
         self.ready.set()
@@ -134,7 +141,7 @@ class Node:
             sdnotify.notify(STOPPING=1, STATUS=self._sd_status())
             await self._drain_before_exit()
         finally:
-            for sig in _SIGNALS:
+            for sig in (*_SIGNALS, *(s for s, _ in _SLEEP_SIGNALS)):
                 loop.remove_signal_handler(sig)
         self.log.info("stopping: announcing left")
         await self._shutdown(announce=True)
@@ -208,6 +215,7 @@ class Node:
             spawn(ModelProbe(self.config.probe, self.config.models, found, log).loop())
         spawn(worker.timer_loop())
         spawn(StateDirWatch(self.config.state_dir).loop(self.lifecycle.fail, self.log))
+        spawn(self.sleep.watch_logind())
 
     async def _start_discovery(self) -> None:
         assert self.identity is not None and self.membership is not None
@@ -409,6 +417,19 @@ class Node:
         self._publish_availability()
         return len(worker.running)
 
+    def set_sleeping(self, sleeping: bool) -> None:
+        """The machine suspends (no new work here) or resumed (swarmd/sleep.py; the
+        gossiped ``sleeping`` is its announcement's)."""
+        if self.own is not None:
+            self.own.sleeping = sleeping
+            self._publish_availability()
+
+    async def before_sleep(self) -> None:
+        """Hook: the last step before the machine suspends, after the running work was
+        handed back and before the journal is checkpointed and the inhibitor released
+        (bounded by swarmd.sleep.PREPARE_WITHIN_S with the rest): e.g. replicate what
+        this node coordinates to its successor."""
+
     def _on_journal_health(self, reason: str | None) -> None:
         """The state dir cannot be written (a reason), or can again (None): no new work
         here meanwhile, and peers are told why (``swarmctl peers``)."""
@@ -421,8 +442,9 @@ class Node:
         own, worker, membership = self.own, self.worker, self.membership
         if own is None or worker is None or membership is None:
             return
-        worker.draining = own.draining or own.refusing is not None
-        membership.set("draining", worker.draining)
+        draining = own.draining or own.refusing is not None
+        worker.draining = draining or own.sleeping
+        membership.set("draining", draining)
         membership.set("refusing", own.refusing)
 
     def join_token(self, request: JoinTokenRequest) -> ControlReply:

@@ -49,6 +49,7 @@ class OwnState:
         self.model_latency_ms: dict[str, float | None] = {}
         self.draining = False  # swarmctl drain, or SIGTERM: no new work
         self.refusing: str | None = None  # why no new work besides (the disk is full)
+        self.sleeping = False  # the machine suspends (swarmd/sleep.py): no new work
         self.probed: tuple[ModelConfig, ...] = ()  # found on local servers (model_probe)
         self.serving: Serving | None = None  # the worker, once built
 
@@ -72,6 +73,7 @@ class OwnState:
             "models": self._models(),
             "draining": self.draining or self.refusing is not None,
             "refusing": self.refusing,
+            "sleeping": self.sleeping,
             "queue": 0,
             "slots": cfg.max_concurrency if cfg.allow_shell else 0,
             "busy": 0,

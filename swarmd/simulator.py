@@ -69,6 +69,7 @@ class Simulation:
         self._order = 0
         self.nodes: dict[str, Gossip] = {}
         self._rngs: dict[str, random.Random] = {}
+        self._asleep: dict[str, Gossip] = {}  # suspended machines, by address
         seed_addrs = tuple(self.addr(i) for i in range(min(seeds, n)))
         for i in range(n):
             self.start(i, seeds=seed_addrs)
@@ -108,6 +109,31 @@ class Simulation:
         g = self.nodes.get(self.addr(i))
         if g is not None:
             self._send_all(self.addr(i), g.leave(self.now))
+
+    def sleep(self, i: int, announce_s: float = 0.05) -> None:
+        """The machine suspends: it announces ``sleeping``, has ``announce_s`` for the
+        exchange to finish, then is frozen (no ticks, messages to it vanish)."""
+        addr = self.addr(i)
+        g = self.nodes.get(addr)
+        if g is None:
+            return
+        self._send_all(addr, g.sleep(self.now))
+
+        def freeze() -> None:
+            if self.nodes.get(addr) is g:
+                self._asleep[addr] = self.nodes.pop(addr)
+
+        self._at(self.now + announce_s, freeze)
+
+    def wake(self, i: int) -> None:
+        """The machine resumes: ticks again and tells every member it knows."""
+        addr = self.addr(i)
+        g = self._asleep.pop(addr, None)
+        if g is None:
+            return
+        self.nodes[addr] = g
+        self._send_all(addr, g.wake(self.now))
+        self._at(self.now + self.config.interval_s, self._ticker(addr, g))
 
     # ------------------------------------------------------------ the event loop
 

@@ -595,7 +595,7 @@ def test_state_schemas_cover_the_keys_a_node_publishes() -> None:
     assert set(STATE_SCHEMAS) == {
         *("name", "addr", "status", "hw", "models", "draining", "queue"),
         *("slots", "busy", "allow_shell", "cost_per_hour", "on_battery", "speed", "queue_max"),
-        *("revoked", "refusing", "spend"),
+        *("revoked", "refusing", "spend", "sleeping"),
     }
 
 
@@ -699,3 +699,10 @@ def test_a_bundle_holds_work_messages_only_and_not_too_many() -> None:
     assert reason_of(msgspec.msgpack.encode(raw)).reason == "invalid"
     raw["items"] = [cancel] * 4096
     assert len(codec.decode(msgspec.msgpack.encode(raw)).items) == 4096  # type: ignore[union-attr]
+
+
+def test_sleeping_state_value_is_a_bool() -> None:
+    assert validate_state_value("sleeping", True) is True
+    for bad in ("yes", 1, None):
+        with pytest.raises(msgspec.ValidationError):
+            validate_state_value("sleeping", bad)

@@ -495,7 +495,9 @@ def _install(box: Container, binary: Path | None) -> tuple[str, str]:
         box.path("/usr/local/bin/swarmctl").symlink_to("swarmd")
     else:
         for name in ("swarmd", "swarmctl"):
-            box.write(f"/usr/local/bin/{name}", f'#!/bin/sh\nexec {VENV_BIN}/{name} "$@"\n', 0o755)
+            # This checkout's code, whichever checkout the virtualenv was installed from.
+            run = f'exec env PYTHONPATH={ROOT} {VENV_BIN}/{name} "$@"'
+            box.write(f"/usr/local/bin/{name}", f"#!/bin/sh\n{run}\n", 0o755)
         # The DynamicUser= account must reach the interpreter and the checkout (a pyenv
         # Python under /root, say): open the way in the container's overlay only.
         for target in (Path(os.path.realpath(sys.executable)), ROOT / "swarmd"):

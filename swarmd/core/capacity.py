@@ -58,6 +58,7 @@ class PeerCapacity:
     models: tuple[ModelOffer, ...]
     speed: float = 1.0  # declared relative speed for shell/python work (> 0)
     queue_max: int | None = None  # shell/python it holds beyond slots; None: max_queue
+    sleeping: bool = False  # it said its machine suspends (then it is not alive either)
 
 
 # ---------------------------------------------------------------- from gossip
@@ -153,6 +154,7 @@ def peer_from_gossip(
         cost_per_hour=max(0.0, _float(values.get("cost_per_hour"))),
         models=offers,
         speed=speed if speed > 0.0 else 1.0,
+        sleeping=values.get("sleeping") is True,
     )
 
 

@@ -10,6 +10,10 @@ A peer whose phi crosses the threshold becomes *suspect*; if no heartbeat arrive
 for ``suspicion_s`` more it is *dead*. A heartbeat from a suspect or dead peer makes
 it alive again. Time is always passed in.
 
+A peer that announced it is going to sleep (a laptop suspending) is *sleeping*
+(:meth:`mark_sleeping`): like a dead or left peer it rests and is not judged, but it is
+expected back; only :meth:`revive` (its gossip says it woke) makes it alive again.
+
 With ``watch_all=False`` phi is judged only for the peers passed to :meth:`watch` (the
 gossip core watches a few ring neighbours); the others change state only when told
 (:meth:`suspect`, :meth:`mark_dead`, :meth:`revive`), and a suspect still turns dead
@@ -31,6 +35,7 @@ class Liveness(StrEnum):
     SUSPECT = "suspect"
     DEAD = "dead"
     LEFT = "left"
+    SLEEPING = "sleeping"
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +106,7 @@ _ALIVE: Final = Liveness.ALIVE
 _SUSPECT: Final = Liveness.SUSPECT
 _DEAD: Final = Liveness.DEAD
 _LEFT: Final = Liveness.LEFT
+_SLEEPING: Final = Liveness.SLEEPING
 
 
 @dataclass(slots=True)
@@ -117,7 +123,7 @@ class FailureDetector:
     _peers: dict[str, _Peer] = field(default_factory=dict)
     _watched: dict[str, None] = field(default_factory=dict)  # dicts: a stable order
     _suspects: dict[str, None] = field(default_factory=dict)
-    # dead or left peers, in the order they became so (for forgetting them)
+    # dead, left or sleeping peers, in the order they became so (for forgetting them)
     _resting: dict[str, None] = field(default_factory=dict)
 
     def _enter(self, node_id: str, peer: _Peer, state: Liveness, since: float) -> Liveness:
@@ -128,7 +134,7 @@ class FailureDetector:
             self._suspects[node_id] = None
         else:
             self._suspects.pop(node_id, None)
-        if state is _DEAD or state is _LEFT:
+        if state is _DEAD or state is _LEFT or state is _SLEEPING:
             self._resting.pop(node_id, None)
             self._resting[node_id] = None
         else:
@@ -140,7 +146,7 @@ class FailureDetector:
         return list(self._watched)
 
     def resting(self) -> list[str]:
-        """Dead and left peers, longest resting first."""
+        """Dead, left and sleeping peers, longest resting first."""
         return list(self._resting)
 
     def watch(self, node_id: str, now: float, last: float | None = None) -> None:
@@ -168,14 +174,25 @@ class FailureDetector:
 
     def mark_dead(self, node_id: str, now: float) -> Liveness | None:
         peer = self._peers.get(node_id)
-        if peer is None or peer.state is _DEAD or peer.state is _LEFT:
+        if peer is None or peer.state is _DEAD or peer.state is _LEFT or peer.state is _SLEEPING:
             return None
         return self._enter(node_id, peer, _DEAD, now)
 
-    def revive(self, node_id: str, now: float) -> Liveness | None:
-        """Evidence of life beyond a suspicion: alive again with a fresh history."""
+    def mark_sleeping(self, node_id: str, now: float) -> Liveness | None:
+        """It said it is going to sleep: resting, not judged, expected back. The
+        previous state if it changed (a dead peer whose announcement came late too)."""
         peer = self._peers.get(node_id)
-        if peer is None or (peer.state is not _SUSPECT and peer.state is not _DEAD):
+        if peer is None:
+            peer = self._peers[node_id] = _Peer(_History(now, deque()), _ALIVE, now)
+        elif peer.state is _SLEEPING or peer.state is _LEFT:
+            return None
+        return self._enter(node_id, peer, _SLEEPING, now)
+
+    def revive(self, node_id: str, now: float) -> Liveness | None:
+        """Evidence of life beyond a suspicion (or a sleeping peer's word that it woke):
+        alive again with a fresh history."""
+        peer = self._peers.get(node_id)
+        if peer is None or peer.state is _ALIVE or peer.state is _LEFT:
             return None
         peer.history = _History(now, deque())
         return self._enter(node_id, peer, _ALIVE, now)
@@ -187,8 +204,8 @@ class FailureDetector:
             self._peers[node_id] = _Peer(_History(now, deque()), _ALIVE, now)
             return None
         state = peer.state
-        if state is _LEFT:
-            return None
+        if state is _LEFT or state is _SLEEPING:
+            return None  # a sleeping peer wakes by saying so (revive), not by beating
         if state is _DEAD:
             # A fresh start: the silence of the outage is not a normal interval.
             peer.history = _History(now, deque())

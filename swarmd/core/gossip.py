@@ -14,9 +14,10 @@ rotation; B adds its own entries where A's are newer so A's Ack can carry them.
 Liveness is not gossiped as every heartbeat to everyone: each node's ``watchers``
 ring neighbours (:mod:`.roster`) judge it with the accrual detector, and the rest of
 the cluster takes their claims ("suspect as of heartbeat h"), refuted by anyone who
-has seen it beat past h. A node's own ``status = left`` makes it left at once. Dead
-and left nodes are forgotten after a while and tombstoned so gossip cannot bring
-their old generation back.
+has seen it beat past h. A node's own ``status = left`` makes it left at once, and its
+own ``sleeping = true`` sleeping at once (until it says ``sleeping = false``). Dead,
+left and sleeping nodes are forgotten after a while and tombstoned so gossip cannot
+bring their old generation back.
 
 Sans-I/O: no sockets, no clock, no global randomness. Time and an RNG are arguments,
 outgoing messages and membership events are return values.
@@ -55,6 +56,7 @@ from .gossip_types import (
     _valid_value,
     keeps_identity,
 )
+from .gossip_view import GossipView
 from .membership import ClusterState, NodeState
 from .roster import Roster
 from .rumors import Belief, Beliefs
@@ -77,9 +79,10 @@ _ALIVE = Liveness.ALIVE
 _SUSPECT = Liveness.SUSPECT
 _DEAD = Liveness.DEAD
 _LEFT = Liveness.LEFT
+_SLEEPING = Liveness.SLEEPING
 
 
-class Gossip:
+class Gossip(GossipView):
     def __init__(
         self,
         *,
@@ -181,11 +184,30 @@ class Gossip:
     def leave(self, now: float) -> list[Send]:
         """Announce ``left`` to every live peer at once (graceful shutdown)."""
         self.own.set("status", "left")
+        return self._announce(now, self._live_addrs())
+
+    def sleep(self, now: float) -> list[Send]:
+        """Announce ``sleeping`` to every live peer at once (the machine suspends next):
+        they show this node sleeping, not dead, and place nothing on it."""
+        self.set("sleeping", True)
+        return self._announce(now, self._live_addrs())
+
+    def wake(self, now: float) -> list[Send]:
+        """Announce that this node is awake to every member it knows, whatever it thought
+        of them before the sleep (they answer with what changed meanwhile)."""
+        self.set("sleeping", False)
+        addrs = {a for n in self.state if n is not self.own and isinstance(a := n.get("addr"), str)}
+        return self._announce(now, sorted(addrs))
+
+    def _live_addrs(self) -> list[str]:
+        addrs = self.roster.addrs
+        return [addrs[i] for i in self.roster.live.items]
+
+    def _announce(self, now: float, addrs: list[str]) -> list[Send]:
         self.own.heartbeat += 1
         digest, complete = self._digest()
         news = self._news(now)
-        addrs = self.roster.addrs
-        return [self._syn(addrs[i], digest, complete, news, now) for i in self.roster.live.items]
+        return [self._syn(addr, digest, complete, news, now) for addr in addrs]
 
     def crashed(self, node_id: str, generation: int, now: float) -> bool:
         """The transport lost its link to the node and probes found nothing listening at
@@ -386,8 +408,8 @@ class Gossip:
                 continue
             node = self.state.nodes.get(claim.id)
             liveness = self.detector.state(claim.id)
-            if node is None or liveness is None or liveness is _LEFT:
-                continue
+            if node is None or liveness is None or liveness is _LEFT or liveness is _SLEEPING:
+                continue  # gone for good, or asleep by its own word: not a matter of claims
             action = self.beliefs.judge(claim, node.generation, node.heartbeat)
             if action == "alive":
                 if self._quarantined(claim.id, claim.gen, claim.hb, now):
@@ -453,7 +475,23 @@ class Gossip:
                 previous = self.detector.state(nd.id)
                 if self.detector.mark_left(nd.id, now):
                     self._changed(nd.id, previous, Liveness.LEFT)
+            else:
+                self._sleeping(nd.id, node.get("sleeping") is True, now)
             self._place(nd.id)
+
+    def _sleeping(self, node_id: str, says_sleeping: bool, now: float) -> None:
+        """A node's own word decides whether it sleeps: ``sleeping`` makes it sleeping
+        whatever its heartbeats did (alive, suspect, or already dead because the word
+        came late); ``sleeping = false`` after that makes it alive again."""
+        liveness = self.detector.state(node_id)
+        if says_sleeping and liveness is not _SLEEPING:
+            old = self.detector.mark_sleeping(node_id, now)
+            if old is not None:
+                self.beliefs.forget(node_id)
+                self._changed(node_id, old, _SLEEPING)
+        elif not says_sleeping and liveness is _SLEEPING:
+            self._advanced[node_id] = now
+            self._revive(node_id, now)
 
     def _valid(self, nd: NodeDelta) -> NodeDelta:
         good: list[KV] = []
@@ -504,37 +542,5 @@ class Gossip:
         alive = liveness is _ALIVE
         # Left nodes are probed like dead ones: one that restarts at its address with
         # nobody to dial (no seeds, no mDNS) is found there, not after forget_after.
-        resting = liveness is _DEAD or liveness is _LEFT
+        resting = liveness is _DEAD or liveness is _LEFT or liveness is _SLEEPING
         self.roster.update(node_id, addr, alive or liveness is _SUSPECT, alive, resting)
-
-    # ------------------------------------------------------------ the view
-
-    def node_at(self, addr: str) -> str | None:
-        """The node known to listen at ``addr``, if any."""
-        return self._known_addrs.get(addr)
-
-    def liveness(self, node_id: str) -> Liveness | None:
-        if node_id == self.me.id:
-            return Liveness.LEFT if self.own.get("status") == "left" else Liveness.ALIVE
-        return self.detector.state(node_id)
-
-    def members(self, now: float) -> list[Member]:
-        out: list[Member] = []
-        for node in self.state:
-            liveness = self.liveness(node.node_id)
-            if liveness is None:
-                continue
-            if node is self.own:
-                out.append(Member(node, liveness, True, None, 0.0))
-                continue
-            last = self.detector.last_heartbeat(node.node_id)
-            out.append(
-                Member(
-                    node,
-                    liveness,
-                    False,
-                    self._rtt.get(node.node_id),
-                    None if last is None else max(0.0, now - last),
-                )
-            )
-        return out

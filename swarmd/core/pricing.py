@@ -8,7 +8,8 @@ be shown by ``swarmctl explain``.
 Feasibility — a peer is a candidate only if all of these hold; every failed check is
 written into the candidate's ``why_not`` (several joined with ``"; "``):
 
-* it is alive (suspect, dead and left peers are not candidates) and not draining;
+* it is alive (suspect, dead, left and sleeping peers are not candidates; the reason
+  says ``sleeping`` for a node whose machine suspended) and not draining;
 * it is not on battery with ``battery_policy == "pause"``;
 * it is the pinned node, when the demand pins one (by name or by id);
 * it is not in ``exclude`` (peers that refused or failed this subtask already);
@@ -349,7 +350,7 @@ def _barred(demand: Demand, peer: PeerCapacity, exclude: frozenset[str]) -> list
     memory."""
     why: list[str] = []
     if not peer.alive:
-        why.append("not alive")
+        why.append("sleeping" if peer.sleeping else "not alive")
     if peer.node_id in exclude:
         why.append("excluded: refused earlier")
     if demand.node is not None and demand.node not in (peer.name, peer.node_id):
