@@ -31,6 +31,9 @@ class PeerView(Struct):
     models: list[dict[str, Any]]
     battery: dict[str, Any] | None = None
     refusing: str | None = None  # why it takes no new work besides draining (disk full)
+    power: dict[str, Any] | None = None  # {on_ac, battery_percent}; null: not said
+    paused: str | None = None  # battery | user-active | draining | disk-full, or null
+    pause_detail: str | None = None  # the reason in full, e.g. "battery 22 % < 30 %"
 
 
 class PeersReply(Message, tag="peers_reply"):

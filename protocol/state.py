@@ -26,6 +26,17 @@ class Battery(Struct):
     plugged: bool
 
 
+class Power(Struct):
+    """What a node runs on (gossip key ``power``): both null means no battery (mains)."""
+
+    on_ac: bool | None = None
+    battery_percent: Annotated[float, Meta(ge=0, le=100)] | None = None
+
+
+# Why a node takes no new work now (gossip key ``paused``; null: it takes work).
+PausedReason = Literal["battery", "user-active", "draining", "disk-full"]
+
+
 class Gpu(Struct):
     name: Name
     vram_total: Bytes
@@ -98,7 +109,10 @@ STATE_SCHEMAS: dict[str, Any] = {
     "busy": Count,  # of which in use
     "allow_shell": bool,
     "cost_per_hour": Annotated[float, Meta(ge=0)],
-    "on_battery": Literal["pause", "run"],
+    "on_battery": Literal["pause", "run"],  # older nodes; newer ones gossip paused
+    "power": Power,  # its battery, refreshed every few seconds
+    "paused": PausedReason | None,  # why it takes no new work, null when it takes some
+    "pause_detail": Text | None,  # the reason said in full: "battery 22 % < 30 %"
     "speed": Annotated[float, Meta(gt=0, le=1000)],  # [hardware] speed, for shell/python
     "spend": Spend,  # today's llm spend per client key it coordinated (budgets)
     "revoked": Revoked,  # the node ids shut out of the cluster, as this node knows them

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -144,9 +145,33 @@ def _ago(seconds: float | None) -> str:
     return f"{seconds * 1000:.0f}ms" if seconds < 1 else f"{seconds:.1f}s"
 
 
+def power_cell(power: dict[str, Any] | None) -> str:
+    """What a node runs on: "🔌" on AC, "🔋 54 %" on battery, "-" no battery or unknown."""
+    if not power or (power.get("on_ac") is None and power.get("battery_percent") is None):
+        return "-"
+    percent = power.get("battery_percent")
+    level = "" if percent is None else f" {percent:.0f} %"
+    return "🔌" if power.get("on_ac") else f"🔋{level}"
+
+
+def _width(text: str) -> int:
+    """Columns on a terminal: wide characters (the 🔌 and 🔋) take two."""
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def _pad(text: str, width: int) -> str:
+    return text + " " * (width - _width(text))
+
+
+def _state(p: PeerView) -> str:
+    if p.paused is not None:
+        return f"{p.state} (paused: {p.paused})"
+    return p.state + (" (refusing)" if p.refusing else " (draining)" if p.draining else "")
+
+
 def peers_table(peers: list[PeerView]) -> str:
     headers = ["NAME", "ID", "STATE", "ADDRESS", "CPU", "RAM", "GPU (free/total)", "MODELS", "RTT"]
-    headers.append("SEEN")
+    headers += ["SEEN", "POWER"]
     rows = []
     for p in peers:
         cores, load = p.cpu.get("cores"), p.cpu.get("load")
@@ -162,21 +187,24 @@ def peers_table(peers: list[PeerView]) -> str:
             + (f" {m['latency_ms']:.0f}ms" if m.get("latency_ms") is not None else "")
             for m in p.models
         )
-        state = p.state + (" (refusing)" if p.refusing else " (draining)" if p.draining else "")
         rtt = "-" if p.rtt_ms is None else f"{p.rtt_ms:.1f}ms"
         name = p.name + (" *" if p.is_self else "")
         seen = "-" if p.is_self else _ago(p.last_seen_s)
-        rows.append([name, p.id[:8], state, p.address, cpu, ram, gpus or "-", models or "-"])
-        rows[-1] += [rtt, seen]
-    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    head = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
+        rows.append([name, p.id[:8], _state(p), p.address, cpu, ram, gpus or "-", models or "-"])
+        rows[-1] += [rtt, seen, power_cell(p.power)]
+    widths = [max(_width(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    lines = ["  ".join(_pad(str(c), w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    head = "  ".join(_pad(h, w) for h, w in zip(headers, widths, strict=True))
     alive = sum(p.state == "alive" for p in peers)
     asleep = sum(p.state == "sleeping" for p in peers)
     counts = f"{alive} alive" + (f", {asleep} sleeping" if asleep else "")
     footer = f"{len(peers)} node(s), {counts}.  * this node; GPU* declared, not measured"
-    refusing = [f"{p.name} takes no new work: {p.refusing}" for p in peers if p.refusing]
-    return "\n".join([head.rstrip(), *(line.rstrip() for line in lines), footer, *refusing])
+    held = [
+        f"{p.name} takes no new work: {p.refusing or p.pause_detail or p.paused}"
+        for p in peers
+        if p.refusing or (p.paused is not None and p.paused != "draining")
+    ]
+    return "\n".join([head.rstrip(), *(line.rstrip() for line in lines), footer, *held])
 
 
 @main.command()

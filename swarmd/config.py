@@ -26,12 +26,14 @@ from .config_models import (
     _probe,
     is_loopback_url,
 )
+from .config_power import presence_values
 from .config_table import ConfigError
 from .config_table import Table as _Table
 from .core.budget import Budget
 from .core.crash import CrashConfig
 from .core.failure import DetectorConfig
 from .core.gossip import GossipConfig
+from .core.presence import Power, PresencePolicy
 from .core.retention import DAY_S, Retention
 from .core.units import parse_duration, parse_size
 from .hardware import DeclaredGpu
@@ -58,7 +60,8 @@ class Config:
     max_queue: int | None = None  # shell/python attempts held beyond the slots; None: slots
     allow_shell: bool = True
     cost_per_hour: float = 0.0
-    on_battery: str = "pause"
+    presence: PresencePolicy = field(default_factory=PresencePolicy)  # on_battery, user
+    battery_override: Power | None = None  # [node] battery_override: a test hook
     hardware_interval_s: float = 5.0
     metrics_port: int | None = None  # /metrics and /healthz over HTTP; off unless set
     metrics_bind: str = "127.0.0.1"
@@ -87,6 +90,11 @@ class Config:
     @property
     def control_path(self) -> Path:
         return self.state_dir / "control.sock"
+
+    @property
+    def on_battery(self) -> str:
+        """``[node] on_battery`` as written back: run, pause or below:N."""
+        return str(self.presence.on_battery)
 
 
 def _default_name() -> str:
@@ -196,7 +204,6 @@ def _node_values(top: _Table, label: str) -> dict[str, Any]:
         ("max_queue", int),
         ("allow_shell", bool),
         ("cost_per_hour", (int, float)),
-        ("on_battery", str),
         ("state_dir", str),
         ("metrics_port", int),
         ("metrics_bind", str),
@@ -211,6 +218,7 @@ def _node_values(top: _Table, label: str) -> dict[str, Any]:
         values["drain_grace_s"] = grace
     if (max_artifacts := node.convert("max_artifacts", parse_size)) is not None:
         values["max_artifact_bytes"] = max_artifacts
+    values.update(presence_values(node))
     if (join := node.get("join", list)) is not None:
         if not all(isinstance(seed, str) for seed in join):
             raise ConfigError(f'{node.where} join: expected a list of "HOST:PORT" strings')
@@ -328,8 +336,6 @@ def _validate(cfg: Config) -> None:
             split_host_port(cfg.advertise)
         except ValueError as exc:
             raise ConfigError(f"advertise: {exc}") from None
-    if cfg.on_battery not in ("pause", "run"):
-        raise ConfigError(f"on_battery {cfg.on_battery!r}: expected pause or run")
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level {cfg.log_level!r}: expected debug, info, warning or error")
     ports = (

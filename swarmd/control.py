@@ -153,7 +153,18 @@ def peer_view(member: Member) -> PeerView:
         models=models,
         battery=msgspec.to_builtins(hw.battery) if hw and hw.battery else None,
         refusing=node.get("refusing") if isinstance(node.get("refusing"), str) else None,
+        **_presence(node.get("power"), node.get("paused"), node.get("pause_detail")),
     )
+
+
+def _presence(power: Any, paused: Any, detail: Any) -> dict[str, Any]:
+    """``power``, ``paused`` and ``pause_detail`` of a peers row (validated on receipt;
+    absent for a node that does not gossip them)."""
+    return {
+        "power": power if isinstance(power, dict) else None,
+        "paused": paused if isinstance(paused, str) else None,
+        "pause_detail": detail if isinstance(detail, str) else None,
+    }
 
 
 def peers(members: list[Member]) -> list[PeerView]:

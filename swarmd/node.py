@@ -49,6 +49,8 @@ from .membership import Membership
 from .model_probe import ModelProbe
 from .own_state import OwnState
 from .peer_view import PricingView, peer_facts
+from .presence import Presence
+from .presence import build as build_presence
 from .routing import Router
 from .sleep import Sleep
 from .statedir import LocalIdentity, StartupError
@@ -94,6 +96,7 @@ class Node:
         # Built at start, in this order; None until then (or if start failed before).
         self.identity: LocalIdentity | None = None
         self.own: OwnState | None = None
+        self.presence: Presence | None = None  # battery and user activity (swarmd.presence)
         self.membership: Membership | None = None
         self.store: Store | None = None
         self.coordination: Coordination | None = None
@@ -159,7 +162,10 @@ class Node:
             cfg, HardwareProbe(cfg.gpus, log=self.log.getChild("hardware")), self.log
         )
         await own.measure_hardware()
+        self.presence = build_presence(cfg, own, self.log.getChild("presence"))
+        self.presence.apply(await self.presence.read())  # paused from the first gossip on
         membership, coordination, worker = wiring.build(self, ident, own)
+        self._publish_availability()  # a node that starts paused takes no work
         coordination.restore()
         try:
             self.transport = await self._open_transport(
@@ -201,6 +207,8 @@ class Node:
         spawn = self.lifecycle.spawn
         spawn(membership.loop(self._publish_load, self._keep_links))
         spawn(own.hardware_loop(membership.set))
+        if self.presence is not None:
+            spawn(self.presence.loop(membership.set, self._publish_availability))
         spawn(membership.watchdog())
         spawn(sdnotify.supervise(self._sd_status, membership.healthy))
         spawn(coordination.loop())
@@ -438,14 +446,17 @@ class Node:
             self._publish_availability()
 
     def _publish_availability(self) -> None:
-        """The worker takes no new work while drained or refusing; peers are told."""
+        """The worker takes no new work while drained, refusing, paused by the power
+        and presence policy or sleeping; peers are told why (``paused``)."""
         own, worker, membership = self.own, self.worker, self.membership
         if own is None or worker is None or membership is None:
             return
-        draining = own.draining or own.refusing is not None
-        worker.draining = draining or own.sleeping
-        membership.set("draining", draining)
+        paused, detail = own.paused()
+        worker.draining = paused is not None or own.sleeping
+        membership.set("draining", own.draining or own.refusing is not None)
         membership.set("refusing", own.refusing)
+        membership.set("paused", paused)
+        membership.set("pause_detail", detail)
 
     def join_token(self, request: JoinTokenRequest) -> ControlReply:
         assert self.enrollment is not None
@@ -466,6 +477,8 @@ class Node:
             out["journal_writes"] = self.coordination.journal_writes
         if self.usage is not None:
             out.update({f"usage_{k}": v for k, v in self.usage.book.counters.items()})
+        if self.presence is not None:
+            out.update({f"presence_{k}": v for k, v in self.presence.counters().items()})
         if self.store is not None:
             out["store_transactions"] = self.store.transactions
             out.update(self.health.stats(self.store, self.journal_moved))

@@ -1,6 +1,7 @@
 """What this node gossips about itself: its hardware, its model endpoints (configured
 and found on local servers, with what was measured of the requests they served and
-those running now), its policy (slots, shell, cost) and whether it is draining.
+those running now), its policy (slots, shell, cost), whether it is draining, what it runs
+on (``power``) and why it takes no new work (``paused``, :mod:`swarmd.presence`).
 
 :meth:`OwnState.values` is the full set, published when the gossip state is (re)built;
 the probe loops re-measure hardware and model endpoints and publish what changed, and
@@ -20,6 +21,7 @@ import msgspec
 from protocol.messages import Hardware, ModelProfile
 
 from .config import Config, ModelConfig
+from .core.presence import Decision, PausedReason, Power, paused_reason
 from .core.throughput import HERE, ThroughputTracker
 from .hardware import HardwareProbe
 
@@ -50,6 +52,8 @@ class OwnState:
         self.draining = False  # swarmctl drain, or SIGTERM: no new work
         self.refusing: str | None = None  # why no new work besides (the disk is full)
         self.sleeping = False  # the machine suspends (swarmd/sleep.py): no new work
+        self.power: Power | None = None  # as last gossiped (swarmd.presence); None: unread
+        self.presence = Decision()  # what the power/presence policy says now
         self.probed: tuple[ModelConfig, ...] = ()  # found on local servers (model_probe)
         self.serving: Serving | None = None  # the worker, once built
 
@@ -64,9 +68,14 @@ class OwnState:
             return None, None
         return hw.memory.total, max((g.vram_total for g in hw.gpus), default=0)
 
+    def paused(self) -> tuple[PausedReason | None, str | None]:
+        """Why this node takes no new work now (and the reason in full), or None."""
+        return paused_reason(self.draining, self.refusing, self.presence)
+
     def values(self) -> dict[str, Any]:
         """Every key-value this node publishes about itself, as of now."""
         cfg = self.config
+        paused, detail = self.paused()
         return {
             "name": cfg.name,
             "hw": msgspec.to_builtins(self.hardware),
@@ -79,7 +88,9 @@ class OwnState:
             "busy": 0,
             "allow_shell": cfg.allow_shell,
             "cost_per_hour": float(cfg.cost_per_hour),
-            "on_battery": cfg.on_battery,
+            "power": None if self.power is None else msgspec.to_builtins(self.power),
+            "paused": paused,
+            "pause_detail": detail,
             "speed": float(cfg.speed),
         }
 

@@ -49,6 +49,8 @@ PEER_FIELDS = {
     "memory",
     "gpus",
     "models",
+    "power",
+    "paused",
 }
 CPU_FIELDS = {"cores", "load"}
 MEMORY_FIELDS = {"total", "available"}
@@ -56,7 +58,7 @@ GPU_FIELDS = {"name", "vram_total", "vram_free", "source"}
 MODEL_FIELDS = {"name", "model", "endpoint", "capabilities", "latency_ms"}
 # What the implementation adds on top of the contract ("extend it freely"); listed here
 # so that a change to the row shape is a deliberate one.
-PEER_EXTRAS = {"battery", "refusing"}
+PEER_EXTRAS = {"battery", "refusing", "pause_detail"}
 CPU_EXTRAS = {"model"}
 GPU_EXTRAS = {"utilization", "temperature"}
 MODEL_EXTRAS = {"max_concurrency", "cost_per_mtok", "ttft_ms", "tokens_per_s", "in_flight"}
@@ -138,10 +140,15 @@ def net() -> Net:
     desk.set("hw", msgspec.to_builtins(DESK_HW))
     desk.set("models", msgspec.to_builtins(DESK_MODELS))
     desk.set("draining", False)
+    desk.set("power", {"on_ac": None, "battery_percent": None})  # no battery: mains
+    desk.set("paused", None)
     laptop.set("name", "laptop")
     laptop.set("hw", msgspec.to_builtins(LAPTOP_HW))
     laptop.set("models", [])
     laptop.set("draining", True)
+    laptop.set("power", {"on_ac": False, "battery_percent": 55.0})
+    laptop.set("paused", "draining")  # draining comes before its battery
+    laptop.set("pause_detail", "draining")
     for i in range(4):
         n.round(1.0 + i * 0.2)
     return n
@@ -239,6 +246,9 @@ def test_two_nodes_see_each_other_with_the_contract_fields(net: Net) -> None:
         ],
         "battery": None,
         "refusing": None,
+        "power": {"on_ac": None, "battery_percent": None},
+        "paused": None,
+        "pause_detail": None,
     }
     assert other["id"] == "1a2b3c4d5e6f7081"
     assert other["address"] == "192.168.1.21:7946"
@@ -250,6 +260,8 @@ def test_two_nodes_see_each_other_with_the_contract_fields(net: Net) -> None:
     assert other["memory"] == {"total": 16 * GiB, "available": 3 * GiB}
     assert other["gpus"] == [] and other["models"] == []
     assert other["battery"] == {"percent": 55.0, "plugged": False}
+    assert other["power"] == {"on_ac": False, "battery_percent": 55.0}
+    assert other["paused"] == "draining" and other["pause_detail"] == "draining"
     assert other["last_seen_s"] is not None and other["last_seen_s"] >= 0
 
     seen_by_laptop = rows(laptop)

@@ -595,8 +595,22 @@ def test_state_schemas_cover_the_keys_a_node_publishes() -> None:
     assert set(STATE_SCHEMAS) == {
         *("name", "addr", "status", "hw", "models", "draining", "queue"),
         *("slots", "busy", "allow_shell", "cost_per_hour", "on_battery", "speed", "queue_max"),
-        *("revoked", "refusing", "spend", "sleeping"),
+        *("revoked", "refusing", "spend", "sleeping", "power", "paused", "pause_detail"),
     }
+
+
+def test_power_and_paused_state_values_are_checked() -> None:
+    power = validate_state_value("power", {"on_ac": False, "battery_percent": 22.0})
+    assert (power.on_ac, power.battery_percent) == (False, 22.0)
+    assert validate_state_value("power", {}).on_ac is None  # no battery: mains
+    for bad in ({"battery_percent": 101}, {"battery_percent": -1}, {"on_ac": "yes"}, None):
+        with pytest.raises(msgspec.ValidationError):
+            validate_state_value("power", bad)
+    for reason in ("battery", "user-active", "draining", "disk-full", None):
+        assert validate_state_value("paused", reason) == reason
+    for bad_reason in ("asleep", 1, ""):
+        with pytest.raises(msgspec.ValidationError):
+            validate_state_value("paused", bad_reason)
 
 
 def test_spend_state_value_is_bounded_and_checked() -> None:

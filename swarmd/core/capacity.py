@@ -59,6 +59,9 @@ class PeerCapacity:
     speed: float = 1.0  # declared relative speed for shell/python work (> 0)
     queue_max: int | None = None  # shell/python it holds beyond slots; None: max_queue
     sleeping: bool = False  # it said its machine suspends (then it is not alive either)
+    # Why its own power/presence policy holds new work (e.g. "battery 22 % < 30 %"):
+    # gossiped ``pause_detail`` while ``paused`` is battery or user-active; else None.
+    paused: str | None = None
 
 
 # ---------------------------------------------------------------- from gossip
@@ -119,6 +122,9 @@ def peer_from_gossip(
     worker's own limit; absent: ``PricingConfig.max_queue``), ``on_battery`` (the
     battery policy, "pause") and ``speed`` (the declared relative speed, 1.0; anything
     not a finite number > 0 reads as 1.0). Malformed parts read as absent.
+    ``paused`` with ``pause_detail`` (a node that decides its own power policy: on
+    battery or with its user active it says so; ``on_battery`` is then not consulted,
+    only a node that gossips no ``paused`` is held by the ``on_battery`` rule).
     ``model_in_flight`` maps a profile name to this coordinator's requests running
     there; the gossiped ``in_flight`` (per coordinating node) adds the other
     coordinators' (all but ``coordinator_id``).
@@ -132,6 +138,7 @@ def peer_from_gossip(
     cores = max(0, _int(cpu.get("cores")))
     offers = _offers(values.get("models"), model_in_flight or {}, coordinator_id)
     policy = values.get("on_battery")
+    decides = "paused" in values  # it applies its own policy and says why it holds
     name = values.get("name")
     speed = _float(values.get("speed"), 1.0)
     return PeerCapacity(
@@ -140,7 +147,7 @@ def peer_from_gossip(
         alive=alive,
         draining=values.get("draining") is True,
         on_battery=on_battery,
-        battery_policy="run" if policy == "run" else "pause",
+        battery_policy="run" if decides or policy == "run" else "pause",
         cores=cores,
         load=max(0.0, _float(cpu.get("load"))),
         ram_available=max(0, _int(memory.get("available"))),
@@ -155,7 +162,18 @@ def peer_from_gossip(
         models=offers,
         speed=speed if speed > 0.0 else 1.0,
         sleeping=values.get("sleeping") is True,
+        paused=_policy_pause(values) if decides else None,
     )
+
+
+def _policy_pause(values: Mapping[str, Any]) -> str | None:
+    """The gossiped detail while the node's own policy pauses it (battery, user-active);
+    draining and a full disk are read from ``draining``."""
+    reason = values.get("paused")
+    if reason not in ("battery", "user-active"):
+        return None
+    detail = values.get("pause_detail")
+    return detail if isinstance(detail, str) and detail else str(reason)
 
 
 def _offers(

@@ -10,7 +10,10 @@ written into the candidate's ``why_not`` (several joined with ``"; "``):
 
 * it is alive (suspect, dead, left and sleeping peers are not candidates; the reason
   says ``sleeping`` for a node whose machine suspended) and not draining;
-* it is not on battery with ``battery_policy == "pause"``;
+* it is not paused by its own power/presence policy (``paused``: on battery under its
+  ``on_battery`` threshold, or its user active with ``when_user_active = "pause"``;
+  ``why_not`` says ``paused: DETAIL``, e.g. ``paused: battery 22 % < 30 %``), nor, for
+  a node that gossips no ``paused``, on battery with ``battery_policy == "pause"``;
 * it is the pinned node, when the demand pins one (by name or by id);
 * it is not in ``exclude`` (peers that refused or failed this subtask already);
 * some single GPU has ``min_vram`` free, and ``ram_available >= min_ram``;
@@ -357,6 +360,8 @@ def _barred(demand: Demand, peer: PeerCapacity, exclude: frozenset[str]) -> list
         why.append(f'pinned to node "{demand.node}"')
     if peer.draining:
         why.append("draining")
+    if peer.paused is not None:
+        why.append(f"paused: {peer.paused}")
     if peer.on_battery and peer.battery_policy == "pause":
         why.append("on battery (policy pause)")
     if demand.min_vram > 0:
