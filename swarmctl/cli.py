@@ -164,9 +164,11 @@ def _pad(text: str, width: int) -> str:
 
 
 def _state(p: PeerView) -> str:
-    if p.paused is not None:
-        return f"{p.state} (paused: {p.paused})"
-    return p.state + (" (refusing)" if p.refusing else " (draining)" if p.draining else "")
+    """The state, and why it takes no new work: refusing (its disk), draining, or
+    paused by its power and presence policy (battery, user-active)."""
+    if p.refusing or p.draining:
+        return p.state + (" (refusing)" if p.refusing else " (draining)")
+    return p.state + (f" (paused: {p.paused})" if p.paused else "")
 
 
 def peers_table(peers: list[PeerView]) -> str:

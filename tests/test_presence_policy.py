@@ -99,7 +99,6 @@ def test_config_defaults_and_values(tmp_path: Path) -> None:
     cfg = load(None, {}, state_dir=tmp_path)
     assert cfg.presence == PresencePolicy(BatteryRule("below", 30.0), "run", 120.0)
     assert cfg.on_battery == "below:30" and cfg.battery_override is None
-    cfg = load(None, {}, state_dir=tmp_path)
     path = tmp_path / "swarmd.toml"
     path.write_text(
         '[node]\non_battery = "below:15"\nwhen_user_active = "nice"\nuser_idle = "30s"\n'
