@@ -31,6 +31,7 @@ from prometheus_client.registry import Collector
 from . import __version__
 from .core.failure import Liveness
 from .core.gossip import Member
+from .core.presence import PAUSE_REASONS
 from .core.tasks import SubtaskState, TaskState
 from .usage import UsageCollector
 from .work import Coordination
@@ -72,6 +73,7 @@ class MetricsNode(Protocol):
     coordination: Coordination
     worker: Worker
     draining: bool
+    paused: str | None  # battery | user-active | draining | disk-full
 
     @property
     def node_id(self) -> str: ...
@@ -101,6 +103,14 @@ class NodeCollector(Collector):
         yield GaugeMetricFamily(
             "swarmd_draining", "1 while this node takes no new work.", value=int(node.draining)
         )
+        paused = GaugeMetricFamily(
+            "swarmd_paused",
+            "1 for the reason this node takes no new work now (none: all 0).",
+            labels=["reason"],
+        )
+        for reason in PAUSE_REASONS:
+            paused.add_metric([reason], int(node.paused == reason))
+        yield paused
         members = node.members()
         peers = GaugeMetricFamily(
             "swarmd_peers", "Known nodes by state, this one included.", labels=["state"]

@@ -390,6 +390,11 @@ class Node:
         return self.own is not None and self.own.draining
 
     @property
+    def paused(self) -> str | None:
+        """Why this node takes no new work now (swarmd.core.presence), or None."""
+        return None if self.own is None else self.own.paused()[0]
+
+    @property
     def hardware(self) -> Hardware | None:
         return None if self.own is None else self.own.hardware
 

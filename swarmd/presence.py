@@ -4,15 +4,19 @@ user's activity (logind, else input interrupts), ask the policy
 pause or resume new work (the node's ``paused``), renice running work.
 
 The readings come from functions (``power``, ``idle``) so tests inject their own;
-``[node] battery_override`` replaces psutil's battery (a test and demo hook), and with
-``when_user_active = "run"`` the user's activity is not read at all.
+``[node] battery_override`` replaces psutil's battery (a test and demo hook),
+``$SWARMD_TEST_INPUT_INTERRUPTS`` names a file in the format of ``/proc/interrupts`` read
+instead of logind and ``/proc/interrupts`` (a test hook: a test writes input into it),
+and with ``when_user_active = "run"`` the user's activity is not read at all.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -27,6 +31,7 @@ from .user_activity import UserActivity
 __all__ = ["PRESENCE_INTERVAL_S", "Presence", "build"]
 
 PRESENCE_INTERVAL_S = 2.0
+TEST_INTERRUPTS_ENV = "SWARMD_TEST_INPUT_INTERRUPTS"
 READ_TIMEOUT_S = 10.0
 
 Publish = Callable[[str, Any], object]
@@ -86,7 +91,7 @@ class Presence:
             if decision.paused is not None:
                 self.log.info("paused: %s: no new work; running work finishes", decision.detail)
             else:
-                self.log.info("resumed: taking work (%s is over)", before.detail)
+                self.log.info("resumed: taking work (was paused: %s)", before.detail)
         if (decision.paused, decision.detail) != (before.paused, before.detail) and changed:
             changed()
         if self.renicer is not None and (decision.nice or self.renicer.niced):
@@ -108,6 +113,14 @@ def build(config: Config, own: OwnState, log: logging.Logger) -> Presence:
     power = read_power if override is None else (lambda: override)
     idle = None
     if policy.when_user_active != "run":
-        idle = UserActivity(log).idle_s
+        idle = _user_activity(log).idle_s
     renicer = Renicer(log) if policy.when_user_active == "nice" else None
     return Presence(own, policy, power=power, idle=idle, renicer=renicer, log=log)
+
+
+def _user_activity(log: logging.Logger) -> UserActivity:
+    fake = os.environ.get(TEST_INTERRUPTS_ENV)
+    if not fake:
+        return UserActivity(log)
+    log.warning("user activity read from %s (%s, a test hook)", fake, TEST_INTERRUPTS_ENV)
+    return UserActivity(log, run=lambda _argv: None, interrupts=Path(fake))
