@@ -13,7 +13,8 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.harness import Daemon, new_secret, swarmctl, wait_until
+from tests.harness import Daemon, free_port, new_secret, swarmctl, wait_until
+from tests.test_metrics import scrape, value
 
 JOB = """
 name = "on-battery"
@@ -34,7 +35,9 @@ def test_a_laptop_under_its_battery_threshold_is_paused_and_said_why(
     tmp_path: Path, daemons: list[Daemon]
 ) -> None:
     secret = new_secret()
-    laptop = Daemon(tmp_path, "laptop", secret=secret, args=("--no-mdns",), config=LAPTOP_CONFIG)
+    port = free_port()
+    config = LAPTOP_CONFIG + f"metrics_port = {port}\n"
+    laptop = Daemon(tmp_path, "laptop", secret=secret, args=("--no-mdns",), config=config)
     desk = Daemon(tmp_path, "desk", secret=secret, args=("--no-mdns", "--join", laptop.address))
     daemons += [laptop, desk]
     laptop.start().wait_ready()
@@ -84,6 +87,9 @@ def test_a_laptop_under_its_battery_threshold_is_paused_and_said_why(
     me = next(p for p in mine if p["self"])
     assert me["paused"] is None and set(me["power"]) == {"on_ac", "battery_percent"}
     assert "paused: battery 22 % < 30 %: no new work" in laptop.log()
+    metrics = scrape(port)
+    assert value(metrics, "swarmd_paused", reason="battery") == 1.0
+    assert value(metrics, "swarmd_paused", reason="user-active") == 0.0
     for d in (laptop, desk):
         assert "Traceback" not in d.log()
 
