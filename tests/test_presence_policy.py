@@ -171,6 +171,9 @@ def test_the_details_say_why() -> None:
     below = PresencePolicy(BatteryRule("below", 30.0))
     assert decide(Readings(battery(22.4)), below).detail == "battery 22 % < 30 %"
     assert decide(Readings(UNKNOWN_CHARGER), below).detail == "battery 20 % < 30 %"
+    assert decide(Readings(battery(29.7)), below).detail == "battery 29 % < 30 %"
+    half = PresencePolicy(BatteryRule("below", 12.5))
+    assert decide(Readings(battery(12.4)), half).detail == "battery 12 % < 12.5 %"
     pause = PresencePolicy(BatteryRule("pause"))
     assert decide(Readings(battery(54.0)), pause).detail == "battery 54 % (on_battery = pause)"
     user = PresencePolicy(BatteryRule("run"), "pause", 60.0)

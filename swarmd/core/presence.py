@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 __all__ = [
+    "MAINS",
     "PAUSE_REASONS",
     "BatteryRule",
     "Decision",
@@ -35,6 +36,7 @@ __all__ = [
     "PresencePolicy",
     "Readings",
     "UserActive",
+    "battery_pause",
     "decide",
     "parse_battery_override",
     "parse_on_battery",
@@ -158,7 +160,8 @@ def parse_battery_override(value: object) -> Power:
 
 
 def _percent(p: float) -> str:
-    return f"{p:.0f} %"
+    """A level as said: whole points, rounded down (29.6 % is under 30 %)."""
+    return f"{math.floor(p)} %"
 
 
 def battery_pause(power: Power, rule: BatteryRule) -> str | None:
@@ -171,7 +174,7 @@ def battery_pause(power: Power, rule: BatteryRule) -> str | None:
     if power.battery_percent is None:
         return None  # below:N with no level known: nothing to compare
     if power.battery_percent < rule.threshold:
-        return f"battery {_percent(power.battery_percent)} < {_percent(rule.threshold)}"
+        return f"battery {_percent(power.battery_percent)} < {rule.threshold:g} %"
     return None
 
 
