@@ -57,6 +57,7 @@ class Presence:
         self.log = log
         self.interval_s = interval_s
         self.readings = Readings()
+        self.errors = 0  # samples that failed (logged)
 
     async def read(self) -> Readings:
         """The readings now, taken in a thread (a subprocess, sysfs reads)."""
@@ -99,12 +100,25 @@ class Presence:
         return decision
 
     async def loop(self, publish: Publish, changed: Callable[[], None]) -> None:
+        """Sample and apply every ``interval_s``. A reading or a renice that fails is
+        logged (the first time, with its traceback) and counted; the loop goes on with
+        the last readings: the node never stops for its battery sensor."""
         while True:
             await asyncio.sleep(self.interval_s)
-            self.apply(await self.read(), publish, changed)
+            try:
+                self.apply(await self.read(), publish, changed)
+            except Exception as exc:
+                self.errors += 1
+                self.log.warning(
+                    "power/presence sample failed (%d so far): %s",
+                    self.errors,
+                    exc,
+                    exc_info=self.errors == 1,
+                )
 
     def counters(self) -> dict[str, int]:
-        return {} if self.renicer is None else dict(self.renicer.counters)
+        renicer = {} if self.renicer is None else dict(self.renicer.counters)
+        return {"errors": self.errors, **renicer}
 
 
 def build(config: Config, own: OwnState, log: logging.Logger) -> Presence:

@@ -86,6 +86,6 @@ class Renicer:
     def _set(self, pgid: int, value: int) -> bool:
         try:
             os.setpriority(os.PRIO_PGRP, pgid, value)
-        except (ProcessLookupError, PermissionError):
+        except OSError:  # gone (ProcessLookupError), not ours (PermissionError)
             return False
         return True

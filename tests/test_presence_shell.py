@@ -290,3 +290,32 @@ async def until(fn: Any, what: str, timeout: float = 10.0) -> Any:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.02)
     return value
+
+
+def test_a_failing_reading_is_counted_and_the_loop_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    readings: list[Power | Exception] = [OSError("sensor gone"), Power(False, 10.0)]
+
+    def power() -> Power:
+        value = readings.pop(0) if len(readings) > 1 else readings[0]
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    async def scenario() -> tuple[Presence, OwnState]:
+        own = own_state(tmp_path)
+        presence = Presence(
+            own, PresencePolicy(), power=power, idle=None, renicer=None, log=LOG, interval_s=0.01
+        )
+        loop = asyncio.create_task(presence.loop(lambda _k, _v: None, lambda: None))
+        try:
+            await until(lambda: own.paused()[0] == "battery", "the next reading to be applied")
+        finally:
+            loop.cancel()
+        return presence, own
+
+    presence, own = asyncio.run(scenario())
+    assert presence.counters()["errors"] == 1
+    assert own.paused() == ("battery", "battery 10 % < 30 %")
+    assert "power/presence sample failed (1 so far): sensor gone" in caplog.text
