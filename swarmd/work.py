@@ -112,6 +112,7 @@ class Coordination:
         )
         self._inputs: dict[str, dict[str, bytes]] = {}
         self._usage_flush: asyncio.TimerHandle | None = None
+        self._wake_pending = False  # wake the loop at the end of the next flush
         self._finished: dict[str, asyncio.Event] = {}
         self._wake = asyncio.Event()
         # Each turn's effects: journaled together, then carried out (flush()).
@@ -244,6 +245,14 @@ class Coordination:
         written a little later (see :data:`swarmd.group_commit.USAGE_DELAY_S`), or now
         with ``all_usage`` (shutdown)."""
         self._flush_due = False
+        try:
+            self._commit_and_carry_out(all_usage)
+        finally:
+            if self._wake_pending:
+                self._wake_pending = False
+                self.wake()
+
+    def _commit_and_carry_out(self, all_usage: bool) -> None:
         committed = self.commits.commit(all_usage=all_usage)
         self._flush_usage_later()
         if committed is None:
@@ -464,7 +473,15 @@ class Coordination:
             # Unknown task (forgotten) or a duplicate: still let the worker clear it.
             effects.append(core.Ack(m.task, m.subtask, m.attempt, m.node, False))
         self.run(effects)
-        self.wake()
+        self._wake_after_flush()
+
+    def _wake_after_flush(self) -> None:
+        """Wake the loop once this turn's commit is out: then a gateway client waiting on
+        this result is answered before the loop's pass (expiry, ticks, placement)."""
+        if self._flush_due:
+            self._wake_pending = True
+        else:
+            self.wake()
 
     def _renew(self, m: AttemptResult) -> bool:
         """A result's blob is still coming: renew its attempt's lease (False: over)."""

@@ -173,7 +173,9 @@ class Gateway:
             answer = error_response(failed(first.message), self._headers(task_id))
         else:
             answer = self._final(task_id)
-        self.node.coordination.coordinator.shed(task_id)  # the answer is built
+        # The answer is built: its body and answer go once it is sent (shedding them
+        # costs more than writing the answer, so not before).
+        asyncio.get_running_loop().call_soon(self.node.coordination.coordinator.shed, task_id)
         return answer
 
     async def _body(self, request: Request) -> bytes | None:
