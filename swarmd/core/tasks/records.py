@@ -292,6 +292,11 @@ class TaskRecord:
     # Not journaled (a gateway request: only the client connected to this node waits
     # for it, and it goes with that connection): never restored after a restart.
     ephemeral: bool = False
+    # The coordinator epoch: 1 when submitted, one more each time a successor adopts
+    # the task (swarmd/core/succession.py); workers refuse messages of an older one.
+    epoch: int = 1
+    # Who coordinated it, in order: {"node", "name", "epoch", "since"} (explain).
+    coordinators: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def final(self) -> bool:

@@ -66,6 +66,7 @@ class Views(Bookkeeping):
                 }
                 for rec in task.subtasks.values()
             ],
+            "epoch": task.epoch,  # the coordinator epoch (1 until a successor adopts it)
         }
 
     def result(self, task_id: str) -> dict[str, Any]:
@@ -108,7 +109,14 @@ class Views(Bookkeeping):
                     "error": rec.error,
                 }
             )
-        return {"id": task.id, "name": task.spec.name, "state": task.state, "subtasks": rows}
+        return {
+            "id": task.id,
+            "name": task.spec.name,
+            "state": task.state,
+            "epoch": task.epoch,
+            "coordinators": [dict(c) for c in task.coordinators],
+            "subtasks": rows,
+        }
 
     def tasks(self) -> list[dict[str, Any]]:
         """``swarmctl tasks``: one summary row per task, oldest first (in the order they
