@@ -13,6 +13,14 @@ from hypothesis import strategies as st
 from protocol import codec
 from protocol.codec import DROP_REASONS, MAX_FRAME_BYTES, ProtocolError
 from protocol.messages import (
+    ReplicaAck,
+    ReplicaDrop,
+    ReplicaPut,
+    ReplicaRecord,
+    ReplicaTask,
+    Succession,
+    TaskClaim,
+    TaskQuery,
     KV,
     MESSAGE_TYPES,
     PROTOCOL_VERSION,
@@ -251,6 +259,27 @@ EXAMPLES: dict[type[Message], Message] = {
     ArtifactReply: ArtifactReply(
         pieces=[ArtifactPiece("r.txt", 2, hashlib.sha256(b"ok").digest(), 0, b"ok")], done=True
     ),
+    ReplicaPut: ReplicaPut(
+        seq=3,
+        coordinator=NodeRef("3f9a1c0de4b25a77", 2, 7, "10.0.0.5:7946"),
+        tasks=[
+            ReplicaTask(
+                task="3f9a1c-000001",
+                epoch=1,
+                full=True,
+                records=[ReplicaRecord("task_state", {"task": "3f9a1c-000001", "state": "running"})],
+                inputs={"a.txt": b"x"},
+            )
+        ],
+    ),
+    ReplicaAck: ReplicaAck(seq=3, refused=["3f9a1c-000002"]),
+    ReplicaDrop: ReplicaDrop(tasks=["3f9a1c-000001"]),
+    Succession: Succession(
+        claims=[
+            TaskClaim("3f9a1c-000001", 2, NodeRef("77aa", 1, 1, "10.0.0.6:7946"), adopted=True)
+        ]
+    ),
+    TaskQuery: TaskQuery(tasks=["3f9a1c-000001"]),
     Bundle: Bundle(
         items=[
             CancelAttempt(task="3f9a1c-000001", subtask="lint", attempt=2),
