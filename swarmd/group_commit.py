@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from .core import tasks as core
 from .core.usage import UsageBook
@@ -55,6 +55,8 @@ class GroupCommit:
         # The llm usage book (swarmd.core.usage): its changed rows go in the same commit.
         self.usage: UsageBook | None = None
         self.usage_due_at: float | None = None  # when usage rows alone must be written
+        # Told the journal records of each commit once they are written (replication).
+        self.on_written: Callable[[list[core.Journal]], None] | None = None
 
     @property
     def failing(self) -> bool:
@@ -112,7 +114,7 @@ class GroupCommit:
                 for (task_id, subtask_id), files in self._artifacts.items():
                     self.store.put_artifacts(task_id, subtask_id, files)
                 self._artifacts.clear()
-                records = self._records.values()
+                records = list(self._records.values())
                 written = self.store.write_journal(
                     ((r.kind, *r.key[1:], r.data) for r in records),
                     None if usage is None else usage.pending(),
@@ -123,6 +125,8 @@ class GroupCommit:
                 return None
             self.records_written += written
             self._records.clear()
+            if self.on_written is not None and records:
+                self.on_written(records)
             if usage is not None:
                 usage.written()
                 self.usage_due_at = None

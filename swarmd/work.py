@@ -17,7 +17,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -34,6 +34,7 @@ from protocol.messages import (
 )
 
 from .artifact_names import check_artifact_names
+from .clock import Clock
 from .core import tasks as core
 from .core import template
 from .core.jobspec import JobSpec
@@ -47,21 +48,13 @@ from .store import Store
 from .transfers import Received, Transfers
 from .watchers import TaskWatchers
 
+if TYPE_CHECKING:
+    from .replica_store import Moved
+    from .replication import Replication
+    from .successor import Successor
+
 Send = Callable[[str, Message], bool]  # (node address, message) -> queued?
-
-
-class Clock:
-    """Wall-clock seconds that never go backwards: epoch at start + monotonic since.
-
-    Journaled times stay meaningful across restarts (epoch seconds), and a clock
-    step while running cannot expire every lease at once.
-    """
-
-    def __init__(self) -> None:
-        self._wall0, self._mono0 = time.time(), time.monotonic()
-
-    def __call__(self) -> float:
-        return self._wall0 + time.monotonic() - self._mono0
+__all__ = ["Clock", "Coordination"]
 
 
 # ---------------------------------------------------------------- coordinator side
@@ -128,6 +121,9 @@ class Coordination:
         self.transfers = Transfers(
             store.path.parent, self._to, self._renew, self._delivered, self.counters, log
         )
+        # Tasks survive this coordinator (swarmd/core/succession.py): set when wired.
+        self.replication: Replication | None = None
+        self.successor: Successor | None = None
 
     @property
     def counters(self) -> Counter[str]:
@@ -141,6 +137,8 @@ class Coordination:
         records = [core.Journal(kind, data) for kind, data in self.store.journal()]
         effects = self.coordinator.restore(records, self.clock()) if records else []
         self.run(quarantine(self.store, effects, self.log))  # records restore could not use
+        if self.replication is not None:  # a successor may have adopted them meanwhile
+            self.replication.hold(self.coordinator.open_task_ids())
         count = len(self.coordinator.task_ids())
         if not count:
             return 0
@@ -200,6 +198,9 @@ class Coordination:
             self._expire(now)
             self.transfers.tick(time.monotonic())
             self.run(self.coordinator.tick(now))
+            if self.replication is not None and self.successor is not None:
+                self.replication.tick(time.monotonic())
+                self.successor.tick(time.monotonic())
             self.place()
             if self.commits.failing:
                 self.flush()  # try the commit again (every RETRY_S)
@@ -215,7 +216,7 @@ class Coordination:
         commit) and its messages after them."""
         if not effects:
             return
-        self.commits.add(effects)
+        self.commits.add(list(effects))
         if not self._flush_due:
             try:
                 loop = asyncio.get_running_loop()
@@ -249,6 +250,14 @@ class Coordination:
         if committed is None:
             return
         effects, changed = committed
+        if self.replication is not None:  # dispatches and acks wait for the replica
+            effects = self.replication.gate(effects)
+        self.carry_out(effects)
+        for task_id in changed:  # watchers hear of a change once it is journaled
+            self.watchers.changed(task_id)
+
+    def carry_out(self, effects: Sequence[core.Effect]) -> None:
+        """Send what committed effects say (journaled, and replicated where needed)."""
         for effect in effects:
             if isinstance(effect, core.Dispatch):
                 self._dispatch(effect)
@@ -272,8 +281,6 @@ class Coordination:
             elif isinstance(effect, core.TaskFinished):
                 self.log.debug("task %s %s", effect.task_id, effect.state)
                 self._finished.setdefault(effect.task_id, asyncio.Event()).set()
-        for task_id in changed:  # watchers hear of a change once it is journaled
-            self.watchers.changed(task_id)
 
     def _flush_usage_later(self) -> None:
         due = self.commits.usage_due_at
@@ -291,6 +298,33 @@ class Coordination:
     def _to(self, node_id: str, message: Message) -> bool:
         addr = self.address_of(node_id)
         return addr is not None and self.send(addr, message)
+
+    # ------------------------------------------------------------ succession
+
+    def has_task(self, task_id: str) -> bool:
+        """Whether this node coordinates ``task_id`` now (its own, or adopted)."""
+        return self.coordinator.epoch_of(task_id) is not None
+
+    def replica_of(self, task_id: str) -> core.Coordinator | None:
+        """The replica this node holds of another coordinator's task, rebuilt as a
+        read-only coordinator (``status``, ``result``, ``explain`` of it), or None."""
+        held = None if self.successor is None else self.successor.replica_of(task_id)
+        if held is None:
+            return None
+        view = core.Coordinator(node_id=held.coordinator, node_name=held.coordinator)
+        view.restore([core.Journal(k[0], d) for k, d in held.records.items()], self.clock())
+        return view
+
+    def moved_to(self, task_id: str) -> Moved | None:
+        """Where a task this node coordinated went (a successor adopted it)."""
+        return None if self.successor is None else self.successor.moved_to(task_id)
+
+    def keep_files(self, task_id: str, files: dict[str, bytes]) -> None:
+        self._inputs[task_id] = files
+
+    def forget_files(self, task_id: str) -> None:
+        self._inputs.pop(task_id, None)
+        self._finished.pop(task_id, None)
 
     def _task_files(self, task_id: str) -> dict[str, bytes]:
         if task_id not in self._inputs:

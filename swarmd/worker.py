@@ -31,6 +31,7 @@ from protocol.messages import (
     Progress,
     ResultAck,
     StreamChunk,
+    TaskClaim,
 )
 
 from .core import worker as core
@@ -215,6 +216,22 @@ class Worker:
     def on_ack(self, m: ResultAck, by: str | None = None) -> None:
         self._apply(self.core.on_ack(m, by))
 
+    def on_claim(self, claim: TaskClaim) -> None:
+        """A successor adopted ``claim.task``: its attempts here report there now."""
+        effects = self.core.on_claim(claim, time.monotonic())
+        if effects:
+            self.log.info(
+                "task %s: now coordinated by %s (epoch %d); its attempts here report there",
+                claim.task,
+                claim.coordinator.id,
+                claim.epoch,
+            )
+        self._apply(effects)
+
+    def _addr(self, key: AttemptKey, d: Dispatch) -> str:
+        """Where the attempt reports now (a successor may have adopted its task)."""
+        return self.core.coordinator_addr(key) or d.coordinator.addr
+
     def on_blob_want(self, m: BlobWant, by: str | None = None) -> None:
         out = self.core.outbox.get((m.task, m.subtask, m.attempt))
         if out is not None and by is not None and by != out.addr:
@@ -357,7 +374,7 @@ class Worker:
                     err=err,
                     err_at=err_at,
                 )
-                self.send(d.coordinator.addr, message)
+                self.send(self._addr(key, d), message)
 
     def _relay(self, d: Dispatch) -> Callable[[bytes], None]:
         """A gateway request's streamed answer to its coordinator, as it arrives."""
@@ -376,7 +393,7 @@ class Worker:
                     data=piece,
                 )
                 seq += 1
-                self.send(d.coordinator.addr, message)
+                self.send(self._addr((d.task, d.subtask, d.attempt), d), message)
 
         return relay
 

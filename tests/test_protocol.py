@@ -13,14 +13,6 @@ from hypothesis import strategies as st
 from protocol import codec
 from protocol.codec import DROP_REASONS, MAX_FRAME_BYTES, ProtocolError
 from protocol.messages import (
-    ReplicaAck,
-    ReplicaDrop,
-    ReplicaPut,
-    ReplicaRecord,
-    ReplicaTask,
-    Succession,
-    TaskClaim,
-    TaskQuery,
     KV,
     MESSAGE_TYPES,
     PROTOCOL_VERSION,
@@ -65,6 +57,11 @@ from protocol.messages import (
     Progress,
     ReachReply,
     ReachRequest,
+    ReplicaAck,
+    ReplicaDrop,
+    ReplicaPut,
+    ReplicaRecord,
+    ReplicaTask,
     ResultAck,
     RevokeReply,
     RevokeRequest,
@@ -73,8 +70,11 @@ from protocol.messages import (
     StreamChunk,
     SubmitReply,
     SubmitRequest,
+    Succession,
     Syn,
     SynAck,
+    TaskClaim,
+    TaskQuery,
     TaskReply,
     TaskRequest,
     TasksReply,
@@ -267,7 +267,9 @@ EXAMPLES: dict[type[Message], Message] = {
                 task="3f9a1c-000001",
                 epoch=1,
                 full=True,
-                records=[ReplicaRecord("task_state", {"task": "3f9a1c-000001", "state": "running"})],
+                records=[
+                    ReplicaRecord("task_state", {"task": "3f9a1c-000001", "state": "running"})
+                ],
                 inputs={"a.txt": b"x"},
             )
         ],
@@ -275,9 +277,7 @@ EXAMPLES: dict[type[Message], Message] = {
     ReplicaAck: ReplicaAck(seq=3, refused=["3f9a1c-000002"]),
     ReplicaDrop: ReplicaDrop(tasks=["3f9a1c-000001"]),
     Succession: Succession(
-        claims=[
-            TaskClaim("3f9a1c-000001", 2, NodeRef("77aa", 1, 1, "10.0.0.6:7946"), adopted=True)
-        ]
+        claims=[TaskClaim("3f9a1c-000001", 2, NodeRef("77aa", 1, 1, "10.0.0.6:7946"), adopted=True)]
     ),
     TaskQuery: TaskQuery(tasks=["3f9a1c-000001"]),
     Bundle: Bundle(

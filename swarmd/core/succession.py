@@ -172,7 +172,9 @@ class ReplicaBook:
         was held of it before goes). None if refused: an older epoch than held, or a
         task already adopted here."""
         held = self.replicas.get(task_id)
-        if held is not None and (held.adopted or (epoch, coordinator) < (held.epoch, held.coordinator)):
+        if held is not None and (
+            held.adopted or (epoch, coordinator) < (held.epoch, held.coordinator)
+        ):
             return None
         if held is None or full or (epoch, coordinator) != (held.epoch, held.coordinator):
             held = self.replicas[task_id] = Replica(task_id, coordinator, epoch)
@@ -216,6 +218,9 @@ class ReplicaBook:
                 out[node] = due
         return out
 
+    def down_since(self, coordinator: str) -> float | None:
+        return self._down_since.get(coordinator)
+
     def next_due(self, grace_s: float) -> float | None:
         return min((t + grace_s for t in self._down_since.values()), default=None)
 
@@ -244,7 +249,8 @@ class EpochBook:
             del self._known[next(iter(self._known))]
         return True
 
-    def stale(self, task_id: str, epoch: int, coordinator: str) -> bool:
-        """Whether a message of (epoch, coordinator) for this task is superseded."""
+    def stale(self, task_id: str, epoch: int) -> bool:
+        """Whether a message of ``epoch`` for this task is superseded (an older epoch;
+        two coordinators of one epoch, the rare tie, are told apart by claims only)."""
         known = self._known.get(task_id)
-        return known is not None and (epoch, coordinator) < known[:2]
+        return known is not None and epoch < known[0]

@@ -52,6 +52,12 @@ class Adoption(Restore):
             for rec in task.subtasks.values():
                 self._touch(batch, task, rec)
             self._resume(batch, task, now)
+            for rec in task.subtasks.values():
+                current = rec.current
+                if rec.state in IN_FLIGHT and current is not None and current.state == "dispatched":
+                    # No word of it reached the old coordinator: the dispatch may never
+                    # have arrived. Sent again soon (a worker that has it ignores it).
+                    current.resend_at = now + self.config.dispatch_resend_s
             if task.final:
                 self._finished.add(task, task.submitted if task.finished is None else task.finished)
             self.counters["adopted_tasks"] += 1

@@ -9,9 +9,9 @@ from dataclasses import replace
 from typing import Any
 
 from swarmd.core.jobspec import JobSpec, job_to_data
+from swarmd.core.tasks.adoption import Adoption
 from swarmd.core.tasks.effects import Batch, Effect, Journal
 from swarmd.core.tasks.graph import new_task
-from swarmd.core.tasks.adoption import Adoption
 from swarmd.core.tasks.scheduler import Scheduler
 from swarmd.core.tasks.timeouts import Timeouts
 from swarmd.core.tasks.views import Views
@@ -60,7 +60,9 @@ class Coordinator(Scheduler, WorkerEvents, Timeouts, Adoption, Views):
             raise ValueError(f"task {task_id!r} exists already")
         task = new_task(task_id, job, now, self.pricing)
         task.ephemeral = ephemeral
-        task.coordinators = [{"node": self.node_id, "name": self.node_name, "epoch": 1, "since": now}]
+        task.coordinators = [
+            {"node": self.node_id, "name": self.node_name, "epoch": 1, "since": now}
+        ]
         self._tasks[task_id] = task
         self._open[task_id] = task
         batch = Batch()

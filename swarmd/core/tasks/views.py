@@ -33,6 +33,10 @@ class Views(Bookkeeping):
     def task_ids(self) -> list[str]:
         return list(self._tasks)
 
+    def open_task_ids(self) -> list[str]:
+        """The unfinished tasks."""
+        return list(self._open)
+
     def record(self, task_id: str) -> TaskRecord:
         """The live record (read it, do not change it)."""
         return self._task(task_id)
