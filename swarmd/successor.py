@@ -173,7 +173,6 @@ class Successor:
             self.store.put_moved(moved)
         except (sqlite3.Error, OSError) as exc:
             self.log.warning("cannot note that task %s moved: %s", claim.task, exc)
-        self.counters["tasks_moved_away"] += 1
         self.log.info(
             "task %s: adopted by %s at coordinator epoch %d while this node was away; "
             "not running it here",
@@ -229,7 +228,6 @@ class Successor:
             ", ".join(f"{t} at epoch {cl.epoch}" for t, cl in zip(tasks, claims, strict=True)),
             ", ".join(workers) or "no node",
         )
-        self.counters["tasks_adopted"] += len(tasks)
         for addr in self.live_addresses():  # this node's own worker too
             for at in range(0, len(claims), _MAX_CLAIMS):
                 self.send(addr, Succession(claims=claims[at : at + _MAX_CLAIMS]))

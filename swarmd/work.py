@@ -361,6 +361,7 @@ class Coordination:
             inputs=files,
             model=d.model,
             generation=self._sent_generation[key],
+            epoch=d.epoch,
         )
         if self.on_dispatch_latency is not None:
             self._dispatched_at.setdefault(key, time.monotonic())

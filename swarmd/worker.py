@@ -218,14 +218,17 @@ class Worker:
 
     def on_claim(self, claim: TaskClaim) -> None:
         """A successor adopted ``claim.task``: its attempts here report there now."""
+        known = self.core.epochs.get(claim.task)
+        if known is not None and (claim.epoch, claim.coordinator.id) <= known[:2]:
+            return
         effects = self.core.on_claim(claim, time.monotonic())
-        if effects:
-            self.log.info(
-                "task %s: now coordinated by %s (epoch %d); its attempts here report there",
-                claim.task,
-                claim.coordinator.id,
-                claim.epoch,
-            )
+        self.log.info(
+            "task %s: now coordinated by %s (epoch %d); %d attempt(s) here report there",
+            claim.task,
+            claim.coordinator.id,
+            claim.epoch,
+            sum(isinstance(e, core.Send) for e in effects),
+        )
         self._apply(effects)
 
     def _addr(self, key: AttemptKey, d: Dispatch) -> str:
