@@ -36,7 +36,7 @@ from protocol.succession import (
 )
 
 from .core import tasks as core
-from .core.succession import ReplicationPlan
+from .core.succession import ReplicationPlan, successor
 
 if TYPE_CHECKING:
     from .work import Coordination
@@ -82,6 +82,7 @@ class Replication:
         self._holding_since = time.monotonic()
         self._peer_since: float | None = None
         self._queried: set[str] = set()
+        self._relinquished: set[str] = set()  # tasks adopted elsewhere (bounded below)
 
     # ------------------------------------------------------------ replication
 
@@ -91,7 +92,14 @@ class Replication:
         by_holder: dict[str, dict[str, list[core.Journal]]] = {}
         for record in records:
             task_id = str(record.data.get("task"))
-            holder, full = self.plan.route(task_id, live)
+            if task_id in self._relinquished:
+                continue  # coordinated elsewhere now: nothing of it goes out from here
+            if record.kind == "forget" and task_id not in self.plan.holder:
+                # Not replicated since a restart: its successor then is likely its
+                # successor now (a replica it does not hold is dropped as nothing).
+                holder, full = successor(task_id, self.plan.me, live), False
+            else:
+                holder, full = self.plan.route(task_id, live)
             if holder is None:
                 continue
             if full:
@@ -284,3 +292,6 @@ class Replication:
         self.holding.pop(task_id, None)
         self.plan.forget(task_id)
         self._task_seq.pop(task_id, None)
+        self._relinquished.add(task_id)
+        if len(self._relinquished) > 65536:
+            self._relinquished.pop()
