@@ -148,3 +148,23 @@ def test_sigkill_of_the_coordinator_for_good_its_successor_finishes_the_task(
     assert n1.counters().get("tasks_dispatched", 0) == 0
     assert runs(log) == Counter(ids)
     assert status(heir, task)["state"] == "done"
+
+
+def test_a_cluster_of_one_node_takes_work_without_a_replica_and_says_so(tmp_path: Path) -> None:
+    solo = Daemon(tmp_path, "solo", secret=new_secret(), config=WORKER).start()
+    try:
+        solo.wait_ready()
+        out = swarmctl("--json", "submit", "--", "sh", "-c", "echo alone", state_dir=solo.state_dir)
+        assert out.returncode == 0, out.stderr
+        task = json.loads(out.stdout)["task"]
+        replica = status(solo, task)["replica"]
+        assert replica == {"node": None, "note": "not replicated: no other live node"}
+        text = swarmctl("explain", task, state_dir=solo.state_dir)
+        assert "replica: none (not replicated: no other live node)" in text.stdout, text
+        assert "coordinators: solo (epoch 1)" in text.stdout, text
+        done = wait_until(
+            lambda: (s := status(solo, task))["state"] == "done" and s, 20, what="done"
+        )
+        assert done["epoch"] == 1
+    finally:
+        solo.stop()
