@@ -36,6 +36,7 @@ class ReplicaTask(Struct, kw_only=True, forbid_unknown_fields=False):
     records: Annotated[list[ReplicaRecord], Meta(max_length=MAX_REPLICA_RECORDS)] = []
     inputs: Files = {}
     inputs_at: NodeId | None = None
+    version: float = 0.0  # the coordinator's clock when sent: a replica's freshness
 
 
 class ReplicaPut(Message, tag="replica_put"):
@@ -70,6 +71,9 @@ class TaskClaim(Struct, array_like=True, frozen=True):
     epoch: Epoch
     coordinator: NodeRef
     adopted: bool
+    # A replica's freshness: the coordinator's clock when it last sent records of the
+    # task (a holder that missed puts has an older one: it does not adopt).
+    version: float = 0.0
 
 
 class Succession(Message, tag="succession"):

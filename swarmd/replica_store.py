@@ -7,6 +7,8 @@ successor ("moved").
 - ``replica_tasks``: per task its coordinator, epoch, whether this node adopted it, and
   where its input files are when they were too big to replicate.
 - ``replica_inputs``: the input files replicated with a task.
+- ``replicated``: this node's own tasks whose replica a successor acknowledged (after
+  a restart, only those are held until that successor says it did not adopt them).
 - ``moved``: tasks this node coordinated that a successor adopted: who, at which epoch.
 """
 
@@ -28,9 +30,11 @@ CREATE TABLE IF NOT EXISTS replica (
 CREATE INDEX IF NOT EXISTS replica_task ON replica (task);
 CREATE TABLE IF NOT EXISTS replica_tasks (
     task TEXT PRIMARY KEY, coordinator TEXT NOT NULL, epoch INTEGER NOT NULL,
-    adopted INTEGER NOT NULL DEFAULT 0, inputs_at TEXT);
+    adopted INTEGER NOT NULL DEFAULT 0, inputs_at TEXT, version REAL NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS replica_inputs (
     task TEXT NOT NULL, path TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (task, path));
+CREATE TABLE IF NOT EXISTS replicated (
+    task TEXT PRIMARY KEY, holder TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS moved (
     task TEXT PRIMARY KEY, coordinator TEXT NOT NULL, addr TEXT NOT NULL,
     epoch INTEGER NOT NULL, at REAL NOT NULL);
@@ -45,6 +49,7 @@ class StoredReplica:
     adopted: bool
     inputs_at: str | None
     records: list[tuple[str, dict[str, Any]]]  # (kind, data)
+    version: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,21 +71,22 @@ class ReplicaStore:
     def put(
         self,
         coordinator: str,
-        tasks: Iterable[tuple[str, int, bool, Sequence[tuple[str, Mapping[str, Any]]]]],
+        tasks: Iterable[tuple[str, int, bool, Sequence[tuple[str, Mapping[str, Any]]], float]],
         inputs: Mapping[str, Mapping[str, bytes]],
         inputs_at: Mapping[str, str],
     ) -> None:
-        """(task, epoch, full, records) of one put, in one transaction (``full``:
-        what was held of the task goes first)."""
+        """(task, epoch, full, records, version) of one put, in one transaction
+        (``full``: what was held of the task goes first)."""
         with self.store._transaction():
-            for task, epoch, full, records in tasks:
+            for task, epoch, full, records, version in tasks:
                 if full:
                     self._delete(task)
                 self.db.execute(
-                    "INSERT INTO replica_tasks (task, coordinator, epoch, inputs_at) "
-                    "VALUES (?, ?, ?, ?) ON CONFLICT (task) DO UPDATE SET "
-                    "coordinator = excluded.coordinator, epoch = excluded.epoch",
-                    (task, coordinator, epoch, inputs_at.get(task)),
+                    "INSERT INTO replica_tasks (task, coordinator, epoch, inputs_at, version) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (task) DO UPDATE SET "
+                    "coordinator = excluded.coordinator, epoch = excluded.epoch, "
+                    "version = MAX(version, excluded.version)",
+                    (task, coordinator, epoch, inputs_at.get(task), version),
                 )
                 for kind, data in records:
                     if kind == "forget":
@@ -120,9 +126,9 @@ class ReplicaStore:
     def load(self) -> list[StoredReplica]:
         out = []
         rows = self.db.execute(
-            "SELECT task, coordinator, epoch, adopted, inputs_at FROM replica_tasks"
+            "SELECT task, coordinator, epoch, adopted, inputs_at, version FROM replica_tasks"
         ).fetchall()
-        for task, coordinator, epoch, adopted, inputs_at in rows:
+        for task, coordinator, epoch, adopted, inputs_at, version in rows:
             records = []
             for kind, data in self.db.execute(
                 "SELECT kind, data FROM replica WHERE task = ?", (task,)
@@ -133,12 +139,31 @@ class ReplicaStore:
                     continue
                 if isinstance(decoded, dict):
                     records.append((str(kind), decoded))
-            out.append(StoredReplica(task, coordinator, epoch, bool(adopted), inputs_at, records))
+            out.append(
+                StoredReplica(
+                    task, coordinator, epoch, bool(adopted), inputs_at, records, float(version)
+                )
+            )
         return out
 
     def inputs(self, task: str) -> dict[str, bytes]:
         rows = self.db.execute("SELECT path, data FROM replica_inputs WHERE task = ?", (task,))
         return {path: bytes(data) for path, data in rows}
+
+    def set_replicated(self, holder: str, tasks: Iterable[str]) -> None:
+        with self.store._transaction():
+            self.db.executemany(
+                "INSERT OR REPLACE INTO replicated (task, holder) VALUES (?, ?)",
+                [(t, holder) for t in tasks],
+            )
+
+    def unreplicated(self, tasks: Iterable[str]) -> None:
+        with self.store._transaction():
+            self.db.executemany("DELETE FROM replicated WHERE task = ?", [(t,) for t in tasks])
+
+    def replicated(self) -> dict[str, str]:
+        """This node's tasks with a replica: task -> the node holding it."""
+        return dict(self.db.execute("SELECT task, holder FROM replicated").fetchall())
 
     def put_moved(self, moved: Moved) -> None:
         with self.store._transaction():

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
@@ -37,6 +38,7 @@ from protocol.succession import (
 
 from .core import tasks as core
 from .core.succession import ReplicationPlan, successor
+from .replica_store import ReplicaStore
 
 if TYPE_CHECKING:
     from .work import Coordination
@@ -68,6 +70,7 @@ class Replication:
         self.me = me
         self.log = log
         self.plan = ReplicationPlan(coordination.node_id)
+        self.store = ReplicaStore(coordination.store)
         self.counters = coordination.counters
         self._seq = 0
         # seq -> (holder, put, first sent, last sent, effects held for it)
@@ -77,6 +80,7 @@ class Replication:
         self._waiters: dict[str, asyncio.Event] = {}
         self._full: set[str] = set()  # tasks to send whole at the next turn
         self._drops: dict[str, str] = {}  # task -> former holder, dropped once the new one acks
+        self._drop_due: dict[str, str] = {}  # task -> former holder to tell (when up)
         # Restored tasks held until confirmed: task -> effects kept (latest per attempt).
         self.holding: dict[str, dict[tuple[str, str, str, int], core.Effect]] = {}
         self._holding_since = time.monotonic()
@@ -121,14 +125,19 @@ class Replication:
         self._unacked[self._seq] = (holder, put, now, now, [])
         for item in items:
             self._task_seq[item.task] = self._seq
+        gone = [t for t, r in tasks.items() if any(x.kind == "forget" for x in r)]
+        if gone:
+            with contextlib.suppress(sqlite3.Error, OSError):
+                self.store.unreplicated(gone)
         self._send(holder, put)
 
     def _replica_task(self, task_id: str, records: list[core.Journal], full: bool) -> ReplicaTask:
         c = self.coordination
         epoch = c.coordinator.epoch_of(task_id) or 1
+        version = c.clock()
         if not full:
             rows = [ReplicaRecord(r.kind, dict(r.data)) for r in records]
-            return ReplicaTask(task=task_id, epoch=epoch, records=rows)
+            return ReplicaTask(task=task_id, epoch=epoch, records=rows, version=version)
         rows = [
             ReplicaRecord(kind, data)
             for kind, data in c.store.task_journal(task_id)
@@ -143,9 +152,16 @@ class Replication:
                 size,
             )
             return ReplicaTask(
-                task=task_id, epoch=epoch, full=True, records=rows, inputs_at=c.node_id
+                task=task_id,
+                epoch=epoch,
+                full=True,
+                records=rows,
+                inputs_at=c.node_id,
+                version=version,
             )
-        return ReplicaTask(task=task_id, epoch=epoch, full=True, records=rows, inputs=files)
+        return ReplicaTask(
+            task=task_id, epoch=epoch, full=True, records=rows, inputs=files, version=version
+        )
 
     def _send(self, holder: str, message: Message) -> bool:
         addr = self.address_of(holder)
@@ -158,7 +174,7 @@ class Replication:
         del self._unacked[m.seq]
         holder, put, first, _, held = entry
         tasks = [t.task for t in put.tasks if t.task not in set(m.refused)]
-        self.plan.acked(holder, tasks)
+        self._note(holder, self.plan.acked(holder, tasks))
         for task_id in tasks:
             if self._task_seq.get(task_id) == m.seq:
                 del self._task_seq[task_id]
@@ -167,7 +183,7 @@ class Replication:
                 event.set()
             old = self._drops.pop(task_id, None)
             if old is not None and old != holder:
-                self._send(old, ReplicaDrop(tasks=[task_id]))
+                self._drop_due[task_id] = old  # sent once it is up (now, or when back)
         if any(t.full for t in put.tasks):
             self.log.info(
                 "replica of %s on %s (%.0f ms)",
@@ -177,6 +193,12 @@ class Replication:
             )
         self.counters["replica_puts_acked"] += 1
         self.coordination.carry_out(held)
+
+    def _note(self, holder: str, tasks: list[str]) -> None:
+        """Remember (durably) which node holds these tasks' replicas now."""
+        if tasks:
+            with contextlib.suppress(sqlite3.Error, OSError):  # only costs a wait at restart
+                self.store.set_replicated(holder, tasks)
 
     def gate(self, effects: Sequence[core.Effect]) -> list[core.Effect]:
         """The effects to carry out now; those that must wait for a replica (or for a
@@ -213,7 +235,9 @@ class Replication:
         """For status and explain: where the task's replica is."""
         holder = self.plan.holder.get(task_id)
         if holder is None:
-            return {"node": None, "note": "not replicated: no other live node"}
+            alone = not self.live()
+            note = "no other live node" if alone else "no record of it since it was sent yet"
+            return {"node": None, "note": f"not replicated: {note}"}
         return {"node": holder, "acknowledged": task_id in self.plan.confirmed}
 
     # ------------------------------------------------------------ time
@@ -226,17 +250,37 @@ class Replication:
         for seq, (holder, put, first, last, held) in list(self._unacked.items()):
             if held and now - first >= RELEASE_S:
                 self.counters["replica_late"] += 1
-                self._unacked[seq] = (holder, put, first, last, [])
                 self.coordination.carry_out(held)
-            if now - last >= RESEND_S:
-                if self.plan.holder.get(put.tasks[0].task) not in (holder, None):
-                    del self._unacked[seq]  # that holder is not the successor any more
-                    self.coordination.carry_out(held)
-                    continue
-                self._unacked[seq] = (holder, put, first, now, self._unacked[seq][4])
-                self.counters["replica_resent"] += 1
-                self._send(holder, put)
+                held = []
+            if now - last < RESEND_S:
+                self._unacked[seq] = (holder, put, first, last, held)
+                continue
+            mine = [t for t in put.tasks if self.plan.holder.get(t.task) == holder]
+            if not mine or self.address_of(holder) is None:
+                # Gone, or not these tasks' successor any more: a new one gets the
+                # whole task (rechoose); nothing of this put is needed.
+                del self._unacked[seq]
+                self.coordination.carry_out(held)
+                continue
+            self._unacked[seq] = (holder, put, first, now, held)
+            self.counters["replica_resent"] += 1
+            self._send(holder, put)
+        self._send_drops()
         self._confirm(now, live)
+
+    def _send_drops(self) -> None:
+        """A former holder that is up hears it holds a stale replica (one that was
+        down when the task moved on would otherwise keep it, and could adopt it)."""
+        by_node: dict[str, list[str]] = {}
+        for task_id, old in list(self._drop_due.items()):
+            if self.address_of(old) is not None:
+                by_node.setdefault(old, []).append(task_id)
+                del self._drop_due[task_id]
+        for old, tasks in by_node.items():
+            for at in range(0, len(tasks), 4096):
+                self._send(old, ReplicaDrop(tasks=tasks[at : at + 4096]))
+        while len(self._drop_due) > 65536:
+            del self._drop_due[next(iter(self._drop_due))]
 
     def _rechoose(self, live: frozenset[str]) -> None:
         open_tasks = [
@@ -257,9 +301,12 @@ class Replication:
     # ------------------------------------------------------------ after a restart
 
     def hold(self, task_ids: Iterable[str]) -> None:
-        """Restored unfinished tasks: nothing of them goes out until confirmed."""
+        """Restored unfinished tasks that had a replica: nothing of them goes out until
+        confirmed (a task never replicated cannot have been adopted)."""
+        replicated = self.store.replicated()
         for task_id in task_ids:
-            self.holding.setdefault(task_id, {})
+            if task_id in replicated:
+                self.holding.setdefault(task_id, {})
         if self.holding:
             self._holding_since = time.monotonic()
             self.log.info(
@@ -282,9 +329,11 @@ class Replication:
                 self.release(task_id)
 
     def release(self, task_id: str) -> None:
+        """A held task goes on: what it kept goes out, its replica is sent whole."""
         held = self.holding.pop(task_id, None)
         if held:
             self.coordination.carry_out(list(held.values()))
+        self._rechoose(frozenset(self.live()))
         self.coordination.wake()
 
     def forget(self, task_id: str) -> None:

@@ -27,7 +27,7 @@ from protocol.succession import (
 )
 
 from .core import tasks as core
-from .core.succession import Replica, ReplicaBook
+from .core.succession import Replica, ReplicaBook, weight
 from .replica_store import Moved, ReplicaStore
 
 if TYPE_CHECKING:
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from .work import Coordination
     from .worker import Worker
 
+QUERY_S = 1.0  # before adopting, other holders' answers are awaited this long
 TELL_EVERY_S = 3.0  # a former coordinator back up is told this often ...
 TELL_FOR_S = 30.0  # ... for this long
 _MAX_CLAIMS = 4096
@@ -71,11 +72,19 @@ class Successor:
         self.adopted_from: dict[str, str] = {}  # task adopted here -> its former coordinator
         self._up_since: dict[str, float] = {}  # former coordinator -> back up since
         self._told: dict[str, float] = {}
+        self._asking: dict[str, float] = {}  # task due -> when it may be adopted
         for stored in self.store.load():
             if stored.adopted:
                 self.adopted_from[stored.task] = stored.coordinator
             else:
-                self.book.put(stored.coordinator, stored.task, stored.epoch, stored.records, True)
+                self.book.put(
+                    stored.coordinator,
+                    stored.task,
+                    stored.epoch,
+                    stored.records,
+                    True,
+                    stored.version,
+                )
         self.moved: dict[str, Moved] = self.store.moved()
 
     # ------------------------------------------------------------ messages
@@ -109,10 +118,10 @@ class Successor:
                 claims.append(self._claim(t.task))
                 continue
             new = t.task not in self.book.replicas
-            if self.book.put(coordinator, t.task, t.epoch, records, t.full) is None:
+            if self.book.put(coordinator, t.task, t.epoch, records, t.full, t.version) is None:
                 refused.append(t.task)
                 continue
-            rows.append((t.task, t.epoch, t.full, records))
+            rows.append((t.task, t.epoch, t.full, records, t.version))
             if t.inputs:
                 inputs[t.task] = t.inputs
             if t.inputs_at:
@@ -135,6 +144,8 @@ class Successor:
 
     def _on_claims(self, m: Succession, sender: str | None) -> None:
         for claim in m.claims:
+            if not claim.adopted and sender is not None and sender != self.coordination.node_id:
+                self._other_holder(claim, sender)
             direct = sender is not None and sender == claim.coordinator.id
             if claim.adopted and direct:
                 self.worker.on_claim(claim)
@@ -142,8 +153,29 @@ class Successor:
             taken = held is not None and claim.coordinator.id != held.coordinator
             if claim.adopted and direct and taken and held is not None and not held.adopted:
                 self.book.replicas.pop(claim.task, None)  # another successor took it
+                self._asking.pop(claim.task, None)
                 self.store.drop([claim.task])
             self._as_coordinator(claim)
+
+    def _other_holder(self, claim: TaskClaim, holder: str) -> None:
+        """Another node holds a replica of a task held here too: the fresher one (on a
+        tie, the one of higher rendezvous weight) is the one that may adopt it."""
+        held = self.book.replicas.get(claim.task)
+        if held is None or held.adopted or held.coordinator != claim.coordinator.id:
+            return
+        me = self.coordination.node_id
+        same = (claim.epoch, claim.version) == (held.epoch, held.version)
+        if held.fresher(claim.epoch, claim.version) or (
+            same and weight(claim.task, holder) > weight(claim.task, me)
+        ):
+            if not held.superseded:
+                self.log.info(
+                    "task %s: %s holds a fresher replica of it; not adopting it here",
+                    claim.task,
+                    holder,
+                )
+            held.superseded = True
+            self._asking.pop(claim.task, None)
 
     def _as_coordinator(self, claim: TaskClaim) -> None:
         c = self.coordination
@@ -191,14 +223,36 @@ class Successor:
                 claims.append(self._claim(task_id))
             elif (held := self.book.replicas.get(task_id)) is not None and not held.adopted:
                 ref = NodeRef(held.coordinator, 0, 0, addr)
-                claims.append(TaskClaim(task_id, held.epoch, ref, adopted=False))
+                claims.append(TaskClaim(task_id, held.epoch, ref, False, held.version))
         for at in range(0, len(claims), _MAX_CLAIMS):
             self.send(addr, Succession(claims=claims[at : at + _MAX_CLAIMS]))
 
     # ------------------------------------------------------------ time
 
     def tick(self, now: float) -> None:
-        for coordinator, replicas in self.book.due(now, self.is_up, self.adopt_after_s).items():
+        """Adopt what is due: first every live node is asked whether it holds a
+        fresher replica (``QUERY_S``), then what no one claimed is adopted."""
+        due = self.book.due(now, self.is_up, self.adopt_after_s)
+        ready: dict[str, list[Replica]] = {}
+        ask: list[str] = []
+        for coordinator, replicas in due.items():
+            for r in replicas:
+                at = self._asking.setdefault(r.task, now + QUERY_S)
+                if at == now + QUERY_S:
+                    ask.append(r.task)
+                elif now >= at:
+                    ready.setdefault(coordinator, []).append(r)
+        due_tasks = {r.task for replicas in due.values() for r in replicas}
+        for task_id in [t for t in self._asking if t not in due_tasks]:
+            del self._asking[task_id]  # its coordinator is back, or it went
+        if ask:
+            mine = self.me().addr
+            for addr in self.live_addresses() - {mine}:
+                for at in range(0, len(ask), _MAX_CLAIMS):
+                    self.send(addr, TaskQuery(tasks=ask[at : at + _MAX_CLAIMS]))
+        for coordinator, replicas in ready.items():
+            for r in replicas:
+                self._asking.pop(r.task, None)
             self._adopt(coordinator, replicas, now)
         self._tell_former(now)
 

@@ -270,3 +270,16 @@ def test_a_successor_adopts_mid_dag_and_every_subtask_runs_and_commits_once() ->
     assert told.claims[0].coordinator.id == "s" and told.claims[0].epoch == 2
     assert old.relinquish("c-1") == [core.Journal("forget", {"task": "c-1"})]
     assert "c-1" not in old.task_ids()
+
+
+def test_a_stale_replica_is_not_adopted_and_a_fresh_put_revives_it() -> None:
+    book = ReplicaBook()
+    held = book.put("c", "t1", 1, records("t1"), full=True, version=10.0)
+    assert held is not None and held.fresher(1, 12.0) and not held.fresher(1, 9.0)
+    held.superseded = True  # another holder answered with a fresher replica
+    down = lambda _n: False  # noqa: E731
+    book.due(0.0, down, 1.0)
+    assert book.due(5.0, down, 1.0) == {}
+    book.put("c", "t1", 1, [("task_state", {"task": "t1", "state": "running"})], False, 13.0)
+    assert [r.task for r in book.due(6.0, down, 1.0)["c"]] == ["t1"]
+    assert book.replicas["t1"].version == 13.0

@@ -117,10 +117,15 @@ class ReplicationPlan:
             moved.append((task_id, old))
         return moved
 
-    def acked(self, node: str, tasks: Iterable[str]) -> None:
+    def acked(self, node: str, tasks: Iterable[str]) -> list[str]:
+        """The tasks ``node`` acknowledged a put of; returns those it now holds for the
+        first time (confirmed)."""
+        new = []
         for task_id in tasks:
-            if self.holder.get(task_id) == node:
+            if self.holder.get(task_id) == node and task_id not in self.confirmed:
                 self.confirmed.add(task_id)
+                new.append(task_id)
+        return new
 
     def forget(self, task_id: str) -> str | None:
         self.confirmed.discard(task_id)
@@ -139,6 +144,14 @@ class Replica:
     epoch: int
     records: dict[RecordKey, Mapping[str, Any]] = field(default_factory=dict)
     adopted: bool = False
+    version: float = 0.0  # the coordinator's clock at its last put: freshness
+    # Another holder has a fresher replica of this task (it missed puts since, e.g.
+    # while down): not adopted here, until the coordinator sends it records again.
+    superseded: bool = False
+
+    def fresher(self, epoch: int, version: float) -> bool:
+        """Whether another holder's replica (epoch, version) is fresher than this."""
+        return (epoch, version) > (self.epoch, self.version)
 
     @property
     def final(self) -> bool:
@@ -167,6 +180,7 @@ class ReplicaBook:
         epoch: int,
         records: Iterable[tuple[str, Mapping[str, Any]]],
         full: bool,
+        version: float = 0.0,
     ) -> Replica | None:
         """Records of ``task_id`` from its coordinator (``full``: the whole task, what
         was held of it before goes). None if refused: an older epoch than held, or a
@@ -178,6 +192,8 @@ class ReplicaBook:
             return None
         if held is None or full or (epoch, coordinator) != (held.epoch, held.coordinator):
             held = self.replicas[task_id] = Replica(task_id, coordinator, epoch)
+        held.version = max(held.version, version)
+        held.superseded = False
         for kind, data in records:
             if kind == "forget":
                 del self.replicas[task_id]
@@ -212,7 +228,11 @@ class ReplicaBook:
             due = [
                 r
                 for r in self.replicas.values()
-                if r.coordinator == node and not r.adopted and not r.final and r.records
+                if r.coordinator == node
+                and not r.adopted
+                and not r.superseded
+                and not r.final
+                and r.records
             ]
             if due:
                 out[node] = due
