@@ -5,8 +5,8 @@ adopts them, :mod:`swarmd.core.succession`), or gives up tasks a successor adopt
 coordinator that already has tasks: the replica's records (the dead coordinator's
 journal snapshots) rebuild each task, its coordinator epoch goes up by one and this
 node is added to its coordinator history; attempts that were out are in flight again
-(their workers are told, by the shell, to report here) with the restore grace as
-their lease; everything is journaled here as this node's own task.
+(their workers are told, by the shell, to report here) with a lease of
+``adopt_grace_s``; everything is journaled here as this node's own task.
 
 :meth:`Adoption.relinquish` drops a task a newer epoch of which is coordinated
 elsewhere: nothing is sent (its attempts belong to the new coordinator now).
@@ -33,8 +33,10 @@ class Adoption(Restore):
         latest = _latest(records, bad)
         latest = {k: v for k, v in latest.items() if k[1] not in self._tasks}
         before = set(self._tasks)
-        grace = self.config.restore_grace_s
-        lease = now + (self.config.lease_s if grace is None else grace)
+        # Workers holding an attempt hear of the adoption at once and report (which
+        # renews its lease); one nobody holds (its dispatch never arrived, its worker
+        # restarted) is lost after this and goes out again as a new attempt.
+        lease = now + self.config.adopt_grace_s
         self._restore_tasks(latest, bad)
         self._restore_states(latest, lease, now, bad)
         self.counters["restore_errors"] += len(bad)
@@ -52,12 +54,6 @@ class Adoption(Restore):
             for rec in task.subtasks.values():
                 self._touch(batch, task, rec)
             self._resume(batch, task, now)
-            for rec in task.subtasks.values():
-                current = rec.current
-                if rec.state in IN_FLIGHT and current is not None and current.state == "dispatched":
-                    # No word of it reached the old coordinator: the dispatch may never
-                    # have arrived. Sent again soon (a worker that has it ignores it).
-                    current.resend_at = now + self.config.dispatch_resend_s
             if task.final:
                 self._finished.add(task, task.submitted if task.finished is None else task.finished)
             self.counters["adopted_tasks"] += 1
