@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 RELEASE_S = 2.0  # effects held for an unacknowledged put go out after this anyway
 RESEND_S = 1.0  # an unacknowledged put is sent again after this
 CONFIRM_S = 5.0  # restored tasks held this long for a replica holder's answer
-SUBMIT_WAIT_S = 3.0  # submit waits this long for the successor's ack
+SUBMIT_WAIT_S = 1.5  # submit waits this long for the successor's ack (clients wait 3 s)
 _GATED = (core.Dispatch, core.Ack, core.CancelAttempt)
 
 Send = Callable[[str, Message], bool]

@@ -885,20 +885,27 @@ def wait_all_final(cluster: ChaosCluster, submitted: list[Submitted], timeout: f
     ]
 
 
-def check_unknown_tasks(cluster: ChaosCluster, known: set[str]) -> tuple[list[str], int]:
+def check_unknown_tasks(
+    cluster: ChaosCluster, known: set[str], timeout: float = 30.0
+) -> tuple[list[str], int]:
     """Every task any member coordinates is final too, including submissions whose
-    reply was lost. Returns (violations, number of tasks the workload did not know)."""
-    violations: list[str] = []
-    unknown = 0
-    for h, d in cluster.members.items():
-        reply = d.call(TasksRequest(), timeout=5.0)
-        assert isinstance(reply, TasksReply)
-        for row in reply.tasks:
-            if row["id"] not in known:
-                unknown += 1
-            if row["state"] not in FINAL_TASK:
-                violations.append(f"h{h} coordinates {row['id']} still {row['state']}: {row}")
-    return violations, unknown
+    reply was lost (such a task may have started late: it gets ``timeout``).
+    Returns (violations, number of tasks the workload did not know)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        violations: list[str] = []
+        unknown = 0
+        for h, d in cluster.members.items():
+            reply = d.call(TasksRequest(), timeout=5.0)
+            assert isinstance(reply, TasksReply)
+            for row in reply.tasks:
+                if row["id"] not in known:
+                    unknown += 1
+                if row["state"] not in FINAL_TASK:
+                    violations.append(f"h{h} coordinates {row['id']} still {row['state']}: {row}")
+        if not violations or time.monotonic() >= deadline:
+            return violations, unknown
+        time.sleep(0.5)
 
 
 def _token(shape: str, sub: Mapping[str, Any]) -> str | None:
