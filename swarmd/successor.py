@@ -290,8 +290,14 @@ class Successor:
     def _tell_former(self, now: float) -> None:
         """A former coordinator that is up again hears who has its tasks now."""
         c = self.coordination
-        for task_id in [t for t in self.adopted_from if not c.has_task(t)]:
+        gone = [t for t in self.adopted_from if not c.has_task(t)]
+        for task_id in gone:
             del self.adopted_from[task_id]  # forgotten since (retention)
+        if gone:
+            try:
+                self.store.drop(gone)
+            except (sqlite3.Error, OSError) as exc:
+                self.log.warning("cannot drop the replica rows of %d task(s): %s", len(gone), exc)
         by_node: dict[str, list[TaskClaim]] = {}
         for task_id, former in self.adopted_from.items():
             if not self.is_up(former):
