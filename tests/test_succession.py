@@ -283,3 +283,59 @@ def test_a_stale_replica_is_not_adopted_and_a_fresh_put_revives_it() -> None:
     book.put("c", "t1", 1, [("task_state", {"task": "t1", "state": "running"})], False, 13.0)
     assert [r.task for r in book.due(6.0, down, 1.0)["c"]] == ["t1"]
     assert book.replicas["t1"].version == 13.0
+
+
+def test_a_node_answers_for_a_replica_it_holds(tmp_path: Any) -> None:
+    """What the any-node forwarding uses: ``has_task`` (coordinated here),
+    ``replica_of`` (a read-only view of a replica held here), ``moved_to``."""
+    import logging
+
+    from swarmd.replication import Replication
+    from swarmd.store import Store
+    from swarmd.successor import Successor
+    from swarmd.work import Clock, Coordination
+
+    me = NodeRef("s", 1, 1, "s:7946")
+    log = logging.getLogger("test")
+    c = Coordination(
+        node_id="s",
+        node_name="s",
+        store=Store(tmp_path / "s.db"),
+        send=lambda _a, _m: True,
+        address_of=lambda _n: None,
+        peers=lambda _loads: [],
+        me=lambda: me,
+        clock=Clock(),
+        log=log,
+    )
+    c.replication = r = Replication(
+        coordination=c,
+        send=lambda _a, _m: True,
+        live=list,
+        address_of=lambda _n: None,
+        me=lambda: me,
+        log=log,
+    )
+    c.successor = Successor(
+        coordination=c,
+        replication=r,
+        worker=None,  # type: ignore[arg-type]
+        send=lambda _a, _m: True,
+        is_up=lambda _n: True,
+        live_addresses=set,
+        address_of=lambda _n: None,
+        me=lambda: me,
+        adopt_after_s=5.0,
+        log=log,
+    )
+    other = core.Coordinator(node_id="c", node_name="c")
+    effects = other.submit("c-1", dag(), 1.0)
+    replica = [(e.kind, dict(e.data)) for e in effects if isinstance(e, core.Journal)]
+    c.successor.book.put("c", "c-1", 1, replica, True, 1.0)
+    assert not c.has_task("c-1") and c.moved_to("c-1") is None
+    view = c.replica_of("c-1")
+    assert view is not None and view.status("c-1")["state"] == "pending"
+    assert [s["id"] for s in view.status("c-1")["subtasks"]] == [
+        f"{p}{i}" for p in "ab" for i in range(3)
+    ]
+    assert c.replica_of("nope") is None
