@@ -37,6 +37,10 @@ class ReplicaTask(Struct, kw_only=True, forbid_unknown_fields=False):
     inputs: Files = {}
     inputs_at: NodeId | None = None
     version: float = 0.0  # the coordinator's clock when sent: a replica's freshness
+    # Artifacts of results committed since the last put (subtask -> name -> bytes):
+    # those that travelled inline (at most 1 MiB each result); a result whose artifacts
+    # came as a blob stays on its coordinator.
+    artifacts: dict[Annotated[str, Meta(max_length=64)], Files] = {}
 
 
 class ReplicaPut(Message, tag="replica_put"):

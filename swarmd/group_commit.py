@@ -31,6 +31,8 @@ HELD_MAX = 100_000  # messages held during an outage; beyond, the oldest go (res
 USAGE_DELAY_S = 0.25
 
 _Key = tuple[str, str, str]
+# Told of each commit's journal records and artifacts once written (replication).
+Written = Callable[[list["core.Journal"], dict[tuple[str, str], Mapping[str, bytes]]], None]
 
 
 def task_of(effect: core.Effect) -> str | None:
@@ -56,7 +58,7 @@ class GroupCommit:
         self.usage: UsageBook | None = None
         self.usage_due_at: float | None = None  # when usage rows alone must be written
         # Told the journal records of each commit once they are written (replication).
-        self.on_written: Callable[[list[core.Journal]], None] | None = None
+        self.on_written: Written | None = None
 
     @property
     def failing(self) -> bool:
@@ -113,7 +115,7 @@ class GroupCommit:
             try:
                 for (task_id, subtask_id), files in self._artifacts.items():
                     self.store.put_artifacts(task_id, subtask_id, files)
-                self._artifacts.clear()
+                artifacts, self._artifacts = self._artifacts, {}
                 records = list(self._records.values())
                 written = self.store.write_journal(
                     ((r.kind, *r.key[1:], r.data) for r in records),
@@ -125,8 +127,8 @@ class GroupCommit:
                 return None
             self.records_written += written
             self._records.clear()
-            if self.on_written is not None and records:
-                self.on_written(records)
+            if self.on_written is not None and (records or artifacts):
+                self.on_written(records, artifacts)
             if usage is not None:
                 usage.written()
                 self.usage_due_at = None

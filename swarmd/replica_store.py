@@ -7,6 +7,7 @@ successor ("moved").
 - ``replica_tasks``: per task its coordinator, epoch, whether this node adopted it, and
   where its input files are when they were too big to replicate.
 - ``replica_inputs``: the input files replicated with a task.
+- ``replica_artifacts``: the artifacts of its committed results that travelled inline.
 - ``replicated``: this node's own tasks whose replica a successor acknowledged (after
   a restart, only those are held until that successor says it did not adopt them).
 - ``moved``: tasks this node coordinated that a successor adopted: who, at which epoch.
@@ -33,6 +34,9 @@ CREATE TABLE IF NOT EXISTS replica_tasks (
     adopted INTEGER NOT NULL DEFAULT 0, inputs_at TEXT, version REAL NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS replica_inputs (
     task TEXT NOT NULL, path TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (task, path));
+CREATE TABLE IF NOT EXISTS replica_artifacts (
+    task TEXT NOT NULL, subtask TEXT NOT NULL, name TEXT NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (task, subtask, name));
 CREATE TABLE IF NOT EXISTS replicated (
     task TEXT PRIMARY KEY, holder TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS moved (
@@ -74,6 +78,7 @@ class ReplicaStore:
         tasks: Iterable[tuple[str, int, bool, Sequence[tuple[str, Mapping[str, Any]]], float]],
         inputs: Mapping[str, Mapping[str, bytes]],
         inputs_at: Mapping[str, str],
+        artifacts: Mapping[str, Mapping[str, Mapping[str, bytes]]] | None = None,
     ) -> None:
         """(task, epoch, full, records, version) of one put, in one transaction
         (``full``: what was held of the task goes first)."""
@@ -103,9 +108,15 @@ class ReplicaStore:
                         "INSERT OR REPLACE INTO replica_inputs (task, path, data) VALUES (?, ?, ?)",
                         [(task, path, data) for path, data in files.items()],
                     )
+                for subtask, named in (artifacts or {}).get(task, {}).items():
+                    self.db.executemany(
+                        "INSERT OR REPLACE INTO replica_artifacts (task, subtask, name, data) "
+                        "VALUES (?, ?, ?, ?)",
+                        [(task, subtask, name, data) for name, data in named.items()],
+                    )
 
     def _delete(self, task: str) -> None:
-        for table in ("replica", "replica_tasks", "replica_inputs"):
+        for table in ("replica", "replica_tasks", "replica_inputs", "replica_artifacts"):
             self.db.execute(f"DELETE FROM {table} WHERE task = ?", (task,))
 
     def drop(self, tasks: Iterable[str]) -> None:
@@ -120,8 +131,8 @@ class ReplicaStore:
                 "UPDATE replica_tasks SET adopted = 1 WHERE task = ?", [(t,) for t in tasks]
             )
             for task in tasks:
-                self.db.execute("DELETE FROM replica WHERE task = ?", (task,))
-                self.db.execute("DELETE FROM replica_inputs WHERE task = ?", (task,))
+                for table in ("replica", "replica_inputs", "replica_artifacts"):
+                    self.db.execute(f"DELETE FROM {table} WHERE task = ?", (task,))
 
     def load(self) -> list[StoredReplica]:
         out = []
@@ -149,6 +160,15 @@ class ReplicaStore:
     def inputs(self, task: str) -> dict[str, bytes]:
         rows = self.db.execute("SELECT path, data FROM replica_inputs WHERE task = ?", (task,))
         return {path: bytes(data) for path, data in rows}
+
+    def artifacts(self, task: str) -> dict[str, dict[str, bytes]]:
+        out: dict[str, dict[str, bytes]] = {}
+        rows = self.db.execute(
+            "SELECT subtask, name, data FROM replica_artifacts WHERE task = ?", (task,)
+        )
+        for subtask, name, data in rows:
+            out.setdefault(subtask, {})[name] = bytes(data)
+        return out
 
     def set_replicated(self, holder: str, tasks: Iterable[str]) -> None:
         with self.store._transaction():

@@ -22,8 +22,10 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
+
+import msgspec
 
 from protocol.messages import Message, NodeRef
 from protocol.succession import (
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
 RELEASE_S = 2.0  # effects held for an unacknowledged put go out after this anyway
 RESEND_S = 1.0  # an unacknowledged put is sent again after this
 CONFIRM_S = 5.0  # restored tasks held this long for a replica holder's answer
+PUT_BYTES = 8 << 20  # a put's estimated size at most (a frame holds 16 MiB)
 SUBMIT_WAIT_S = 1.5  # submit waits this long for the successor's ack (clients wait 3 s)
 _GATED = (core.Dispatch, core.Ack, core.CancelAttempt)
 
@@ -90,8 +93,13 @@ class Replication:
 
     # ------------------------------------------------------------ replication
 
-    def on_written(self, records: list[core.Journal]) -> None:
-        """A group commit wrote these records: queue them for each task's successor."""
+    def on_written(
+        self,
+        records: list[core.Journal],
+        artifacts: Mapping[tuple[str, str], Mapping[str, bytes]] | None = None,
+    ) -> None:
+        """A group commit wrote these records (and the artifacts of the results it
+        committed): send them to each task's successor."""
         live = self.live()
         by_holder: dict[str, dict[str, list[core.Journal]]] = {}
         for record in records:
@@ -110,25 +118,46 @@ class Replication:
                 self._full.add(task_id)
             by_holder.setdefault(holder, {}).setdefault(task_id, []).append(record)
         for holder, tasks in by_holder.items():
-            self._put(holder, tasks)
+            self._put(holder, tasks, artifacts)
 
-    def _put(self, holder: str, tasks: dict[str, list[core.Journal]]) -> None:
-        items = []
+    def _put(
+        self,
+        holder: str,
+        tasks: dict[str, list[core.Journal]],
+        artifacts: Mapping[tuple[str, str], Mapping[str, bytes]] | None = None,
+    ) -> None:
+        """Send ``tasks``' records (and the artifacts of results they commit) to
+        ``holder``, in puts of at most PUT_BYTES (estimated) each."""
+        items: list[ReplicaTask] = []
+        size = 0
         for task_id, records in tasks.items():
-            items.append(self._replica_task(task_id, records, task_id in self._full))
+            item = self._replica_task(task_id, records, task_id in self._full)
             self._full.discard(task_id)
+            files = {s: dict(f) for (t, s), f in (artifacts or {}).items() if t == task_id}
+            if files:
+                item = msgspec.structs.replace(item, artifacts={**item.artifacts, **files})
             if any(r.kind == "forget" for r in records):
                 self.plan.forget(task_id)
+            weight = _estimate(item)
+            if items and size + weight > PUT_BYTES:
+                self._send_put(holder, items)
+                items, size = [], 0
+            items.append(item)
+            size += weight
+        if items:
+            self._send_put(holder, items)
+        gone = [t for t, r in tasks.items() if any(x.kind == "forget" for x in r)]
+        if gone:
+            with contextlib.suppress(sqlite3.Error, OSError):
+                self.store.unreplicated(gone)
+
+    def _send_put(self, holder: str, items: list[ReplicaTask]) -> None:
         self._seq += 1
         put = ReplicaPut(seq=self._seq, coordinator=self.me(), tasks=items)
         now = time.monotonic()
         self._unacked[self._seq] = (holder, put, now, now, [])
         for item in items:
             self._task_seq[item.task] = self._seq
-        gone = [t for t, r in tasks.items() if any(x.kind == "forget" for x in r)]
-        if gone:
-            with contextlib.suppress(sqlite3.Error, OSError):
-                self.store.unreplicated(gone)
         self._send(holder, put)
 
     def _replica_task(self, task_id: str, records: list[core.Journal], full: bool) -> ReplicaTask:
@@ -145,6 +174,9 @@ class Replication:
         ]
         files = c._task_files(task_id)
         size = sum(len(v) for v in files.values())
+        done = c.store.artifacts(task_id)  # of results committed before this put
+        if sum(len(v) for f in done.values() for v in f.values()) > REPLICA_INPUTS_MAX:
+            done = {}  # too big to copy: they stay here
         if size > REPLICA_INPUTS_MAX:
             self.log.info(
                 "task %s: its %d bytes of inputs stay here (a reference in the replica)",
@@ -158,9 +190,16 @@ class Replication:
                 records=rows,
                 inputs_at=c.node_id,
                 version=version,
+                artifacts=done,
             )
         return ReplicaTask(
-            task=task_id, epoch=epoch, full=True, records=rows, inputs=files, version=version
+            task=task_id,
+            epoch=epoch,
+            full=True,
+            records=rows,
+            inputs=files,
+            version=version,
+            artifacts=done,
         )
 
     def _send(self, holder: str, message: Message) -> bool:
@@ -344,3 +383,10 @@ class Replication:
         self._relinquished.add(task_id)
         if len(self._relinquished) > 65536:
             self._relinquished.pop()
+
+
+def _estimate(item: ReplicaTask) -> int:
+    """About how many bytes ``item`` takes on the wire (files counted exactly)."""
+    files = sum(len(v) for v in item.inputs.values())
+    files += sum(len(v) for f in item.artifacts.values() for v in f.values())
+    return files + 256 * (len(item.records) + 1)

@@ -110,7 +110,7 @@ class Successor:
             self.counters["replica_wrong_sender"] += 1
             return
         refused, rows, claims = [], [], []
-        inputs, inputs_at = {}, {}
+        inputs, inputs_at, artifacts = {}, {}, {}
         for t in m.tasks:
             records = [(r.kind, r.data) for r in t.records]
             if self.coordination.has_task(t.task):  # adopted here: that coordinator is stale
@@ -126,10 +126,12 @@ class Successor:
                 inputs[t.task] = t.inputs
             if t.inputs_at:
                 inputs_at[t.task] = t.inputs_at
+            if t.artifacts:
+                artifacts[t.task] = t.artifacts
             if new and t.task in self.book.replicas:
                 self.log.info("holding the replica of task %s of %s", t.task, coordinator)
         try:
-            self.store.put(coordinator, rows, inputs, inputs_at)
+            self.store.put(coordinator, rows, inputs, inputs_at, artifacts)
         except (sqlite3.Error, OSError) as exc:  # not durable: no ack, it is sent again
             self.log.warning("cannot store replicas of %s: %s", coordinator, exc)
             return
@@ -264,6 +266,8 @@ class Successor:
             if files:
                 c.commits.put_inputs(r.task, files)
                 c.keep_files(r.task, files)
+            for subtask, named in self.store.artifacts(r.task).items():
+                c.store.put_artifacts(r.task, subtask, named)
         c.run(c.coordinator.adopt(records, c.clock()))
         c.flush()  # journaled here before anyone hears of it
         tasks = [r.task for r in replicas if c.has_task(r.task)]

@@ -31,8 +31,16 @@ def dag(log: Path) -> dict[str, Any]:
         for i in range(WIDTH):
             sid = f"s{layer}{i}"
             after = [f"s{layer - 1}{j}" for j in range(WIDTH)] if layer else []
-            run = f"echo {sid} >> {log}; sleep 0.7; echo {sid}"
-            subtasks.append({"id": sid, "kind": "shell", "run": ["sh", "-c", run], "after": after})
+            run = f"echo {sid} >> {log}; sleep 0.7; echo {sid}; echo {sid} > out.txt"
+            subtasks.append(
+                {
+                    "id": sid,
+                    "kind": "shell",
+                    "run": ["sh", "-c", run],
+                    "after": after,
+                    "outputs": ["out.txt"],
+                }
+            )
     return {"name": "dag", "subtasks": subtasks}
 
 
@@ -123,6 +131,11 @@ def test_sigkill_of_the_coordinator_for_good_its_successor_finishes_the_task(
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)["subtasks"]
     assert {sid: r["stdout"] for sid, r in result.items()} == {sid: f"{sid}\n" for sid in ids}
+    # Artifacts too, those committed by n1 before it died included (in the replica).
+    out = swarmctl("result", task, "--out", str(tmp_path / "out"), state_dir=heir.state_dir)
+    assert out.returncode == 0, out.stderr
+    for sid in ids:
+        assert (tmp_path / "out" / sid / "out.txt").read_text() == f"{sid}\n", sid
     explain = task_reply(heir, task, "explain")
     assert isinstance(explain, TaskReply)
     assert [c["name"] for c in explain.body["coordinators"]] == ["n1", heir.name]
