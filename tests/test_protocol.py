@@ -397,7 +397,7 @@ def test_trailing_bytes_after_a_message_are_malformed() -> None:
     assert reason_of(codec.encode(EXAMPLES[Syn]) + b"\x00").reason == "malformed"
 
 
-@pytest.mark.parametrize("version", [0, 1, 2, 3, 4, 5, 7, 99, "6", None])
+@pytest.mark.parametrize("version", [0, 1, 2, 3, 4, 5, 6, 8, 99, "7", None])
 def test_other_version_of_a_broken_message(version: Any) -> None:
     raw = syn_map(v=version)
     del raw["seq"]
@@ -406,13 +406,13 @@ def test_other_version_of_a_broken_message(version: Any) -> None:
     assert repr(version) in error.detail
 
 
-@pytest.mark.parametrize("version", [5, 7], ids=["previous", "next"])
+@pytest.mark.parametrize("version", [6, 8], ids=["previous", "next"])
 @pytest.mark.parametrize("kind", [Syn, PeersRequest], ids=["syn", "peers"])
 def test_well_formed_message_of_another_version_is_rejected(
     kind: type[Message], version: int
 ) -> None:
-    """Version 5 (no doctor/reach) and a future 7 alike."""
-    assert PROTOCOL_VERSION == 6
+    """Version 6 (no replicas, no dispatch epochs) and a future 8 alike."""
+    assert PROTOCOL_VERSION == 7
     raw: dict[str, Any] = msgspec.to_builtins(EXAMPLES[kind])
     raw["v"] = version
     assert reason_of(msgspec.msgpack.encode(raw)).reason == "version"
