@@ -201,6 +201,29 @@ def dag() -> Any:
     return parse_job({"name": "dag", "subtasks": subtasks})
 
 
+def old_coordinator_is_fenced(swarm: Swarm) -> None:
+    """The old coordinator comes back with its journal: a dispatch of its epoch is
+    refused by a worker that knows epoch 2, with a claim naming the successor."""
+    old = core.Coordinator(node_id="c", node_name="c")
+    old.restore(swarm.journal["c"], swarm.now)
+    stale = Dispatch(
+        task="c-1",
+        subtask="b2",
+        attempt=9,
+        coordinator=swarm.refs["c"],
+        lease_s=15.0,
+        spec={"id": "b2", "kind": "shell", "run": ["true"]},
+        epoch=1,
+    )
+    answer = swarm.workers["w1"].on_dispatch(stale, swarm.now)
+    assert not any(isinstance(e, Start) for e in answer)
+    messages = [e.message for e in answer if isinstance(e, Send)]
+    [told] = [m for m in messages if isinstance(m, Succession)]
+    assert told.claims[0].coordinator.id == "s" and told.claims[0].epoch == 2
+    assert old.relinquish("c-1") == [core.Journal("forget", {"task": "c-1"})]
+    assert "c-1" not in old.task_ids()
+
+
 def test_a_successor_adopts_mid_dag_and_every_subtask_runs_and_commits_once() -> None:
     swarm = Swarm()
     c, s = swarm.coordinators["c"], swarm.coordinators["s"]
@@ -249,27 +272,7 @@ def test_a_successor_adopts_mid_dag_and_every_subtask_runs_and_commits_once() ->
     subtasks = [f"{p}{i}" for p in "ab" for i in range(3)]
     assert swarm.runs == Counter({sub: 1 for sub in subtasks}), swarm.runs
     assert swarm.commits == Counter({sub: 1 for sub in subtasks}), swarm.commits
-    # The old coordinator comes back with its journal: a dispatch of its epoch is
-    # refused by a worker that knows epoch 2, with a claim naming s.
-    old = core.Coordinator(node_id="c", node_name="c")
-    old.restore(swarm.journal["c"], swarm.now)
-    stale = Dispatch(
-        task="c-1",
-        subtask="b2",
-        attempt=9,
-        coordinator=swarm.refs["c"],
-        lease_s=15.0,
-        spec={"id": "b2", "kind": "shell", "run": ["true"]},
-        epoch=1,
-    )
-    answer = swarm.workers["w1"].on_dispatch(stale, swarm.now)
-    assert not any(isinstance(e, Start) for e in answer)
-    [told] = [
-        e.message for e in answer if isinstance(e, Send) and isinstance(e.message, Succession)
-    ]
-    assert told.claims[0].coordinator.id == "s" and told.claims[0].epoch == 2
-    assert old.relinquish("c-1") == [core.Journal("forget", {"task": "c-1"})]
-    assert "c-1" not in old.task_ids()
+    old_coordinator_is_fenced(swarm)
 
 
 def test_a_stale_replica_is_not_adopted_and_a_fresh_put_revives_it() -> None:

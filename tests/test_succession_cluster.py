@@ -140,25 +140,34 @@ def test_sigkill_of_the_coordinator_for_good_its_successor_finishes_the_task(
     assert isinstance(explain, TaskReply)
     assert [c["name"] for c in explain.body["coordinators"]] == ["n1", heir.name]
 
-    assert f"replica of {task} on {heir.node_id()}" in n1.log()
+    check_logs(task, n1, heir, other)
+    restart_runs_nothing_again(task, n1, heir, log, ids)
+
+
+def check_logs(task: str, old: Daemon, heir: Daemon, other: Daemon) -> None:
+    """The replica and the adoption, on every side."""
+    assert f"replica of {task} on {heir.node_id()}" in old.log()
     assert f"holding the replica of task {task}" in heir.log()
     assert "adopted 1 task(s) of" in heir.log() and f"{task} at epoch 2" in heir.log()
     assert f"task {task}: now coordinated by {heir.node_id()} (epoch 2)" in other.log()
 
-    # The old coordinator comes back with its state dir: it learns the task moved and
-    # runs nothing of it.
-    n1.start().wait_ready()
+
+def restart_runs_nothing_again(
+    task: str, old: Daemon, heir: Daemon, log: Path, ids: list[str]
+) -> None:
+    """The old coordinator comes back with its state dir: it learns the task moved and
+    runs nothing of it."""
+    old.start().wait_ready()
     moved = wait_until(
-        lambda: isinstance(r := task_reply(n1, task), str) and "moved" in r and r,
+        lambda: isinstance(r := task_reply(old, task), str) and "moved" in r and r,
         30,
-        what="n1 to learn its task moved",
+        what=f"{old.name} to learn its task moved",
     )
     assert heir.node_id() in moved
-    assert "not running it here" in n1.log()
-    wait_until(
-        lambda: n1.states() == {"n1": "alive", "n2": "alive", "n3": "alive"}, 20, what="n1 back"
-    )
-    assert n1.counters().get("tasks_dispatched", 0) == 0
+    assert "not running it here" in old.log()
+    everyone = {"n1": "alive", "n2": "alive", "n3": "alive"}
+    wait_until(lambda: old.states() == everyone, 20, what=f"{old.name} back")
+    assert old.counters().get("tasks_dispatched", 0) == 0
     assert runs(log) == Counter(ids)
     assert status(heir, task)["state"] == "done"
 
