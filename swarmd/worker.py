@@ -146,6 +146,9 @@ class Worker:
         self._upstream = HttpPool()  # gateway requests' connections to the endpoints, kept
         self._puts: dict[AttemptKey, tuple[str, AttemptResult]] = {}  # outbox, not written yet
         self._drops: set[AttemptKey] = set()
+        # Rows on disk: a result written, then re-pointed to a new coordinator (its
+        # task adopted: written again later), must still have its row deleted on ack.
+        self._written: set[AttemptKey] = set()
         self._flush_due = False
         self._wake = asyncio.Event()  # a start the timer must tell of sooner
         self._asleep_until = 0.0
@@ -153,6 +156,7 @@ class Worker:
             spool_root or workdir_root.parent / "spool", send, self.core.counters, log
         )
         stored = self._stored_outbox()
+        self._written = {core.key_of(m) for _, m in stored}
         self.core.restore(stored, time.monotonic())
         self.blobs.keep_only(core.key_of(m) for _, m in stored if m.blob is not None)
 
@@ -262,7 +266,7 @@ class Worker:
                 self._flush_soon()
             elif isinstance(e, core.Unpersist):
                 self.blobs.drop(e.key)
-                if self._puts.pop(e.key, None) is None:
+                if self._puts.pop(e.key, None) is None or e.key in self._written:
                     self._drops.add(e.key)
                     self._flush_soon()
 
@@ -289,6 +293,7 @@ class Worker:
                 self._flush_due = True
                 asyncio.get_running_loop().call_later(RETRY_S, self.flush)
                 return
+            self._written = (self._written | puts.keys()) - drops
         if self.health is not None:
             self.health.ok("outbox")
 
