@@ -21,6 +21,7 @@ from protocol.base import (
     Text,
 )
 from protocol.gossip import NodeRef
+from protocol.succession import ReplicaAck, ReplicaDrop, ReplicaPut, Succession, TaskQuery
 
 
 class Dispatch(Message, tag="dispatch"):
@@ -38,6 +39,9 @@ class Dispatch(Message, tag="dispatch"):
     # since (another generation) refuses it, so a dispatch sent again after a lost
     # answer never runs an attempt twice on one node.
     generation: Count | None = None
+    # The task's coordinator epoch (version 6): 1 until a successor adopts the task; a
+    # worker that knows a newer one refuses the dispatch (swarmd/core/succession.py).
+    epoch: Annotated[int, Meta(ge=1)] = 1
 
 
 class DispatchReply(Message, tag="dispatch_reply"):
@@ -164,6 +168,11 @@ WorkItem = (
     | BlobWant
     | BlobChunk
     | StreamChunk
+    | ReplicaPut
+    | ReplicaAck
+    | ReplicaDrop
+    | Succession
+    | TaskQuery
 )
 
 

@@ -162,8 +162,25 @@ def _summary_line(row: dict[str, Any]) -> str:
     )
 
 
+def _print_succession(body: dict[str, Any]) -> None:
+    """Who coordinated the task (a successor adopts it when its coordinator dies), and
+    where its replica is."""
+    history = body.get("coordinators") or []
+    if history:
+        chain = " -> ".join(f"{c.get('name')} (epoch {c.get('epoch')})" for c in history)
+        click.echo(f"  coordinators: {chain}")
+    replica = body.get("replica")
+    if isinstance(replica, dict):
+        if replica.get("node") is None:
+            click.echo(f"  replica: none ({replica.get('note')})")
+        else:
+            acked = "" if replica.get("acknowledged") else ", not acknowledged yet"
+            click.echo(f"  replica: on {replica['node']}{acked}")
+
+
 def _print_status(status: dict[str, Any]) -> None:
     click.echo(f"task {status['id']} ({status.get('name')}): {status['state']}")
+    _print_succession(status)
     for sub in status.get("subtasks", []):
         extra = f" exit {sub['exit_code']}" if sub.get("exit_code") is not None else ""
         error = f"  error: {sub['error']}" if sub.get("error") else ""
@@ -328,6 +345,7 @@ def explain(obj: Ctx, task: str) -> None:
         obj.emit_json(body)
         return
     click.echo(f"task {body.get('id')} ({body.get('name')}): {body.get('state')}")
+    _print_succession(body)
     for sub in body.get("subtasks", []):
         click.echo(f"\n{sub['id']} ({sub.get('state')}): priced {sub.get('priced', 0)} time(s)")
         if sub.get("reason"):

@@ -27,6 +27,7 @@ from .config_models import (
     is_loopback_url,
 )
 from .config_power import presence_values
+from .config_succession import DEFAULT_ADOPT_AFTER_S, adopt_after
 from .config_table import ConfigError
 from .config_table import Table as _Table
 from .core.budget import Budget
@@ -67,6 +68,7 @@ class Config:
     metrics_bind: str = "127.0.0.1"
     metrics_token: str | None = None  # required when metrics_bind is not loopback
     drain_grace_s: float = 20.0  # on SIGTERM: how long running work may finish
+    adopt_after_s: float = DEFAULT_ADOPT_AFTER_S  # a coordinator down this long: adopted
     max_artifact_bytes: int = 64 * 1024 * 1024  # [node] max_artifacts: one attempt's outputs
     dashboard_port: int | None = None  # the web dashboard (swarmd/dashboard.py); off unless set
     dashboard_bind: str = "127.0.0.1"
@@ -216,6 +218,7 @@ def _node_values(top: _Table, label: str) -> dict[str, Any]:
             values[key] = value
     if (grace := node.convert("drain_grace", parse_duration)) is not None:
         values["drain_grace_s"] = grace
+    adopt_after(node, values)
     if (max_artifacts := node.convert("max_artifacts", parse_size)) is not None:
         values["max_artifact_bytes"] = max_artifacts
     values.update(presence_values(node))

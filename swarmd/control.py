@@ -274,7 +274,7 @@ class Control:
         c = coordination.coordinator
         try:
             if request.what == "status":
-                return TaskReply(body=c.status(request.task))
+                return TaskReply(body=self._with_replica(c.status(request.task)))
             if request.what == "result":
                 body = c.result(request.task)
                 if not request.artifacts:
@@ -284,7 +284,7 @@ class Control:
                     return ErrorReply(code="bad_request", message=TOO_BIG_FOR_ONE_REPLY)
                 return TaskReply(body=body, artifacts=coordination.store.artifacts(request.task))
             if request.what == "explain":
-                return TaskReply(body=c.explain(request.task))
+                return TaskReply(body=self._with_replica(c.explain(request.task)))
             coordination.run(c.cancel(request.task, coordination.clock()))
             return TaskReply(body=c.status(request.task))
         except UnknownTask:
@@ -300,11 +300,25 @@ class Control:
             return not commits.durable()
         if isinstance(request, UsageRequest):
             return request.cluster
+        if isinstance(request, SubmitRequest):  # once its successor holds the replica
+            return self.node.coordination.replication is not None
         return isinstance(request, WatchRequest | LogsRequest)
 
     async def answer_later(
-        self, request: WatchRequest | LogsRequest | TaskRequest | TasksRequest | UsageRequest
+        self,
+        request: WatchRequest
+        | LogsRequest
+        | TaskRequest
+        | TasksRequest
+        | UsageRequest
+        | SubmitRequest,
     ) -> ControlReply:
+        if isinstance(request, SubmitRequest):
+            reply = self.submit(request)
+            replication = self.node.coordination.replication
+            if isinstance(reply, SubmitReply) and replication is not None:
+                await replication.wait_replicated(reply.task)
+            return reply
         if isinstance(request, UsageRequest):
             return await self._usage_cluster(request)
         if isinstance(request, TaskRequest | TasksRequest):
@@ -354,8 +368,21 @@ class Control:
             "memory; the commit is retried, new work is refused meanwhile)",
         )
 
-    @staticmethod
-    def _unknown(task: str) -> ErrorReply:
+    def _with_replica(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Where the task's replica is (swarmd/replication.py), with its status."""
+        replication = self.node.coordination.replication
+        if replication is not None:
+            body["replica"] = replication.describe(body["id"])
+        return body
+
+    def _unknown(self, task: str) -> ErrorReply:
+        moved = self.node.coordination.moved_to(task)
+        if moved is not None:
+            return ErrorReply(
+                code="bad_request",
+                message=f"task {task!r} moved: {moved.coordinator} ({moved.addr}) adopted it "
+                f"at coordinator epoch {moved.epoch} while this node was away; ask there",
+            )
         return ErrorReply(
             code="bad_request",
             message=f"unknown task {task!r} on this node (ask its coordinator)",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from .core import tasks as core
 from .core.usage import UsageBook
@@ -31,6 +31,8 @@ HELD_MAX = 100_000  # messages held during an outage; beyond, the oldest go (res
 USAGE_DELAY_S = 0.25
 
 _Key = tuple[str, str, str]
+# Told of each commit's journal records and artifacts once written (replication).
+Written = Callable[[list["core.Journal"], dict[tuple[str, str], Mapping[str, bytes]]], None]
 
 
 def task_of(effect: core.Effect) -> str | None:
@@ -55,6 +57,8 @@ class GroupCommit:
         # The llm usage book (swarmd.core.usage): its changed rows go in the same commit.
         self.usage: UsageBook | None = None
         self.usage_due_at: float | None = None  # when usage rows alone must be written
+        # Told the journal records of each commit once they are written (replication).
+        self.on_written: Written | None = None
 
     @property
     def failing(self) -> bool:
@@ -111,8 +115,8 @@ class GroupCommit:
             try:
                 for (task_id, subtask_id), files in self._artifacts.items():
                     self.store.put_artifacts(task_id, subtask_id, files)
-                self._artifacts.clear()
-                records = self._records.values()
+                artifacts, self._artifacts = self._artifacts, {}
+                records = list(self._records.values())
                 written = self.store.write_journal(
                     ((r.kind, *r.key[1:], r.data) for r in records),
                     None if usage is None else usage.pending(),
@@ -123,6 +127,8 @@ class GroupCommit:
                 return None
             self.records_written += written
             self._records.clear()
+            if self.on_written is not None and (records or artifacts):
+                self.on_written(records, artifacts)
             if usage is not None:
                 usage.written()
                 self.usage_due_at = None

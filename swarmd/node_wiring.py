@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from .control import Control
 from .core.budget import Budgets
+from .core.failure import Liveness
 from .core.pricing import PeerCapacity
 from .core.tasks import CoordinatorConfig, NodeLoad
 from .enrollment import Enrollment
@@ -17,8 +18,10 @@ from .journal_open import open_store
 from .membership import Membership
 from .own_state import OwnState
 from .peer_view import PricingView
+from .replication import Replication
 from .statedir import LocalIdentity
 from .store import Store
+from .successor import Successor
 from .trust import Trust
 from .usage import Usage
 from .work import Clock, Coordination
@@ -59,6 +62,7 @@ def build(
         worker.model_use_by,
     )
     membership.on_peer_gone = coordination.on_peer_gone
+    _succession(node, membership, coordination, worker)
     membership.on_new_identity = node._on_new_identity
     _usage(node, store, membership, coordination)
     return membership, coordination, worker
@@ -149,3 +153,43 @@ def _usage(node: Node, store: Store, membership: Membership, coordination: Coord
     usage.load(store.usage_rows())
     coordination.coordinator.usage = usage.book
     coordination.commits.usage = usage.book
+
+
+def _succession(
+    node: Node, membership: Membership, coordination: Coordination, worker: Worker
+) -> None:
+    """Tasks survive their coordinator: replicas to successors, adoption, fencing."""
+    up = (Liveness.ALIVE, Liveness.SUSPECT)
+
+    def live() -> list[str]:
+        return [
+            m.node_id
+            for m in membership.members()
+            if not m.is_self and m.liveness is Liveness.ALIVE
+        ]
+
+    def is_up(node_id: str) -> bool:
+        return membership.gossip.liveness(node_id) in up
+
+    log = node.log.getChild("tasks")
+    coordination.replication = replication = Replication(
+        coordination=coordination,
+        send=node._send_to,
+        live=live,
+        address_of=membership.address_of,
+        me=lambda: membership.me,
+        log=log,
+    )
+    coordination.successor = Successor(
+        coordination=coordination,
+        replication=replication,
+        worker=worker,
+        send=node._send_to,
+        is_up=is_up,
+        live_addresses=membership.alive_addresses,
+        address_of=membership.address_of,
+        me=lambda: membership.me,
+        adopt_after_s=node.config.adopt_after_s,
+        log=log,
+    )
+    coordination.commits.on_written = replication.on_written

@@ -26,8 +26,11 @@ from protocol.messages import (
     WorkItem,
     WorkMessage,
 )
+from protocol.succession import ReplicaAck, ReplicaDrop, ReplicaPut, Succession, TaskQuery
 
 from .transport import Reply
+
+_SUCCESSION = (ReplicaPut, ReplicaAck, ReplicaDrop, Succession, TaskQuery)
 
 
 class Router:
@@ -74,6 +77,9 @@ class Router:
             worker.on_ack(message, self._proven_address(sender))
         elif isinstance(message, BlobWant):
             worker.on_blob_want(message, self._proven_address(sender))
+        elif isinstance(message, _SUCCESSION):
+            if coordination.successor is not None:
+                coordination.successor.on_message(message, sender)
         elif isinstance(message, StreamChunk):
             if self.node.gateway is not None:
                 self.node.gateway.relay.on_chunk(message)

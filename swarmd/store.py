@@ -208,6 +208,19 @@ class Store:
             self.quarantine(bad)
         return out
 
+    def task_journal(self, task: str) -> list[JournalRecord]:
+        """One task's rows, (kind, data) in write order (its replica, sent whole)."""
+        rows = self.db.execute(
+            "SELECT kind, data FROM journal WHERE task = ? ORDER BY seq", (task,)
+        ).fetchall()
+        out = []
+        for kind, data in rows:
+            with contextlib.suppress(msgspec.DecodeError):
+                record = msgspec.msgpack.decode(data)
+                if isinstance(record, dict):
+                    out.append((str(kind), record))
+        return out
+
     def quarantine(self, rows: Iterable[BadRow]) -> None:
         """Move these journal rows to the quarantine table, with why."""
         rows = list(rows)

@@ -17,23 +17,17 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
-
-import msgspec
+from typing import TYPE_CHECKING, Any
 
 from protocol.messages import (
-    AttemptResult,
-    BlobChunk,
     CancelAttempt,
     Dispatch,
-    DispatchReply,
     Message,
     NodeRef,
-    Progress,
     ResultAck,
 )
 
-from .artifact_names import check_artifact_names
+from .clock import Clock
 from .core import tasks as core
 from .core import template
 from .core.jobspec import JobSpec
@@ -44,24 +38,17 @@ from .journal_health import JournalHealth
 from .journal_open import quarantine
 from .peer_view import LoadReport
 from .store import Store
-from .transfers import Received, Transfers
+from .transfers import Transfers
 from .watchers import TaskWatchers
+from .work_messages import WorkerMessages
+
+if TYPE_CHECKING:
+    from .replica_store import Moved
+    from .replication import Replication
+    from .successor import Successor
 
 Send = Callable[[str, Message], bool]  # (node address, message) -> queued?
-
-
-class Clock:
-    """Wall-clock seconds that never go backwards: epoch at start + monotonic since.
-
-    Journaled times stay meaningful across restarts (epoch seconds), and a clock
-    step while running cannot expire every lease at once.
-    """
-
-    def __init__(self) -> None:
-        self._wall0, self._mono0 = time.time(), time.monotonic()
-
-    def __call__(self) -> float:
-        return self._wall0 + time.monotonic() - self._mono0
+__all__ = ["Clock", "Coordination"]
 
 
 # ---------------------------------------------------------------- coordinator side
@@ -70,7 +57,7 @@ class Clock:
 SENT_KEPT = 65536  # attempts whose first dispatch's worker generation is remembered
 
 
-class Coordination:
+class Coordination(WorkerMessages):
     def __init__(
         self,
         *,
@@ -129,6 +116,9 @@ class Coordination:
         self.transfers = Transfers(
             store.path.parent, self._to, self._renew, self._delivered, self.counters, log
         )
+        # Tasks survive this coordinator (swarmd/core/succession.py): set when wired.
+        self.replication: Replication | None = None
+        self.successor: Successor | None = None
 
     @property
     def counters(self) -> Counter[str]:
@@ -142,6 +132,8 @@ class Coordination:
         records = [core.Journal(kind, data) for kind, data in self.store.journal()]
         effects = self.coordinator.restore(records, self.clock()) if records else []
         self.run(quarantine(self.store, effects, self.log))  # records restore could not use
+        if self.replication is not None:  # a successor may have adopted them meanwhile
+            self.replication.hold(self.coordinator.open_task_ids())
         count = len(self.coordinator.task_ids())
         if not count:
             return 0
@@ -201,6 +193,9 @@ class Coordination:
             self._expire(now)
             self.transfers.tick(time.monotonic())
             self.run(self.coordinator.tick(now))
+            if self.replication is not None and self.successor is not None:
+                self.replication.tick(time.monotonic())
+                self.successor.tick(time.monotonic())
             self.place()
             if self.commits.failing:
                 self.flush()  # try the commit again (every RETRY_S)
@@ -216,7 +211,7 @@ class Coordination:
         commit) and its messages after them."""
         if not effects:
             return
-        self.commits.add(effects)
+        self.commits.add(list(effects))
         if not self._flush_due:
             try:
                 loop = asyncio.get_running_loop()
@@ -258,6 +253,14 @@ class Coordination:
         if committed is None:
             return
         effects, changed = committed
+        if self.replication is not None:  # dispatches and acks wait for the replica
+            effects = self.replication.gate(effects)
+        self.carry_out(effects)
+        for task_id in changed:  # watchers hear of a change once it is journaled
+            self.watchers.changed(task_id)
+
+    def carry_out(self, effects: Sequence[core.Effect]) -> None:
+        """Send what committed effects say (journaled, and replicated where needed)."""
         for effect in effects:
             if isinstance(effect, core.Dispatch):
                 self._dispatch(effect)
@@ -281,8 +284,6 @@ class Coordination:
             elif isinstance(effect, core.TaskFinished):
                 self.log.debug("task %s %s", effect.task_id, effect.state)
                 self._finished.setdefault(effect.task_id, asyncio.Event()).set()
-        for task_id in changed:  # watchers hear of a change once it is journaled
-            self.watchers.changed(task_id)
 
     def _flush_usage_later(self) -> None:
         due = self.commits.usage_due_at
@@ -300,6 +301,33 @@ class Coordination:
     def _to(self, node_id: str, message: Message) -> bool:
         addr = self.address_of(node_id)
         return addr is not None and self.send(addr, message)
+
+    # ------------------------------------------------------------ succession
+
+    def has_task(self, task_id: str) -> bool:
+        """Whether this node coordinates ``task_id`` now (its own, or adopted)."""
+        return self.coordinator.epoch_of(task_id) is not None
+
+    def replica_of(self, task_id: str) -> core.Coordinator | None:
+        """The replica this node holds of another coordinator's task, rebuilt as a
+        read-only coordinator (``status``, ``result``, ``explain`` of it), or None."""
+        held = None if self.successor is None else self.successor.replica_of(task_id)
+        if held is None:
+            return None
+        view = core.Coordinator(node_id=held.coordinator, node_name=held.coordinator)
+        view.restore([core.Journal(k[0], d) for k, d in held.records.items()], self.clock())
+        return view
+
+    def moved_to(self, task_id: str) -> Moved | None:
+        """Where a task this node coordinated went (a successor adopted it)."""
+        return None if self.successor is None else self.successor.moved_to(task_id)
+
+    def keep_files(self, task_id: str, files: dict[str, bytes]) -> None:
+        self._inputs[task_id] = files
+
+    def forget_files(self, task_id: str) -> None:
+        self._inputs.pop(task_id, None)
+        self._finished.pop(task_id, None)
 
     def _task_files(self, task_id: str) -> dict[str, bytes]:
         if task_id not in self._inputs:
@@ -336,6 +364,7 @@ class Coordination:
             inputs=files,
             model=d.model,
             generation=self._sent_generation[key],
+            epoch=d.epoch,
         )
         if self.on_dispatch_latency is not None:
             self._dispatched_at.setdefault(key, time.monotonic())
@@ -348,173 +377,6 @@ class Coordination:
                     d.task_id, d.subtask_id, d.attempt, d.node_id, "not reachable", now
                 )
             )
-
-    # ------------------------------------------------------------ worker messages
-
-    def on_message(self, message: Message, sender: str | None = None) -> None:
-        """A worker's message; ``sender``: its node as the transport proved it (None:
-        not known, e.g. a test). Taken only from the node the attempt went to."""
-        now = self.clock()
-        c = self.coordinator
-        from_workers = DispatchReply | Progress | AttemptResult | BlobChunk
-        if isinstance(message, from_workers) and not self._from_worker(message, sender):
-            return
-        if isinstance(message, DispatchReply):
-            node = self._sender_of(message.task, message.subtask, message.attempt)
-            if node is None:
-                return
-            self._reported(node, message.load)
-            if message.accepted:  # version 1 workers said so; a start now says it
-                self._first_word(message.task, message.subtask, message.attempt)
-                self.run(c.on_accepted(message.task, message.subtask, message.attempt, node, now))
-            else:
-                self._dispatched_at.pop((message.task, message.subtask, message.attempt), None)
-                self.run(
-                    c.on_refused(
-                        message.task, message.subtask, message.attempt, node, message.reason, now
-                    )
-                )
-                self.wake()
-        elif isinstance(message, Progress):
-            if (message.out or message.err) and message.node == self._sender_of(
-                message.task, message.subtask, message.attempt
-            ):
-                self.watchers.live.take(message)
-            self.watchers.changed(message.task)  # it may have started, or said more
-            self._reported(message.node, message.load)
-            self._first_word(message.task, message.subtask, message.attempt)
-            self.run(
-                c.on_progress(message.task, message.subtask, message.attempt, message.node, now)
-            )
-        elif isinstance(message, BlobChunk):
-            self.transfers.on_chunk(message, time.monotonic())
-        elif isinstance(message, AttemptResult):
-            self._reported(message.node, message.load)
-            self._first_word(message.task, message.subtask, message.attempt)
-            self._on_result(message, now)
-            self._sent_generation.pop((message.task, message.subtask, message.attempt), None)
-            self.watchers.live.drop(message.task, message.subtask, message.attempt)
-
-    def _from_worker(
-        self, m: DispatchReply | Progress | AttemptResult | BlobChunk, sender: str | None
-    ) -> bool:
-        """Whether ``sender`` is the node attempt ``m`` went to (or it is not known)."""
-        node = None if sender is None else self._sender_of(m.task, m.subtask, m.attempt, False)
-        if node is None or node == sender:
-            return True
-        self.counters["wrong_sender"] += 1
-        self.log.warning(
-            "dropped a %s of %s/%s from %s", type(m).__name__, m.task, m.subtask, sender
-        )
-        return False
-
-    def _first_word(self, task: str, subtask: str, attempt: int) -> None:
-        """Dispatch -> the worker's first word on it (its start, or its result)."""
-        sent = self._dispatched_at.pop((task, subtask, attempt), None)
-        if sent is not None and self.on_dispatch_latency is not None:
-            self.on_dispatch_latency(time.monotonic() - sent)
-
-    def _reported(self, node_id: str, load: int | None) -> None:
-        """A worker's own count of attempts it holds, with how many of them were ours."""
-        if load is not None:
-            ours = self._turn_loads().get(node_id)
-            self.reports[node_id] = LoadReport(
-                load, 0 if ours is None else ours.slots, time.monotonic()
-            )
-
-    def _sender_of(self, task: str, subtask: str, attempt: int, count: bool = True) -> str | None:
-        with contextlib.suppress(KeyError):
-            rec = self.coordinator.record(task).subtasks[subtask]
-            for a in rec.attempts:
-                if a.number == attempt:
-                    return a.node_id
-            current = rec.current
-            if current is not None and current.number == attempt:
-                return current.node_id
-        self.counters["stale_messages"] += count
-        return None
-
-    def _on_result(self, m: AttemptResult, now: float, blob: Received | None = None) -> None:
-        bad = check_artifact_names(list(m.artifacts)) if m.artifacts else None
-        if bad is None and blob is not None and blob.names:
-            bad = check_artifact_names(list(blob.names))
-        if bad is not None:  # never stored: the attempt fails with the reason
-            self.counters["bad_artifact_names"] += 1
-            if blob is not None:
-                self.transfers.discard(m)
-            m = msgspec.structs.replace(m, artifacts={}, blob=None, error=bad, app_failed=False)
-            blob = None
-        c = self.coordinator
-        if blob is None and m.blob and c.awaits_result(m.task, m.subtask, m.attempt, m.node):
-            self.transfers.on_head(m, time.monotonic())  # committed once it is here
-            return
-        usage = m.usage or {}
-        result = core.Result(
-            exit_code=m.exit_code,
-            stdout=m.stdout,
-            stderr=m.stderr,
-            output=m.output,
-            usage=m.usage,
-            artifacts=tuple(sorted(m.artifacts)) if blob is None else blob.names,
-            error=m.error if blob is None or blob.error is None else blob.error,
-            app_failed=m.app_failed if blob is None or blob.error is None else False,
-            duration_s=usage.get("seconds"),
-            latency_s=usage.get("ttft_s"),
-        )
-        effects = self.coordinator.on_result(m.task, m.subtask, m.attempt, m.node, result, now)
-        committed = any(
-            isinstance(e, core.Ack) and e.committed and e.attempt == m.attempt for e in effects
-        )
-        if committed and m.artifacts:  # in this turn's commit, before its ack
-            self.commits.add_artifacts(m.task, m.subtask, m.artifacts)
-        if blob is not None and blob.error is None:  # in place before the commit is journaled
-            (self.transfers.install if committed else self.transfers.discard)(m)
-        if not any(isinstance(e, core.Ack) for e in effects):
-            # Unknown task (forgotten) or a duplicate: still let the worker clear it.
-            effects.append(core.Ack(m.task, m.subtask, m.attempt, m.node, False))
-        self.run(effects)
-        self._wake_after_flush()
-
-    def _wake_after_flush(self) -> None:
-        """Wake the loop once this turn's commit is out: then a gateway client waiting on
-        this result is answered before the loop's pass (expiry, ticks, placement)."""
-        if self._flush_due:
-            self._wake_pending = True
-        else:
-            self.wake()
-
-    def _renew(self, m: AttemptResult) -> bool:
-        """A result's blob is still coming: renew its attempt's lease (False: over)."""
-        if not self.coordinator.awaits_result(m.task, m.subtask, m.attempt, m.node):
-            return False
-        self.run(self.coordinator.on_progress(m.task, m.subtask, m.attempt, m.node, self.clock()))
-        return True
-
-    def _delivered(self, m: AttemptResult, blob: Received) -> None:
-        self._on_result(m, self.clock(), blob)
-
-    def on_undelivered(self, messages: Sequence[Message]) -> None:
-        """Messages the transport could not send: a dispatch counts as refused."""
-        now = self.clock()
-        for m in messages:
-            if not isinstance(m, Dispatch):
-                continue  # results are sent again, acks answer them
-            node = self._sender_of(m.task, m.subtask, m.attempt)
-            if node is not None:
-                self._dispatched_at.pop((m.task, m.subtask, m.attempt), None)
-                refused = self.coordinator.on_refused(
-                    m.task, m.subtask, m.attempt, node, "not reachable", now
-                )
-                self.run(refused)
-        self.wake()
-
-    def on_peer_gone(self, node_id: str) -> None:
-        self.run(self.coordinator.on_peer_dead(node_id, self.clock()))
-        self.wake()
-
-    async def wait_finished(self, task_id: str, timeout: float) -> None:
-        event = self._finished.setdefault(task_id, asyncio.Event())
-        await asyncio.wait_for(event.wait(), timeout)
 
     # ------------------------------------------------------------ retention
 

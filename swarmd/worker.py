@@ -31,6 +31,7 @@ from protocol.messages import (
     Progress,
     ResultAck,
     StreamChunk,
+    TaskClaim,
 )
 
 from .core import worker as core
@@ -145,6 +146,9 @@ class Worker:
         self._upstream = HttpPool()  # gateway requests' connections to the endpoints, kept
         self._puts: dict[AttemptKey, tuple[str, AttemptResult]] = {}  # outbox, not written yet
         self._drops: set[AttemptKey] = set()
+        # Rows on disk: a result written, then re-pointed to a new coordinator (its
+        # task adopted: written again later), must still have its row deleted on ack.
+        self._written: set[AttemptKey] = set()
         self._flush_due = False
         self._wake = asyncio.Event()  # a start the timer must tell of sooner
         self._asleep_until = 0.0
@@ -152,6 +156,7 @@ class Worker:
             spool_root or workdir_root.parent / "spool", send, self.core.counters, log
         )
         stored = self._stored_outbox()
+        self._written = {core.key_of(m) for _, m in stored}
         self.core.restore(stored, time.monotonic())
         self.blobs.keep_only(core.key_of(m) for _, m in stored if m.blob is not None)
 
@@ -215,6 +220,25 @@ class Worker:
     def on_ack(self, m: ResultAck, by: str | None = None) -> None:
         self._apply(self.core.on_ack(m, by))
 
+    def on_claim(self, claim: TaskClaim) -> None:
+        """A successor adopted ``claim.task``: its attempts here report there now."""
+        known = self.core.epochs.get(claim.task)
+        if known is not None and (claim.epoch, claim.coordinator.id) <= known[:2]:
+            return
+        effects = self.core.on_claim(claim, time.monotonic())
+        self.log.info(
+            "task %s: now coordinated by %s (epoch %d); %d attempt(s) here report there",
+            claim.task,
+            claim.coordinator.id,
+            claim.epoch,
+            sum(isinstance(e, core.Send) for e in effects),
+        )
+        self._apply(effects)
+
+    def _addr(self, key: AttemptKey, d: Dispatch) -> str:
+        """Where the attempt reports now (a successor may have adopted its task)."""
+        return self.core.coordinator_addr(key) or d.coordinator.addr
+
     def on_blob_want(self, m: BlobWant, by: str | None = None) -> None:
         out = self.core.outbox.get((m.task, m.subtask, m.attempt))
         if out is not None and by is not None and by != out.addr:
@@ -242,7 +266,7 @@ class Worker:
                 self._flush_soon()
             elif isinstance(e, core.Unpersist):
                 self.blobs.drop(e.key)
-                if self._puts.pop(e.key, None) is None:
+                if self._puts.pop(e.key, None) is None or e.key in self._written:
                     self._drops.add(e.key)
                     self._flush_soon()
 
@@ -269,6 +293,7 @@ class Worker:
                 self._flush_due = True
                 asyncio.get_running_loop().call_later(RETRY_S, self.flush)
                 return
+            self._written = (self._written | puts.keys()) - drops
         if self.health is not None:
             self.health.ok("outbox")
 
@@ -357,7 +382,7 @@ class Worker:
                     err=err,
                     err_at=err_at,
                 )
-                self.send(d.coordinator.addr, message)
+                self.send(self._addr(key, d), message)
 
     def _relay(self, d: Dispatch) -> Callable[[bytes], None]:
         """A gateway request's streamed answer to its coordinator, as it arrives."""
@@ -376,7 +401,7 @@ class Worker:
                     data=piece,
                 )
                 seq += 1
-                self.send(d.coordinator.addr, message)
+                self.send(self._addr((d.task, d.subtask, d.attempt), d), message)
 
         return relay
 

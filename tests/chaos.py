@@ -16,6 +16,9 @@ Faults (one at a time per host; see :data:`MAX_IMPAIRED`):
 
 =========  ==================================================================
 kill       SIGKILL, down for a while, restart with the same state dir
+vanish     SIGKILL, down well past failure detection and ``adopt_after_s``: the
+           successors adopt the tasks it coordinated (it is restarted only at the end
+           of its window, so the cluster ends whole: to them it was gone for good)
 stop       SIGSTOP for a while (shorter or longer than failure detection), SIGCONT
 term       SIGTERM (drain, hand back, announce ``left``), restart once it exited
 partition  nft drop-all in the host's namespace, then heal
@@ -63,13 +66,14 @@ from tests.delay import DelayForwarder
 from tests.harness import Daemon, new_secret, wait_until
 from tests.netns import Lan
 
-KINDS: Final = ("kill", "stop", "term", "partition", "loss", "delay")
+KINDS: Final = ("kill", "vanish", "stop", "term", "partition", "loss", "delay")
 # Faults that take a member out of the cluster (it cannot gossip or work meanwhile).
-IMPAIRING: Final = frozenset({"kill", "stop", "term", "partition"})
+IMPAIRING: Final = frozenset({"kill", "vanish", "stop", "term", "partition"})
 # Faults during which a member's control socket does not answer (no submissions there).
-UNRESPONSIVE: Final = frozenset({"kill", "stop", "term"})
+UNRESPONSIVE: Final = frozenset({"kill", "vanish", "stop", "term"})
 WEIGHTS: Final = {
     "kill": 2.0,
+    "vanish": 1.0,
     "stop": 2.0,
     "term": 1.5,
     "partition": 1.5,
@@ -78,6 +82,7 @@ WEIGHTS: Final = {
 }
 DURATION_S: Final = {  # how long the fault lasts (kill/term: until the restart)
     "kill": (0.5, 4.0),
+    "vanish": (9.0, 12.0),  # dead after ~1.7 s, adopted 5 s later (adopt_after_s)
     "stop": (0.5, 5.0),
     "term": (4.0, 7.0),
     "partition": (2.0, 7.0),
@@ -118,7 +123,7 @@ class Fault:
     @property
     def window(self) -> float:
         """How long the host is planned to be busy with this fault."""
-        margin = RESTART_MARGIN_S if self.kind in ("kill", "term") else 0.5
+        margin = RESTART_MARGIN_S if self.kind in ("kill", "vanish", "term") else 0.5
         return self.duration + margin
 
 
@@ -126,7 +131,7 @@ def make_schedule(
     rng: random.Random, n_faults: int, hosts: Iterable[int], max_impaired: int = MAX_IMPAIRED
 ) -> list[Fault]:
     """``n_faults`` faults on ``hosts``: one at a time per host, never more than
-    ``max_impaired`` impairing ones at once; the first six cover every kind."""
+    ``max_impaired`` impairing ones at once; the first ones cover every kind."""
     hosts = list(hosts)
     busy: dict[int, list[tuple[float, float, str]]] = {h: [] for h in hosts}
     kinds = list(KINDS)
@@ -532,7 +537,7 @@ class ChaosEngine(threading.Thread):
         with self._lock:
             self.faulted[h] = fault.kind
         late = f"deferred {fault_deferred:.2f}s" if fault_deferred else ""
-        if fault.kind == "kill":
+        if fault.kind in ("kill", "vanish"):
             c.kill(h)
             self.log.add(fault, "SIGKILL", late)
         elif fault.kind == "stop":
@@ -555,7 +560,7 @@ class ChaosEngine(threading.Thread):
 
     def _recover(self, fault: Fault) -> None:
         h, c = fault.host, self.cluster
-        if fault.kind == "kill":
+        if fault.kind in ("kill", "vanish"):
             c.restart(h)
             self.log.add(fault, "restart")
             self._when_ready(fault)
@@ -813,11 +818,51 @@ class Workload(threading.Thread):
 
 
 def fetch(cluster: ChaosCluster, s: Submitted, what: str) -> dict[str, Any] | None:
-    try:
-        reply = cluster.members[s.host].call(TaskRequest(task=s.task, what=what), timeout=3.0)  # type: ignore[arg-type]
-    except (Unreachable, RequestFailed):
+    """``what`` of the task from whoever coordinates it now: its coordinator, or the
+    successor that adopted it (its old coordinator says "moved" once it knows; while
+    that one is down, the member that answers with the newest epoch)."""
+    for _ in range(len(cluster.members)):
+        try:
+            reply = cluster.members[s.host].call(TaskRequest(task=s.task, what=what), timeout=3.0)  # type: ignore[arg-type]
+        except RequestFailed as exc:
+            moved = _moved_to(cluster, str(exc))
+            if moved is None or moved == s.host:
+                return None
+            s.host = moved  # follow it
+            continue
+        except Unreachable:
+            return _search(cluster, s, what)
+        return reply.body if isinstance(reply, TaskReply) else None
+    return None
+
+
+def _moved_to(cluster: ChaosCluster, message: str) -> int | None:
+    """The host a "task ... moved: NODE (ADDR) adopted it" answer names."""
+    if "moved: " not in message:
         return None
-    return reply.body if isinstance(reply, TaskReply) else None
+    node = message.split("moved: ", 1)[1].split(" ", 1)[0]
+    return next((h for h, i in cluster.node_ids().items() if i == node), None)
+
+
+def _search(cluster: ChaosCluster, s: Submitted, what: str) -> dict[str, Any] | None:
+    """Its coordinator is down: a successor may have adopted the task (epoch > 1)."""
+    found: tuple[int, int, dict[str, Any]] | None = None
+    for h, d in cluster.members.items():
+        if h == s.host:
+            continue
+        try:
+            status = d.call(TaskRequest(task=s.task, what="status"), timeout=1.0)
+        except (Unreachable, RequestFailed):
+            continue
+        if not isinstance(status, TaskReply) or status.body.get("coordinator") != d.name:
+            continue
+        epoch = int(status.body.get("epoch", 1))
+        if epoch > 1 and (found is None or epoch > found[0]):
+            found = (epoch, h, status.body)
+    if found is None:
+        return None
+    s.host = found[1]
+    return found[2] if what == "status" else fetch(cluster, s, what)
 
 
 def wait_all_final(cluster: ChaosCluster, submitted: list[Submitted], timeout: float) -> list[str]:
@@ -840,20 +885,27 @@ def wait_all_final(cluster: ChaosCluster, submitted: list[Submitted], timeout: f
     ]
 
 
-def check_unknown_tasks(cluster: ChaosCluster, known: set[str]) -> tuple[list[str], int]:
+def check_unknown_tasks(
+    cluster: ChaosCluster, known: set[str], timeout: float = 30.0
+) -> tuple[list[str], int]:
     """Every task any member coordinates is final too, including submissions whose
-    reply was lost. Returns (violations, number of tasks the workload did not know)."""
-    violations: list[str] = []
-    unknown = 0
-    for h, d in cluster.members.items():
-        reply = d.call(TasksRequest(), timeout=5.0)
-        assert isinstance(reply, TasksReply)
-        for row in reply.tasks:
-            if row["id"] not in known:
-                unknown += 1
-            if row["state"] not in FINAL_TASK:
-                violations.append(f"h{h} coordinates {row['id']} still {row['state']}: {row}")
-    return violations, unknown
+    reply was lost (such a task may have started late: it gets ``timeout``).
+    Returns (violations, number of tasks the workload did not know)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        violations: list[str] = []
+        unknown = 0
+        for h, d in cluster.members.items():
+            reply = d.call(TasksRequest(), timeout=5.0)
+            assert isinstance(reply, TasksReply)
+            for row in reply.tasks:
+                if row["id"] not in known:
+                    unknown += 1
+                if row["state"] not in FINAL_TASK:
+                    violations.append(f"h{h} coordinates {row['id']} still {row['state']}: {row}")
+        if not violations or time.monotonic() >= deadline:
+            return violations, unknown
+        time.sleep(0.5)
 
 
 def _token(shape: str, sub: Mapping[str, Any]) -> str | None:

@@ -57,6 +57,11 @@ from protocol.messages import (
     Progress,
     ReachReply,
     ReachRequest,
+    ReplicaAck,
+    ReplicaDrop,
+    ReplicaPut,
+    ReplicaRecord,
+    ReplicaTask,
     ResultAck,
     RevokeReply,
     RevokeRequest,
@@ -65,8 +70,11 @@ from protocol.messages import (
     StreamChunk,
     SubmitReply,
     SubmitRequest,
+    Succession,
     Syn,
     SynAck,
+    TaskClaim,
+    TaskQuery,
     TaskReply,
     TaskRequest,
     TasksReply,
@@ -251,6 +259,27 @@ EXAMPLES: dict[type[Message], Message] = {
     ArtifactReply: ArtifactReply(
         pieces=[ArtifactPiece("r.txt", 2, hashlib.sha256(b"ok").digest(), 0, b"ok")], done=True
     ),
+    ReplicaPut: ReplicaPut(
+        seq=3,
+        coordinator=NodeRef("3f9a1c0de4b25a77", 2, 7, "10.0.0.5:7946"),
+        tasks=[
+            ReplicaTask(
+                task="3f9a1c-000001",
+                epoch=1,
+                full=True,
+                records=[
+                    ReplicaRecord("task_state", {"task": "3f9a1c-000001", "state": "running"})
+                ],
+                inputs={"a.txt": b"x"},
+            )
+        ],
+    ),
+    ReplicaAck: ReplicaAck(seq=3, refused=["3f9a1c-000002"]),
+    ReplicaDrop: ReplicaDrop(tasks=["3f9a1c-000001"]),
+    Succession: Succession(
+        claims=[TaskClaim("3f9a1c-000001", 2, NodeRef("77aa", 1, 1, "10.0.0.6:7946"), adopted=True)]
+    ),
+    TaskQuery: TaskQuery(tasks=["3f9a1c-000001"]),
     Bundle: Bundle(
         items=[
             CancelAttempt(task="3f9a1c-000001", subtask="lint", attempt=2),
@@ -368,7 +397,7 @@ def test_trailing_bytes_after_a_message_are_malformed() -> None:
     assert reason_of(codec.encode(EXAMPLES[Syn]) + b"\x00").reason == "malformed"
 
 
-@pytest.mark.parametrize("version", [0, 1, 2, 3, 4, 5, 7, 99, "6", None])
+@pytest.mark.parametrize("version", [0, 1, 2, 3, 4, 5, 6, 8, 99, "7", None])
 def test_other_version_of_a_broken_message(version: Any) -> None:
     raw = syn_map(v=version)
     del raw["seq"]
@@ -377,13 +406,13 @@ def test_other_version_of_a_broken_message(version: Any) -> None:
     assert repr(version) in error.detail
 
 
-@pytest.mark.parametrize("version", [5, 7], ids=["previous", "next"])
+@pytest.mark.parametrize("version", [6, 8], ids=["previous", "next"])
 @pytest.mark.parametrize("kind", [Syn, PeersRequest], ids=["syn", "peers"])
 def test_well_formed_message_of_another_version_is_rejected(
     kind: type[Message], version: int
 ) -> None:
-    """Version 5 (no doctor/reach) and a future 7 alike."""
-    assert PROTOCOL_VERSION == 6
+    """Version 6 (no replicas, no dispatch epochs) and a future 8 alike."""
+    assert PROTOCOL_VERSION == 7
     raw: dict[str, Any] = msgspec.to_builtins(EXAMPLES[kind])
     raw["v"] = version
     assert reason_of(msgspec.msgpack.encode(raw)).reason == "version"

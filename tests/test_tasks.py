@@ -180,6 +180,7 @@ def test_status_and_result_shapes_follow_the_contract() -> None:
         "submitted",
         "finished",
         "subtasks",
+        "epoch",
     ]
     assert status["id"] == "t1" and status["name"] == "job" and status["state"] == "running"
     assert status["coordinator"] == "coord" and status["priority"] == "high"

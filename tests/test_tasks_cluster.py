@@ -14,9 +14,15 @@ import pytest
 from protocol.messages import TaskReply, TaskRequest
 from tests.harness import Daemon, new_secret, swarmctl, wait_until
 
+# These tests restart a coordinator and expect it to resume its own tasks: no successor
+# adopts them meanwhile, however slow the restart (tests/test_succession_cluster.py
+# tests adoption).
+NO_ADOPTION = "adopt_after_s = 600\n"
 # n1 coordinates and runs no shell work itself, so faults can hit a worker
-COORDINATOR_CONFIG = "[node]\nallow_shell = false\n"
-BIG_GPU_CONFIG = '[hardware]\ngpus = [{ name = "RTX 4090", vram = "24GiB" }]\n'
+COORDINATOR_CONFIG = "[node]\nallow_shell = false\n" + NO_ADOPTION
+BIG_GPU_CONFIG = (
+    "[node]\n" + NO_ADOPTION + '[hardware]\ngpus = [{ name = "RTX 4090", vram = "24GiB" }]\n'
+)
 
 
 def _cluster(where: Path) -> Iterator[list[Daemon]]:
@@ -24,7 +30,7 @@ def _cluster(where: Path) -> Iterator[list[Daemon]]:
     nodes = [
         Daemon(where, "n1", secret=secret, config=COORDINATOR_CONFIG),
         Daemon(where, "n2", secret=secret, config=BIG_GPU_CONFIG),
-        Daemon(where, "n3", secret=secret),
+        Daemon(where, "n3", secret=secret, config="[node]\n" + NO_ADOPTION),
     ]
     for d in nodes:
         d.start()

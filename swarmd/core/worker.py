@@ -44,14 +44,29 @@ from protocol.messages import (
     CancelAttempt,
     Dispatch,
     DispatchReply,
+    NodeRef,
     Progress,
     ResultAck,
-    WorkItem,
+    Succession,
+    TaskClaim,
 )
 
 from .jobspec.wording import format_size
+from .succession import EpochBook
+from .worker_effects import AttemptKey, Effect, Persist, Send, Start, Stop, Unpersist
 
-AttemptKey = tuple[str, str, int]  # (task, subtask, attempt)
+__all__ = [
+    "AttemptKey",
+    "Effect",
+    "Persist",
+    "Send",
+    "Start",
+    "Stop",
+    "Unpersist",
+    "WorkerConfig",
+    "WorkerCore",
+    "key_of",
+]
 
 DONE_KEPT = 10_000  # acknowledged attempts remembered, so a late dispatch is not rerun
 SHELL_DISABLED = "shell and python subtasks are disabled on this node (allow_shell = false)"
@@ -80,47 +95,6 @@ class WorkerConfig:
     def queue_limit(self) -> int:
         """The queue configured, or the adaptive queue's least (one per slot)."""
         return max(0, self.slots if self.queue is None else self.queue)
-
-
-# ---------------------------------------------------------------- effects
-
-
-@dataclass(frozen=True, slots=True)
-class Start:
-    """Run the attempt's executor now; call ``on_finished`` when it ends."""
-
-    key: AttemptKey
-    dispatch: Dispatch
-
-
-@dataclass(frozen=True, slots=True)
-class Stop:
-    """Cancel the attempt's executor; it still ends through ``on_finished``."""
-
-    key: AttemptKey
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    addr: str
-    message: WorkItem
-
-
-@dataclass(frozen=True, slots=True)
-class Persist:
-    """Keep this result durably until ``Unpersist`` (the outbox)."""
-
-    key: AttemptKey
-    addr: str
-    message: AttemptResult
-
-
-@dataclass(frozen=True, slots=True)
-class Unpersist:
-    key: AttemptKey
-
-
-Effect = Start | Stop | Send | Persist | Unpersist
 
 
 # ---------------------------------------------------------------- state
@@ -168,6 +142,9 @@ class WorkerCore:
         # Attempts whose result was acknowledged: a late copy of their dispatch (sent
         # again while the answer was on its way) is not run again. The last DONE_KEPT.
         self._done: dict[AttemptKey, None] = {}
+        # The newest coordinator epoch known per task (a successor that adopted it):
+        # dispatches of an older one are refused (swarmd/core/succession.py).
+        self.epochs = EpochBook()
 
     # ------------------------------------------------------------ views
 
@@ -224,6 +201,9 @@ class WorkerCore:
         if done is not None:  # it ran already: the coordinator lacks the result
             self.counters["duplicate_dispatches"] += 1
             return [Send(done.addr, done.message)]
+        fenced = self._fenced(d)
+        if fenced is not None:
+            return fenced
         reason = self._refusal(d)
         if reason is not None:
             self.counters["refused"] += 1
@@ -246,6 +226,66 @@ class WorkerCore:
             return self._start(key, now)
         self._queued.append(key)
         return self._start_queued(now)
+
+    def _fenced(self, d: Dispatch) -> list[Effect] | None:
+        """A dispatch of a superseded coordinator epoch: refused, and its sender told
+        who coordinates the task now. Else the epoch is learnt (None)."""
+        if not self.epochs.stale(d.task, d.epoch):
+            self.epochs.learn(d.task, d.epoch, d.coordinator.id, d.coordinator.addr)
+            return None
+        self.counters["fenced_dispatches"] += 1
+        known = self.epochs.get(d.task)
+        assert known is not None
+        epoch, node, addr = known
+        reply = DispatchReply(
+            task=d.task,
+            subtask=d.subtask,
+            attempt=d.attempt,
+            accepted=False,
+            reason=f"coordinator epoch {d.epoch} is superseded: {node} coordinates it "
+            f"at epoch {epoch}",
+            load=self.load,
+        )
+        claim = TaskClaim(d.task, epoch, NodeRef(node, 0, 0, addr), adopted=True)
+        return [
+            Send(d.coordinator.addr, reply),
+            Send(d.coordinator.addr, Succession(claims=[claim])),
+        ]
+
+    def on_claim(self, claim: TaskClaim, now: float) -> list[Effect]:
+        """``claim.coordinator`` took ``claim.task`` over at ``claim.epoch``: the
+        attempts held of it and their results in the outbox report there from now on
+        (progress and results go at once, so it re-adopts them instead of re-running)."""
+        ref = claim.coordinator
+        if not self.epochs.learn(claim.task, claim.epoch, ref.id, ref.addr):
+            return []
+        effects: list[Effect] = []
+        for key, held in self.held.items():
+            if key[0] != claim.task:
+                continue
+            held.dispatch = msgspec.structs.replace(
+                held.dispatch, coordinator=ref, epoch=claim.epoch
+            )
+            self.counters["attempts_repointed"] += 1
+            note = "running" if held.running else "queued"
+            held.told = held.told or held.running
+            effects.append(self._progress(held, note))
+        for key, out in self.outbox.items():
+            if key[0] != claim.task:
+                continue
+            out.addr = ref.addr
+            out.next_send = now + out.backoff
+            self.counters["results_repointed"] += 1
+            effects += [Send(out.addr, out.message), Persist(key, out.addr, out.message)]
+        return effects
+
+    def coordinator_addr(self, key: AttemptKey) -> str | None:
+        """Where the attempt's messages go now (its task may have been adopted)."""
+        held = self.held.get(key)
+        if held is not None:
+            return held.dispatch.coordinator.addr
+        out = self.outbox.get(key)
+        return None if out is None else out.addr
 
     def _refusal(self, d: Dispatch) -> str | None:
         if d.generation is not None and self.generation not in (None, d.generation):

@@ -85,6 +85,7 @@ Where things are (one concern per module)::
     timeouts.py       deadlines, leases, next wakeup
     views.py          status, result, explain, tasks, summary, load per node
     restore.py        journal replay
+    adoption.py       taking over a dead coordinator's tasks (replica), giving them up
     coordinator.py    Coordinator: the parts put together; submit, cancel, forget, expire
 """
 

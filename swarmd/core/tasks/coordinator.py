@@ -9,16 +9,16 @@ from dataclasses import replace
 from typing import Any
 
 from swarmd.core.jobspec import JobSpec, job_to_data
+from swarmd.core.tasks.adoption import Adoption
 from swarmd.core.tasks.effects import Batch, Effect, Journal
 from swarmd.core.tasks.graph import new_task
-from swarmd.core.tasks.restore import Restore
 from swarmd.core.tasks.scheduler import Scheduler
 from swarmd.core.tasks.timeouts import Timeouts
 from swarmd.core.tasks.views import Views
 from swarmd.core.tasks.worker_events import WorkerEvents
 
 
-class Coordinator(Scheduler, WorkerEvents, Timeouts, Restore, Views):
+class Coordinator(Scheduler, WorkerEvents, Timeouts, Adoption, Views):
     """The task state machine of one coordinating node.
 
     The shell calls:
@@ -34,6 +34,8 @@ class Coordinator(Scheduler, WorkerEvents, Timeouts, Restore, Views):
     * :meth:`cancel`, :meth:`status`, :meth:`result`, :meth:`explain`, :meth:`tasks`
       for the control API;
     * :meth:`restore` once, on a fresh coordinator, with the journal a previous one left;
+    * :meth:`adopt` with a dead coordinator's replica (its successor takes its tasks
+      over), :meth:`relinquish` for a task a successor took over from this one;
     * :meth:`expire` for retention.
 
     Every call returns effects; persist the :class:`Journal` records first (they come
@@ -58,6 +60,9 @@ class Coordinator(Scheduler, WorkerEvents, Timeouts, Restore, Views):
             raise ValueError(f"task {task_id!r} exists already")
         task = new_task(task_id, job, now, self.pricing)
         task.ephemeral = ephemeral
+        task.coordinators = [
+            {"node": self.node_id, "name": self.node_name, "epoch": 1, "since": now}
+        ]
         self._tasks[task_id] = task
         self._open[task_id] = task
         batch = Batch()
@@ -69,6 +74,8 @@ class Coordinator(Scheduler, WorkerEvents, Timeouts, Restore, Views):
                     "job": job_to_data(job) if data is None else data,
                     "submitted": now,
                     "deadline": task.deadline,
+                    "epoch": task.epoch,
+                    "coordinators": task.coordinators,
                 },
             )
         )

@@ -26,6 +26,7 @@ class Dispatch:
     lease_s: float  # the worker reports progress well within this
     model: str | None  # the model profile chosen on that node (llm)
     upstream: Mapping[str, Mapping[str, Any]]  # results for rendering input files, if any
+    epoch: int = 1  # the task's coordinator epoch (workers refuse an older one)
 
 
 @dataclass(frozen=True, slots=True)

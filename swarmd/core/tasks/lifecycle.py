@@ -100,6 +100,7 @@ class Lifecycle(Bookkeeping):
             lease_s=self.config.lease_s,
             model=attempt.model,
             upstream=rec.upstream,
+            epoch=task.epoch,
         )
 
     def _attempt_failed(

@@ -45,6 +45,7 @@ class CoordinatorConfig:
     # it again (a worker ignores a duplicate, or answers with the result it kept).
     dispatch_resend_s: float = 2.0
     restore_grace_s: float | None = None  # lease given to re-adopted attempts (None: lease_s)
+    adopt_grace_s: float = 5.0  # lease of the attempts of a task a successor adopts
     aging_s: float = DEFAULT_AGING_S  # ready queue aging, see swarmd.core.queue
     placements_kept: int = 8  # winning placements kept per subtask for explain
     # Small llm subtasks of one kind, ready together, go to one node up to its free
@@ -292,6 +293,11 @@ class TaskRecord:
     # Not journaled (a gateway request: only the client connected to this node waits
     # for it, and it goes with that connection): never restored after a restart.
     ephemeral: bool = False
+    # The coordinator epoch: 1 when submitted, one more each time a successor adopts
+    # the task (swarmd/core/succession.py); workers refuse messages of an older one.
+    epoch: int = 1
+    # Who coordinated it, in order: {"node", "name", "epoch", "since"} (explain).
+    coordinators: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def final(self) -> bool:

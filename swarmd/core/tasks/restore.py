@@ -77,6 +77,8 @@ class Restore(Lifecycle):
                 task = new_task(key[1], job, float(data["submitted"]), self.pricing)
                 deadline = data.get("deadline")
                 task.deadline = None if deadline is None else float(deadline)
+                task.epoch = int(data.get("epoch", 1))
+                task.coordinators = [dict(c) for c in data.get("coordinators", ())]
             except (JobError, *_BAD) as exc:
                 bad.append(Quarantine(key, _why(exc)))
                 continue

@@ -33,6 +33,10 @@ class Views(Bookkeeping):
     def task_ids(self) -> list[str]:
         return list(self._tasks)
 
+    def open_task_ids(self) -> list[str]:
+        """The unfinished tasks."""
+        return list(self._open)
+
     def record(self, task_id: str) -> TaskRecord:
         """The live record (read it, do not change it)."""
         return self._task(task_id)
@@ -66,6 +70,7 @@ class Views(Bookkeeping):
                 }
                 for rec in task.subtasks.values()
             ],
+            "epoch": task.epoch,  # the coordinator epoch (1 until a successor adopts it)
         }
 
     def result(self, task_id: str) -> dict[str, Any]:
@@ -108,7 +113,14 @@ class Views(Bookkeeping):
                     "error": rec.error,
                 }
             )
-        return {"id": task.id, "name": task.spec.name, "state": task.state, "subtasks": rows}
+        return {
+            "id": task.id,
+            "name": task.spec.name,
+            "state": task.state,
+            "epoch": task.epoch,
+            "coordinators": [dict(c) for c in task.coordinators],
+            "subtasks": rows,
+        }
 
     def tasks(self) -> list[dict[str, Any]]:
         """``swarmctl tasks``: one summary row per task, oldest first (in the order they
