@@ -65,6 +65,7 @@ from protocol.doctor import (
     ReachRequest,
 )
 from protocol.enroll import EnrollReply, EnrollRequest
+from protocol.forward import TaskForward, TaskForwarded, TaskLocate, TaskLocated
 from protocol.gossip import (
     KV,
     MAX_DIGEST,
@@ -126,6 +127,7 @@ ControlRequest = (
     | DoctorRequest
     | ReachRequest
 )
+ForwardMessage = TaskLocate | TaskLocated | TaskForward | TaskForwarded  # node -> node
 ControlReply = (
     PeersReply
     | JoinTokenReply
@@ -145,7 +147,9 @@ ControlReply = (
 )
 WorkMessage = WorkItem | Bundle
 EnrollMessage = EnrollRequest | EnrollReply
-AnyMessage = GossipMessage | ControlRequest | ControlReply | WorkMessage | EnrollMessage
+AnyMessage = (
+    GossipMessage | ControlRequest | ControlReply | WorkMessage | EnrollMessage | ForwardMessage
+)
 
 MESSAGE_TYPES: tuple[type[Message], ...] = (
     Syn,
@@ -192,6 +196,10 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (
     Bundle,
     EnrollRequest,
     EnrollReply,
+    TaskLocate,
+    TaskLocated,
+    TaskForward,
+    TaskForwarded,
 )
 
 __all__ = [
@@ -239,6 +247,7 @@ __all__ = [
     "ErrorReply",
     "Files",
     "Finding",
+    "ForwardMessage",
     "GossipMessage",
     "Gpu",
     "Hardware",
@@ -272,7 +281,11 @@ __all__ = [
     "SubmitRequest",
     "Syn",
     "SynAck",
+    "TaskForward",
+    "TaskForwarded",
     "TaskId",
+    "TaskLocate",
+    "TaskLocated",
     "TaskReply",
     "TaskRequest",
     "TasksReply",

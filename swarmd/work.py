@@ -138,6 +138,15 @@ class Coordination:
     def journal_writes(self) -> int:
         return self.commits.records_written
 
+    def has_task(self, task_id: str) -> bool:
+        """Whether this node answers for ``task_id`` (other nodes forward to it, see
+        :mod:`swarmd.forwarding`): a task it coordinates, running or finished."""
+        try:
+            self.coordinator.record(task_id)
+        except core.UnknownTask:
+            return False
+        return True
+
     def restore(self) -> int:
         records = [core.Journal(kind, data) for kind, data in self.store.journal()]
         effects = self.coordinator.restore(records, self.clock()) if records else []
