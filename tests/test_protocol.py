@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from protocol import codec
 from protocol.codec import DROP_REASONS, MAX_FRAME_BYTES, ProtocolError
+from protocol.forward import TaskForward, TaskForwarded, TaskLocate, TaskLocated
 from protocol.messages import (
     KV,
     MESSAGE_TYPES,
@@ -177,6 +178,14 @@ EXAMPLES: dict[type[Message], Message] = {
         received=1.7e9,
         answered=1.7e9 + 2,
         view=[MemberAddress("n1", 3, "10.0.0.5:7946")],
+    ),
+    TaskLocate: TaskLocate(ref="cd34", task="3f9a1c-0a1b2c3d4e"),
+    TaskLocated: TaskLocated(ref="cd34", task="3f9a1c-0a1b2c3d4e", has=True),
+    TaskForward: TaskForward(
+        ref="cd34", request=LogsRequest(task="3f9a1c-0a1b2c3d4e", subtask="a", follow=True)
+    ),
+    TaskForwarded: TaskForwarded(
+        ref="cd34", found=True, reply=TaskReply(body={"id": "3f9a1c-0a1b2c3d4e"})
     ),
     UsageReply: UsageReply(
         ref="ab12",
@@ -368,7 +377,7 @@ def test_trailing_bytes_after_a_message_are_malformed() -> None:
     assert reason_of(codec.encode(EXAMPLES[Syn]) + b"\x00").reason == "malformed"
 
 
-@pytest.mark.parametrize("version", [0, 1, 2, 3, 4, 5, 7, 99, "6", None])
+@pytest.mark.parametrize("version", [0, 1, 2, 3, 4, 5, 6, 8, 99, "7", None])
 def test_other_version_of_a_broken_message(version: Any) -> None:
     raw = syn_map(v=version)
     del raw["seq"]
@@ -377,13 +386,13 @@ def test_other_version_of_a_broken_message(version: Any) -> None:
     assert repr(version) in error.detail
 
 
-@pytest.mark.parametrize("version", [5, 7], ids=["previous", "next"])
+@pytest.mark.parametrize("version", [6, 8], ids=["previous", "next"])
 @pytest.mark.parametrize("kind", [Syn, PeersRequest], ids=["syn", "peers"])
 def test_well_formed_message_of_another_version_is_rejected(
     kind: type[Message], version: int
 ) -> None:
-    """Version 5 (no doctor/reach) and a future 7 alike."""
-    assert PROTOCOL_VERSION == 6
+    """Version 6 (no task_locate / task_forward) and a future 8 alike."""
+    assert PROTOCOL_VERSION == 7
     raw: dict[str, Any] = msgspec.to_builtins(EXAMPLES[kind])
     raw["v"] = version
     assert reason_of(msgspec.msgpack.encode(raw)).reason == "version"
