@@ -15,9 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from tests.harness import ROOT, Daemon, new_secret, swarmctl, wait_until
+from tests.browser import Browser, find_chromium
+from tests.harness import ROOT, Daemon, free_port, new_secret, swarmctl, wait_until
 
 TWO_SUBTASKS = """
 name = "two"
@@ -33,9 +35,16 @@ after = ["a"]
 """
 
 
-def _cluster(where: Path) -> Iterator[list[Daemon]]:
+DASHBOARD_PORT = free_port()
+
+
+def _cluster(where: Path, dashboard_port: int | None = None) -> Iterator[list[Daemon]]:
     secret = new_secret()
-    nodes = [Daemon(where, name, secret=secret) for name in ("n1", "n2", "n3")]
+    dashboard = f"[node]\ndashboard_port = {dashboard_port}\n" if dashboard_port else None
+    nodes = [
+        Daemon(where, name, secret=secret, config=dashboard if name == "n3" else None)
+        for name in ("n1", "n2", "n3")
+    ]
     for d in nodes:
         d.start()
     for d in nodes:
@@ -49,7 +58,7 @@ def _cluster(where: Path) -> Iterator[list[Daemon]]:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Daemon]]:
-    yield from _cluster(tmp_path_factory.mktemp("anynode"))
+    yield from _cluster(tmp_path_factory.mktemp("anynode"), DASHBOARD_PORT)  # on n3
 
 
 def ctl(d: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
@@ -159,6 +168,52 @@ def test_tasks_all_lists_every_nodes_tasks(cluster: list[Daemon], done_task: str
     assert ctl_json(n3, "tasks") == []  # without --all: n3's own (none)
     text = ctl(n3, "tasks", "--all")
     assert text.returncode == 0 and f"{on_n2}" in text.stdout and "n2" in text.stdout
+
+
+def test_the_dashboard_lists_the_clusters_tasks(cluster: list[Daemon], done_task: str) -> None:
+    """n3's dashboard: the cluster's tasks, and the placement of n1's task on click."""
+    n1 = cluster[0]
+    base = f"http://127.0.0.1:{DASHBOARD_PORT}"
+    listed = httpx.get(f"{base}/api/cluster-tasks", timeout=10)
+    assert listed.status_code == 200, listed.text
+    body = listed.json()
+    rows = {r["id"]: r for r in body["tasks"]}
+    assert rows[done_task]["coordinator_name"] == "n1" and body["missing"] == []
+    assert [r["submitted"] for r in body["tasks"]] == sorted(
+        (r["submitted"] for r in body["tasks"]), reverse=True
+    )  # newest first, as the node's own list
+    explained = httpx.get(f"{base}/api/explain/{done_task}", timeout=10)
+    assert explained.status_code == 200 and explained.json() == ctl_json(n1, "explain", done_task)
+    unknown = httpx.get(f"{base}/api/explain/abcdef-0000000000", timeout=10)
+    assert unknown.status_code == 404 and "asked 2 node(s)" in unknown.json()["error"]
+
+
+CHROMIUM = find_chromium()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium to drive")
+def test_the_dashboard_page_shows_the_cluster_tasks(cluster: list[Daemon], done_task: str) -> None:
+    pytest.importorskip("websockets", reason="pip install websockets (the test extra)")
+    assert CHROMIUM is not None
+    with Browser(CHROMIUM, width=1440, height=900) as browser:
+        browser.goto(f"http://127.0.0.1:{DASHBOARD_PORT}/")
+        row = f"#cluster-tasks tr.cluster-task[data-task='{done_task}']"
+        where = browser.wait_for(
+            f'(document.querySelector("{row}") || {{}}).dataset?.coordinator', 15, what="the row"
+        )
+        assert where == "n1"  # n1's task, on n3's page
+        assert (
+            browser.eval(f"!!document.querySelector(\".task[data-task='{done_task}']\")") is False
+        )
+        browser.click(row)  # its placement, asked of n1
+        browser.wait_for(
+            "document.querySelectorAll('#explain tr.candidate').length === 3", 10, what="placement"
+        )
+        browser.click("#cluster-toggle")
+        hidden = browser.wait_for(
+            "!document.querySelector('#cluster-tasks tr.cluster-task')", 5, what="hidden"
+        )
+        assert hidden
 
 
 def test_forwarded_member_request_with_node_flag(cluster: list[Daemon], done_task: str) -> None:
