@@ -200,7 +200,7 @@ class LogsReply(Message, tag="logs_reply"):
 
 class TasksRequest(Message, tag="tasks"):
     """The tasks this node coordinates; with ``cluster``, every live node's, each row
-    with its ``coordinator`` (node id) and ``coordinator_name``."""
+    with its ``coordinator`` (name, as in ``status``) and ``coordinator_id``."""
 
     cluster: bool = False
 

@@ -299,7 +299,7 @@ def tasks(obj: Ctx, everywhere: bool) -> None:
     if obj.as_json:
         obj.emit_json(reply.tasks)
         return
-    columns = ("id", "name", "state", "priority", *(("coordinator_name",) if everywhere else ()))
+    columns = ("id", "name", "state", "priority", *(("coordinator",) if everywhere else ()))
     for t in reply.tasks:
         click.echo("  ".join(str(t.get(k, "")) for k in columns))
 

@@ -8,7 +8,7 @@ Opt-in (``[node] dashboard_port``), bound to loopback by default. Routes:
 * ``GET /api/explain/TASK``   ``swarmctl explain TASK --json``: per subtask the candidates
   (a task of another node: asked of it, as ``swarmctl explain`` does)
 * ``GET /api/cluster-tasks``  ``swarmctl tasks --all --json``, newest first: every live
-  node's tasks, each with its ``coordinator_name``; ``missing``: nodes that did not answer
+  node's tasks, each with its ``coordinator``; ``missing``: nodes that did not answer
 * ``GET /api/events``         server-sent events: the state, once a second
 
 Access: with ``dashboard_token`` set every request carries it (``?token=`` or

@@ -30,7 +30,8 @@ run = ["sh", "-c", "echo out-a; echo err-a >&2"]
 [[subtask]]
 id = "b"
 kind = "shell"
-run = ["sh", "-c", "echo out-b"]
+run = ["sh", "-c", "echo out-b; echo artifact-b > out.txt"]
+outputs = ["out.txt"]
 after = ["a"]
 """
 
@@ -121,6 +122,13 @@ def test_text_result_from_another_node(cluster: list[Daemon], done_task: str) ->
     assert "out-a" in out.stdout and "out-b" in out.stdout
 
 
+def test_artifacts_from_another_node(cluster: list[Daemon], done_task: str, tmp_path: Path) -> None:
+    """``result --out`` reads the artifacts in pieces (``artifact``), each forwarded."""
+    out = ctl(cluster[2], "result", "--out", str(tmp_path / "got"), done_task)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "got" / "b" / "out.txt").read_text() == "artifact-b\n"
+
+
 def test_unknown_task_names_the_nodes_asked(cluster: list[Daemon]) -> None:
     n3 = cluster[2]
     started = time.monotonic()
@@ -158,12 +166,12 @@ def test_tasks_all_lists_every_nodes_tasks(cluster: list[Daemon], done_task: str
     finished(n2, on_n2)
     rows = ctl_json(n3, "tasks", "--all")
     by_id = {r["id"]: r for r in rows}
-    assert by_id[done_task]["coordinator"] == n1.node_id()
-    assert by_id[done_task]["coordinator_name"] == "n1"
-    assert by_id[on_n2]["coordinator_name"] == "n2"
+    assert by_id[done_task]["coordinator"] == "n1"  # its name, as in `status --json`
+    assert by_id[done_task]["coordinator_id"] == n1.node_id()
+    assert by_id[on_n2]["coordinator"] == "n2"
     own = {r["id"]: r for r in ctl_json(n1, "tasks")}
     fields = set(own[done_task])
-    assert set(by_id[done_task]) == fields | {"coordinator", "coordinator_name"}
+    assert set(by_id[done_task]) == fields | {"coordinator", "coordinator_id"}
     assert {k: by_id[done_task][k] for k in fields} == own[done_task]
     assert ctl_json(n3, "tasks") == []  # without --all: n3's own (none)
     text = ctl(n3, "tasks", "--all")
@@ -178,7 +186,7 @@ def test_the_dashboard_lists_the_clusters_tasks(cluster: list[Daemon], done_task
     assert listed.status_code == 200, listed.text
     body = listed.json()
     rows = {r["id"]: r for r in body["tasks"]}
-    assert rows[done_task]["coordinator_name"] == "n1" and body["missing"] == []
+    assert rows[done_task]["coordinator"] == "n1" and body["missing"] == []
     assert [r["submitted"] for r in body["tasks"]] == sorted(
         (r["submitted"] for r in body["tasks"]), reverse=True
     )  # newest first, as the node's own list

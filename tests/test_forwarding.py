@@ -64,7 +64,7 @@ def test_cluster_rows_are_labelled_merged_and_kept_newest_within_the_limit() -> 
     b = core.labelled([{"id": "b1", "submitted": 2.0}], "B", "nb")
     rows = core.merged([a, b])
     assert [r["id"] for r in rows] == ["a1", "b1", "a2"]
-    assert rows[1]["coordinator"] == "B" and rows[1]["coordinator_name"] == "nb"
+    assert rows[1]["coordinator"] == "nb" and rows[1]["coordinator_id"] == "B"
     assert core.newest_within(rows, 1 << 20) == (rows, 0)
     one = core.rows_size(rows[-1:])
     kept, left_out = core.newest_within(rows, one + 4)  # the header counted as 5 bytes
@@ -287,7 +287,7 @@ def test_the_cluster_list_merges_labels_and_names_who_is_missing() -> None:
     )
     own = TasksReply(tasks=[{"id": "me-1", "submitted": 0.0}])
     reply = run(net.forwarder.cluster_tasks(own, "me", "me"))
-    assert [r["coordinator_name"] for r in reply.tasks] == [
+    assert [r["coordinator"] for r in reply.tasks] == [
         "me",
         "aaaaaa01",
         "bbbbbb02",

@@ -75,8 +75,9 @@ def newest_within(rows: list[dict[str, Any]], max_bytes: int) -> tuple[list[dict
 
 
 def labelled(rows: Iterable[dict[str, Any]], node_id: str, name: str) -> list[dict[str, Any]]:
-    """``tasks`` rows with the node that coordinates them."""
-    return [{**row, "coordinator": node_id, "coordinator_name": name} for row in rows]
+    """``tasks`` rows with the node that coordinates them: ``coordinator`` its name (as
+    in ``status``), ``coordinator_id`` its id."""
+    return [{**row, "coordinator": name, "coordinator_id": node_id} for row in rows]
 
 
 def merged(per_node: Iterable[list[dict[str, Any]]]) -> list[dict[str, Any]]:
