@@ -203,6 +203,7 @@ class TasksRequest(Message, tag="tasks"):
     with its ``coordinator`` (name, as in ``status``) and ``coordinator_id``."""
 
     cluster: bool = False
+    newest: Count = 0  # only the newest N rows (0: all); the others are counted in truncated
 
 
 class TasksReply(Message, tag="tasks_reply"):

@@ -59,7 +59,7 @@ from protocol.messages import (
 
 from .artifacts import ArtifactReader
 from .blobs import BlobError
-from .core.forwarding import newest_within
+from .core.forwarding import newest_rows, newest_within
 from .core.gossip import Member
 from .core.jobspec import (
     JobError,
@@ -197,9 +197,7 @@ class Control:
             ),
             SubmitRequest: lambda r, _l: self.submit(r),
             TaskRequest: lambda r, _l: self.task(r),
-            TasksRequest: lambda _r, _l: TasksReply(
-                tasks=self.node.coordination.coordinator.tasks()
-            ),
+            TasksRequest: lambda r, _l: self.tasks(r),
             DrainRequest: lambda r, _l: self.drain(r),
             ArtifactRequest: lambda r, _l: self.artifact(r),
             RevokeRequest: self.revoke,
@@ -286,6 +284,11 @@ class Control:
         except JournalUnavailable as exc:
             return ErrorReply(code="unavailable", message=str(exc)[:4000])
         return SubmitReply(task=task_id)
+
+    def tasks(self, request: TasksRequest) -> TasksReply:
+        """The tasks this node coordinates, oldest first (the newest N if asked)."""
+        rows, left_out = newest_rows(self.node.coordination.coordinator.tasks(), request.newest)
+        return TasksReply(tasks=rows, truncated=left_out)
 
     def task(self, request: TaskRequest) -> ControlReply:
         coordination = self.node.coordination
@@ -392,17 +395,18 @@ class Control:
         assert self.forwarder is not None
         if not isinstance(request, TasksRequest):
             return await self.forwarder.forward(request)
-        own = await self._answer_here(TasksRequest())
+        own = await self._answer_here(TasksRequest(newest=request.newest))
         if not isinstance(own, TasksReply):
             return own  # this node's own list cannot be shown now (not committed)
-        return await self.forwarder.cluster_tasks(own, self.node.node_id, self.node.name)
+        me = (self.node.node_id, self.node.name)
+        return await self.forwarder.cluster_tasks(own, *me, newest=request.newest)
 
     async def _answer_forwarded(self, message: TaskForward) -> TaskForwarded:
         """A member node relays a request about a task it does not have (or asks for
         this node's task list): answered as if a member had asked here directly."""
         inner = message.request
         if isinstance(inner, TasksRequest):
-            inner = TasksRequest()  # this node's own list: never gathered again
+            inner = TasksRequest(newest=inner.newest)  # its own list: never gathered again
         elif not self.node.coordination.has_task(inner.task):
             return TaskForwarded(ref=message.ref, found=False)
         try:
@@ -412,7 +416,7 @@ class Control:
             reply = ErrorReply(code="internal", message=str(exc)[:4000])
         if isinstance(reply, TasksReply):
             rows, left_out = newest_within(reply.tasks, TASKS_ROWS_MAX_BYTES)
-            reply = TasksReply(tasks=rows, truncated=left_out)
+            reply = TasksReply(tasks=rows, truncated=reply.truncated + left_out)
         return TaskForwarded(ref=message.ref, found=True, reply=self._forwardable(reply))
 
     def _forwardable(self, reply: ControlReply) -> ForwardedReply:

@@ -326,14 +326,14 @@ class Dashboard:
 
     async def _cluster_tasks(self, request: Request) -> Response:
         try:
-            reply = await self._ask_cluster(TasksRequest(cluster=True))
+            reply = await self._ask_cluster(TasksRequest(cluster=True, newest=CLUSTER_TASKS))
             if not isinstance(reply, TasksReply):
                 why = reply.message if isinstance(reply, ErrorReply) else "no cluster view"
                 return _json(503, why)
             body = self._encode(
                 {
                     "time": self.clock(),
-                    "tasks": reply.tasks[-CLUSTER_TASKS:][::-1],
+                    "tasks": reply.tasks[::-1],
                     "task_count": len(reply.tasks) + reply.truncated,
                     "missing": reply.missing,
                 }

@@ -51,6 +51,7 @@ REMEMBERED: Final = 1024  # tasks whose node is remembered
 
 Send = Callable[[str, Message], bool]
 _GONE: Final = object()  # what a waiting future gets when its node is declared dead
+_UNREACHABLE: Final = object()  # the request could not be sent (no link, queue full)
 
 
 class Forwarder:
@@ -119,6 +120,8 @@ class Forwarder:
         self.counters["forward_unanswered"] += 1
         if answer is _GONE:
             why = "was declared dead while it answered"
+        elif answer is _UNREACHABLE:
+            why = "cannot be reached now (no link to it, or its queue is full)"
         else:
             why = f"did not answer within {self.forward_s + _waits_s(request):g} s"
         return ErrorReply(
@@ -144,7 +147,7 @@ class Forwarder:
         future = self._expect(ref, peer.node_id)
         try:
             if not self.send(peer.address, TaskForward(ref=ref, request=request)):
-                return None
+                return _UNREACHABLE
             timeout = max(0.0, deadline - asyncio.get_running_loop().time())
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
@@ -178,7 +181,8 @@ class Forwarder:
         finally:
             for peer in peers:
                 self._waiting.pop((ref, peer.node_id), None)
-        silent = [asked[f].name for f in pending]
+        unsent = [p.name for p in peers if p not in asked.values()]
+        silent = [asked[f].name for f in pending] + unsent
         self.counters["forward_unknown"] += 1
         names = [p.name for p in peers]
         return ErrorReply(
@@ -194,14 +198,17 @@ class Forwarder:
 
     # ------------------------------------------------------------ the cluster's tasks
 
-    async def cluster_tasks(self, own: TasksReply, node_id: str, name: str) -> TasksReply:
-        """This node's rows and every live peer's, labelled with their coordinator."""
+    async def cluster_tasks(
+        self, own: TasksReply, node_id: str, name: str, newest: int = 0
+    ) -> TasksReply:
+        """This node's rows and every live peer's, labelled with their coordinator (the
+        newest ``newest`` of them all; 0: all that fit)."""
         ref = secrets.token_hex(8)
         asked: dict[asyncio.Future[object], core.Peer] = {}
         missing: list[str] = []
         for peer in self.peers():
             future = self._expect(ref, peer.node_id)
-            if self.send(peer.address, TaskForward(ref=ref, request=TasksRequest())):
+            if self.send(peer.address, TaskForward(ref=ref, request=TasksRequest(newest=newest))):
                 asked[future] = peer
             else:
                 missing.append(f"{peer.name}: not reachable")
@@ -223,8 +230,10 @@ class Forwarder:
                 missing.append(f"{peer.name}: {reply.code}: {reply.message}"[:4000])
             else:
                 missing.append(f"{peer.name}: no answer within {self.locate_s:g} s")
-        rows, left_out = core.newest_within(core.merged(per_node), CLUSTER_ROWS_MAX_BYTES)
-        return TasksReply(tasks=rows, missing=missing, truncated=truncated + left_out)
+        rows, past_newest = core.newest_rows(core.merged(per_node), newest)
+        rows, past_limit = core.newest_within(rows, CLUSTER_ROWS_MAX_BYTES)
+        truncated += past_newest + past_limit
+        return TasksReply(tasks=rows, missing=missing, truncated=truncated)
 
     # ------------------------------------------------------------ answers
 

@@ -69,6 +69,8 @@ def test_cluster_rows_are_labelled_merged_and_kept_newest_within_the_limit() -> 
     one = core.rows_size(rows[-1:])
     kept, left_out = core.newest_within(rows, one + 4)  # the header counted as 5 bytes
     assert [r["id"] for r in kept] == ["a2"] and left_out == 2
+    assert core.newest_rows(rows, 2) == (rows[1:], 1)
+    assert core.newest_rows(rows, 0) == (rows, 0) == core.newest_rows(rows, 3)
 
 
 # ---------------------------------------------------------------- an in-process cluster
@@ -306,3 +308,31 @@ def test_forward_messages_on_the_local_socket_are_refused() -> None:
         router.on_server(message, replies.append, True)
         assert isinstance(replies[0], ErrorReply) and replies[0].code == "bad_request"
     assert node.counters["dropped_forward_on_control"] == 2
+
+
+def test_the_cluster_list_can_be_only_the_newest_rows() -> None:
+    a, b = coordinator_with("aaaaaa01", "x", "y", "z"), coordinator_with("bbbbbb02", "w")
+    net = Net(
+        {"aaaaaa01": answering_control("aaaaaa01", a), "bbbbbb02": answering_control("bbbbbb02", b)}
+    )
+    own = TasksReply(tasks=[])
+    reply = run(net.forwarder.cluster_tasks(own, "me", "me", newest=2))
+    assert [r["id"] for r in reply.tasks] == [a.task_ids()[2], b.task_ids()[0]]
+    assert reply.truncated == 2  # x and y
+    asked = [m.request for n, m in net.sent if isinstance(m, TaskForward)]
+    assert asked == [TasksRequest(newest=2)] * 2  # each node sends at most 2
+
+
+def test_a_node_that_cannot_be_reached_is_said_so() -> None:
+    net = Net({"aaaaaa01": answering_control("aaaaaa01", coordinator_with("aaaaaa01", "x"))})
+    task = net.controls["aaaaaa01"].node.coordination.coordinator.task_ids()[0]  # type: ignore[union-attr]
+    assert isinstance(run(net.forwarder.forward(TaskRequest(task=task, what="status"))), TaskReply)
+    net.send = lambda _addr, _message: False  # type: ignore[method-assign]
+    net.forwarder.send = net.send
+    reply = run(net.forwarder.forward(TaskRequest(task=task, what="status")))
+    assert isinstance(reply, ErrorReply) and "cannot be reached now" in reply.message
+    unknown = run(net.forwarder.forward(TaskRequest(task="other", what="status")))
+    assert (
+        isinstance(unknown, ErrorReply)
+        and "no answer within 0.5 s from aaaaaa01" in unknown.message
+    )

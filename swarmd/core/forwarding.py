@@ -74,6 +74,14 @@ def newest_within(rows: list[dict[str, Any]], max_bytes: int) -> tuple[list[dict
     return kept, len(rows) - len(kept)
 
 
+def newest_rows(rows: list[dict[str, Any]], newest: int) -> tuple[list[dict[str, Any]], int]:
+    """The last ``newest`` rows (``tasks`` lists oldest first; 0: all) and how many
+    were left out."""
+    if newest <= 0 or len(rows) <= newest:
+        return rows, 0
+    return rows[-newest:], len(rows) - newest
+
+
 def labelled(rows: Iterable[dict[str, Any]], node_id: str, name: str) -> list[dict[str, Any]]:
     """``tasks`` rows with the node that coordinates them: ``coordinator`` its name (as
     in ``status``), ``coordinator_id`` its id."""
