@@ -185,9 +185,20 @@ class Forwarder:
         silent = [asked[f].name for f in pending] + unsent
         self.counters["forward_unknown"] += 1
         names = [p.name for p in peers]
-        return ErrorReply(
-            code="bad_request", message=core.unknown_task(task, names, silent, self.locate_s)
-        )
+        message = core.unknown_task(task, names, silent, self.locate_s) + self._submitter_gone(task)
+        return ErrorReply(code="bad_request", message=message[:4000])
+
+    def _submitter_gone(self, task: str) -> str:
+        """A hint when the node that made the task is known but not live."""
+        hint = core.submitter_hint(task)
+        for m in self.members() if hint else ():
+            if m.node_id.startswith(hint) and not m.is_self:
+                if m.liveness in (Liveness.ALIVE, Liveness.SUSPECT):
+                    return ""
+                name = m.state.get("name")
+                name = name if isinstance(name, str) else m.node_id
+                return f"; node {name}, which submitted it, is {m.liveness.value}"
+        return ""
 
     def _found(self, task: str, peer: core.Peer) -> core.Peer:
         self._where[task] = peer.node_id

@@ -271,3 +271,10 @@ def test_a_forwarded_request_to_a_node_that_dies_fails_in_time(fresh: list[Daemo
     # within the forward's own deadline (2.5 s + the follow's 10 s), before swarmctl's
     # own timeout (13 s) would have said only "no answer"
     assert took < 12.5, (took, err)
+    # n1 dead: its task is unknown, and the error says where it came from (or, once a
+    # successor has taken n1's tasks over, that node answers)
+    wait_until(lambda: n3.states()["n1"] == "dead", 20, what="n1 dead on n3")
+    status = ctl(n3, "status", task)
+    assert status.returncode == 0 or (
+        status.returncode == 2 and "node n1, which submitted it, is dead" in status.stderr
+    ), status.stderr

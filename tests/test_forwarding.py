@@ -336,3 +336,17 @@ def test_a_node_that_cannot_be_reached_is_said_so() -> None:
         isinstance(unknown, ErrorReply)
         and "no answer within 0.5 s from aaaaaa01" in unknown.message
     )
+
+
+def test_an_unknown_task_whose_submitter_is_dead_says_so() -> None:
+    net = Net({"bbbbbb02": answering_control("bbbbbb02", coordinator_with("bbbbbb02"))})
+    alive = net.forwarder.members
+    net.forwarder.members = lambda: [*alive(), member("aaaaaa01", Liveness.DEAD)]
+    reply = run(net.forwarder.forward(TaskRequest(task="aaaaaa-0000000001", what="status")))
+    assert isinstance(reply, ErrorReply) and reply.code == "bad_request"
+    assert reply.message == (
+        "unknown task 'aaaaaa-0000000001' (asked 1 node(s): bbbbbb02); "
+        "node aaaaaa01, which submitted it, is dead"
+    )
+    other = run(net.forwarder.forward(TaskRequest(task="cccccc-0000000001", what="status")))
+    assert isinstance(other, ErrorReply) and "submitted" not in other.message
