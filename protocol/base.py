@@ -6,7 +6,9 @@ from typing import Annotated
 
 from msgspec import Meta, Struct
 
-PROTOCOL_VERSION = 7  # 7: succession (replicas, epochs); 6: doctor, reach (PROTOCOL.md)
+# 7: succession (replicas, epochs), task_locate/task_forward; 6: doctor, reach;
+# 5: stream_chunk (PROTOCOL.md)
+PROTOCOL_VERSION = 7
 
 NodeId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 Address = Annotated[str, Meta(min_length=3, max_length=262)]  # host:port

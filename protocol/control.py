@@ -199,8 +199,15 @@ class LogsReply(Message, tag="logs_reply"):
 
 
 class TasksRequest(Message, tag="tasks"):
-    pass
+    """The tasks this node coordinates; with ``cluster``, every live node's, each row
+    with its ``coordinator`` (name, as in ``status``) and ``coordinator_id``."""
+
+    cluster: bool = False
+    newest: Count = 0  # only the newest N rows (0: all); the others are counted in truncated
 
 
 class TasksReply(Message, tag="tasks_reply"):
     tasks: list[dict[str, Any]]
+    # cluster lists only: live nodes whose rows are not in it, and why
+    missing: Annotated[list[Text], Meta(max_length=4096)] = []
+    truncated: Count = 0  # rows left out (the oldest) to keep the reply within its limit

@@ -65,6 +65,7 @@ from protocol.doctor import (
     ReachRequest,
 )
 from protocol.enroll import EnrollReply, EnrollRequest
+from protocol.forward import TaskForward, TaskForwarded, TaskLocate, TaskLocated
 from protocol.gossip import (
     KV,
     MAX_DIGEST,
@@ -136,6 +137,7 @@ ControlRequest = (
     | DoctorRequest
     | ReachRequest
 )
+ForwardMessage = TaskLocate | TaskLocated | TaskForward | TaskForwarded  # node -> node
 ControlReply = (
     PeersReply
     | JoinTokenReply
@@ -155,7 +157,9 @@ ControlReply = (
 )
 WorkMessage = WorkItem | Bundle
 EnrollMessage = EnrollRequest | EnrollReply
-AnyMessage = GossipMessage | ControlRequest | ControlReply | WorkMessage | EnrollMessage
+AnyMessage = (
+    GossipMessage | ControlRequest | ControlReply | WorkMessage | EnrollMessage | ForwardMessage
+)
 
 MESSAGE_TYPES: tuple[type[Message], ...] = (
     Syn,
@@ -207,6 +211,10 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (
     Bundle,
     EnrollRequest,
     EnrollReply,
+    TaskLocate,
+    TaskLocated,
+    TaskForward,
+    TaskForwarded,
 )
 
 __all__ = [
@@ -254,6 +262,7 @@ __all__ = [
     "ErrorReply",
     "Files",
     "Finding",
+    "ForwardMessage",
     "GossipMessage",
     "Gpu",
     "Hardware",
@@ -294,7 +303,11 @@ __all__ = [
     "Syn",
     "SynAck",
     "TaskClaim",
+    "TaskForward",
+    "TaskForwarded",
     "TaskId",
+    "TaskLocate",
+    "TaskLocated",
     "TaskQuery",
     "TaskReply",
     "TaskRequest",

@@ -302,16 +302,23 @@ def _fetch_artifacts(obj: Ctx, client: Client, task: str, subtask: str, out: Pat
 
 
 @main.command()
+@click.option("--all", "everywhere", is_flag=True, help="every live node's tasks")
 @click.pass_obj
-def tasks(obj: Ctx) -> None:
-    """The tasks this node coordinates."""
-    reply = obj.call(TasksRequest())
+def tasks(obj: Ctx, everywhere: bool) -> None:
+    """The tasks this node coordinates; --all: the whole cluster's, each with the node
+    that coordinates it (nodes that did not answer are named on stderr)."""
+    reply = obj.call(TasksRequest(cluster=everywhere))
     assert isinstance(reply, TasksReply)
+    for why in reply.missing:
+        click.echo(f"swarmctl: not listed: {why}", err=True)
+    if reply.truncated:
+        click.echo(f"swarmctl: {reply.truncated} older task(s) left out (too many)", err=True)
     if obj.as_json:
         obj.emit_json(reply.tasks)
         return
+    columns = ("id", "name", "state", "priority", *(("coordinator",) if everywhere else ()))
     for t in reply.tasks:
-        click.echo("  ".join(str(t.get(k, "")) for k in ("id", "name", "state", "priority")))
+        click.echo("  ".join(str(t.get(k, "")) for k in columns))
 
 
 @main.command()

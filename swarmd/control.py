@@ -17,6 +17,17 @@ from typing import Any, Protocol
 
 import msgspec
 
+from protocol import codec
+from protocol.forward import (
+    FORWARD_REPLY_MAX,
+    TASKS_ROWS_MAX_BYTES,
+    ForwardedReply,
+    ForwardedRequest,
+    TaskForward,
+    TaskForwarded,
+    TaskLocate,
+    TaskLocated,
+)
 from protocol.messages import (
     ArtifactRequest,
     ControlReply,
@@ -48,6 +59,7 @@ from protocol.messages import (
 
 from .artifacts import ArtifactReader
 from .blobs import BlobError
+from .core.forwarding import newest_rows, newest_within
 from .core.gossip import Member
 from .core.jobspec import (
     JobError,
@@ -59,6 +71,7 @@ from .core.jobspec import (
 )
 from .core.tasks import FINAL_TASK, UnknownTask
 from .credentials import NotAdmin
+from .forwarding import Forwarder
 from .journal_health import JournalUnavailable
 from .usage import Usage
 from .work import Coordination
@@ -184,15 +197,18 @@ class Control:
             ),
             SubmitRequest: lambda r, _l: self.submit(r),
             TaskRequest: lambda r, _l: self.task(r),
-            TasksRequest: lambda _r, _l: TasksReply(
-                tasks=self.node.coordination.coordinator.tasks()
-            ),
+            TasksRequest: lambda r, _l: self.tasks(r),
             DrainRequest: lambda r, _l: self.drain(r),
             ArtifactRequest: lambda r, _l: self.artifact(r),
             RevokeRequest: self.revoke,
             UsageRequest: lambda r, _l: self.usage(r),
+            TaskLocate: lambda r, _l: TaskLocated(
+                ref=r.ref, task=r.task, has=self.node.coordination.has_task(r.task)
+            ),
         }
         self._reader: ArtifactReader | None = None
+        # Asks the peers about tasks this node does not have (None: it does not).
+        self.forwarder: Forwarder | None = None
 
     @property
     def reader(self) -> ArtifactReader:
@@ -269,6 +285,11 @@ class Control:
             return ErrorReply(code="unavailable", message=str(exc)[:4000])
         return SubmitReply(task=task_id)
 
+    def tasks(self, request: TasksRequest) -> TasksReply:
+        """The tasks this node coordinates, oldest first (the newest N if asked)."""
+        rows, left_out = newest_rows(self.node.coordination.coordinator.tasks(), request.newest)
+        return TasksReply(tasks=rows, truncated=left_out)
+
     def task(self, request: TaskRequest) -> ControlReply:
         coordination = self.node.coordination
         c = coordination.coordinator
@@ -290,9 +311,22 @@ class Control:
         except UnknownTask:
             return self._unknown(request.task)
 
-    def answers_later(self, request: object) -> bool:
-        """Requests answered when something happens (push), or once what they show is
-        committed: ``answer_later`` them."""
+    def forwards(self, request: object) -> bool:
+        """Whether ``request`` is answered by other nodes: about a task this node does
+        not have, or the cluster's task list."""
+        if self.forwarder is None:
+            return False
+        if isinstance(request, TasksRequest):
+            return request.cluster
+        if isinstance(request, TaskRequest | WatchRequest | LogsRequest | ArtifactRequest):
+            return not self.node.coordination.has_task(request.task)
+        return False
+
+    def answers_later(self, request: object, forward: bool = True) -> bool:
+        """Requests answered when something happens (push), once what they show is
+        committed, or by other nodes: ``answer_later`` them."""
+        if isinstance(request, TaskForward) or (forward and self.forwards(request)):
+            return True
         commits = self.node.coordination.commits
         if isinstance(request, TaskRequest):
             return request.what == "cancel" or not commits.durable(request.task)
@@ -304,15 +338,13 @@ class Control:
             return self.node.coordination.replication is not None
         return isinstance(request, WatchRequest | LogsRequest)
 
-    async def answer_later(
-        self,
-        request: WatchRequest
-        | LogsRequest
-        | TaskRequest
-        | TasksRequest
-        | UsageRequest
-        | SubmitRequest,
-    ) -> ControlReply:
+    async def answer_later(self, request: Any, forward: bool = True) -> Any:
+        """The answer to a request :meth:`answers_later` (a ``task_forwarded`` to a
+        ``task_forward``, else a control reply)."""
+        if isinstance(request, TaskForward):
+            return await self._answer_forwarded(request)
+        if forward and self.forwards(request):
+            return await self._forward(request)
         if isinstance(request, SubmitRequest):
             reply = self.submit(request)
             replication = self.node.coordination.replication
@@ -359,6 +391,56 @@ class Control:
         if not await coordination.commits.wait_durable(task, DURABLE_WAIT_S):
             return self._not_durable()
         return self.handle(request, True)
+
+    async def _answer_here(self, request: ForwardedRequest) -> ControlReply:
+        """``request`` answered from this node's own tasks, never forwarded on."""
+        if self.answers_later(request, forward=False):
+            reply: ControlReply = await self.answer_later(request, forward=False)
+            return reply
+        return self.handle(request, False)
+
+    async def _forward(self, request: ForwardedRequest) -> ControlReply:
+        assert self.forwarder is not None
+        if not isinstance(request, TasksRequest):
+            return await self.forwarder.forward(request)
+        own = await self._answer_here(TasksRequest(newest=request.newest))
+        if not isinstance(own, TasksReply):
+            return own  # this node's own list cannot be shown now (not committed)
+        me = (self.node.node_id, self.node.name)
+        return await self.forwarder.cluster_tasks(own, *me, newest=request.newest)
+
+    async def _answer_forwarded(self, message: TaskForward) -> TaskForwarded:
+        """A member node relays a request about a task it does not have (or asks for
+        this node's task list): answered as if a member had asked here directly."""
+        inner = message.request
+        if isinstance(inner, TasksRequest):
+            inner = TasksRequest(newest=inner.newest)  # its own list: never gathered again
+        elif not self.node.coordination.has_task(inner.task):
+            return TaskForwarded(ref=message.ref, found=False)
+        try:
+            reply = await self._answer_here(inner)
+        except Exception as exc:
+            logging.getLogger("swarmd.control").exception("forwarded request failed")
+            reply = ErrorReply(code="internal", message=str(exc)[:4000])
+        if isinstance(reply, TasksReply):
+            rows, left_out = newest_within(reply.tasks, TASKS_ROWS_MAX_BYTES)
+            reply = TasksReply(tasks=rows, truncated=reply.truncated + left_out)
+        return TaskForwarded(ref=message.ref, found=True, reply=self._forwardable(reply))
+
+    def _forwardable(self, reply: ControlReply) -> ForwardedReply:
+        if not isinstance(reply, ForwardedReply):  # type: ignore[arg-type,misc]
+            return ErrorReply(code="internal", message=f"unexpected {type(reply).__name__}")
+        size = len(codec.encode(reply))
+        if size <= FORWARD_REPLY_MAX:
+            return reply  # type: ignore[return-value]
+        where = getattr(self.node, "address", "") or "its node"
+        return ErrorReply(
+            code="bad_request",
+            message=f"the answer is too big to forward ({size} bytes, over the "
+            f"{FORWARD_REPLY_MAX >> 20} MiB a forwarded answer may carry): ask the node "
+            f"that has the task itself: swarmctl --node {where} ...; artifacts come in "
+            "pieces with `result --out` from any node",
+        )
 
     def _not_durable(self) -> ErrorReply:
         reason = self.node.coordination.health.reason or "the journal commit is late"

@@ -6,6 +6,9 @@ Opt-in (``[node] dashboard_port``), bound to loopback by default. Routes:
 * ``GET /api/state``          ``{node, peers, tasks, ...}``: the peers as ``swarmctl peers
   --json`` shows them, the recent tasks with their status (newest first)
 * ``GET /api/explain/TASK``   ``swarmctl explain TASK --json``: per subtask the candidates
+  (a task of another node: asked of it, as ``swarmctl explain`` does)
+* ``GET /api/cluster-tasks``  ``swarmctl tasks --all --json``, newest first: every live
+  node's tasks, each with its ``coordinator``; ``missing``: nodes that did not answer
 * ``GET /api/events``         server-sent events: the state, once a second
 
 Access: with ``dashboard_token`` set every request carries it (``?token=`` or
@@ -46,6 +49,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from zmq.utils import z85
 
+from protocol.messages import ErrorReply, TaskReply, TaskRequest, TasksReply, TasksRequest
+
 from . import __version__
 from .control import peers as peer_views
 from .core.gossip import Member
@@ -61,6 +66,7 @@ MAX_CONNECTIONS = 64
 EVENT_INTERVAL_S = 1.0  # a new state at least this often (peers' load, liveness)
 EVENT_MIN_S = 0.2  # and when a task changes, but not more often than this
 RECENT_TASKS = 25
+CLUSTER_TASKS = 100  # rows of the cluster's task list shown (newest first)
 STATE_CACHE_S = 0.2  # several viewers share one rendering of the state
 LIMITS = Limits(
     max_body_bytes=0,
@@ -259,6 +265,7 @@ class Dashboard:
             Route("/index.html", self._page),
             Route("/api/state", self._state),
             Route("/api/explain/{task:path}", self._explain),
+            Route("/api/cluster-tasks", self._cluster_tasks),
             Route("/api/events", self._events),
             Route("/favicon.ico", lambda _: Response(b"", 204, media_type="image/x-icon")),
         ]
@@ -296,13 +303,45 @@ class Dashboard:
         if not _TASK_RE.match(task):
             return _json(400, "malformed task id")
         try:
-            body = self._encode(self.node.coordination.coordinator.explain(task))
-        except UnknownTask:
-            return _json(404, f"unknown task {task} on this node")
+            try:
+                body = self._encode(self.node.coordination.coordinator.explain(task))
+            except UnknownTask:
+                reply = await self._ask_cluster(TaskRequest(task=task, what="explain"))
+                if not isinstance(reply, TaskReply):
+                    return _json(404, reply.message if reply else f"unknown task {task}")
+                body = self._encode(reply.body)
         except Exception:
             self.counters["dashboard_errors"] += 1
             self.log.exception("dashboard: cannot explain %s", task)
             return _json(500, "cannot explain the task")
+        return Response(body, media_type="application/json")
+
+    async def _ask_cluster(self, request: TaskRequest | TasksRequest) -> Any:
+        """The answer of the node that has the task (or of every node), as ``swarmctl``
+        gets it from this one; None where this node cannot ask its peers."""
+        control = getattr(self.node, "control", None)
+        if control is None or control.forwarder is None:
+            return None
+        return await control.answer_later(request)
+
+    async def _cluster_tasks(self, request: Request) -> Response:
+        try:
+            reply = await self._ask_cluster(TasksRequest(cluster=True, newest=CLUSTER_TASKS))
+            if not isinstance(reply, TasksReply):
+                why = reply.message if isinstance(reply, ErrorReply) else "no cluster view"
+                return _json(503, why)
+            body = self._encode(
+                {
+                    "time": self.clock(),
+                    "tasks": reply.tasks[::-1],
+                    "task_count": len(reply.tasks) + reply.truncated,
+                    "missing": reply.missing,
+                }
+            )
+        except Exception:
+            self.counters["dashboard_errors"] += 1
+            self.log.exception("dashboard: cannot list the cluster's tasks")
+            return _json(500, "cannot list the cluster's tasks")
         return Response(body, media_type="application/json")
 
     async def _events(self, request: Request) -> Response:

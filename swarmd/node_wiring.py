@@ -14,6 +14,7 @@ from .core.pricing import PeerCapacity
 from .core.tasks import CoordinatorConfig, NodeLoad
 from .enrollment import Enrollment
 from .executors import Limits
+from .forwarding import Forwarder
 from .journal_open import open_store
 from .membership import Membership
 from .own_state import OwnState
@@ -61,7 +62,18 @@ def build(
         ident.revoked,
         worker.model_use_by,
     )
-    membership.on_peer_gone = coordination.on_peer_gone
+    node.control.forwarder = forwarder = Forwarder(
+        members=membership.members,
+        send=node._send_to,
+        counters=node.counters,
+        log=node.log.getChild("forwarding"),
+    )
+
+    def peer_gone(node_id: str) -> None:
+        coordination.on_peer_gone(node_id)
+        forwarder.on_peer_gone(node_id)
+
+    membership.on_peer_gone = peer_gone
     _succession(node, membership, coordination, worker)
     membership.on_new_identity = node._on_new_identity
     _usage(node, store, membership, coordination)

@@ -22,6 +22,10 @@ from protocol.messages import (
     StreamChunk,
     Syn,
     SynAck,
+    TaskForward,
+    TaskForwarded,
+    TaskLocate,
+    TaskLocated,
     UsageReply,
     WorkItem,
     WorkMessage,
@@ -42,8 +46,14 @@ class Router:
     ) -> None:
         if not local and not self.node.trust.admit(message, sender):
             return
-        if local and isinstance(message, Syn | Ack | WorkMessage):  # node-to-node only
-            kind = "gossip" if isinstance(message, Syn | Ack) else "work"
+        if local and isinstance(message, Syn | Ack | WorkMessage | TaskLocate | TaskForward):
+            kind = (  # node-to-node only
+                "gossip"
+                if isinstance(message, Syn | Ack)
+                else "forward"
+                if isinstance(message, TaskLocate | TaskForward)
+                else "work"
+            )
             self.node.counters[f"dropped_{kind}_on_control"] += 1
             what = f"{type(message).__name__} is not a control request"
             reply(ErrorReply(code="bad_request", message=what))
@@ -101,6 +111,15 @@ class Router:
         if self.node.trust is not None and self.node.trust.admit_answer(message, owner):
             self.node.usage.on_reply(owner, message)
 
+    def _forward_answer(self, addr: str, message: TaskLocated | TaskForwarded) -> None:
+        """A peer's answer about a task this node asked for (:mod:`.forwarding`)."""
+        control = self.node.control
+        owner = None if self.node.membership is None else self.node.membership.node_at(addr)
+        if control is None or control.forwarder is None:
+            self.node.counters["dropped_unexpected"] += 1
+        elif self.node.trust is not None and self.node.trust.admit_answer(message, owner):
+            control.forwarder.on_answer(owner, message)
+
     def on_link(self, addr: str, message: AnyMessage) -> None:
         if isinstance(message, SynAck) and self.node.membership is not None:
             if self.node.trust is not None and self.node.trust.admit_answer(
@@ -113,5 +132,7 @@ class Router:
             owner = self.node.membership.node_at(addr)
             if self.node.trust is not None and self.node.trust.admit_answer(message, owner):
                 self.node.doctor.on_reach_reply(owner, message)
+        elif isinstance(message, TaskLocated | TaskForwarded):
+            self._forward_answer(addr, message)
         else:
             self.node.counters["dropped_unexpected"] += 1

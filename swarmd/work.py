@@ -305,7 +305,9 @@ class Coordination(WorkerMessages):
     # ------------------------------------------------------------ succession
 
     def has_task(self, task_id: str) -> bool:
-        """Whether this node coordinates ``task_id`` now (its own, or adopted)."""
+        """Whether this node coordinates ``task_id`` now (its own, or adopted; running
+        or finished): other nodes forward requests about it here (see
+        :mod:`swarmd.forwarding`)."""
         return self.coordinator.epoch_of(task_id) is not None
 
     def replica_of(self, task_id: str) -> core.Coordinator | None:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from protocol import codec
 from protocol.codec import DROP_REASONS, MAX_FRAME_BYTES, ProtocolError
+from protocol.forward import TaskForward, TaskForwarded, TaskLocate, TaskLocated
 from protocol.messages import (
     KV,
     MESSAGE_TYPES,
@@ -185,6 +186,14 @@ EXAMPLES: dict[type[Message], Message] = {
         received=1.7e9,
         answered=1.7e9 + 2,
         view=[MemberAddress("n1", 3, "10.0.0.5:7946")],
+    ),
+    TaskLocate: TaskLocate(ref="cd34", task="3f9a1c-0a1b2c3d4e"),
+    TaskLocated: TaskLocated(ref="cd34", task="3f9a1c-0a1b2c3d4e", has=True),
+    TaskForward: TaskForward(
+        ref="cd34", request=LogsRequest(task="3f9a1c-0a1b2c3d4e", subtask="a", follow=True)
+    ),
+    TaskForwarded: TaskForwarded(
+        ref="cd34", found=True, reply=TaskReply(body={"id": "3f9a1c-0a1b2c3d4e"})
     ),
     UsageReply: UsageReply(
         ref="ab12",
@@ -411,7 +420,8 @@ def test_other_version_of_a_broken_message(version: Any) -> None:
 def test_well_formed_message_of_another_version_is_rejected(
     kind: type[Message], version: int
 ) -> None:
-    """Version 6 (no replicas, no dispatch epochs) and a future 8 alike."""
+    """Version 6 (no replicas, dispatch epochs, task_locate / task_forward) and a future 8
+    alike."""
     assert PROTOCOL_VERSION == 7
     raw: dict[str, Any] = msgspec.to_builtins(EXAMPLES[kind])
     raw["v"] = version
