@@ -92,6 +92,8 @@ def answering_control(node_id: str, coordinator: Coordinator, address: str = "")
         has_task=lambda t: t in coordinator.task_ids(),
         commits=SimpleNamespace(durable=lambda *_a: True, failing=False),
         clock=time.time,
+        replication=None,  # a node alone: no successor holds replicas
+        moved_to=lambda _t: None,
     )
     node = SimpleNamespace(
         coordination=coordination, node_id=node_id, name=node_id, address=address
