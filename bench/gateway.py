@@ -3,8 +3,10 @@ calling the upstream server directly, in one run, on loopback.
 
     python bench/gateway.py [--requests 300] [--rounds 3] [--seconds 5] [--quick]
 
-Three targets, alternated request by request (latency) and round by round
-(requests/s) so that drift on a shared machine hits them alike:
+Three targets. Latency: each gateway paired with ``direct`` alone, the two alternated
+request by request in a seeded random order (a third system run between them would
+leave the CPU caches of this small machine to whichever came next). Requests/s: all
+three alternated round by round. Drift on a shared machine hits both sides alike:
 
 * ``direct``: the upstream server itself;
 * ``litellm``: LiteLLM's proxy (``litellm --config``, from bench/.venv-peers, pinned in
@@ -16,7 +18,8 @@ Three targets, alternated request by request (latency) and round by round
 Latency upstream: the llama.cpp server of the tests (tests/llm_server.py,
 llama-cpp-python serving a tiny generated model): per target, non-streamed chat
 completions (``max_tokens`` 8) timed end to end, and streamed ones timed to the first
-content chunk (TTFT). *Added* latency is the target's quantile minus direct's.
+content chunk (TTFT). *Added* latency is the target's quantile minus direct's in the
+same pairing.
 
 Requests/s upstream: a stub that answers at once (bench/stub_upstream.py), so the
 gateway is the bottleneck: a closed loop of CONCURRENCY clients for SECONDS per target
@@ -58,6 +61,7 @@ from bench.gateway_targets import (  # noqa: E402
 from tests.llm_server import llama_python, llama_server  # noqa: E402
 
 NAMES = ("direct", "litellm", "swarmd")
+Samples = dict[str, dict[str, list[float]]]  # target -> "call"/"ttft" -> seconds
 MAX_TOKENS = 8
 CONCURRENCY = 16
 
@@ -105,27 +109,30 @@ def _has_content(data: str) -> bool:
 # ---------------------------------------------------------------- the measurements
 
 
-async def latencies(targets: list[Target], n: int) -> dict[str, dict[str, list[float]]]:
-    """``n`` calls and ``n`` streams per target, in a new random order of the targets
-    each time (seeded): each follows each other one equally often. (A rotation keeps
-    the cyclic order, so one target would nearly always run right after the same other
-    one, and inherit what that one left in the CPU caches of this small machine.)"""
-    out: dict[str, dict[str, list[float]]] = {t.name: {"call": [], "ttft": []} for t in targets}
-    clients = {t.name: httpx.AsyncClient(trust_env=False, timeout=60) for t in targets}
-    rng = random.Random(12)
-    try:
-        for t in targets:  # warm: connections, the upstream's first request
-            await timed_call(clients[t.name], t, -1)
-        for i in range(n):
-            for t in rng.sample(targets, len(targets)):
-                c = clients[t.name]
-                out[t.name]["call"].append(await timed_call(c, t, i))
-            for t in rng.sample(targets, len(targets)):
-                c = clients[t.name]
-                out[t.name]["ttft"].append(await timed_first_token(c, t, i))
-    finally:
-        for c in clients.values():
-            await c.aclose()
+async def latencies(targets: list[Target], n: int) -> dict[str, Samples]:
+    """For each target after ``direct`` (the first): ``n`` calls and ``n`` streams of it
+    and as many of ``direct``, in a new seeded random order of the two each time. Each
+    target is paired with ``direct`` alone, so that nothing else runs between the two
+    (on this small machine a third system run in between leaves the CPU caches to
+    whichever comes next, and it is not the same one for both)."""
+    direct, rng = targets[0], random.Random(12)
+    out: dict[str, Samples] = {}
+    for target in targets[1:]:
+        pair = [direct, target]
+        got: Samples = {t.name: {"call": [], "ttft": []} for t in pair}
+        clients = {t.name: httpx.AsyncClient(trust_env=False, timeout=60) for t in pair}
+        try:
+            for t in pair:  # warm: connections, the upstream's first request
+                await timed_call(clients[t.name], t, -1)
+            for i in range(n):
+                for t in rng.sample(pair, 2):
+                    got[t.name]["call"].append(await timed_call(clients[t.name], t, i))
+                for t in rng.sample(pair, 2):
+                    got[t.name]["ttft"].append(await timed_first_token(clients[t.name], t, i))
+        finally:
+            for c in clients.values():
+                await c.aclose()
+        out[target.name] = got
     return out
 
 
@@ -171,19 +178,25 @@ def ms(values: list[float], q: float) -> float:
     return round(quantile(values, q) * 1000, 3)
 
 
-def digest(
-    lat: dict[str, dict[str, list[float]]], tps: dict[str, list[dict[str, float]]]
-) -> dict[str, Any]:
-    """Medians and p99s per target, and what each adds over direct."""
+def digest(lat: dict[str, Samples], tps: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
+    """Medians and p99s per target, and what each adds over direct in its own pairing
+    (the direct row: all of direct's samples)."""
     out: dict[str, Any] = {}
-    direct = lat["direct"]
+    rows: dict[str, tuple[dict[str, list[float]], dict[str, list[float]] | None]] = {}
+    every_direct: dict[str, list[float]] = {"call": [], "ttft": []}
     for name, got in lat.items():
-        row: dict[str, Any] = {"n": len(got["call"])}
+        for kind in every_direct:
+            every_direct[kind] += got["direct"][kind]
+        rows[name] = (got[name], got["direct"])
+    names = ["direct", *lat] if lat else []
+    for name in names:
+        mine, paired = (every_direct, None) if name == "direct" else rows[name]
+        row: dict[str, Any] = {"n": len(mine["call"])}
         for kind in ("call", "ttft"):
-            row[f"{kind}_ms"] = {"median": ms(got[kind], 0.5), "p99": ms(got[kind], 0.99)}
-            if name != "direct":
+            row[f"{kind}_ms"] = {"median": ms(mine[kind], 0.5), "p99": ms(mine[kind], 0.99)}
+            if paired is not None:
                 row[f"added_{kind}_ms"] = {
-                    q: round(row[f"{kind}_ms"][q] - ms(direct[kind], v), 3)
+                    q: round(row[f"{kind}_ms"][q] - ms(paired[kind], v), 3)
                     for q, v in (("median", 0.5), ("p99", 0.99))
                 }
         rps = [x["rps"] for x in tps.get(name, [])]
@@ -270,7 +283,8 @@ def markdown(result: dict[str, Any]) -> str:
     skipped = "".join(f"\n\n{k}: skipped ({v})" for k, v in result["skipped"].items())
     return (
         f"{result['requests']} non-streamed and {result['requests']} streamed requests per "
-        f"target, alternated; latency upstream: {result['latency_upstream']}; requests/s: "
+        f"target, each alternated with as many direct ones; latency upstream: "
+        f"{result['latency_upstream']}; requests/s: "
         f"{result['concurrency']} concurrent clients for {result['seconds']:g} s x "
         f"{result['rounds']} rounds against {result['rps_upstream']}.\n\n"
         + table(head, rows)
