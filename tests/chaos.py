@@ -20,6 +20,10 @@ vanish     SIGKILL, down well past failure detection and ``adopt_after_s``: the
            successors adopt the tasks it coordinated (it is restarted only at the end
            of its window, so the cluster ends whole: to them it was gone for good)
 stop       SIGSTOP for a while (shorter or longer than failure detection), SIGCONT
+sleep      a laptop's suspend: SIGUSR1 (the PrepareForSleep path: work handed back,
+           ``sleeping`` gossiped), SIGSTOP a second later (the machine is suspended),
+           then SIGCONT and SIGUSR2 (wake); a peer must list it ``sleeping``, never
+           ``dead``, just before it wakes
 term       SIGTERM (drain, hand back, announce ``left``), restart once it exited
 partition  nft drop-all in the host's namespace, then heal
 loss       nft ``numgen random mod 100 < N drop`` in and out of the host, then heal
@@ -66,15 +70,16 @@ from tests.delay import DelayForwarder
 from tests.harness import Daemon, new_secret, wait_until
 from tests.netns import Lan
 
-KINDS: Final = ("kill", "vanish", "stop", "term", "partition", "loss", "delay")
+KINDS: Final = ("kill", "vanish", "stop", "sleep", "term", "partition", "loss", "delay")
 # Faults that take a member out of the cluster (it cannot gossip or work meanwhile).
-IMPAIRING: Final = frozenset({"kill", "vanish", "stop", "term", "partition"})
+IMPAIRING: Final = frozenset({"kill", "vanish", "stop", "sleep", "term", "partition"})
 # Faults during which a member's control socket does not answer (no submissions there).
-UNRESPONSIVE: Final = frozenset({"kill", "vanish", "stop", "term"})
+UNRESPONSIVE: Final = frozenset({"kill", "vanish", "stop", "sleep", "term"})
 WEIGHTS: Final = {
     "kill": 2.0,
     "vanish": 1.0,
     "stop": 2.0,
+    "sleep": 1.5,
     "term": 1.5,
     "partition": 1.5,
     "loss": 1.5,
@@ -84,12 +89,14 @@ DURATION_S: Final = {  # how long the fault lasts (kill/term: until the restart)
     "kill": (0.5, 4.0),
     "vanish": (9.0, 12.0),  # dead after ~1.7 s, adopted 5 s later (adopt_after_s)
     "stop": (0.5, 5.0),
+    "sleep": (2.0, 9.0),  # past failure detection, at times past adopt_after_s (5 s)
     "term": (4.0, 7.0),
     "partition": (2.0, 7.0),
     "loss": (3.0, 8.0),
     "delay": (3.0, 8.0),
 }
 RESTART_MARGIN_S: Final = 3.0  # planned time for a restarted daemon to come up
+SUSPEND_AFTER_S: Final = 1.0  # sleep: SIGUSR1, then SIGSTOP this much later
 GAP_S: Final = (1.0, 3.5)  # between two fault starts
 MAX_IMPAIRED: Final = 2  # of 5 members: a majority (3) is always up and connected
 DEFER_MAX_S: Final = 20.0  # a fault waits at most this long for its host / the majority
@@ -478,6 +485,7 @@ class ChaosEngine(threading.Thread):
         self.faulted: dict[int, str] = {}  # host -> kind of the fault on it now
         self.applied: Counter[str] = Counter()
         self.errors: list[str] = []
+        self.sleep_states: list[str] = []  # what a peer listed each sleeper as, at its wake
         self.deferred_s = 0.0
         self.term_exit_codes: list[int | None] = []
         self._lock = threading.Lock()
@@ -543,6 +551,10 @@ class ChaosEngine(threading.Thread):
         elif fault.kind == "stop":
             c.pause(h)
             self.log.add(fault, "SIGSTOP", late)
+        elif fault.kind == "sleep":
+            c.members[h].signal(signal.SIGUSR1)
+            self.log.add(fault, "SIGUSR1 (prepare for sleep)", late)
+            self._push(self.log.elapsed() + SUSPEND_AFTER_S, lambda: self._suspend(fault))
         elif fault.kind == "term":
             c.term(h)
             self.log.add(fault, "SIGTERM", late)
@@ -580,6 +592,11 @@ class ChaosEngine(threading.Thread):
         if fault.kind == "stop":
             c.resume(h)
             self.log.add(fault, "SIGCONT")
+        elif fault.kind == "sleep":
+            self._check_sleeping(fault)
+            c.resume(h)
+            c.members[h].signal(signal.SIGUSR2)
+            self.log.add(fault, "SIGCONT, SIGUSR2 (wake)")
         elif fault.kind == "partition":
             c.heal(h)
             self.log.add(fault, "heal partition")
@@ -591,6 +608,26 @@ class ChaosEngine(threading.Thread):
             self.log.add(fault, "delay off")
         with self._lock:
             self.faulted.pop(h, None)
+
+    def _suspend(self, fault: Fault) -> None:
+        self.cluster.pause(fault.host)
+        self.log.add(fault, "SIGSTOP (suspended)")
+
+    def _check_sleeping(self, fault: Fault) -> None:
+        """Just before it wakes, a live peer lists the sleeper ``sleeping``, not dead."""
+        c, name = self.cluster, f"h{fault.host}"
+        with self._lock:
+            peers = [h for h in c.members if self.faulted.get(h) not in UNRESPONSIVE]
+            peers = [h for h in peers if h != fault.host]
+        for p in peers:
+            try:
+                state = c.members[p].states().get(name)
+            except Exception:  # that peer is busy: ask another
+                continue
+            self.sleep_states.append(str(state))
+            if state != "sleeping":
+                self.errors.append(f"{fault.describe()}: h{p} lists {name} {state!r}")
+            return
 
     def _when_ready(self, fault: Fault) -> None:
         """The host counts as faulted until its restarted daemon answers."""
@@ -832,7 +869,15 @@ def fetch(cluster: ChaosCluster, s: Submitted, what: str) -> dict[str, Any] | No
             continue
         except Unreachable:
             return _search(cluster, s, what)
-        return reply.body if isinstance(reply, TaskReply) else None
+        if not isinstance(reply, TaskReply):
+            return None
+        # A node asked about a task it gave up forwards to whoever coordinates it now:
+        # the answer names that node (by name: hN).
+        coordinator = str(reply.body.get("coordinator") or "")
+        now_at = next((h for h in cluster.members if f"h{h}" == coordinator), None)
+        if now_at is not None and now_at != s.host and what == "status":
+            s.host = now_at  # follow it
+        return reply.body
     return None
 
 

@@ -291,6 +291,7 @@ def test_chaos(
         phase = "the chaos itself"
         assert not engine.errors, "\n".join(engine.errors)
         assert sum(engine.applied.values()) == FAULTS, engine.applied
+        assert len(engine.sleep_states) == engine.applied["sleep"], engine.sleep_states
         assert all(code == 0 for code in engine.term_exit_codes), engine.term_exit_codes
         errors = chaos.check_logs(cluster)
         assert not errors, "\n".join(errors)
