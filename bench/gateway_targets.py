@@ -43,6 +43,7 @@ class Target:
     model: str  # the llama.cpp server's model, as this target names it
     stub_model: str  # the stub upstream's model, as this target names it
     api_key: str | None = None  # sent as Authorization: Bearer
+    pid: int | None = None  # the serving process, where it is ours (swarmd)
 
     @property
     def headers(self) -> dict[str, str]:
@@ -221,6 +222,6 @@ def swarmd_gateway(workdir: Path, llama: str, llama_model: str, stub: str) -> It
             wait_models(base, {llama_model, STUB_MODEL}, 60, node.proc)
         except Skip as exc:
             raise Skip(f"swarmd gateway: {exc}: {node.log()[-800:]}") from None
-        yield Target("swarmd", base, llama_model, STUB_MODEL)
+        yield Target("swarmd", base, llama_model, STUB_MODEL, pid=node.proc.pid)
     finally:
         kill_tree(node)

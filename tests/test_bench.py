@@ -255,3 +255,14 @@ def test_gateway_quick() -> None:
     for name, why in result["skipped"].items():
         assert why, name  # a skipped target says why
     assert "| direct |" in gateway.markdown(result)
+
+
+def test_gateway_probe_quick() -> None:
+    from bench import gateway_probe
+
+    before = children()
+    result = gateway_probe.probe(20, "stub")
+    no_leftovers(before)
+    assert result["direct_ms"]["median"] > 0 and result["gateway_ms"]["median"] > 0
+    assert result["daemon_cpu_ms_per_request"] is not None
+    assert result["daemon_cpu_ms_per_request"] > 0
