@@ -2,8 +2,11 @@
 
 Workers send a running shell attempt's new stdout/stderr bytes with a stream offset in
 their ``progress`` messages; this keeps the last ``limit`` bytes of each stream of the
-latest attempt of each subtask. Chunks may arrive twice or after a gap (a lost
-message): offsets make both harmless, a gap just starts the kept bytes later.
+latest attempt of each subtask. Chunks may arrive twice (offsets make that harmless) or
+after a gap (a progress message the worker could not send: it does not send it again).
+At a gap the live stream stops: a follower gets what came before it now, and the rest
+from the attempt's result once it ended (``swarmctl logs -f`` reads on from its offset),
+never a stream with a hole in it.
 """
 
 from __future__ import annotations
@@ -22,14 +25,16 @@ class Stream:
     limit: int = LIMIT_BYTES
     first: int = 0
     data: bytearray = field(default_factory=bytearray)
+    broken: bool = False  # a gap came: nothing more is kept (the result has it all)
 
     @property
     def end(self) -> int:
         return self.first + len(self.data)
 
     def add(self, at: int, chunk: bytes) -> None:
-        if at > self.end:  # a gap: what lay between is lost
-            self.first, self.data = at, bytearray()
+        if self.broken or at > self.end:  # a gap: what lay between is lost here
+            self.broken = True
+            return
         skip = self.end - at  # already have the start of it
         if skip < len(chunk):
             self.data += chunk[skip:]
