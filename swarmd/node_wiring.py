@@ -172,6 +172,7 @@ def _succession(
 ) -> None:
     """Tasks survive their coordinator: replicas to successors, adoption, fencing."""
     up = (Liveness.ALIVE, Liveness.SUSPECT)
+    known = (Liveness.ALIVE, Liveness.SUSPECT, Liveness.DEAD, Liveness.SLEEPING)
 
     def live() -> list[str]:
         return [
@@ -182,6 +183,10 @@ def _succession(
 
     def is_up(node_id: str) -> bool:
         return membership.gossip.liveness(node_id) in up
+
+    def peers_known() -> int:
+        """Other members known and not departed (alive, suspect, dead or sleeping)."""
+        return sum(1 for m in membership.members() if not m.is_self and m.liveness in known)
 
     log = node.log.getChild("tasks")
     coordination.replication = replication = Replication(
@@ -200,6 +205,7 @@ def _succession(
         is_up=is_up,
         live_addresses=membership.alive_addresses,
         address_of=membership.address_of,
+        peers_known=peers_known,
         me=lambda: membership.me,
         adopt_after_s=node.config.adopt_after_s,
         log=log,

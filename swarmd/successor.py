@@ -52,6 +52,7 @@ class Successor:
         is_up: Callable[[str], bool],
         live_addresses: Callable[[], set[str]],
         address_of: Callable[[str], str | None],
+        peers_known: Callable[[], int] = lambda: 0,
         me: Callable[[], NodeRef],
         adopt_after_s: float,
         log: logging.Logger,
@@ -63,6 +64,7 @@ class Successor:
         self.is_up = is_up
         self.live_addresses = live_addresses
         self.address_of = address_of
+        self.peers_known = peers_known  # other members known and not departed
         self.me = me
         self.adopt_after_s = adopt_after_s
         self.log = log
@@ -72,7 +74,8 @@ class Successor:
         self.adopted_from: dict[str, str] = {}  # task adopted here -> its former coordinator
         self._up_since: dict[str, float] = {}  # former coordinator -> back up since
         self._told: dict[str, float] = {}
-        self._asking: dict[str, float] = {}  # task due -> when it may be adopted
+        # task due -> when it may be adopted, and the nodes asked about it
+        self._asking: dict[str, tuple[float, frozenset[str]]] = {}
         for stored in self.store.load():
             if stored.adopted:
                 self.adopted_from[stored.task] = stored.coordinator
@@ -233,14 +236,23 @@ class Successor:
 
     def tick(self, now: float) -> None:
         """Adopt what is due: first every live node is asked whether it holds a
-        fresher replica (``QUERY_S``), then what no one claimed is adopted."""
+        fresher replica (``QUERY_S``), then what no one claimed is adopted. A node that
+        sees none of the other members it knows alive adopts nothing (it is likely the
+        one cut off), and one that sees a node it did not ask asks again first (a stale
+        replica's holder back from a partition must hear of the fresher one)."""
         due = self.book.due(now, self.is_up, self.adopt_after_s)
+        mine = self.me().addr
+        live = frozenset(self.live_addresses() - {mine})
+        alone = not live and self.peers_known() > 1  # more than the coordinator known
         ready: dict[str, list[Replica]] = {}
         ask: list[str] = []
         for coordinator, replicas in due.items():
             for r in replicas:
-                at = self._asking.setdefault(r.task, now + QUERY_S)
-                if at == now + QUERY_S:
+                at, asked = self._asking.get(r.task, (0.0, frozenset()))
+                if alone:
+                    self._asking.pop(r.task, None)
+                elif r.task not in self._asking or not live <= asked:
+                    self._asking[r.task] = (now + QUERY_S, live)
                     ask.append(r.task)
                 elif now >= at:
                     ready.setdefault(coordinator, []).append(r)
@@ -248,8 +260,7 @@ class Successor:
         for task_id in [t for t in self._asking if t not in due_tasks]:
             del self._asking[task_id]  # its coordinator is back, or it went
         if ask:
-            mine = self.me().addr
-            for addr in self.live_addresses() - {mine}:
+            for addr in live:
                 for at in range(0, len(ask), _MAX_CLAIMS):
                     self.send(addr, TaskQuery(tasks=ask[at : at + _MAX_CLAIMS]))
         for coordinator, replicas in ready.items():
