@@ -279,6 +279,28 @@ class Replication:
             return {"node": None, "note": f"not replicated: {note}"}
         return {"node": holder, "acknowledged": task_id in self.plan.confirmed}
 
+    # ------------------------------------------------------------ holders asking
+
+    def current_at(self, task_id: str, holder: str) -> bool | None:
+        """Whether ``holder``'s replica of ``task_id`` (a task of this node's) is the
+        one to keep: True if the task is open here and ``holder`` is its successor,
+        False if it must go (finished, forgotten, moved, or another node is its
+        successor now), None if this node cannot tell yet (restored and held)."""
+        if task_id in self.holding:
+            return None
+        if task_id in self._relinquished:
+            return False
+        if not self.coordination.coordinator.is_open(task_id):
+            return False
+        return self.plan.holder.get(task_id) == holder
+
+    def refresh(self, holder: str, tasks: list[str]) -> None:
+        """Send ``holder`` the whole of these tasks again (it asked: its copy may be
+        stale)."""
+        for task_id in tasks:
+            self._full.add(task_id)
+        self._put(holder, {task_id: [] for task_id in tasks})
+
     # ------------------------------------------------------------ time
 
     def tick(self, now: float) -> None:

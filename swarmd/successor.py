@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from .worker import Worker
 
 QUERY_S = 1.0  # before adopting, other holders' answers are awaited this long
+REAPPEAR_GAP_S = 2.0  # a coordinator not seen up for this long "came back" (ticks: 0.5 s)
+CONFIRM_EVERY_S = 2.0  # unconfirmed replicas: their coordinator is asked this often
 TELL_EVERY_S = 3.0  # a former coordinator back up is told this often ...
 TELL_FOR_S = 30.0  # ... for this long
 _MAX_CLAIMS = 4096
@@ -76,11 +78,12 @@ class Successor:
         self._told: dict[str, float] = {}
         # task due -> when it may be adopted, and the nodes asked about it
         self._asking: dict[str, tuple[float, frozenset[str]]] = {}
+        self._confirm_asked: dict[str, float] = {}  # coordinator -> when last asked
         for stored in self.store.load():
             if stored.adopted:
                 self.adopted_from[stored.task] = stored.coordinator
             else:
-                self.book.put(
+                held = self.book.put(
                     stored.coordinator,
                     stored.task,
                     stored.epoch,
@@ -88,6 +91,8 @@ class Successor:
                     True,
                     stored.version,
                 )
+                if held is not None:
+                    held.confirmed = False  # may have missed puts while this node was down
         self.moved: dict[str, Moved] = self.store.moved()
 
     # ------------------------------------------------------------ messages
@@ -222,15 +227,26 @@ class Successor:
         addr = None if sender is None else self.address_of(sender)
         if addr is None:
             return
-        claims = []
+        claims, current, stale = [], [], []
         for task_id in m.tasks:
             if task_id in self.adopted_from and self.coordination.has_task(task_id):
                 claims.append(self._claim(task_id))
             elif (held := self.book.replicas.get(task_id)) is not None and not held.adopted:
                 ref = NodeRef(held.coordinator, 0, 0, addr)
                 claims.append(TaskClaim(task_id, held.epoch, ref, False, held.version))
+            elif sender is not None:
+                # A holder asking about a replica of a task of this node's.
+                answer = self.replication.current_at(task_id, sender)
+                if answer is True:
+                    current.append(task_id)
+                elif answer is False:
+                    stale.append(task_id)
         for at in range(0, len(claims), _MAX_CLAIMS):
             self.send(addr, Succession(claims=claims[at : at + _MAX_CLAIMS]))
+        if current and sender is not None:
+            self.replication.refresh(sender, current)
+        for at in range(0, len(stale), _MAX_CLAIMS):
+            self.send(addr, ReplicaDrop(tasks=stale[at : at + _MAX_CLAIMS]))
 
     # ------------------------------------------------------------ time
 
@@ -268,6 +284,34 @@ class Successor:
                 self._asking.pop(r.task, None)
             self._adopt(coordinator, replicas, now)
         self._tell_former(now)
+        self._confirm_replicas(now)
+
+    def _confirm_replicas(self, now: float) -> None:
+        """Ask each coordinator back in view about the replicas of it held here (a
+        holder that was away may hold a task that finished meanwhile)."""
+        for coordinator in self.book.reappeared(now, self.is_up, REAPPEAR_GAP_S):
+            self._confirm_asked.pop(coordinator, None)
+        for coordinator in list(self._confirm_asked):
+            if coordinator not in self.book.replicas_of:
+                del self._confirm_asked[coordinator]
+        for coordinator in self.book.replicas_of:
+            if not self.is_up(coordinator):
+                continue
+            tasks = self.book.unconfirmed(coordinator)
+            if not tasks or now - self._confirm_asked.get(coordinator, -1e9) < CONFIRM_EVERY_S:
+                continue
+            addr = self.address_of(coordinator)
+            if addr is None:
+                continue
+            self._confirm_asked[coordinator] = now
+            self.log.info(
+                "asking %s whether %d replica(s) held here are current: %s",
+                coordinator,
+                len(tasks),
+                ", ".join(tasks[:5]) + (" ..." if len(tasks) > 5 else ""),
+            )
+            for at in range(0, len(tasks), _MAX_CLAIMS):
+                self.send(addr, TaskQuery(tasks=tasks[at : at + _MAX_CLAIMS]))
 
     def _adopt(self, coordinator: str, replicas: list[Replica], now: float) -> None:
         c = self.coordination

@@ -37,6 +37,17 @@ Design (issue 13, item 1)
   that way is relinquished (forgotten here, its rows too) and remembered as *moved*:
   its status says where it went.
 
+* **Stale replicas.** A replica is adopted only if it is *confirmed*: put (or sent
+  again whole) since its coordinator last came into view of the holder. A holder that
+  was away (down, restarted, asleep, stopped, cut off) while its coordinator finished a
+  task would never hear of it: the finish went to another holder, or nowhere. So when a
+  coordinator comes back into view (:meth:`ReplicaBook.reappeared`), or at start, its
+  replicas are unconfirmed and the holder asks it (``task_query``); the coordinator
+  answers with the whole task (still open, and this node is its successor) or a
+  ``replica_drop`` (finished, forgotten, moved, or another successor holds it). A
+  replica whose coordinator died before answering is never adopted: the task waits
+  for its coordinator, as it would without adoption, rather than risk running twice.
+
 Tie: two holders adopting one task (a drop lost while the membership changed) both
 take epoch n+1; workers order claims by (epoch, node id), so one wins everywhere.
 
@@ -148,6 +159,12 @@ class Replica:
     # Another holder has a fresher replica of this task (it missed puts since, e.g.
     # while down): not adopted here, until the coordinator sends it records again.
     superseded: bool = False
+    # Fresh as far as this node can tell: put (or confirmed by the coordinator) since
+    # the coordinator last came into view. A replica loaded at start, or held across a
+    # time the coordinator was out of view (it was down, or this node was: asleep,
+    # stopped, cut off), may have missed the task's end: it is not adopted until the
+    # coordinator confirms it (:meth:`ReplicaBook.reappeared`).
+    confirmed: bool = False
 
     def fresher(self, epoch: int, version: float) -> bool:
         """Whether another holder's replica (epoch, version) is fresher than this."""
@@ -172,6 +189,44 @@ class ReplicaBook:
     def __init__(self) -> None:
         self.replicas: dict[str, Replica] = {}
         self._down_since: dict[str, float] = {}
+        self._seen_up: dict[str, float] = {}  # coordinator -> last time seen up
+
+    def reappeared(self, now: float, is_up: Callable[[str], bool], gap_s: float) -> list[str]:
+        """Coordinators of replicas held here that are up now and were not seen up
+        within ``gap_s`` before (down meanwhile, or this node was away: not ticking,
+        or first seen since a start). Their replicas may have missed puts (a task that
+        finished while this node was away is never sent again), so they are no longer
+        confirmed: the shell asks the coordinator about them."""
+        out = []
+        coordinators = self.replicas_of
+        for node in list(self._seen_up):
+            if node not in coordinators:
+                del self._seen_up[node]
+        for node in coordinators:
+            if not is_up(node):
+                continue
+            last = self._seen_up.get(node)
+            self._seen_up[node] = now
+            if last is not None and now - last <= gap_s:
+                continue
+            for r in self.replicas.values():
+                if r.coordinator == node and not r.adopted:
+                    r.confirmed = False
+            out.append(node)
+        return out
+
+    @property
+    def replicas_of(self) -> set[str]:
+        """The coordinators of the replicas held here (not adopted)."""
+        return {r.coordinator for r in self.replicas.values() if not r.adopted}
+
+    def unconfirmed(self, coordinator: str) -> list[str]:
+        """Tasks of ``coordinator`` held here whose replica awaits its confirmation."""
+        return [
+            r.task
+            for r in self.replicas.values()
+            if r.coordinator == coordinator and not r.adopted and not r.confirmed
+        ]
 
     def put(
         self,
@@ -194,6 +249,7 @@ class ReplicaBook:
             held = self.replicas[task_id] = Replica(task_id, coordinator, epoch)
         held.version = max(held.version, version)
         held.superseded = False
+        held.confirmed = True
         for kind, data in records:
             if kind == "forget":
                 del self.replicas[task_id]
@@ -212,7 +268,8 @@ class ReplicaBook:
         self, now: float, is_up: Callable[[str], bool], grace_s: float
     ) -> dict[str, list[Replica]]:
         """Coordinator -> its unfinished replicas to adopt now: those of coordinators
-        down (``not is_up``) for ``grace_s`` without a break."""
+        down (``not is_up``) for ``grace_s`` without a break, confirmed (fresh) when
+        the coordinator went down."""
         out: dict[str, list[Replica]] = {}
         coordinators = {r.coordinator for r in self.replicas.values() if not r.adopted}
         for node in list(self._down_since):
@@ -231,6 +288,7 @@ class ReplicaBook:
                 if r.coordinator == node
                 and not r.adopted
                 and not r.superseded
+                and r.confirmed
                 and not r.final
                 and r.records
             ]

@@ -37,6 +37,10 @@ class Views(Bookkeeping):
         """The unfinished tasks."""
         return list(self._open)
 
+    def is_open(self, task_id: str) -> bool:
+        """Whether ``task_id`` is an unfinished task coordinated here."""
+        return task_id in self._open
+
     def record(self, task_id: str) -> TaskRecord:
         """The live record (read it, do not change it)."""
         return self._task(task_id)

@@ -1,0 +1,167 @@
+"""A replica held across a time its coordinator was out of view is not adopted until the
+coordinator confirms it (the chaos suite's seed 2701098316: a holder that was down while
+its coordinator finished a task adopted its stale copy later, and a subtask ran twice).
+
+Core: :meth:`ReplicaBook.reappeared` and :meth:`ReplicaBook.due`. Shell: the
+coordinator's answer to a holder's ``task_query`` (the whole task again, or a drop).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from protocol.messages import Message, NodeRef
+from protocol.succession import ReplicaDrop, ReplicaPut, TaskQuery
+from swarmd.core.jobspec import parse_job
+from swarmd.core.succession import ReplicaBook
+
+GAP_S = 2.0
+
+
+def records(task: str, state: str = "running") -> list[tuple[str, dict[str, Any]]]:
+    return [("task", {"task": task, "job": {}}), ("task_state", {"task": task, "state": state})]
+
+
+def test_a_coordinator_first_seen_unconfirms_its_replicas_until_a_put() -> None:
+    book = ReplicaBook()
+    book.put("c", "t1", 1, records("t1"), full=True)
+    assert book.replicas["t1"].confirmed  # a put confirms
+    assert book.reappeared(0.0, lambda _n: True, GAP_S) == ["c"]  # first sighting
+    assert book.unconfirmed("c") == ["t1"]
+    down = lambda _n: False  # noqa: E731
+    book.due(1.0, down, 1.0)
+    assert book.due(10.0, down, 1.0) == {}  # its coordinator died before answering
+    book.put("c", "t1", 1, records("t1"), full=True)  # the coordinator's answer
+    assert [r.task for r in book.due(11.0, down, 1.0)["c"]] == ["t1"]
+
+
+def test_continuous_sightings_keep_replicas_confirmed_and_a_gap_does_not() -> None:
+    book = ReplicaBook()
+    book.put("c", "t1", 1, records("t1"), full=True)
+    book.put("d", "t2", 1, records("t2"), full=True)
+    up = {"c": True, "d": True}
+    assert sorted(book.reappeared(0.0, lambda n: up[n], GAP_S)) == ["c", "d"]
+    book.put("c", "t1", 1, [], full=False)
+    book.put("d", "t2", 1, [], full=False)
+    for i in range(1, 9):  # ticks every 0.5 s: both seen all along
+        assert book.reappeared(i * 0.5, lambda n: up[n], GAP_S) == []
+    assert book.unconfirmed("c") == [] and book.unconfirmed("d") == []
+    up["c"] = False  # c out of view for 3 s (down, or cut off from this node)
+    for i in range(9, 15):
+        assert book.reappeared(i * 0.5, lambda n: up[n], GAP_S) == []
+    up["c"] = True
+    assert book.reappeared(7.5, lambda n: up[n], GAP_S) == ["c"]
+    assert book.unconfirmed("c") == ["t1"] and book.unconfirmed("d") == []
+    # This node itself away (stopped, asleep: no ticks) for 2.5 s: both are suspect.
+    assert sorted(book.reappeared(10.0, lambda n: up[n], GAP_S)) == ["c", "d"]
+    assert book.unconfirmed("d") == ["t2"]
+
+
+def test_an_adopted_replica_is_never_unconfirmed() -> None:
+    book = ReplicaBook()
+    held = book.put("c", "t1", 1, records("t1"), full=True)
+    assert held is not None
+    held.adopted = True
+    assert book.reappeared(0.0, lambda _n: True, GAP_S) == []
+    assert book.unconfirmed("c") == []
+
+
+# ---------------------------------------------------------------- the coordinator's answer
+
+
+class Outbox:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, Message]] = []
+
+    def __call__(self, addr: str, message: Message) -> bool:
+        self.sent.append((addr, message))
+        return True
+
+    def of(self, kind: type) -> list[Any]:
+        return [m for _a, m in self.sent if isinstance(m, kind)]
+
+
+def coordination(tmp_path: Path, outbox: Outbox, node: str = "c") -> Any:
+    from swarmd.replication import Replication
+    from swarmd.store import Store
+    from swarmd.successor import Successor
+    from swarmd.work import Clock, Coordination
+
+    me = NodeRef(node, 1, 1, f"{node}:7946")
+    log = logging.getLogger("test")
+    addresses = {n: f"{n}:7946" for n in ("c", "h", "x") if n != node}
+    c = Coordination(
+        node_id=node,
+        node_name=node,
+        store=Store(tmp_path / f"{node}.db"),
+        send=outbox,
+        address_of=addresses.get,
+        peers=lambda _loads: [],
+        me=lambda: me,
+        clock=Clock(),
+        log=log,
+    )
+    c.replication = Replication(
+        coordination=c,
+        send=outbox,
+        live=lambda: sorted(addresses),
+        address_of=addresses.get,
+        me=lambda: me,
+        log=log,
+    )
+    c.successor = Successor(
+        coordination=c,
+        replication=c.replication,
+        worker=None,  # type: ignore[arg-type]
+        send=outbox,
+        is_up=lambda _n: True,
+        live_addresses=lambda: set(addresses.values()),
+        address_of=addresses.get,
+        me=lambda: me,
+        adopt_after_s=5.0,
+        log=log,
+    )
+    return c
+
+
+def job() -> Any:
+    return parse_job({"name": "j", "subtasks": [{"id": "a", "kind": "shell", "run": ["true"]}]})
+
+
+def test_a_holder_asking_is_sent_the_task_again_or_told_to_drop_it(tmp_path: Path) -> None:
+    outbox = Outbox()
+    c = coordination(tmp_path, outbox)
+    for task_id in ("open-h", "open-x", "ended"):
+        c.run(c.coordinator.submit(task_id, job(), c.clock()))
+    c.run(c.coordinator.cancel("ended", c.clock()))
+    c.flush()
+    c.replication.plan.holder.update({"open-h": "h", "open-x": "x"})
+    outbox.sent.clear()
+    tasks = ["open-h", "open-x", "ended", "never-here"]
+    c.successor.on_message(TaskQuery(tasks=tasks), "h")
+    (drop,) = outbox.of(ReplicaDrop)
+    # Finished here, another successor's now, unknown: the holder's copy must go.
+    assert sorted(drop.tasks) == ["ended", "never-here", "open-x"]
+    (put,) = outbox.of(ReplicaPut)
+    assert [(t.task, t.full) for t in put.tasks] == [("open-h", True)]
+    assert all(addr == "h:7946" for addr, _m in outbox.sent)
+
+
+def test_a_holder_asks_a_coordinator_back_in_view_and_obeys_a_drop(tmp_path: Path) -> None:
+    outbox = Outbox()
+    h = coordination(tmp_path, outbox, node="h")
+    h.successor.book.put("c", "t1", 1, records("t1"), full=True)
+    h.successor.tick(100.0)  # c first seen: asked about t1, not adoptable meanwhile
+    (query,) = outbox.of(TaskQuery)
+    assert query.tasks == ["t1"] and outbox.sent[0][0] == "c:7946"
+    assert not h.successor.book.replicas["t1"].confirmed
+    h.successor.tick(101.0)
+    assert len(outbox.of(TaskQuery)) == 1  # asked again only after CONFIRM_EVERY_S
+    h.successor.tick(102.5)
+    assert len(outbox.of(TaskQuery)) == 2  # (the answer may have been lost)
+    h.successor.on_message(ReplicaDrop(tasks=["t1"]), "x")  # not its coordinator: kept
+    assert "t1" in h.successor.book.replicas
+    h.successor.on_message(ReplicaDrop(tasks=["t1"]), "c")
+    assert "t1" not in h.successor.book.replicas
