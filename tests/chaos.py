@@ -16,9 +16,9 @@ Faults (one at a time per host; see :data:`MAX_IMPAIRED`):
 
 =========  ==================================================================
 kill       SIGKILL, down for a while, restart with the same state dir
-vanish     SIGKILL, down well past failure detection and ``adopt_after_s`` (5 s, where a
-           run turns adoption on: the successors adopt the tasks it coordinated; it
-           is restarted only at the end of its window, so the cluster ends whole)
+vanish     SIGKILL, down well past failure detection and ``adopt_after_s`` (5 s: the
+           successors adopt the tasks it coordinated; it is restarted only at the
+           end of its window, so the cluster ends whole)
 stop       SIGSTOP for a while (shorter or longer than failure detection), SIGCONT
 sleep      a laptop's suspend: SIGUSR1 (the PrepareForSleep path: work handed back,
            ``sleeping`` gossiped), SIGSTOP a second later (the machine is suspended),
@@ -105,8 +105,8 @@ FINAL_TASK: Final = frozenset({"done", "failed", "cancelled"})
 PORT: Final = 7946  # each daemon, in its own namespace
 FORWARD_PORT: Final = 7947  # the delay forwarder in front of it, which it advertises
 MEMBER_CONFIG: Final = '[node]\nmax_concurrency = 2\ndrain_grace = "3s"\n' + (
-    # Adoption is off by default (swarmd/config_succession.py): SWARMD_CHAOS_ADOPT=5
-    # runs the suite with it on.
+    # Adoption after 5 s, the default (swarmd/config_succession.py);
+    # SWARMD_CHAOS_ADOPT=S sets another grace.
     f"adopt_after_s = {os.environ['SWARMD_CHAOS_ADOPT']}\n"
     if os.environ.get("SWARMD_CHAOS_ADOPT")
     else ""
