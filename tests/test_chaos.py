@@ -328,6 +328,9 @@ def test_chaos(
         "tasks_submitted": len(workload.submitted),
         "tasks_by_shape": dict(shapes),
         "tasks_final": dict(tasks),
+        "tasks_adopted": sum(
+            1 for s in workload.submitted if s.status and int(s.status.get("epoch", 1)) > 1
+        ),
         "submissions_unconfirmed": len(workload.unconfirmed),
         "submissions_refused": len(workload.refused),
         "tasks_unknown_to_the_workload": unknown,
