@@ -4,10 +4,13 @@ is in swarmd/core/succession.py).
 After each group commit the journal records written go to each task's successor in one
 ``replica_put`` per successor (the whole task, inputs included up to a limit, when it is
 new there). What the workers would act on — dispatches and result acks of a task — waits
-until the successor acknowledged the put holding that task's latest records (at most
-``RELEASE_S``): a successor that adopts the task never knows less than its workers do,
-so no attempt is started or dropped behind its back. ``submit`` returns once the first
-put of the task was acknowledged (:meth:`Replication.wait_replicated`).
+until every put of that task sent so far is acknowledged (at most ``RELEASE_S``): a
+successor that adopts the task never knows less than its workers do, so no attempt is
+started or dropped behind its back. When the successor changes, the former one is sent
+a put that forgets the task, and the task's effects wait for that acknowledgment too: a
+former holder never keeps a copy that would look current to it while the task moved on
+without it. ``submit`` returns once the first put of the task was acknowledged
+(:meth:`Replication.wait_replicated`).
 
 After a restart, the unfinished tasks restored from the journal are *held*: what they
 would send waits until a replica holder says it did not adopt them (then they go on),
@@ -76,13 +79,13 @@ class Replication:
         self.store = ReplicaStore(coordination.store)
         self.counters = coordination.counters
         self._seq = 0
-        # seq -> (holder, put, first sent, last sent, effects held for it)
-        self._unacked: dict[int, tuple[str, ReplicaPut, float, float, list[core.Effect]]] = {}
-        self._task_seq: dict[str, int] = {}  # task -> its latest put not acknowledged
+        # seq -> (holder, put, first sent, last sent, a former holder's drop)
+        self._unacked: dict[int, tuple[str, ReplicaPut, float, float, bool]] = {}
+        self._pending: dict[str, set[int]] = {}  # task -> its puts not acknowledged
+        self._held: dict[str, tuple[float, list[core.Effect]]] = {}  # task -> since, effects
         self._live_seen: frozenset[str] = frozenset()
         self._waiters: dict[str, asyncio.Event] = {}
         self._full: set[str] = set()  # tasks to send whole at the next turn
-        self._drops: dict[str, str] = {}  # task -> former holder, dropped once the new one acks
         self._drop_due: dict[str, str] = {}  # task -> former holder to tell (when up)
         # Restored tasks held until confirmed: task -> effects kept (latest per attempt).
         self.holding: dict[str, dict[tuple[str, str, str, int], core.Effect]] = {}
@@ -151,14 +154,28 @@ class Replication:
             with contextlib.suppress(sqlite3.Error, OSError):
                 self.store.unreplicated(gone)
 
-    def _send_put(self, holder: str, items: list[ReplicaTask]) -> None:
+    def _send_put(self, holder: str, items: list[ReplicaTask], drop: bool = False) -> None:
         self._seq += 1
         put = ReplicaPut(seq=self._seq, coordinator=self.me(), tasks=items)
         now = time.monotonic()
-        self._unacked[self._seq] = (holder, put, now, now, [])
+        self._unacked[self._seq] = (holder, put, now, now, drop)
         for item in items:
-            self._task_seq[item.task] = self._seq
+            self._pending.setdefault(item.task, set()).add(self._seq)
         self._send(holder, put)
+
+    def _settled(self, seq: int, put: ReplicaPut) -> None:
+        """Put ``seq`` is acknowledged (or given up): the effects of its tasks that
+        waited for no other put go out."""
+        ready: list[core.Effect] = []
+        for item in put.tasks:
+            pending = self._pending.get(item.task)
+            if pending is None:
+                continue
+            pending.discard(seq)
+            if not pending:
+                del self._pending[item.task]
+                ready += self._held.pop(item.task, (0.0, []))[1]
+        self.coordination.carry_out(ready)
 
     def _replica_task(self, task_id: str, records: list[core.Journal], full: bool) -> ReplicaTask:
         c = self.coordination
@@ -211,18 +228,14 @@ class Replication:
         if entry is None or (sender is not None and sender != entry[0]):
             return
         del self._unacked[m.seq]
-        holder, put, first, _, held = entry
+        holder, put, first, _, drop = entry
         tasks = [t.task for t in put.tasks if t.task not in set(m.refused)]
-        self._note(holder, self.plan.acked(holder, tasks))
+        if not drop:
+            self._note(holder, self.plan.acked(holder, tasks))
         for task_id in tasks:
-            if self._task_seq.get(task_id) == m.seq:
-                del self._task_seq[task_id]
-            event = self._waiters.pop(task_id, None)
+            event = None if drop else self._waiters.pop(task_id, None)
             if event is not None:
                 event.set()
-            old = self._drops.pop(task_id, None)
-            if old is not None and old != holder:
-                self._drop_due[task_id] = old  # sent once it is up (now, or when back)
         if any(t.full for t in put.tasks):
             self.log.info(
                 "replica of %s on %s (%.0f ms)",
@@ -231,7 +244,7 @@ class Replication:
                 (time.monotonic() - first) * 1000,
             )
         self.counters["replica_puts_acked"] += 1
-        self.coordination.carry_out(held)
+        self._settled(m.seq, put)
 
     def _note(self, holder: str, tasks: list[str]) -> None:
         """Remember (durably) which node holds these tasks' replicas now."""
@@ -249,8 +262,8 @@ class Replication:
             elif e.task_id in self.holding:
                 key = (type(e).__name__, e.task_id, e.subtask_id, e.attempt)
                 self.holding[e.task_id][key] = e
-            elif (seq := self._task_seq.get(e.task_id)) is not None and seq in self._unacked:
-                self._unacked[seq][4].append(e)
+            elif self._pending.get(e.task_id):
+                self._held.setdefault(e.task_id, (time.monotonic(), []))[1].append(e)
             else:
                 out.append(e)
         return out
@@ -308,22 +321,26 @@ class Replication:
         if live != self._live_seen:
             self._live_seen = live
             self._rechoose(live)
-        for seq, (holder, put, first, last, held) in list(self._unacked.items()):
-            if held and now - first >= RELEASE_S:
+        for task_id, (since, held) in list(self._held.items()):
+            if now - since >= RELEASE_S:
                 self.counters["replica_late"] += 1
+                del self._held[task_id]
                 self.coordination.carry_out(held)
-                held = []
+        for seq, (holder, put, first, last, drop) in list(self._unacked.items()):
             if now - last < RESEND_S:
-                self._unacked[seq] = (holder, put, first, last, held)
                 continue
-            mine = [t for t in put.tasks if self.plan.holder.get(t.task) == holder]
+            mine = drop or any(self.plan.holder.get(t.task) == holder for t in put.tasks)
             if not mine or self.address_of(holder) is None:
-                # Gone, or not these tasks' successor any more: a new one gets the
-                # whole task (rechoose); nothing of this put is needed.
+                # Gone (a former holder that comes back asks before adopting), or not
+                # these tasks' successor any more: a new one gets the whole task
+                # (rechoose); nothing of this put is needed.
                 del self._unacked[seq]
-                self.coordination.carry_out(held)
+                if drop:
+                    for t in put.tasks:
+                        self._drop_due[t.task] = holder
+                self._settled(seq, put)
                 continue
-            self._unacked[seq] = (holder, put, first, now, held)
+            self._unacked[seq] = (holder, put, first, now, drop)
             self.counters["replica_resent"] += 1
             self._send(holder, put)
         self._send_drops()
@@ -349,15 +366,31 @@ class Replication:
         ]
         moved = self.plan.rechoose(open_tasks, live)
         by_holder: dict[str, dict[str, list[core.Journal]]] = {}
+        former: dict[str, list[ReplicaTask]] = {}
         for task_id, old in moved:
             holder = self.plan.holder[task_id]
             self._full.add(task_id)
-            if old is not None:
-                self._drops[task_id] = old
+            if old is not None and old != holder:
+                former.setdefault(old, []).append(self._forget_item(task_id))
             by_holder.setdefault(holder, {})[task_id] = []
         for holder, tasks in by_holder.items():
             self.log.info("successor of %d task(s) is now %s", len(tasks), holder)
             self._put(holder, tasks)
+        for old, items in former.items():
+            if self.address_of(old) is None:
+                for item in items:
+                    self._drop_due[item.task] = old  # told when it is back
+                continue
+            for at in range(0, len(items), 4096):
+                self._send_put(old, items[at : at + 4096], drop=True)
+
+    def _forget_item(self, task_id: str) -> ReplicaTask:
+        """A put item that makes a former holder forget its copy of ``task_id``."""
+        epoch = self.coordination.coordinator.epoch_of(task_id) or 1
+        forget = ReplicaRecord("forget", {"task": task_id})
+        return ReplicaTask(
+            task=task_id, epoch=epoch, records=[forget], version=self.coordination.clock()
+        )
 
     # ------------------------------------------------------------ after a restart
 
@@ -401,7 +434,8 @@ class Replication:
         """The task is not coordinated here any more (relinquished)."""
         self.holding.pop(task_id, None)
         self.plan.forget(task_id)
-        self._task_seq.pop(task_id, None)
+        self._pending.pop(task_id, None)
+        self._held.pop(task_id, None)
         self._relinquished.add(task_id)
         if len(self._relinquished) > 65536:
             self._relinquished.pop()

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from protocol.messages import Message, NodeRef
-from protocol.succession import ReplicaDrop, ReplicaPut, TaskQuery
+from protocol.succession import ReplicaAck, ReplicaDrop, ReplicaPut, TaskQuery
+from swarmd.core import tasks as core
 from swarmd.core.jobspec import parse_job
-from swarmd.core.succession import ReplicaBook
+from swarmd.core.succession import ReplicaBook, weight
 
 GAP_S = 2.0
 
@@ -83,7 +84,9 @@ class Outbox:
         return [m for _a, m in self.sent if isinstance(m, kind)]
 
 
-def coordination(tmp_path: Path, outbox: Outbox, node: str = "c") -> Any:
+def coordination(
+    tmp_path: Path, outbox: Outbox, node: str = "c", live: list[str] | None = None
+) -> Any:
     from swarmd.replication import Replication
     from swarmd.store import Store
     from swarmd.successor import Successor
@@ -106,11 +109,12 @@ def coordination(tmp_path: Path, outbox: Outbox, node: str = "c") -> Any:
     c.replication = Replication(
         coordination=c,
         send=outbox,
-        live=lambda: sorted(addresses),
+        live=lambda: sorted(addresses) if live is None else list(live),
         address_of=addresses.get,
         me=lambda: me,
         log=log,
     )
+    c.commits.on_written = c.replication.on_written
     c.successor = Successor(
         coordination=c,
         replication=c.replication,
@@ -165,3 +169,34 @@ def test_a_holder_asks_a_coordinator_back_in_view_and_obeys_a_drop(tmp_path: Pat
     assert "t1" in h.successor.book.replicas
     h.successor.on_message(ReplicaDrop(tasks=["t1"]), "c")
     assert "t1" not in h.successor.book.replicas
+
+
+def test_a_new_successor_and_the_former_one_both_ack_before_effects_go(tmp_path: Path) -> None:
+    """Chaos seed 102 (32 faults): the successor moved, the former holder was told to
+    drop its copy only once the new one had acknowledged, the coordinator died first,
+    and the former holder (its copy still looking current) adopted it and re-ran a
+    subtask. Now the former holder gets a put that forgets the task, and the task's
+    effects wait for both acknowledgments."""
+    task_id = next(f"t{i}" for i in range(100) if weight(f"t{i}", "x") > weight(f"t{i}", "h"))
+    outbox, live = Outbox(), ["h"]
+    c = coordination(tmp_path, outbox, live=live)
+    c.run(c.coordinator.submit(task_id, job(), c.clock()))
+    c.flush()
+    (first,) = outbox.of(ReplicaPut)
+    c.successor.on_message(ReplicaAck(seq=first.seq), "h")
+    live.append("x")  # x comes: the task's successor is x now
+    outbox.sent.clear()
+    c.replication.tick(1000.0)
+    puts = {addr: m for addr, m in outbox.sent if isinstance(m, ReplicaPut)}
+    assert [(t.task, t.full) for t in puts["x:7946"].tasks] == [(task_id, True)]
+    forget = puts["h:7946"].tasks
+    assert [(t.task, [r.kind for r in t.records]) for t in forget] == [(task_id, ["forget"])]
+    carried: list[Any] = []
+    c.carry_out = carried.extend
+    cancel = core.CancelAttempt(task_id, "a", 1, "w")
+    assert c.replication.gate([cancel]) == []  # waits
+    c.successor.on_message(ReplicaAck(seq=puts["x:7946"].seq), "x")
+    assert carried == []  # the former holder has not dropped its copy yet
+    c.successor.on_message(ReplicaAck(seq=puts["h:7946"].seq), "h")
+    assert carried == [cancel]
+    assert c.replication.plan.holder[task_id] == "x"
