@@ -339,6 +339,11 @@ class Coordination(WorkerMessages):
         return self._inputs[task_id]
 
     def _dispatch(self, d: core.Dispatch) -> None:
+        if not self.has_task(d.task_id):
+            # Relinquished (adopted elsewhere) after this dispatch was decided, while it
+            # waited for its commit or its replica: it is not this node's to send.
+            self.counters["dispatches_of_relinquished_tasks"] += 1
+            return
         try:
             files = dispatch_files(d.spec, self._task_files(d.task_id), d.upstream)
         except template.TooLarge as exc:  # the subtask's own failure, told at once

@@ -307,6 +307,7 @@ class ChaosCluster:
         self.probe: subprocess.Popen[str] | None = None
         self.probe_report: dict[str, Any] | None = None
         self.paused: set[int] = set()
+        self._log_mark: dict[int, int] = {}  # member -> its log's size at its last restart
         try:
             self._build()
         except BaseException:
@@ -391,7 +392,17 @@ class ChaosCluster:
         self.members[host].kill()
 
     def restart(self, host: int) -> None:
-        self.members[host].start()
+        d = self.members[host]
+        self._log_mark[host] = d.log_path.stat().st_size if d.log_path.exists() else 0
+        d.start()
+
+    def is_up(self, host: int) -> bool:
+        """Whether the member's daemon finished starting (logged "listening on" since
+        its last restart)."""
+        d = self.members[host]
+        with open(d.log_path, "rb") as f:
+            f.seek(self._log_mark.get(host, 0))
+            return b" listening on " in f.read()
 
     def pause(self, host: int) -> None:
         self.members[host].signal(signal.SIGSTOP)
@@ -540,6 +551,11 @@ class ChaosEngine(threading.Thread):
                 fault.kind in IMPAIRING
                 and sum(1 for k in self.faulted.values() if k in IMPAIRING) >= MAX_IMPAIRED
             )
+        if fault.kind == "sleep" and not host_busy and not majority_at_risk:
+            # A laptop's suspend means something to a node that is up: one still
+            # starting (restarted after a kill) ignores PrepareForSleep and is dead to
+            # its peers while suspended (chaos seed 110).
+            host_busy = not self.cluster.is_up(h)
         if (host_busy or majority_at_risk) and fault_deferred < DEFER_MAX_S:
             self.deferred_s += 0.25
             self._push(self.log.elapsed() + 0.25, lambda: self._apply(fault, fault_deferred + 0.25))

@@ -200,3 +200,15 @@ def test_a_new_successor_and_the_former_one_both_ack_before_effects_go(tmp_path:
     c.successor.on_message(ReplicaAck(seq=puts["h:7946"].seq), "h")
     assert carried == [cancel]
     assert c.replication.plan.holder[task_id] == "x"
+
+
+def test_a_dispatch_of_a_task_relinquished_meanwhile_is_not_sent(tmp_path: Path) -> None:
+    """Chaos seed 109: a dispatch decided before the task was relinquished (adopted
+    elsewhere) was carried out after it, and raised UnknownTask in the event loop."""
+    outbox = Outbox()
+    c = coordination(tmp_path, outbox)
+    spec = job().subtasks[0]
+    stale = core.Dispatch("gone", "a", 1, "w", spec, 10.0, None, {})
+    c.carry_out([stale])
+    assert c.counters["dispatches_of_relinquished_tasks"] == 1
+    assert outbox.sent == []
