@@ -46,7 +46,7 @@ DAG_POLICIES: dict[str, Callable[[Dag], Schedule]] = {
     "swarmd_readiness_order": lambda d: swarmd(d, readiness_order=True),
     "swarmd+locality": lambda d: swarmd(d, locality=True),
 }
-AGENT_POLICIES = ("swarmd", "swarmd_no_aging", "round_robin", "least_loaded")
+AGENT_POLICIES = ("swarmd", "swarmd_strict", "round_robin", "least_loaded")
 
 FULL = {
     "v": [20, 40, 60, 80, 100],

@@ -16,8 +16,9 @@ a profile runs at most ``max_concurrency`` requests at once.
 Policies:
 
 * ``swarmd`` — the coordinator's loop: at every arrival or completion, the ready queue
-  (the real :class:`~swarmd.core.queue.ReadyQueue`: rank with aging, then deadline, then
-  submit order) is walked and each subtask priced with the real
+  (the real :class:`~swarmd.core.queue.ReadyQueue`: strict priority with guaranteed
+  class shares, then deadline, then submit order; ``swarmd_strict``: no shares) is
+  walked and each subtask priced with the real
   :func:`~swarmd.core.pricing.price` against :class:`PeerCapacity` values that mirror the
   simulated nodes (in-flight requests per profile, advertised tokens/s and latency) and
   a :class:`~swarmd.core.pricing.ThroughputTracker` fed every completed request, with
@@ -235,11 +236,13 @@ def _events(jobs: Sequence[Job]) -> list[tuple[float, int]]:
     return sorted((j.arrival, j.id) for j in jobs)
 
 
-def _swarmd(jobs: Sequence[Job], nodes: Sequence[Node], aging_s: float) -> list[Start]:
+def _swarmd(
+    jobs: Sequence[Job], nodes: Sequence[Node], shares: dict[int, float] | None
+) -> list[Start]:
     cluster = _Cluster(nodes)
     config = PricingConfig(max_queue=0)
     tracker = ThroughputTracker()
-    queue = ReadyQueue(aging_s=aging_s)
+    queue = ReadyQueue(shares)
     arrivals = deque(_events(jobs))
     by_id = {j.id: j for j in jobs}
     while arrivals or cluster.events or len(queue):
@@ -271,7 +274,7 @@ def _swarmd(jobs: Sequence[Job], nodes: Sequence[Node], aging_s: float) -> list[
             if winner is None or winner.model is None:
                 infeasible.add((job.capability, job.min_vram))
                 continue
-            queue.remove(key)
+            queue.remove(key, started=True)
             cluster.start(job, winner.node_id, winner.model, now)
     return cluster.starts
 
@@ -342,13 +345,11 @@ def _least_loaded(jobs: Sequence[Job], nodes: Sequence[Node]) -> list[Start]:
     return _fifo(jobs, nodes, choose)
 
 
-def run_policy(
-    policy: str, jobs: Sequence[Job], nodes: Sequence[Node] = NODES, aging_s: float = 30.0
-) -> list[Start]:
+def run_policy(policy: str, jobs: Sequence[Job], nodes: Sequence[Node] = NODES) -> list[Start]:
     if policy == "swarmd":
-        return _swarmd(jobs, nodes, aging_s)
-    if policy == "swarmd_no_aging":
-        return _swarmd(jobs, nodes, math.inf)
+        return _swarmd(jobs, nodes, None)
+    if policy == "swarmd_strict":
+        return _swarmd(jobs, nodes, {})
     if policy == "round_robin":
         return _round_robin(jobs, nodes)
     if policy == "least_loaded":

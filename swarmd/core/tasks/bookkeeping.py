@@ -36,7 +36,7 @@ class Bookkeeping:
         self._tasks: dict[str, TaskRecord] = {}
         self._open: dict[str, TaskRecord] = {}  # unfinished tasks
         self._in_flight: dict[Key, SubtaskRecord] = {}  # subtasks with an attempt out
-        self._backlog = Backlog(self.config.aging_s)  # ready subtasks
+        self._backlog = Backlog(dict(self.config.shares))  # ready subtasks
         self._finished = FinishedTasks()  # finished tasks, in the order they finished
 
     def _task(self, task_id: str) -> TaskRecord:
