@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from swarmd.core.deadlines import Planner, Step
+from swarmd.core.deadlines import ClassLoad, Planner, Step
 from swarmd.core.jobspec import JobError, job_to_data, parse_job
 from swarmd.core.pricing import Demand, PricingConfig
 from swarmd.core.tasks import Coordinator, Dispatch, Result
@@ -179,3 +179,42 @@ def test_deadline_best_effort_key() -> None:
         job(sh("a"), deadline_best_effort=True)
     with pytest.raises(JobError, match="expected true or false"):
         job(sh("a"), deadline="1m", deadline_best_effort="yes")
+
+
+# ---------------------------------------------------------------- pressure
+
+
+def test_class_load_pressure_per_pool_and_window() -> None:
+    load = ClassLoad(window_s=60.0)
+    capacity = {("A", None): 2, ("B", None): 1}
+    for t in range(0, 60, 10):  # high work: 6 x 10 s on A's 2 slots in a minute
+        load.started(1, "A", None, 10.0, float(t))
+    load.started(3, "B", None, 30.0, 50.0)  # low work on B
+    # For normal: A is 60 / (60 * 2) = half taken by a class above; B not at all.
+    assert load.pressure(2, 60.0, capacity) == {("A", None): pytest.approx(0.5)}
+    assert load.pressure(1, 60.0, capacity) == {}  # nothing above high
+    assert load.pressure(3, 60.0, capacity)[("A", None)] == pytest.approx(0.5)
+    assert load.pressure(2, 200.0, capacity) == {}  # all older than the window
+    # Seen for 6 s only: over those 6 s (not the whole minute), at most 0.95.
+    young = ClassLoad(window_s=60.0)
+    young.started(1, "B", None, 60.0, 0.0)
+    assert young.pressure(2, 6.0, capacity) == {("B", None): pytest.approx(0.95)}
+
+
+def test_admission_foresees_the_classes_above() -> None:
+    """A normal job with 20 s of high work queued ahead on one slot: 30 s alone; once
+    high work has kept that slot half busy for a minute, its 20 s wait counts 40 s."""
+    c = coordinator()
+    peers = [peer("A", slots_total=1, rtt_s=0.0)]
+    c.submit("busy", job(sh("h1", "20s"), priority="high"), 0.0)
+    mine = job(sh("n"), deadline="35s")
+    calm = c.admit(mine, peers, 0.0)
+    assert calm is not None and calm.finish == pytest.approx(30.0, abs=0.5) and calm.meets
+    for t in range(0, 60, 20):
+        c.class_load.started(1, "A", None, 10.0, float(t))
+    pressed = c.admit(mine, peers, 60.0)
+    assert pressed is not None and not pressed.meets
+    assert pressed.finish == pytest.approx(60.0 + 40.0 + 10.0, abs=0.5)
+    # Dispatches feed it: a start of the high subtask is recorded for its pool.
+    c.schedule(peers, 61.0)
+    assert c.class_load.pressure(2, 61.0, {("A", None): 1})[("A", None)] > 0.5

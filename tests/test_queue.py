@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from swarmd.core.queue import DEFAULT_SHARES, Key, ReadyQueue, share_bound
+from swarmd.core.queue import DEFAULT_PATIENCE_S, DEFAULT_SHARES, Key, ReadyQueue, share_bound
 
 CRITICAL, HIGH, NORMAL, LOW = 0, 1, 2, 3
 
@@ -68,7 +68,7 @@ def test_low_never_passes_high_without_a_share() -> None:
 def test_a_starved_class_gets_its_share() -> None:
     """low 10 %: after 10 starts of high while low waits, low is owed and goes next,
     once; then high again."""
-    q = ReadyQueue(shares={LOW: 0.10})
+    q = ReadyQueue(shares={LOW: 0.10}, patience_s=0.0)
     q.push(k("low-1"), LOW, None)
     q.push(k("low-2"), LOW, None)
     order = []
@@ -83,7 +83,7 @@ def test_a_starved_class_gets_its_share() -> None:
 
 
 def test_critical_is_never_passed() -> None:
-    q = ReadyQueue(shares={LOW: 0.5})
+    q = ReadyQueue(shares={LOW: 0.5}, patience_s=0.0)
     q.push(k("low"), LOW, None)
     for i in range(10):
         q.push(k(f"crit-{i}"), CRITICAL, None)
@@ -96,7 +96,7 @@ def test_critical_is_never_passed() -> None:
 
 def test_owed_class_goes_first_in_a_walk_at_once() -> None:
     """A start during a walk that makes a class owed puts that class next."""
-    q = ReadyQueue(shares={NORMAL: 0.5})
+    q = ReadyQueue(shares={NORMAL: 0.5}, patience_s=0.0)
     for i in range(4):
         q.push(k(f"high-{i}"), HIGH, None)
     q.push(k("normal"), NORMAL, None)
@@ -108,7 +108,7 @@ def test_owed_class_goes_first_in_a_walk_at_once() -> None:
 
 
 def test_credit_does_not_build_while_nothing_waits() -> None:
-    q = ReadyQueue(shares={LOW: 0.10})
+    q = ReadyQueue(shares={LOW: 0.10}, patience_s=0.0)
     for i in range(50):
         q.push(k(f"high-{i}"), HIGH, None)
     for _ in range(50):
@@ -126,6 +126,8 @@ def test_bad_shares() -> None:
         ReadyQueue(shares={LOW: 1.0})
     with pytest.raises(ValueError, match="add up"):
         ReadyQueue(shares={HIGH: 0.6, LOW: 0.6})
+    with pytest.raises(ValueError, match="patience_s"):
+        ReadyQueue(patience_s=-1.0)
     assert share_bound(0.05) == 20 and share_bound(0.1) == 10 and share_bound(0.0) is None
 
 
@@ -159,19 +161,28 @@ def test_bad_pushes() -> None:
 # ---------------------------------------------------------------- against a model
 
 
-Item = tuple[int, float | None, int, float]  # rank, deadline, seq, urgency
+Item = tuple[int, float | None, int, float, float]  # rank, deadline, seq, urgency, since
 
 
 class Model:
     """The queue's rules written plainly: sort everything, keep the credits in a dict."""
 
-    def __init__(self, shares: dict[int, float]) -> None:
+    def __init__(self, shares: dict[int, float], patience_s: float = 0.0) -> None:
         self.shares = {r: s for r, s in shares.items() if s > 0}
         self.credit = dict.fromkeys(self.shares, 0.0)
         self.items: dict[Key, Item] = {}
+        self.patience_s = patience_s
+        self.clock = -math.inf
+
+    def tick(self, now: float) -> None:
+        self.clock = max(self.clock, now)
 
     def waiting(self, rank: int) -> bool:
         return any(item[0] == rank for item in self.items.values())
+
+    def starved(self, rank: int) -> bool:
+        since = [item[4] for item in self.items.values() if item[0] == rank]
+        return bool(since) and self.clock - min(since) >= self.patience_s
 
     def owed(self) -> list[int]:
         return sorted(r for r, c in self.credit.items() if c >= 1 - 1e-9 and self.waiting(r))
@@ -185,7 +196,7 @@ class Model:
             return (1, rank) if rank in owed else (2, rank)
 
         def sort_key(pair: tuple[Key, Item]) -> tuple[tuple[int, int], float, float, int]:
-            rank, deadline, seq, urgency = pair[1]
+            rank, deadline, seq, urgency, _ = pair[1]
             return (lane(rank), math.inf if deadline is None else deadline, -urgency, seq)
 
         return [key for key, _ in sorted(self.items.items(), key=sort_key)]
@@ -195,7 +206,7 @@ class Model:
         for other, share in self.shares.items():
             if other == rank:
                 self.credit[other] = max(0.0, self.credit[other] - 1.0)
-            elif self.waiting(other):
+            elif self.starved(other):
                 self.credit[other] = min(1.0, self.credit[other] + share)
 
 
@@ -216,12 +227,14 @@ share_sets = st.sampled_from(
 
 
 @settings(max_examples=150, deadline=None)
-@given(ops=ops, shares=share_sets)
+@given(ops=ops, shares=share_sets, patience_s=st.sampled_from([0.0, 3.0, 10.0]))
 def test_matches_a_brute_force_model(
-    ops: list[tuple[str, int, int, float | None, float, float]], shares: dict[int, float]
+    ops: list[tuple[str, int, int, float | None, float, float]],
+    shares: dict[int, float],
+    patience_s: float,
 ) -> None:
-    q = ReadyQueue(shares=shares)
-    model = Model(shares)
+    q = ReadyQueue(shares=shares, patience_s=patience_s)
+    model = Model(shares, patience_s)
     now, seq = 0.0, 0
     for op, n, rank, deadline, step, urgency in ops:
         now += step
@@ -230,9 +243,11 @@ def test_matches_a_brute_force_model(
             if key in model.items:
                 continue
             q.push(key, rank, deadline, now, urgency)
-            model.items[key] = (rank, deadline, seq, urgency)
+            model.tick(now)
+            model.items[key] = (rank, deadline, seq, urgency, model.clock)
             seq += 1
         elif op == "pop":
+            model.tick(now)
             expected = model.order()
             assert q.peek(now) == (expected[0] if expected else None)
             got = q.pop(now)
@@ -277,14 +292,15 @@ def test_no_inversion(events: list[tuple[str, int, int]], shares: dict[int, floa
     """Every start is the best-ranked waiting subtask that fits the freed slot, except
     a start of a class that was owed its share — and never while critical work that
     fits waits."""
-    q = ReadyQueue(shares=shares)
-    model = Model(shares)  # the credits, kept independently
+    q = ReadyQueue(shares=shares, patience_s=5.0)
+    model = Model(shares, 5.0)  # the credits, kept independently
     need: dict[Key, tuple[int, int]] = {}
     for i, (what, rank, kind) in enumerate(events):
+        model.tick(float(i))
         if what == "ready":
             key = ("t", str(i))
             q.push(key, rank, None, float(i))
-            model.items[key] = (rank, None, i, 0.0)
+            model.items[key] = (rank, None, i, 0.0, float(i))
             need[key] = (rank, kind)
             continue
         slot = kind % 2
@@ -312,9 +328,10 @@ def test_no_inversion(events: list[tuple[str, int, int]], shares: dict[int, floa
 def test_no_starvation_beyond_the_bound(
     events: list[tuple[str, int]], shares: dict[int, float]
 ) -> None:
-    """While a class with a share waits, at most ceil(1 / share) + 2 starts of other
-    non-critical classes go by before one of its own (every subtask fits every slot)."""
-    q = ReadyQueue(shares=shares)
+    """While a class with a share waits (patience 0: starved at once), at most
+    ceil(1 / share) + 2 starts of other non-critical classes go by before one of its own
+    (every subtask fits every slot)."""
+    q = ReadyQueue(shares=shares, patience_s=0.0)
     passed = dict.fromkeys(range(4), 0)  # other non-critical starts since its own
     waiting = dict.fromkeys(range(4), 0)
     for i, (what, rank) in enumerate(events):
@@ -344,16 +361,25 @@ def q_rank(key: Key, events: list[tuple[str, int]]) -> int:
     return events[int(key[1])][1]
 
 
-def test_stated_bound_is_tight_enough_to_matter() -> None:
-    """The default shares: a low subtask waits at most 22 non-critical starts while high
-    and normal work keeps coming, where strict priority would let it wait forever."""
+def test_the_defaults_patience_then_share() -> None:
+    """The defaults, one start a second while high and normal work keeps coming: low
+    gets no credit for its first 30 s (strict priority), then starts within
+    ceil(1 / 0.05) + 2 = 22 more starts — where strict priority would let it wait
+    forever."""
     q = ReadyQueue()
-    q.push(k("low"), LOW, None)
-    for i in range(100):
-        q.push(k(f"n{i}"), NORMAL if i % 2 else HIGH, None)
-        if q.pop() == k("low"):
+    q.push(k("low"), LOW, None, now=0.0)
+    started = None
+    for i in range(200):
+        now = float(i)
+        q.push(k(f"n{i}"), NORMAL if i % 2 else HIGH, None, now=now)
+        if now < DEFAULT_PATIENCE_S:
+            assert q.credit(LOW) == 0.0 and not q.starved(LOW)
+        if q.pop(now) == k("low"):
+            started = now
             break
-    assert i + 1 <= share_bound(DEFAULT_SHARES[LOW]) + 2  # type: ignore[operator]
+    bound = share_bound(DEFAULT_SHARES[LOW])
+    assert bound == 20 and started is not None
+    assert DEFAULT_PATIENCE_S + bound - 1 <= started <= DEFAULT_PATIENCE_S + bound + 2
 
 
 def test_urgency_orders_after_deadline_before_submit_order() -> None:

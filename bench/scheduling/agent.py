@@ -137,12 +137,18 @@ def fits(job: Job, node: Node, profile: Profile) -> bool:
     return job.capability in profile.capabilities and job.min_vram <= node.vram
 
 
-def workload(small: int = 500, large: int = 10, overload: float = 1.5, seed: int = 0) -> list[Job]:
+def workload(
+    small: int = 500,
+    large: int = 10,
+    overload: float = 1.5,
+    seed: int = 0,
+    nodes: Sequence[Node] = NODES,
+) -> list[Job]:
     rng = random.Random(f"agent:{small}:{large}:{overload}:{seed}")
     mean_small = 200.0
     capacity = sum(
         p.max_concurrency * p.tokens_per_s / mean_small
-        for n in NODES
+        for n in nodes
         for p in n.profiles
         if p.name == "fast"
     )  # small requests per second the cluster can serve

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Hashable, Sequence
+from collections import deque
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Final
 
@@ -38,9 +39,11 @@ from swarmd.core.pricing import (
     price,
 )
 
-__all__ = ["MAX_STEPS", "Planner", "Step"]
+__all__ = ["MAX_STEPS", "ClassLoad", "Planner", "Step"]
 
 MAX_STEPS: Final = 5000
+PRESSURE_WINDOW_S: Final = 60.0
+MAX_PRESSURE: Final = 0.95  # a wait is stretched at most 20x
 _Pool = tuple[str, str | None]  # (node id, model profile or None for slots)
 
 
@@ -65,6 +68,47 @@ def _capacity(peer: PeerCapacity, model: str | None) -> int:
         return max(1, peer.slots_total)
     offer: ModelOffer | None = next((m for m in peer.models if m.name == model), None)
     return max(1, offer.max_concurrency if offer is not None else 1)
+
+
+class ClassLoad:
+    """Recent starts per class and pool: how much of each pool the classes above a rank
+    took over the last ``window_s`` — the *pressure* that work of those classes, still
+    to come, puts on a subtask of that rank while it waits (strict priority lets it
+    pass). Admission stretches a wait on a pool by ``1 / (1 - pressure)``: if the
+    classes above kept 60 % of a pool busy, a subtask there moves at 40 % of the pool's
+    speed. An estimate of the future from the recent past, and the only way a deadline
+    check sees the work that arrives after it."""
+
+    def __init__(self, window_s: float = PRESSURE_WINDOW_S) -> None:
+        self.window_s = window_s
+        self._starts: deque[tuple[float, int, _Pool, float]] = deque()
+        self._first = math.inf  # the first start seen: the window is shorter until then
+
+    def started(self, rank: int, node_id: str, model: str | None, run_s: float, now: float) -> None:
+        """A subtask of ``rank`` went to that pool, estimated to run ``run_s``."""
+        self._first = min(self._first, now)
+        self._starts.append((now, rank, (node_id, model), min(max(0.0, run_s), self.window_s)))
+        self._forget(now)
+
+    def _forget(self, now: float) -> None:
+        starts = self._starts
+        while starts and starts[0][0] < now - self.window_s:
+            starts.popleft()
+
+    def pressure(self, rank: int, now: float, capacity: Mapping[_Pool, int]) -> dict[_Pool, float]:
+        """Per pool: the share of it that classes above ``rank`` took (at most
+        :data:`MAX_PRESSURE`); pools they did not use are left out."""
+        self._forget(now)
+        busy: dict[_Pool, float] = {}
+        for _, r, pool, run_s in self._starts:
+            if r < rank:
+                busy[pool] = busy.get(pool, 0.0) + run_s
+        # Seen for less than a window: over what was seen (at least a tenth of one).
+        span = min(self.window_s, max(now - self._first, self.window_s / 10))
+        return {
+            pool: min(MAX_PRESSURE, seconds / (span * max(1, capacity.get(pool, 1))))
+            for pool, seconds in busy.items()
+        }
 
 
 class Planner:
@@ -124,9 +168,19 @@ class Planner:
     def ready_at(self, step: Step) -> float:
         return max((self._finish.get(k, self.now) for k in step.after), default=self.now)
 
-    def place(self, step: Step) -> float:
+    def capacity(self) -> dict[_Pool, int]:
+        """Slots per pool of every peer (shell slots, and each model's concurrency)."""
+        out: dict[_Pool, int] = {}
+        for peer in self._peers.values():
+            out[(peer.node_id, None)] = _capacity(peer, None)
+            for offer in peer.models:
+                out[(peer.node_id, offer.name)] = _capacity(peer, offer.name)
+        return out
+
+    def place(self, step: Step, pressure: Mapping[_Pool, float] | None = None) -> float:
         """Plan ``step`` on the pool where it finishes first; its estimated finish (inf
-        when no peer can run it; ``now`` past the limit: not simulated)."""
+        when no peer can run it; ``now`` past the limit: not simulated). ``pressure``
+        (:meth:`ClassLoad.pressure`) stretches its wait for a slot on each pool."""
         if self._placed >= self.limit:
             self.truncated += 1
             return self.now
@@ -137,7 +191,10 @@ class Planner:
             heap = self._pool(pool)
             if heap is None:
                 continue
-            finish = max(ready, heap[0]) + run_s
+            wait = max(0.0, heap[0] - ready)
+            if pressure:
+                wait /= 1.0 - pressure.get(pool, 0.0)
+            finish = ready + wait + run_s
             if best is None or finish < best[0]:
                 best = (finish, heap)
         if best is None:

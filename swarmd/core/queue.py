@@ -18,11 +18,12 @@ which replaced one level of aging per 30 s:
 
 * **critical** always goes first: nothing ever passes it;
 * every other class ``c`` has a guaranteed minimum share ``shares[c]`` of the starts
-  (:data:`DEFAULT_SHARES`: high 10 %, normal 5 %, low 5 %). Each start of another
-  class adds ``shares[c]`` to the credit of every class that has subtasks waiting
-  (capped at 1: no banking while it has nothing queued); a start of ``c`` itself takes
-  1 off (not below 0). A class whose credit reached 1 is *owed*: its lane goes right
-  after critical, ahead of the classes above it, until it has had its start;
+  (:data:`DEFAULT_SHARES`: high 10 %, normal 5 %, low 5 %) once it is *starved*: its
+  oldest queued subtask has waited ``patience_s`` (:data:`DEFAULT_PATIENCE_S`, 30 s).
+  Each start of another class adds ``shares[c]`` to the credit of every starved class
+  (capped at 1: no banking); a start of ``c`` itself takes 1 off (not below 0). A class
+  whose credit reached 1 is *owed*: its lane goes right after critical, ahead of the
+  classes above it, until it has had its start;
 * otherwise, by rank: a lower class never starts while a higher one waits, unless the
   higher one's subtasks do not fit where a slot is free (the coordinator walks on
   past what it cannot place).
@@ -31,24 +32,25 @@ Why this and not aging or a weighted fair queue: aging (and WFQ, which serves ev
 backlogged class by its weight all the time) starts lower-priority work ahead of
 higher-priority work as a matter of course — 172 of 510 starts on the agent workload of
 ``bench/scheduling``. A guaranteed share does it only for a class that has been starved
-for ``1 / shares[c]`` starts, and then only once: the share is a reservation, like a
-guaranteed capacity. Under 100 % of capacity the classes above rarely keep a class from
-starting for that long, so the order is strict priority in practice; under sustained
-overload by the classes above, the share is what keeps a class moving. The count is in
-starts, not seconds, because starts are what a waiting subtask needs, and they bound
-its wait whatever the run times are.
+for ``patience_s`` and then ``1 / shares[c]`` starts, and then only once: the share is a
+reservation, like a guaranteed capacity. Under 100 % of capacity the classes above
+rarely keep a class waiting that long, so the order is strict priority (on the agent
+workload at 0.8x: no start out of order at all); under sustained overload by the classes
+above, the share is what keeps a class moving. The count is in starts, not seconds,
+because starts are what a waiting subtask needs, and they bound its wait whatever the
+run times are.
 
-**The guarantee** (``tests/test_queue.py`` checks it with hypothesis): while class
-``c`` (not critical) has a subtask waiting, at most ``ceil(1 / shares[c])`` starts of
-other classes, not counting critical ones, go by before one of ``c``'s, provided its
-subtask fits the freed slot; so the ``n``-th subtask of ``c`` in line starts within
-``n * (ceil(1 / shares[c]) + 2)`` non-critical starts (the 2: other owed classes
-taking their turn first). With ``shares[c] = 0`` the class has no guarantee (strict
-priority). **Priority respected**: a start passes a waiting higher class only when the
-class started was owed (its credit reached 1) and never when critical waits.
+**The guarantee** (``tests/test_queue.py`` checks it with hypothesis): once the oldest
+subtask of class ``c`` (not critical) has waited ``patience_s``, at most
+``ceil(1 / shares[c]) + 2`` starts of other classes, not counting critical ones, go by
+before one of ``c``'s, provided its subtask fits the freed slot (the 2: other owed
+classes taking their turn first). With ``shares[c] = 0`` the class has no guarantee
+(strict priority). **Priority respected**: a start passes a waiting higher class only
+when the class started was owed (its credit reached 1) and never when critical waits.
 
-``now`` does not change the order (arguments are kept so that callers need not know);
-``push`` must not be called during a :meth:`ReadyQueue.walk`.
+Time enters only through ``patience_s``: the queue's clock is the latest ``now`` given
+to :meth:`~ReadyQueue.push`, :meth:`~ReadyQueue.pop` or :meth:`~ReadyQueue.walk` (it
+never goes back). ``push`` must not be called during a :meth:`ReadyQueue.walk`.
 
 :meth:`ReadyQueue.walk` yields the order lazily for one scheduling pass (the
 coordinator walks it, may skip what it cannot place now and stops when nothing more
@@ -64,17 +66,19 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["CRITICAL", "DEFAULT_SHARES", "Key", "ReadyQueue", "share_bound"]
+__all__ = ["CRITICAL", "DEFAULT_PATIENCE_S", "DEFAULT_SHARES", "Key", "ReadyQueue", "share_bound"]
 
 Key = tuple[str, str]  # (task id, subtask id)
 
 CRITICAL: Final = 0  # the rank nothing passes
 # rank -> guaranteed minimum share of the starts while it has work waiting
 DEFAULT_SHARES: Final[Mapping[int, float]] = {1: 0.10, 2: 0.05, 3: 0.05}
+DEFAULT_PATIENCE_S: Final = 30.0  # a class's oldest has waited this long: it is starved
 _OWED: Final = 1.0 - 1e-9
 
 
@@ -91,6 +95,7 @@ class _Entry:
     deadline: float | None
     urgency: float
     seq: int  # submit order
+    since: float = 0.0  # when it was pushed (on the queue's clock)
     live: bool = True
 
     def sort_key(self) -> tuple[float, float, int]:
@@ -102,17 +107,26 @@ _Item = tuple[float, float, int, _Entry]  # (deadline or inf, -urgency, seq, ent
 
 
 class _Lane:
-    """One class's entries in a binary heap; removed entries stay until compaction."""
+    """One class's entries in a binary heap, and in push order (for the oldest);
+    removed entries stay in both until compaction."""
 
-    __slots__ = ("heap", "live")
+    __slots__ = ("arrivals", "heap", "live")
 
     def __init__(self) -> None:
         self.heap: list[_Item] = []
+        self.arrivals: deque[_Entry] = deque()
         self.live = 0
 
     def push(self, entry: _Entry) -> None:
         heapq.heappush(self.heap, (*entry.sort_key(), entry))
+        self.arrivals.append(entry)
         self.live += 1
+
+    def oldest(self) -> _Entry | None:
+        arrivals = self.arrivals
+        while arrivals and not arrivals[0].live:
+            arrivals.popleft()
+        return arrivals[0] if arrivals else None
 
     def compact(self) -> bool:
         """Drop removed entries when they outnumber the live ones; True if it did."""
@@ -120,6 +134,7 @@ class _Lane:
             return False
         self.heap = [item for item in self.heap if item[3].live]
         heapq.heapify(self.heap)
+        self.arrivals = deque(e for e in self.arrivals if e.live)
         return True
 
     def first(self) -> tuple[_Entry | None, bool]:
@@ -172,7 +187,13 @@ class ReadyQueue:
     """Ready subtasks: strict priority with a guaranteed share per class (critical
     never passed), then deadline, urgency, submit order within a class."""
 
-    def __init__(self, shares: Mapping[int, float] | None = None) -> None:
+    def __init__(
+        self, shares: Mapping[int, float] | None = None, patience_s: float = DEFAULT_PATIENCE_S
+    ) -> None:
+        if not patience_s >= 0.0 or math.isinf(patience_s):
+            raise ValueError(f"patience_s must be a finite number >= 0, got {patience_s!r}")
+        self.patience_s = patience_s
+        self._clock = -math.inf
         shares = dict(DEFAULT_SHARES if shares is None else shares)
         for rank, share in shares.items():
             if isinstance(rank, bool) or not isinstance(rank, int) or rank <= CRITICAL:
@@ -225,7 +246,8 @@ class ReadyQueue:
             raise ValueError("deadline must be a time or None, got NaN")
         if not math.isfinite(urgency):
             raise ValueError(f"urgency must be a finite number, got {urgency!r}")
-        entry = _Entry(key, priority_rank, deadline, urgency, self._seq)
+        self._tick(now)
+        entry = _Entry(key, priority_rank, deadline, urgency, self._seq, self._clock)
         self._seq += 1
         self._version += 1
         lane = self._lanes.get(priority_rank)
@@ -234,6 +256,16 @@ class ReadyQueue:
         lane.compact()
         lane.push(entry)
         self._entries[key] = entry
+
+    def _tick(self, now: float) -> None:
+        if now > self._clock:
+            self._clock = now
+
+    def starved(self, rank: int) -> bool:
+        """Whether the class's oldest queued subtask has waited ``patience_s``."""
+        lane = self._lanes.get(rank)
+        oldest = None if lane is None else lane.oldest()
+        return oldest is not None and self._clock - oldest.since >= self.patience_s
 
     def _order(self) -> list[int]:
         """The lanes in the order they are served now: critical, owed, the rest."""
@@ -255,6 +287,7 @@ class ReadyQueue:
 
     def pop(self, now: float = 0.0) -> Key | None:
         """Take out the first subtask (it counts as started); None when empty."""
+        self._tick(now)
         key = self.peek(now)
         if key is not None:
             self._version += 1
@@ -278,7 +311,7 @@ class ReadyQueue:
         for other, share in self.shares.items():
             if other == rank:
                 credit[other] = max(0.0, credit[other] - 1.0)
-            elif (lane := self._lanes.get(other)) is not None and lane.live:
+            elif self.starved(other):
                 credit[other] = min(1.0, credit[other] + share)
 
     def ordered(self, now: float = 0.0) -> list[Key]:
@@ -298,6 +331,7 @@ class ReadyQueue:
         goes on with that class first. Pushing or popping during a walk ends it with
         RuntimeError.
         """
+        self._tick(now)
         version = self._version
         cursors = {rank: lane.cursor() for rank, lane in self._lanes.items()}
         while True:

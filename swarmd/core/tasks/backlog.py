@@ -16,15 +16,17 @@ from typing import TypeAlias
 
 from swarmd.core.jobspec import PRIORITY_RANK
 from swarmd.core.pricing import Demand
-from swarmd.core.queue import Key, ReadyQueue
+from swarmd.core.queue import DEFAULT_PATIENCE_S, Key, ReadyQueue
 from swarmd.core.tasks.records import SubtaskRecord, TaskRecord
 
 Kind: TypeAlias = tuple[Demand | None, frozenset[str]]  # a queued demand, failed nodes
 
 
 class Backlog:
-    def __init__(self, shares: Mapping[int, float] | None = None) -> None:
-        self._queue = ReadyQueue(shares)
+    def __init__(
+        self, shares: Mapping[int, float] | None = None, patience_s: float = DEFAULT_PATIENCE_S
+    ) -> None:
+        self._queue = ReadyQueue(shares, patience_s)
         self._backoff: dict[Key, float] = {}  # ready subtasks waiting until a time
         self._kind: dict[Key, Kind] = {}
         self._kinds: Counter[Kind] = Counter()

@@ -3,9 +3,12 @@
 * :meth:`Outlook.admit` — before a job with a deadline is taken, plan (with
   :class:`swarmd.core.deadlines.Planner`) the work that would be started ahead of it —
   attempts in flight, then every unfinished subtask of a higher class, or of its class
-  with an earlier own deadline (the ready queue's order) — and then the job itself. If
-  its estimated finish is past its deadline, the answer says so with the estimate; the
-  shell refuses the job unless it was submitted ``deadline_best_effort``.
+  with an earlier own deadline (the ready queue's order) — and then the job itself,
+  its waits for a slot stretched by the pressure of the classes above it
+  (:class:`swarmd.core.deadlines.ClassLoad`: how much of each pool they took in the last
+  minute, a forecast of the work they will still send ahead of it). If its estimated
+  finish is past its deadline, the answer says so with the estimate; the shell refuses
+  the job unless it was submitted ``deadline_best_effort``.
 * :meth:`Outlook.refresh_outlook` — at most every :data:`OUTLOOK_EVERY_S`, plan every
   open task in queue order and keep each task-with-a-deadline's estimated finish;
   ``status`` shows it (``deadline``: ``{at, estimated_finish, reachable}``) and a task
@@ -149,8 +152,9 @@ class Outlook(Bookkeeping):
             plan.place(self._step(task.id, rec))
             ahead += 1
         finish = now
-        for _, _, rec in mine:
-            finish = max(finish, plan.place(self._step(_NEW, rec)))
+        for order, _, rec in mine:
+            pressure = self.class_load.pressure(order[0], now, plan.capacity())
+            finish = max(finish, plan.place(self._step(_NEW, rec), pressure))
         return Admission(finish=finish, deadline=draft.deadline, ahead=ahead, now=now)
 
     def refresh_outlook(self, peers: Sequence[PeerCapacity], now: float) -> None:

@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from swarmd.core.jobspec import JobSpec, SubtaskSpec
 from swarmd.core.pricing import Candidate, Demand, Placement
-from swarmd.core.queue import DEFAULT_SHARES
+from swarmd.core.queue import DEFAULT_PATIENCE_S, DEFAULT_SHARES
 from swarmd.core.retention import Retention
 from swarmd.core.tasks.transitions import (
     ATTEMPT,
@@ -48,6 +48,7 @@ class CoordinatorConfig:
     adopt_grace_s: float = 5.0  # lease of the attempts of a task a successor adopts
     # rank -> guaranteed minimum share of the starts (swarmd.core.queue: class shares)
     shares: tuple[tuple[int, float], ...] = tuple(DEFAULT_SHARES.items())
+    patience_s: float = DEFAULT_PATIENCE_S  # a class waiting this long is owed its share
     placements_kept: int = 8  # winning placements kept per subtask for explain
     # Small llm subtasks of one kind, ready together, go to one node up to its free
     # concurrency (swarmd.core.tasks.grouping); small: est_tokens at most this.
