@@ -33,6 +33,7 @@ from swarmd.core.tasks.records import SubtaskRecord, TaskRecord
 from swarmd.core.tasks.transitions import IN_FLIGHT
 
 OUTLOOK_EVERY_S: Final = 1.0
+PLANNED_PER_S: Final = 2000  # a refresh that planned N subtasks: the next after N / this s
 _NEW: Final = "\x00new"  # the task id the job being admitted is planned under
 
 
@@ -93,13 +94,19 @@ class Outlook(Bookkeeping):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._outlook_at = -math.inf
+        self._outlook_every = OUTLOOK_EVERY_S
         self._outlook: dict[str, float] = {}  # task id -> estimated finish (with a deadline)
+        self._unreachable: set[str] = set()  # counted once each (pruned with _outlook)
 
     def outlook_due(self, now: float) -> bool:
-        """Whether :meth:`refresh_outlook` has something to do at ``now``."""
-        if now - self._outlook_at < OUTLOOK_EVERY_S:
+        """Whether :meth:`refresh_outlook` has something to do at ``now`` (it looks at
+        the open tasks at most every OUTLOOK_EVERY_S)."""
+        if now - self._outlook_at < self._outlook_every:
             return False
-        return bool(self._outlook) or any(t.deadline is not None for t in self._open.values())
+        if self._outlook or any(t.deadline is not None for t in self._open.values()):
+            return True
+        self._outlook_at = now  # none has a deadline: look again in a while
+        return False
 
     def _planner(self, peers: Sequence[PeerCapacity], now: float) -> Planner:
         plan = Planner(peers, self.pricing, now, throughput=self.throughput)
@@ -158,28 +165,45 @@ class Outlook(Bookkeeping):
         return Admission(finish=finish, deadline=draft.deadline, ahead=ahead, now=now)
 
     def refresh_outlook(self, peers: Sequence[PeerCapacity], now: float) -> None:
-        """Plan the open tasks again (at most every OUTLOOK_EVERY_S, and only while one
-        has a deadline); keep the estimated finish of those with a deadline."""
-        if now - self._outlook_at < OUTLOOK_EVERY_S:
+        """Plan the open tasks again (at most every OUTLOOK_EVERY_S, or every second
+        per :data:`PLANNED_PER_S` subtasks the last one planned, and only while one has
+        a deadline); keep the estimated finish of those with a deadline (NaN: not
+        planned, past the planner's limit). Work ordered after the last subtask with a
+        deadline is not planned: it cannot delay one."""
+        if now - self._outlook_at < self._outlook_every:
             return
         self._outlook_at = now
-        due = {t.id for t in self._open.values() if t.deadline is not None}
-        self._outlook = {k: v for k, v in self._outlook.items() if k in due}
+        due = [t for t in self._open.values() if t.deadline is not None]
+        self._outlook = {}
+        self._unreachable &= {t.id for t in due}
         if not due:
             return
+        last = max(
+            (_order(t, rec) for t in due for rec in t.subtasks.values() if not rec.final),
+            default=(-1, -math.inf, 0.0),
+        )
         plan = self._planner(peers, now)
-        for _, _, task, rec in self._waiting():
+        placed = 0
+        for order, _, task, rec in self._waiting():
+            if order > last or plan.truncated:
+                break
             plan.place(self._step(task.id, rec))
-        for task_id in due:
-            task = self._open[task_id]
-            finishes = [
-                plan.finish_of((task_id, rec.id)) for rec in task.subtasks.values() if not rec.final
-            ]
-            finish = max((f for f in finishes if f is not None), default=now)
-            assert task.deadline is not None
-            if finish > task.deadline and self._outlook.get(task_id, -math.inf) <= task.deadline:
-                self.counters["deadline_unreachable"] += 1
-            self._outlook[task_id] = finish
+            placed += 1
+        self._outlook_every = max(OUTLOOK_EVERY_S, placed / PLANNED_PER_S)
+        for task in due:
+            pending = [r for r in task.subtasks.values() if not r.final]
+            self._note(task, [plan.finish_of((task.id, r.id)) for r in pending])
+
+    def _note(self, task: TaskRecord, finishes: list[float | None]) -> None:
+        assert task.deadline is not None
+        if any(f is None for f in finishes):
+            self._outlook[task.id] = math.nan
+            return
+        finish = max((f for f in finishes if f is not None), default=-math.inf)
+        if finish > task.deadline and task.id not in self._unreachable:
+            self._unreachable.add(task.id)
+            self.counters["deadline_unreachable"] += 1
+        self._outlook[task.id] = finish
 
     def deadline_view(self, task: TaskRecord) -> dict[str, Any] | None:
         """``status``'s ``deadline``: when it is, the estimated finish, whether it is
@@ -196,6 +220,8 @@ class Outlook(Bookkeeping):
                 "best_effort": best_effort,
             }
         finish = self._outlook.get(task.id)
+        if finish is not None and math.isnan(finish):
+            finish = None
         return {
             "at": task.deadline,
             "estimated_finish": None if finish is None or math.isinf(finish) else finish,
