@@ -11,7 +11,7 @@ import pytest
 from swarmd.core.deadlines import ClassLoad, Planner, Step
 from swarmd.core.jobspec import JobError, job_to_data, parse_job
 from swarmd.core.pricing import Demand, PricingConfig
-from swarmd.core.tasks import Coordinator, Dispatch, Result
+from swarmd.core.tasks import Coordinator, Dispatch, Journal, Result
 from tests.capacity import peer
 
 SHELL_10 = Demand("shell", est_seconds=10.0)
@@ -218,3 +218,18 @@ def test_admission_foresees_the_classes_above() -> None:
     # Dispatches feed it: a start of the high subtask is recorded for its pool.
     c.schedule(peers, 61.0)
     assert c.class_load.pressure(2, 61.0, {("A", None): 1})[("A", None)] > 0.5
+
+
+def test_a_restored_task_keeps_its_deadline_contract() -> None:
+    """The journal keeps the job as submitted: after a restart the deadline, its best
+    effort and each subtask's own latest finish come back."""
+    c = coordinator()
+    spec = job(sh("c1"), sh("c2", "80s", after=["c1"]), deadline="100s", deadline_best_effort=True)
+    records = [e for e in c.submit("t", spec, 0.0) if isinstance(e, Journal)]
+    r = coordinator()
+    r.restore(records, now=5.0)
+    task = r.record("t")
+    assert task.deadline == 100.0 and task.spec.deadline_best_effort
+    assert task.latest_finish("c1") == pytest.approx(20.0)  # 80 s of work follow it
+    r.refresh_outlook([peer("A", rtt_s=0.0)], 5.0)
+    assert r.status("t")["deadline"]["reachable"] is True
