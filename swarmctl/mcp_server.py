@@ -295,7 +295,9 @@ def _submit_tools(server: Any, swarm: SwarmTools, run: Run, root: Path | None) -
         {{ lint.stdout }} Propose a refactor.", "after": ["lint"], "max_tokens": 512},
         {"id": "score", "kind": "python", "call": "pkg.mod:fn", "args": [1],
         "after": ["plan"]}]}. Other subtask keys: priority, retries, retry_on_error,
-        min_vram, min_ram, capability, model, node (pin), env, system.
+        min_vram, min_ram, capability, model, node (pin), env, system, estimate. A
+        deadline the cluster cannot meet is refused with the estimated finish unless
+        the job has "deadline_best_effort": true.
         `{{ ID.stdout }}` / `{{ ID.output }}` insert an upstream result. `inputs` are
         paths relative to `workdir`, shipped with the job; `workdir` (absolute, or
         relative to the server's root directory; the root by default) must lie inside

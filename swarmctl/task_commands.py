@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,11 @@ def _build_job(
 @click.option("--name")
 @click.option("--priority", type=click.Choice(["critical", "high", "normal", "low"]))
 @click.option("--deadline", help="e.g. 10m")
+@click.option(
+    "--deadline-best-effort",
+    is_flag=True,
+    help="run it even if the deadline cannot be met (else refused at submit, exit 2)",
+)
 @click.option("--capability")
 @click.option("--min-vram", help="e.g. 16GiB")
 @click.option("--timeout", "subtask_timeout", help="per subtask, e.g. 2m")
@@ -79,6 +86,7 @@ def submit(
     name: str | None,
     priority: str | None,
     deadline: str | None,
+    deadline_best_effort: bool,
     capability: str | None,
     min_vram: str | None,
     subtask_timeout: str | None,
@@ -95,6 +103,10 @@ def submit(
     }
     try:
         job = _build_job(job_file, prompt, command, options)
+        if deadline_best_effort:
+            if job.deadline_s is None:
+                raise JobError("--deadline-best-effort needs a deadline (--deadline or the job's)")
+            job = replace(job, deadline_best_effort=True)
         files = collect_inputs(job, Path.cwd())
     except JobError as exc:
         obj.fail(EXIT_USAGE, str(exc))
@@ -178,8 +190,31 @@ def _print_succession(body: dict[str, Any]) -> None:
             click.echo(f"  replica: on {replica['node']}{acked}")
 
 
+def _deadline_line(status: dict[str, Any]) -> str | None:
+    """The task's deadline and its outlook, in words (None without a deadline)."""
+    deadline = status.get("deadline")
+    if not isinstance(deadline, dict) or not isinstance(deadline.get("at"), int | float):
+        return None
+    at = float(deadline["at"])
+    when = time.strftime("%H:%M:%S", time.localtime(at))
+    finish = deadline.get("estimated_finish")
+    if status.get("state") in ("done", "failed", "cancelled"):
+        met = "met" if deadline.get("reachable") else "missed"
+        return f"  deadline: {when}, {met}"
+    if deadline.get("reachable") is False:
+        late = f"{float(finish) - at:.0f} s late" if isinstance(finish, int | float) else "no peer"
+        return f"  deadline: {when}, UNREACHABLE: estimated finish {late}"
+    if deadline.get("reachable") is None:
+        return f"  deadline: {when} (not estimated yet)"
+    left = f"{at - float(finish):.0f} s to spare" if isinstance(finish, int | float) else ""
+    return f"  deadline: {when}, reachable ({left})"
+
+
 def _print_status(status: dict[str, Any]) -> None:
     click.echo(f"task {status['id']} ({status.get('name')}): {status['state']}")
+    line = _deadline_line(status)
+    if line is not None:
+        click.echo(line)
     _print_succession(status)
     for sub in status.get("subtasks", []):
         extra = f" exit {sub['exit_code']}" if sub.get("exit_code") is not None else ""

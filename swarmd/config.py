@@ -27,6 +27,7 @@ from .config_models import (
     is_loopback_url,
 )
 from .config_power import presence_values
+from .config_queue import queue_config
 from .config_succession import DEFAULT_ADOPT_AFTER_S, adopt_after
 from .config_table import ConfigError
 from .config_table import Table as _Table
@@ -35,6 +36,7 @@ from .core.crash import CrashConfig
 from .core.failure import DetectorConfig
 from .core.gossip import GossipConfig
 from .core.presence import Power, PresencePolicy
+from .core.queue import DEFAULT_PATIENCE_S, DEFAULT_SHARES
 from .core.retention import DAY_S, Retention
 from .core.units import parse_duration, parse_size
 from .hardware import DeclaredGpu
@@ -82,6 +84,9 @@ class Config:
     budgets: Mapping[str, Budget] = field(default_factory=dict)  # [gateway] budget, by key id
     llm_grouping: bool = True  # [tasks] llm_grouping: small llm subtasks go out in groups
     llm_group_max_tokens: int = 512  # [tasks] llm_group_max_tokens: "small"
+    # [tasks] shares, starved_after: the ready queue's guaranteed shares (config_queue.py)
+    queue_shares: tuple[tuple[int, float], ...] = tuple(DEFAULT_SHARES.items())
+    starved_after_s: float = DEFAULT_PATIENCE_S
     # [gateway]: the OpenAI-compatible API. port None: the default port if it is free
     # (a warning if not); a port set: that one or the node does not start; 0: off.
     gateway_port: int | None = None
@@ -145,6 +150,7 @@ def load(path: Path | None, overrides: dict[str, Any], state_dir: Path | None = 
     t = _Table(f"{label} [tasks]", top.get("tasks", dict, {}))
     retention = _retention(t)
     grouping = _grouping(t)
+    queue = queue_config(t)
     t.check_unknown()
     budgets = _budgets(top, label)
     _gateway(top, label, values)
@@ -165,6 +171,7 @@ def load(path: Path | None, overrides: dict[str, Any], state_dir: Path | None = 
         budgets=budgets,
         source=path,
         **grouping,
+        **queue,
         **values,
     )
     try:

@@ -279,6 +279,11 @@ class Control:
             return ErrorReply(code="bad_request", message=str(exc)[:4000])
         pinned = resolve_pins(job, peers)
         data = request.job if pinned is job else job_to_data(pinned)
+        if not pinned.deadline_best_effort:
+            admission = self.node.coordination.admit(pinned)
+            if admission is not None and not admission.meets:
+                self.node.coordination.counters["deadline_refused"] += 1
+                return ErrorReply(code="bad_request", message=admission.refusal())
         try:
             task_id = self.node.coordination.submit(pinned, request.files, data)
         except JournalUnavailable as exc:

@@ -121,6 +121,8 @@ def _coordination(
             retention=cfg.retention,
             llm_grouping=cfg.llm_grouping,
             group_max_tokens=cfg.llm_group_max_tokens,
+            shares=cfg.queue_shares,
+            patience_s=cfg.starved_after_s,
         ),
         health=node.health,
     )

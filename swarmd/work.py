@@ -177,14 +177,30 @@ class Coordination(WorkerMessages):
     def wake(self) -> None:
         self._wake.set()
 
+    def admit(self, job: JobSpec) -> core.Admission | None:
+        """The deadline estimate for ``job`` if it were submitted now (None without a
+        deadline): :meth:`swarmd.core.tasks.Coordinator.admit` with the live peers."""
+        if job.deadline_s is None:
+            return None
+        peers = self.peers(self.coordinator.load_by_node())
+        return self.coordinator.admit(job, peers, self.clock())
+
     def place(self) -> None:
         """One scheduling pass over the ready queue, with the live peer view (none while
-        the journal cannot be written: nothing new goes out)."""
-        if self.commits.failing or not self.coordinator.ready_count():
-            return  # (building the peer view costs more than a pass with nothing to do)
+        the journal cannot be written: nothing new goes out); then, if due, the open
+        tasks' deadline outlook."""
+        if self.commits.failing:
+            return
         now = self.clock()
+        ready = self.coordinator.ready_count()
+        if not ready and not self.coordinator.outlook_due(now):
+            return  # (building the peer view costs more than a pass with nothing to do)
         loads = self.coordinator.load_by_node()
-        self.run(self.coordinator.schedule(self.peers(loads), now))
+        peers = self.peers(loads)
+        if ready:
+            self.run(self.coordinator.schedule(peers, now))
+        if self.coordinator.outlook_due(now):
+            self.coordinator.refresh_outlook(self.peers(self.coordinator.load_by_node()), now)
 
     async def loop(self) -> None:
         """Price ready work and expire leases; wake early on news."""

@@ -215,6 +215,14 @@ def test_tasks_table_sets_retention(tmp_path: Path, state: Path) -> None:
         assert r.keep_s == seconds and r.keep_tasks == 10_000
 
 
+def test_tasks_table_sets_the_queue_shares(tmp_path: Path, state: Path) -> None:
+    default = load_text(tmp_path, "")
+    assert dict(default.queue_shares) == {1: 0.10, 2: 0.05, 3: 0.05}
+    assert default.starved_after_s == 30.0
+    cfg = load_text(tmp_path, '[tasks]\nshares = { low = 0, high = 0.2 }\nstarved_after = "1m"\n')
+    assert dict(cfg.queue_shares) == {1: 0.2, 2: 0.05, 3: 0.0} and cfg.starved_after_s == 60.0
+
+
 def test_integer_size_and_numeric_types(tmp_path: Path) -> None:
     cfg = load_text(
         tmp_path,
@@ -355,6 +363,14 @@ def test_models_become_valid_gossip_profiles(tmp_path: Path) -> None:
         ("[tasks]\nkeep_subtasks = '1k'", {}, ["[tasks] keep_subtasks", "expected int"]),
         ("[tasks]\nkeep_task = 5", {}, ["[tasks]", "unknown key", "keep_task"]),
         ("tasks = 5", {}, ["tasks", "expected dict"]),
+        ("[tasks]\nshares = { critical = 0.1 }", {}, ["[tasks] shares.critical", "no share"]),
+        ("[tasks]\nshares = { urgent = 0.1 }", {}, ["shares.urgent", "unknown class"]),
+        ("[tasks]\nshares = { low = 1 }", {}, ["shares.low", "below 1"]),
+        ("[tasks]\nshares = { low = true }", {}, ["shares.low", "True"]),
+        ("[tasks]\nshares = { high = 0.5, low = 0.6 }", {}, ["[tasks] shares", "more than 1"]),
+        ("[tasks]\nshares = 0.1", {}, ["[tasks] shares", "expected dict"]),
+        ("[tasks]\nstarved_after = '25h'", {}, ["[tasks] starved_after", "0s to 24h"]),
+        ("[tasks]\nstarved_after = 'soon'", {}, ["[tasks] starved_after", "soon"]),
     ],
 )
 def test_bad_config_names_the_key(

@@ -370,7 +370,7 @@ CHROMIUM = find_chromium()
     CHROMIUM is None,
     reason="no chromium on PATH (apt-get install chromium; .ci/run installs it as root)",
 )
-def test_dashboard_in_a_browser(cluster: tuple[list[Daemon], str, str]) -> None:
+def test_dashboard_in_a_browser(cluster: tuple[list[Daemon], str, str], tmp_path: Path) -> None:
     pytest.importorskip("websockets", reason="pip install websockets (the test extra)")
     nodes, url, _secret = cluster
     n1, n3 = nodes[0], nodes[2]
@@ -418,6 +418,22 @@ def test_dashboard_in_a_browser(cluster: tuple[list[Daemon], str, str]) -> None:
         assert "shell disabled" in browser.eval("document.querySelector('#explain').innerText") or (
             browser.eval("document.querySelectorAll('#explain tr.candidate .no').length") >= 1
         )
+
+        # a task whose deadline cannot be met (run anyway): the page says so
+        late = tmp_path / "late.toml"
+        late.write_text(
+            'name = "late"\ndeadline = "20s"\ndeadline_best_effort = true\n[[subtask]]\n'
+            'id = "w"\nkind = "shell"\nrun = ["sleep", "30"]\nestimate = "10m"\n'
+        )
+        task = submit(n1, "-f", str(late))
+        head = browser.wait_for(
+            f"(() => {{ const h = document.querySelector(\".task[data-task='{task}'] .meta\");"
+            " return h && h.innerText.includes('unreachable') && h.innerText; })()",
+            15,
+            what="the unreachable deadline on the page",
+        )
+        assert "deadline in" in head
+        assert swarmctl("cancel", task, state_dir=n1.state_dir).returncode == 0
 
         # SIGKILL n3: the page shows it dead
         n3.signal(signal.SIGKILL)

@@ -1,4 +1,5 @@
-"""The ready queue: priority, deadline, submit order, aging."""
+"""The ready queue: strict priority with guaranteed class shares, deadline, urgency,
+submit order; no inversion and no starvation beyond the stated bound (hypothesis)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from swarmd.core.queue import Key, ReadyQueue
+from swarmd.core.queue import DEFAULT_PATIENCE_S, DEFAULT_SHARES, Key, ReadyQueue, share_bound
 
 CRITICAL, HIGH, NORMAL, LOW = 0, 1, 2, 3
 
@@ -52,53 +53,82 @@ def test_fifo_within_equal_keys() -> None:
     assert drain(q, 1.0) == names
 
 
-def test_aging_lets_low_pass_newer_high() -> None:
-    """Low (rank 3) pushed at 0 vs a fresh high (rank 1) pushed and popped at T.
-
-    Low's effective rank at T is 3 - floor(T / 30). It ties with a fresh high at T = 60
-    and wins the tie by submit order (neither has a deadline), so the first pop that
-    returns low is the one at T = 60.
-    """
-    q = ReadyQueue(aging_s=30.0)
+def test_low_never_passes_high_without_a_share() -> None:
+    """Strict priority (no shares): a low subtask waits behind any stream of high ones,
+    however long it has waited (aging would have let it pass after 60 s)."""
+    q = ReadyQueue(shares={})
     q.push(k("low"), LOW, None, now=0.0)
-    first_low = None
-    for step in range(0, 200):
+    for step in range(200):
         now = step * 5.0
         q.push(("t", f"high@{now}"), HIGH, None, now=now)
-        if q.effective_rank(k("low"), now) > 1:
-            assert q.peek(now) == ("t", f"high@{now}")
-        if q.pop(now) == k("low"):
-            first_low = now
-            break
-    assert first_low == 60.0
-    assert q.effective_rank(("t", "high@60.0"), 60.0) == HIGH
+        assert q.pop(now) == ("t", f"high@{now}")
+    assert drain(q, 1e9) == ["low"]
 
 
-def test_aging_passes_fresh_critical_after_three_periods() -> None:
-    q = ReadyQueue(aging_s=10.0)
-    q.push(k("low"), LOW, None, now=0.0)
-    q.push(k("crit-29"), CRITICAL, None, now=29.9)
-    assert q.peek(29.9) == k("crit-29")  # low is at rank 1
-    q.push(k("crit-30"), CRITICAL, None, now=30.0)
-    assert q.effective_rank(k("low"), 30.0) == 0
-    assert q.ordered(30.0) == [k("low"), k("crit-29"), k("crit-30")]
-    # Later still, ranks go below zero: low is ahead of any fresh subtask.
-    assert q.effective_rank(k("low"), 45.0) == -1
+def test_a_starved_class_gets_its_share() -> None:
+    """low 10 %: after 10 starts of high while low waits, low is owed and goes next,
+    once; then high again."""
+    q = ReadyQueue(shares={LOW: 0.10}, patience_s=0.0)
+    q.push(k("low-1"), LOW, None)
+    q.push(k("low-2"), LOW, None)
+    order = []
+    for i in range(25):
+        q.push(k(f"high-{i}"), HIGH, None)
+        order.append(q.pop())
+    names = [key[1] for key in order]
+    assert names[:10] == [f"high-{i}" for i in range(10)]
+    assert names[10] == "low-1" and q.credit(LOW) < 1.0
+    assert names[11:21] == [f"high-{i}" for i in range(10, 20)]
+    assert names[21] == "low-2"
 
 
-def test_aged_tie_is_decided_by_deadline() -> None:
-    q = ReadyQueue(aging_s=30.0)
-    q.push(k("low"), LOW, None, now=0.0)
-    q.push(k("high-deadline"), HIGH, 1000.0, now=60.0)
-    assert q.ordered(60.0) == [k("high-deadline"), k("low")]
-    assert q.pop(60.0) == k("high-deadline")
+def test_critical_is_never_passed() -> None:
+    q = ReadyQueue(shares={LOW: 0.5}, patience_s=0.0)
+    q.push(k("low"), LOW, None)
+    for i in range(10):
+        q.push(k(f"crit-{i}"), CRITICAL, None)
+    for _ in range(10):
+        q.push(k("x"), HIGH, None)
+        q.remove(k("x"), started=True)  # low is owed now
+    assert q.owed() == [LOW]
+    assert drain(q, 0.0) == [f"crit-{i}" for i in range(10)] + ["low"]
 
 
-def test_no_aging() -> None:
-    q = ReadyQueue(aging_s=math.inf)
-    q.push(k("low"), LOW, None, now=0.0)
-    q.push(k("high"), HIGH, None, now=1e9)
-    assert drain(q, 2e9) == ["high", "low"]
+def test_owed_class_goes_first_in_a_walk_at_once() -> None:
+    """A start during a walk that makes a class owed puts that class next."""
+    q = ReadyQueue(shares={NORMAL: 0.5}, patience_s=0.0)
+    for i in range(4):
+        q.push(k(f"high-{i}"), HIGH, None)
+    q.push(k("normal"), NORMAL, None)
+    seen = []
+    for key in q.walk(0.0):
+        seen.append(key[1])
+        q.remove(key, started=True)
+    assert seen == ["high-0", "high-1", "normal", "high-2", "high-3"]
+
+
+def test_credit_does_not_build_while_nothing_waits() -> None:
+    q = ReadyQueue(shares={LOW: 0.10}, patience_s=0.0)
+    for i in range(50):
+        q.push(k(f"high-{i}"), HIGH, None)
+    for _ in range(50):
+        q.pop()
+    assert q.credit(LOW) == 0.0
+    q.push(k("low"), LOW, None)
+    q.push(k("high"), HIGH, None)
+    assert q.pop() == k("high")  # not owed: it just arrived
+
+
+def test_bad_shares() -> None:
+    with pytest.raises(ValueError, match="critical"):
+        ReadyQueue(shares={CRITICAL: 0.1})
+    with pytest.raises(ValueError, match="in \\[0, 1\\)"):
+        ReadyQueue(shares={LOW: 1.0})
+    with pytest.raises(ValueError, match="add up"):
+        ReadyQueue(shares={HIGH: 0.6, LOW: 0.6})
+    with pytest.raises(ValueError, match="patience_s"):
+        ReadyQueue(patience_s=-1.0)
+    assert share_bound(0.05) == 20 and share_bound(0.1) == 10 and share_bound(0.0) is None
 
 
 def test_remove_contains_len() -> None:
@@ -125,40 +155,64 @@ def test_bad_pushes() -> None:
         q.push(k("b"), -1, None, now=0.0)
     with pytest.raises(ValueError):
         q.push(k("c"), NORMAL, math.nan, now=0.0)
-    with pytest.raises(ValueError):
-        ReadyQueue(aging_s=0.0)
     assert len(q) == 1
-
-
-def test_now_going_backwards_is_clamped() -> None:
-    q = ReadyQueue(aging_s=10.0)
-    q.push(k("a"), NORMAL, None, now=100.0)
-    q.push(k("b"), NORMAL, None, now=50.0)  # taken as pushed at 100
-    assert q.effective_rank(k("b"), 115.0) == NORMAL - 1
-    assert q.effective_rank(k("b"), 0.0) == NORMAL  # before the push: no aging
-    assert q.ordered(115.0) == [k("a"), k("b")]
 
 
 # ---------------------------------------------------------------- against a model
 
 
-Model = dict[Key, tuple[int, float | None, float, int, float]]
+Item = tuple[int, float | None, int, float, float]  # rank, deadline, seq, urgency, since
 
 
-def model_order(model: Model, now: float, aging_s: float) -> list[Key]:
-    def sort_key(
-        item: tuple[Key, tuple[int, float | None, float, int, float]],
-    ) -> tuple[int, float, float, int]:
-        _, (rank, deadline, since, seq, urgency) = item
-        levels = max(0, math.floor((now - since) / aging_s))
-        return (rank - levels, math.inf if deadline is None else deadline, -urgency, seq)
+class Model:
+    """The queue's rules written plainly: sort everything, keep the credits in a dict."""
 
-    return [key for key, _ in sorted(model.items(), key=sort_key)]
+    def __init__(self, shares: dict[int, float], patience_s: float = 0.0) -> None:
+        self.shares = {r: s for r, s in shares.items() if s > 0}
+        self.credit = dict.fromkeys(self.shares, 0.0)
+        self.items: dict[Key, Item] = {}
+        self.patience_s = patience_s
+        self.clock = -math.inf
+
+    def tick(self, now: float) -> None:
+        self.clock = max(self.clock, now)
+
+    def waiting(self, rank: int) -> bool:
+        return any(item[0] == rank for item in self.items.values())
+
+    def starved(self, rank: int) -> bool:
+        since = [item[4] for item in self.items.values() if item[0] == rank]
+        return bool(since) and self.clock - min(since) >= self.patience_s
+
+    def owed(self) -> list[int]:
+        return sorted(r for r, c in self.credit.items() if c >= 1 - 1e-9 and self.waiting(r))
+
+    def order(self) -> list[Key]:
+        owed = self.owed()
+
+        def lane(rank: int) -> tuple[int, int]:
+            if rank == CRITICAL:
+                return (0, rank)
+            return (1, rank) if rank in owed else (2, rank)
+
+        def sort_key(pair: tuple[Key, Item]) -> tuple[tuple[int, int], float, float, int]:
+            rank, deadline, seq, urgency, _ = pair[1]
+            return (lane(rank), math.inf if deadline is None else deadline, -urgency, seq)
+
+        return [key for key, _ in sorted(self.items.items(), key=sort_key)]
+
+    def start(self, key: Key) -> None:
+        rank = self.items.pop(key)[0]
+        for other, share in self.shares.items():
+            if other == rank:
+                self.credit[other] = max(0.0, self.credit[other] - 1.0)
+            elif self.starved(other):
+                self.credit[other] = min(1.0, self.credit[other] + share)
 
 
 ops = st.lists(
     st.tuples(
-        st.sampled_from(["push", "push", "push", "pop", "remove", "order"]),
+        st.sampled_from(["push", "push", "push", "pop", "remove", "start", "order"]),
         st.integers(0, 60),  # key
         st.integers(0, 3),  # rank
         st.none() | st.integers(0, 40).map(float),  # deadline
@@ -167,45 +221,165 @@ ops = st.lists(
     ),
     max_size=300,
 )
+share_sets = st.sampled_from(
+    [{}, dict(DEFAULT_SHARES), {LOW: 0.25}, {HIGH: 0.2, NORMAL: 0.3, LOW: 0.5}]
+)
 
 
 @settings(max_examples=150, deadline=None)
-@given(ops=ops, aging_s=st.sampled_from([1.0, 2.0, 5.0]))
+@given(ops=ops, shares=share_sets, patience_s=st.sampled_from([0.0, 3.0, 10.0]))
 def test_matches_a_brute_force_model(
-    ops: list[tuple[str, int, int, float | None, float, float]], aging_s: float
+    ops: list[tuple[str, int, int, float | None, float, float]],
+    shares: dict[int, float],
+    patience_s: float,
 ) -> None:
-    q = ReadyQueue(aging_s=aging_s)
-    model: Model = {}
+    q = ReadyQueue(shares=shares, patience_s=patience_s)
+    model = Model(shares, patience_s)
     now, seq = 0.0, 0
     for op, n, rank, deadline, step, urgency in ops:
         now += step
         key = ("t", str(n))
         if op == "push":
-            if key in model:
+            if key in model.items:
                 continue
             q.push(key, rank, deadline, now, urgency)
-            model[key] = (rank, deadline, now, seq, urgency)
+            model.tick(now)
+            model.items[key] = (rank, deadline, seq, urgency, model.clock)
             seq += 1
         elif op == "pop":
-            expected = model_order(model, now, aging_s)
+            model.tick(now)
+            expected = model.order()
             assert q.peek(now) == (expected[0] if expected else None)
             got = q.pop(now)
             assert got == (expected[0] if expected else None)
             if got is not None:
-                del model[got]
-        elif op == "remove":
-            assert q.remove(key) == (key in model)
-            model.pop(key, None)
+                model.start(got)
+        elif op in ("remove", "start"):
+            assert q.remove(key, started=op == "start") == (key in model.items)
+            if key in model.items:
+                if op == "start":
+                    model.start(key)
+                else:
+                    del model.items[key]
         else:
-            assert q.ordered(now) == model_order(model, now, aging_s)
-        assert len(q) == len(model)
-    # Draining at the end still agrees, at one time and as time goes on.
-    while model:
-        now += 0.7
-        first = model_order(model, now, aging_s)[0]
+            assert q.ordered(now) == model.order()
+        assert len(q) == len(model.items)
+        assert q.owed() == model.owed()
+    while model.items:
+        first = model.order()[0]
         assert q.pop(now) == first
-        del model[first]
+        model.start(first)
     assert q.pop(now) is None
+
+
+# ---------------------------------------------------------------- the two properties
+
+# A cluster's stream of events: a subtask of class RANK becomes ready (it needs a slot
+# of type KIND), or a slot of type KIND frees (types 0 and 1; kind 2 fits either).
+events = st.lists(
+    st.tuples(st.sampled_from(["ready", "ready", "free"]), st.integers(0, 3), st.integers(0, 2)),
+    max_size=400,
+)
+
+
+def _fits(need: int, slot: int) -> bool:
+    return need == 2 or need == slot
+
+
+@settings(max_examples=200, deadline=None)
+@given(events=events, shares=share_sets)
+def test_no_inversion(events: list[tuple[str, int, int]], shares: dict[int, float]) -> None:
+    """Every start is the best-ranked waiting subtask that fits the freed slot, except
+    a start of a class that was owed its share — and never while critical work that
+    fits waits."""
+    q = ReadyQueue(shares=shares, patience_s=5.0)
+    model = Model(shares, 5.0)  # the credits, kept independently
+    need: dict[Key, tuple[int, int]] = {}
+    for i, (what, rank, kind) in enumerate(events):
+        model.tick(float(i))
+        if what == "ready":
+            key = ("t", str(i))
+            q.push(key, rank, None, float(i))
+            model.items[key] = (rank, None, i, 0.0, float(i))
+            need[key] = (rank, kind)
+            continue
+        slot = kind % 2
+        fitting = [r for key, (r, n) in need.items() if _fits(n, slot)]
+        owed = model.owed()
+        for key in q.walk(float(i)):  # one scheduling pass that fills one slot
+            rank, n = need[key]
+            if not _fits(n, slot):
+                continue
+            best = min(fitting)
+            assert rank == best or (rank in owed and best != CRITICAL), (rank, best, owed)
+            q.remove(key, started=True)
+            model.start(key)
+            del need[key]
+            break
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    events=st.lists(
+        st.tuples(st.sampled_from(["ready", "start"]), st.integers(0, 3)), max_size=500
+    ),
+    shares=share_sets,
+)
+def test_no_starvation_beyond_the_bound(
+    events: list[tuple[str, int]], shares: dict[int, float]
+) -> None:
+    """While a class with a share waits (patience 0: starved at once), at most
+    ceil(1 / share) + 2 starts of other non-critical classes go by before one of its own
+    (every subtask fits every slot)."""
+    q = ReadyQueue(shares=shares, patience_s=0.0)
+    passed = dict.fromkeys(range(4), 0)  # other non-critical starts since its own
+    waiting = dict.fromkeys(range(4), 0)
+    for i, (what, rank) in enumerate(events):
+        if what == "ready":
+            q.push(("t", str(i)), rank, None)
+            waiting[rank] += 1
+            continue
+        key = q.pop()
+        if key is None:
+            continue
+        started = q_rank(key, events)
+        waiting[started] -= 1
+        passed[started] = 0
+        for other in range(1, 4):
+            if other == started or not waiting[other] or started == CRITICAL:
+                continue
+            passed[other] += 1
+            bound = share_bound(shares.get(other, 0.0))
+            if bound is not None:
+                assert passed[other] <= bound + 2, (other, passed[other], bound)
+        for other in range(4):
+            if not waiting[other]:
+                passed[other] = 0
+
+
+def q_rank(key: Key, events: list[tuple[str, int]]) -> int:
+    return events[int(key[1])][1]
+
+
+def test_the_defaults_patience_then_share() -> None:
+    """The defaults, one start a second while high and normal work keeps coming: low
+    gets no credit for its first 30 s (strict priority), then starts within
+    ceil(1 / 0.05) + 2 = 22 more starts — where strict priority would let it wait
+    forever."""
+    q = ReadyQueue()
+    q.push(k("low"), LOW, None, now=0.0)
+    started = None
+    for i in range(200):
+        now = float(i)
+        q.push(k(f"n{i}"), NORMAL if i % 2 else HIGH, None, now=now)
+        if now < DEFAULT_PATIENCE_S:
+            assert q.credit(LOW) == 0.0 and not q.starved(LOW)
+        if q.pop(now) == k("low"):
+            started = now
+            break
+    bound = share_bound(DEFAULT_SHARES[LOW])
+    assert bound == 20 and started is not None
+    assert DEFAULT_PATIENCE_S + bound - 1 <= started <= DEFAULT_PATIENCE_S + bound + 2
 
 
 def test_urgency_orders_after_deadline_before_submit_order() -> None:
@@ -235,7 +409,7 @@ def test_walk_while_removing_matches_the_order_without_the_removed(
 ) -> None:
     """A scheduling pass removes what it places (yielded keys) and a cancel may remove
     keys not yet reached: the walk yields the rest, in order, each once."""
-    q = ReadyQueue(aging_s=2.0)
+    q = ReadyQueue()
     for i, (rank, deadline, urgency) in enumerate(items):
         q.push(k(str(i)), rank, deadline, now=float(i) * 0.5, urgency=float(urgency))
     full = q.ordered(now)
@@ -265,7 +439,7 @@ def test_pushing_during_a_walk_is_refused() -> None:
 
 def test_ten_thousand_items() -> None:
     rng = random.Random(7)
-    q = ReadyQueue(aging_s=30.0)
+    q = ReadyQueue(shares={})
     n = 10_000
     started = time.perf_counter()
     now = 0.0
@@ -281,7 +455,7 @@ def test_ten_thousand_items() -> None:
         popped.append(key)
     done = time.perf_counter()
     assert popped == order and len(popped) == n and len(set(popped)) == n
-    # Interleaved pushes and pops with time going on (aging active).
+    # Interleaved pushes and pops.
     for i in range(n):
         now += 0.01
         q.push(("u", str(i)), rng.randrange(4), None, now)

@@ -253,7 +253,7 @@ def test_priority_inversions_on_a_hand_made_case() -> None:
 
 def test_agent_policies_run_every_job_once_within_slot_limits() -> None:
     jobs = workload(small=80, large=4, seed=2)
-    for policy in ("swarmd", "swarmd_no_aging", "round_robin", "least_loaded"):
+    for policy in ("swarmd", "swarmd_strict", "round_robin", "least_loaded"):
         starts = run_policy(policy, jobs)
         assert sorted(s.job for s in starts) == [j.id for j in jobs], policy
         by_id = {j.id: j for j in jobs}
@@ -272,8 +272,8 @@ def test_agent_policies_run_every_job_once_within_slot_limits() -> None:
             assert len(running) <= profile.max_concurrency
         m = metrics(jobs, starts)
         assert 0.0 < m["utilization"] <= 1.0 and 0.0 <= m["deadline_hit_rate"] <= 1.0
-    # Without aging, swarmd's queue never starts a lower class over a waiting higher one.
-    starts = run_policy("swarmd_no_aging", jobs)
+    # Without shares, swarmd's queue never starts a lower class over a waiting higher one.
+    starts = run_policy("swarmd_strict", jobs)
     assert priority_inversions(jobs, starts) == 0
 
 

@@ -181,6 +181,7 @@ def test_status_and_result_shapes_follow_the_contract() -> None:
         "finished",
         "subtasks",
         "epoch",
+        "deadline",
     ]
     assert status["id"] == "t1" and status["name"] == "job" and status["state"] == "running"
     assert status["coordinator"] == "coord" and status["priority"] == "high"

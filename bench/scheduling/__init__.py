@@ -11,6 +11,10 @@ Two parts, both simulated in virtual time with swarmd's real queue and pricing:
    policy matches or beats HEFT (offline, with every cost known in advance).
 2. **An agent-like LLM workload** (:mod:`.agent`): load balance, utilization, deadline
    hit rate, priority inversions and waits per priority class.
+3. **The KPI table** (:mod:`.kpi`): distribution latency, load spread, completion,
+   priority respected, deadlines met, utilization for swarmd (with admission and the
+   deadline outlook, :mod:`.contract`), least-loaded and round-robin at 0.8x and 1.5x of
+   capacity and on a big-GPU node with laptops.
 
 ``run(quick)`` returns a JSON-able dict, ``markdown(result)`` renders its tables; the
 CLI (``python -m bench.scheduling [--quick]``) writes ``bench/results/scheduling.json``.
@@ -32,6 +36,7 @@ from swarmd.core.pricing import GiB
 from . import agent
 from .dag import CostModel, Dag, random_dag
 from .heft import Schedule, heft, slr_bound, violations
+from .kpi import markdown_kpi, run_kpi
 from .policies import least_loaded, round_robin, swarmd
 
 __all__ = ["markdown", "run"]
@@ -46,7 +51,7 @@ DAG_POLICIES: dict[str, Callable[[Dag], Schedule]] = {
     "swarmd_readiness_order": lambda d: swarmd(d, readiness_order=True),
     "swarmd+locality": lambda d: swarmd(d, locality=True),
 }
-AGENT_POLICIES = ("swarmd", "swarmd_no_aging", "round_robin", "least_loaded")
+AGENT_POLICIES = ("swarmd", "swarmd_strict", "round_robin", "least_loaded")
 
 FULL = {
     "v": [20, 40, 60, 80, 100],
@@ -194,7 +199,12 @@ def run_agent(quick: bool = False) -> dict[str, Any]:
 
 def run(quick: bool = False) -> dict[str, Any]:
     started = time.perf_counter()
-    result = {"quick": quick, "dag": run_dags(quick), "agent": run_agent(quick)}
+    result = {
+        "quick": quick,
+        "dag": run_dags(quick),
+        "agent": run_agent(quick),
+        "kpi": run_kpi(quick),
+    }
     result["seconds"] = round(time.perf_counter() - started, 2)
     return result
 
@@ -280,4 +290,6 @@ def markdown(result: dict[str, Any]) -> str:
         for p, m in ag["policies"].items()
     ]
     parts += [table(["wait s (mean / p95)", *agent.CLASSES], rows)]
+    if "kpi" in result:
+        parts += ["", markdown_kpi(result["kpi"])]
     return "\n".join(parts) + "\n"

@@ -16,8 +16,9 @@ a profile runs at most ``max_concurrency`` requests at once.
 Policies:
 
 * ``swarmd`` — the coordinator's loop: at every arrival or completion, the ready queue
-  (the real :class:`~swarmd.core.queue.ReadyQueue`: rank with aging, then deadline, then
-  submit order) is walked and each subtask priced with the real
+  (the real :class:`~swarmd.core.queue.ReadyQueue`: strict priority with guaranteed
+  class shares, then deadline, then submit order; ``swarmd_strict``: no shares) is
+  walked and each subtask priced with the real
   :func:`~swarmd.core.pricing.price` against :class:`PeerCapacity` values that mirror the
   simulated nodes (in-flight requests per profile, advertised tokens/s and latency) and
   a :class:`~swarmd.core.pricing.ThroughputTracker` fed every completed request, with
@@ -136,12 +137,18 @@ def fits(job: Job, node: Node, profile: Profile) -> bool:
     return job.capability in profile.capabilities and job.min_vram <= node.vram
 
 
-def workload(small: int = 500, large: int = 10, overload: float = 1.5, seed: int = 0) -> list[Job]:
+def workload(
+    small: int = 500,
+    large: int = 10,
+    overload: float = 1.5,
+    seed: int = 0,
+    nodes: Sequence[Node] = NODES,
+) -> list[Job]:
     rng = random.Random(f"agent:{small}:{large}:{overload}:{seed}")
     mean_small = 200.0
     capacity = sum(
         p.max_concurrency * p.tokens_per_s / mean_small
-        for n in NODES
+        for n in nodes
         for p in n.profiles
         if p.name == "fast"
     )  # small requests per second the cluster can serve
@@ -235,11 +242,13 @@ def _events(jobs: Sequence[Job]) -> list[tuple[float, int]]:
     return sorted((j.arrival, j.id) for j in jobs)
 
 
-def _swarmd(jobs: Sequence[Job], nodes: Sequence[Node], aging_s: float) -> list[Start]:
+def _swarmd(
+    jobs: Sequence[Job], nodes: Sequence[Node], shares: dict[int, float] | None
+) -> list[Start]:
     cluster = _Cluster(nodes)
     config = PricingConfig(max_queue=0)
     tracker = ThroughputTracker()
-    queue = ReadyQueue(aging_s=aging_s)
+    queue = ReadyQueue(shares)
     arrivals = deque(_events(jobs))
     by_id = {j.id: j for j in jobs}
     while arrivals or cluster.events or len(queue):
@@ -271,7 +280,7 @@ def _swarmd(jobs: Sequence[Job], nodes: Sequence[Node], aging_s: float) -> list[
             if winner is None or winner.model is None:
                 infeasible.add((job.capability, job.min_vram))
                 continue
-            queue.remove(key)
+            queue.remove(key, started=True)
             cluster.start(job, winner.node_id, winner.model, now)
     return cluster.starts
 
@@ -342,13 +351,11 @@ def _least_loaded(jobs: Sequence[Job], nodes: Sequence[Node]) -> list[Start]:
     return _fifo(jobs, nodes, choose)
 
 
-def run_policy(
-    policy: str, jobs: Sequence[Job], nodes: Sequence[Node] = NODES, aging_s: float = 30.0
-) -> list[Start]:
+def run_policy(policy: str, jobs: Sequence[Job], nodes: Sequence[Node] = NODES) -> list[Start]:
     if policy == "swarmd":
-        return _swarmd(jobs, nodes, aging_s)
-    if policy == "swarmd_no_aging":
-        return _swarmd(jobs, nodes, math.inf)
+        return _swarmd(jobs, nodes, None)
+    if policy == "swarmd_strict":
+        return _swarmd(jobs, nodes, {})
     if policy == "round_robin":
         return _round_robin(jobs, nodes)
     if policy == "least_loaded":

@@ -15,7 +15,7 @@ from .spec import MAX_NAME_LENGTH, MAX_SUBTASKS, PRIORITY_RANK, JobSpec, Priorit
 from .subtask import Draft, read_subtask
 from .wording import bad_priority, quote, suggest, type_name
 
-_JOB_KEYS: Final = ("name", "priority", "deadline", "subtask", "subtasks")
+_JOB_KEYS: Final = ("name", "priority", "deadline", "deadline_best_effort", "subtask", "subtasks")
 
 
 def _default_name(source: str) -> str:
@@ -42,11 +42,12 @@ def parse_job(data: Mapping[str, Any], *, source: str = "job") -> JobSpec:
         if key not in _JOB_KEYS:
             problems.add(
                 f"unknown key {quote(str(key))} at the top level{suggest(str(key), _JOB_KEYS)} "
-                f"(allowed: name, priority, deadline, [[subtask]])"
+                f"(allowed: name, priority, deadline, deadline_best_effort, [[subtask]])"
             )
     name = _read_name(data, source, problems)
     priority = _read_priority(data, problems)
     deadline_s = _read_deadline(data, problems)
+    best_effort = _read_best_effort(data, deadline_s, problems)
     drafts = _read_subtasks(data, priority, problems)
     check_graph(drafts, problems)
     problems.raise_if_any()
@@ -55,6 +56,7 @@ def parse_job(data: Mapping[str, Any], *, source: str = "job") -> JobSpec:
         priority=priority,
         deadline_s=deadline_s,
         subtasks=tuple(d.spec() for d in drafts),
+        deadline_best_effort=best_effort,
     )
 
 
@@ -93,6 +95,22 @@ def _read_deadline(data: Mapping[str, Any], problems: Problems) -> float | None:
         problems.add("must be longer than zero", key="deadline")
         return None
     return deadline_s
+
+
+def _read_best_effort(
+    data: Mapping[str, Any], deadline_s: float | None, problems: Problems
+) -> bool:
+    value = data.get("deadline_best_effort", False)
+    if not isinstance(value, bool):
+        problems.add(f"expected true or false, got {type_name(value)}", key="deadline_best_effort")
+        return False
+    if value and deadline_s is None and "deadline" not in data:
+        problems.add(
+            "needs a deadline (it says what to do when one cannot be met)",
+            key="deadline_best_effort",
+        )
+        return False
+    return value
 
 
 def _read_subtasks(data: Mapping[str, Any], priority: Priority, problems: Problems) -> list[Draft]:

@@ -69,6 +69,8 @@ def job_to_data(job: JobSpec) -> dict[str, Any]:
     data: dict[str, Any] = {"name": job.name, "priority": job.priority, "subtasks": subtasks}
     if job.deadline_s is not None:
         data["deadline"] = job.deadline_s
+    if job.deadline_best_effort:
+        data["deadline_best_effort"] = True
     return data
 
 

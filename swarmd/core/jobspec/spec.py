@@ -76,6 +76,9 @@ class JobSpec:
     priority: Priority = "normal"
     deadline_s: float | None = None  # relative to submit time
     subtasks: tuple[SubtaskSpec, ...] = ()
+    # run it even if the deadline cannot be met (else refused at submit: see
+    # swarmd.core.tasks.outlook)
+    deadline_best_effort: bool = False
 
     @property
     def ids(self) -> tuple[str, ...]:

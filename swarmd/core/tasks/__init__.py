@@ -84,6 +84,7 @@ Where things are (one concern per module)::
     worker_events.py  accepted, progress, refused, result, peer dead (with fencing)
     timeouts.py       deadlines, leases, next wakeup
     views.py          status, result, explain, tasks, summary, load per node
+    outlook.py        deadlines: admission at submit, the running tasks' outlook
     restore.py        journal replay
     adoption.py       taking over a dead coordinator's tasks (replica), giving them up
     coordinator.py    Coordinator: the parts put together; submit, cancel, forget, expire
@@ -99,6 +100,7 @@ from swarmd.core.tasks.effects import (
     Quarantine,
     TaskFinished,
 )
+from swarmd.core.tasks.outlook import Admission
 from swarmd.core.tasks.records import (
     Attempt,
     CoordinatorConfig,
@@ -123,6 +125,7 @@ __all__ = [
     "FINAL_TASK",
     "IN_FLIGHT",
     "Ack",
+    "Admission",
     "Attempt",
     "AttemptState",
     "CancelAttempt",

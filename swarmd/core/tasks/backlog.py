@@ -1,7 +1,8 @@
 """The backlog: the coordinator's ready subtasks waiting for a placement.
 
-It keeps three things in step: the :class:`~swarmd.core.queue.ReadyQueue` (priority,
-deadline, urgency, aging), when each subtask that backs off may go again, and the
+It keeps three things in step: the :class:`~swarmd.core.queue.ReadyQueue` (priority
+with guaranteed class shares, then each subtask's own latest finish, urgency), when
+each subtask that backs off may go again, and the
 *kind* of each queued subtask (its demand and the nodes it failed on) with how many
 queued subtasks share each kind — which lets a schedule pass stop once every kind of
 queued demand has found no peer.
@@ -10,20 +11,22 @@ queued demand has found no peer.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TypeAlias
 
 from swarmd.core.jobspec import PRIORITY_RANK
 from swarmd.core.pricing import Demand
-from swarmd.core.queue import Key, ReadyQueue
+from swarmd.core.queue import DEFAULT_PATIENCE_S, Key, ReadyQueue
 from swarmd.core.tasks.records import SubtaskRecord, TaskRecord
 
 Kind: TypeAlias = tuple[Demand | None, frozenset[str]]  # a queued demand, failed nodes
 
 
 class Backlog:
-    def __init__(self, aging_s: float) -> None:
-        self._queue = ReadyQueue(aging_s)
+    def __init__(
+        self, shares: Mapping[int, float] | None = None, patience_s: float = DEFAULT_PATIENCE_S
+    ) -> None:
+        self._queue = ReadyQueue(shares, patience_s)
         self._backoff: dict[Key, float] = {}  # ready subtasks waiting until a time
         self._kind: dict[Key, Kind] = {}
         self._kinds: Counter[Kind] = Counter()
@@ -46,19 +49,21 @@ class Backlog:
             self._backoff[key] = rec.not_before
         if key not in self._queue:
             rank = PRIORITY_RANK.get(rec.spec.priority, PRIORITY_RANK["normal"])
-            self._queue.push(key, rank, task.deadline, now, task.urgency.get(rec.id, 0.0))
+            deadline = task.latest_finish(rec.id)
+            self._queue.push(key, rank, deadline, now, task.urgency.get(rec.id, 0.0))
         self._unkind(key)
         kind = self._kind[key] = (rec.demand, rec.failed_nodes())
         self._kinds[kind] += 1
 
     def take(self, key: Key) -> None:
-        """Out of the queue (it is being dispatched)."""
-        self._queue.remove(key)
+        """Out of the queue: it is being dispatched (a start, for the class shares)."""
+        self._queue.remove(key, started=True)
         self._unkind(key)
 
     def drop(self, key: Key) -> None:
         """Out of the queue and its backoff forgotten (it is final)."""
-        self.take(key)
+        self._queue.remove(key)
+        self._unkind(key)
         self._backoff.pop(key, None)
 
     def kind(self, key: Key) -> Kind:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from swarmd.core.deadlines import ClassLoad
 from swarmd.core.pricing import PricingConfig, ThroughputTracker
 from swarmd.core.queue import Key
 from swarmd.core.tasks.backlog import Backlog
@@ -36,8 +37,9 @@ class Bookkeeping:
         self._tasks: dict[str, TaskRecord] = {}
         self._open: dict[str, TaskRecord] = {}  # unfinished tasks
         self._in_flight: dict[Key, SubtaskRecord] = {}  # subtasks with an attempt out
-        self._backlog = Backlog(self.config.aging_s)  # ready subtasks
+        self._backlog = Backlog(dict(self.config.shares), self.config.patience_s)  # ready subtasks
         self._finished = FinishedTasks()  # finished tasks, in the order they finished
+        self.class_load = ClassLoad()  # recent dispatches per class and pool (deadlines)
 
     def _task(self, task_id: str) -> TaskRecord:
         try:

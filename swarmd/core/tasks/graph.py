@@ -37,9 +37,11 @@ def new_task(task_id: str, job: JobSpec, submitted: float, pricing: PricingConfi
             dependants[dep].append(s.id)
     specs = {s.id: s for s in job.subtasks}
     urgency: dict[str, float] = {}
+    tail: dict[str, float] = {}
     for sid in reversed(order):  # every dependant first
         below = max((urgency[d] for d in dependants[sid]), default=0.0)
         urgency[sid] = estimate_s(specs[sid], pricing) + below
+        tail[sid] = below
     deadline = None if job.deadline_s is None else submitted + job.deadline_s
     return TaskRecord(
         id=task_id,
@@ -52,6 +54,7 @@ def new_task(task_id: str, job: JobSpec, submitted: float, pricing: PricingConfi
         dependants={k: tuple(v) for k, v in dependants.items()},
         remaining=len(job.subtasks),
         urgency=urgency,
+        tail=tail,
     )
 
 

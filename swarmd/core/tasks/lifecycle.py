@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from swarmd.core.jobspec import PRIORITY_RANK
 from swarmd.core.pricing import Candidate, Placement
 from swarmd.core.tasks.bookkeeping import Bookkeeping
 from swarmd.core.tasks.effects import Batch, CancelAttempt, Dispatch, TaskFinished
@@ -80,6 +81,10 @@ class Lifecycle(Bookkeeping):
             rec.placements.popleft()
         self._in_flight[(task.id, rec.id)] = rec
         self.counters["dispatched"] += 1
+        rank = PRIORITY_RANK.get(rec.spec.priority, PRIORITY_RANK["normal"])
+        model = winner.model if rec.spec.kind == "llm" else None
+        run_s = winner.rtt_s + (winner.run_s or 0.0)
+        self.class_load.started(rank, winner.node_id, model, run_s, now)
         if rec.retrying:
             rec.retrying = False
             self.counters["redispatched"] += 1

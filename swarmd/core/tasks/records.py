@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from swarmd.core.jobspec import JobSpec, SubtaskSpec
 from swarmd.core.pricing import Candidate, Demand, Placement
-from swarmd.core.queue import DEFAULT_AGING_S
+from swarmd.core.queue import DEFAULT_PATIENCE_S, DEFAULT_SHARES
 from swarmd.core.retention import Retention
 from swarmd.core.tasks.transitions import (
     ATTEMPT,
@@ -46,7 +46,9 @@ class CoordinatorConfig:
     dispatch_resend_s: float = 2.0
     restore_grace_s: float | None = None  # lease given to re-adopted attempts (None: lease_s)
     adopt_grace_s: float = 5.0  # lease of the attempts of a task a successor adopts
-    aging_s: float = DEFAULT_AGING_S  # ready queue aging, see swarmd.core.queue
+    # rank -> guaranteed minimum share of the starts (swarmd.core.queue: class shares)
+    shares: tuple[tuple[int, float], ...] = tuple(DEFAULT_SHARES.items())
+    patience_s: float = DEFAULT_PATIENCE_S  # a class waiting this long is owed its share
     placements_kept: int = 8  # winning placements kept per subtask for explain
     # Small llm subtasks of one kind, ready together, go to one node up to its free
     # concurrency (swarmd.core.tasks.grouping); small: est_tokens at most this.
@@ -290,6 +292,9 @@ class TaskRecord:
     # subtask id -> upward rank: estimated seconds from its start to the end of the job
     # along the longest chain through it; the ready queue's urgency (critical path first)
     urgency: dict[str, float] = field(default_factory=dict)
+    # subtask id -> estimated seconds of the work that must follow it (its urgency less
+    # its own estimate): its own latest finish is the task's deadline less this
+    tail: dict[str, float] = field(default_factory=dict)
     # Not journaled (a gateway request: only the client connected to this node waits
     # for it, and it goes with that connection): never restored after a restart.
     ephemeral: bool = False
@@ -302,6 +307,13 @@ class TaskRecord:
     @property
     def final(self) -> bool:
         return self.state in FINAL_TASK
+
+    def latest_finish(self, subtask_id: str) -> float | None:
+        """When the subtask must be done for the task to meet its deadline (the work
+        estimated to follow it still to run); None without a deadline."""
+        if self.deadline is None:
+            return None
+        return self.deadline - self.tail.get(subtask_id, 0.0)
 
 
 @dataclass(frozen=True, slots=True)

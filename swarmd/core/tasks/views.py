@@ -9,11 +9,11 @@ from collections import Counter
 from typing import Any
 
 from swarmd.core.pricing import explain_table
-from swarmd.core.tasks.bookkeeping import Bookkeeping
+from swarmd.core.tasks.outlook import Outlook
 from swarmd.core.tasks.records import NodeLoad, SubtaskRecord, TaskRecord
 
 
-class Views(Bookkeeping):
+class Views(Outlook):
     def load_by_node(self) -> dict[str, NodeLoad]:
         """This coordinator's attempts in flight per node, for building the peer view
         (``peer_from_gossip(slots_busy=..., model_in_flight=...)``)."""
@@ -75,6 +75,7 @@ class Views(Bookkeeping):
                 for rec in task.subtasks.values()
             ],
             "epoch": task.epoch,  # the coordinator epoch (1 until a successor adopts it)
+            "deadline": self.deadline_view(task),
         }
 
     def result(self, task_id: str) -> dict[str, Any]:
@@ -135,8 +136,7 @@ class Views(Bookkeeping):
         """One task's row of :meth:`tasks`, plus how many subtasks are running, queued."""
         return self._summary(self._task(task_id), running=True)
 
-    @staticmethod
-    def _summary(task: TaskRecord, running: bool = False) -> dict[str, Any]:
+    def _summary(self, task: TaskRecord, running: bool = False) -> dict[str, Any]:
         states = Counter(r.state for r in task.subtasks.values())
         row = {
             "id": task.id,
@@ -152,4 +152,6 @@ class Views(Bookkeeping):
         if running:
             row["running"] = states["running"] + states["dispatched"]
             row["queued"] = states["waiting"] + states["ready"]
+        if task.deadline is not None:
+            row["deadline"] = self.deadline_view(task)
         return row
