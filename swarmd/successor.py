@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -92,7 +93,7 @@ class Successor:
                     stored.version,
                 )
                 if held is not None:
-                    held.confirmed = False  # may have missed puts while this node was down
+                    held.confirmed_at = None  # may have missed puts while this node was down
         self.moved: dict[str, Moved] = self.store.moved()
 
     # ------------------------------------------------------------ messages
@@ -126,7 +127,8 @@ class Successor:
                 claims.append(self._claim(t.task))
                 continue
             new = t.task not in self.book.replicas
-            if self.book.put(coordinator, t.task, t.epoch, records, t.full, t.version) is None:
+            now = time.monotonic()
+            if self.book.put(coordinator, t.task, t.epoch, records, t.full, t.version, now) is None:
                 refused.append(t.task)
                 continue
             rows.append((t.task, t.epoch, t.full, records, t.version))

@@ -25,39 +25,51 @@ def records(task: str, state: str = "running") -> list[tuple[str, dict[str, Any]
     return [("task", {"task": task, "job": {}}), ("task_state", {"task": task, "state": state})]
 
 
-def test_a_coordinator_first_seen_unconfirms_its_replicas_until_a_put() -> None:
+def test_a_replica_loaded_at_start_is_adopted_only_once_its_coordinator_sent_it() -> None:
     book = ReplicaBook()
-    book.put("c", "t1", 1, records("t1"), full=True)
-    assert book.replicas["t1"].confirmed  # a put confirms
-    assert book.reappeared(0.0, lambda _n: True, GAP_S) == ["c"]  # first sighting
-    assert book.unconfirmed("c") == ["t1"]
+    held = book.put("c", "t1", 1, records("t1"), full=True, now=1.0)
+    assert held is not None and held.confirmed  # a put confirms
+    held.confirmed_at = None  # as loaded from the store at start
+    assert book.reappeared(2.0, lambda _n: True, GAP_S) == []  # first sighting
+    assert book.unconfirmed("c") == ["t1"]  # the shell asks c about it
     down = lambda _n: False  # noqa: E731
-    book.due(1.0, down, 1.0)
+    book.due(3.0, down, 1.0)
     assert book.due(10.0, down, 1.0) == {}  # its coordinator died before answering
-    book.put("c", "t1", 1, records("t1"), full=True)  # the coordinator's answer
+    book.put("c", "t1", 1, records("t1"), full=True, now=11.0)  # (had it answered)
     assert [r.task for r in book.due(11.0, down, 1.0)["c"]] == ["t1"]
+
+
+def test_a_replica_sent_just_before_its_coordinator_died_is_adopted() -> None:
+    """The coordinator first seen by this holder's check only after it sent the
+    replica (or never: it died at once) leaves the replica confirmed."""
+    book = ReplicaBook()
+    book.put("c", "t1", 1, records("t1"), full=True, now=5.0)
+    assert book.reappeared(5.2, lambda _n: True, GAP_S) == []
+    down = lambda _n: False  # noqa: E731
+    book.due(5.5, down, 1.0)
+    assert [r.task for r in book.due(7.0, down, 1.0)["c"]] == ["t1"]
 
 
 def test_continuous_sightings_keep_replicas_confirmed_and_a_gap_does_not() -> None:
     book = ReplicaBook()
-    book.put("c", "t1", 1, records("t1"), full=True)
-    book.put("d", "t2", 1, records("t2"), full=True)
+    book.put("c", "t1", 1, records("t1"), full=True, now=0.0)
+    book.put("d", "t2", 1, records("t2"), full=True, now=0.0)
     up = {"c": True, "d": True}
-    assert sorted(book.reappeared(0.0, lambda n: up[n], GAP_S)) == ["c", "d"]
-    book.put("c", "t1", 1, [], full=False)
-    book.put("d", "t2", 1, [], full=False)
-    for i in range(1, 9):  # ticks every 0.5 s: both seen all along
+    for i in range(0, 9):  # ticks every 0.5 s: both seen all along
         assert book.reappeared(i * 0.5, lambda n: up[n], GAP_S) == []
     assert book.unconfirmed("c") == [] and book.unconfirmed("d") == []
     up["c"] = False  # c out of view for 3 s (down, or cut off from this node)
     for i in range(9, 15):
         assert book.reappeared(i * 0.5, lambda n: up[n], GAP_S) == []
+    book.put("d", "t3", 1, records("t3"), full=True, now=6.0)
     up["c"] = True
     assert book.reappeared(7.5, lambda n: up[n], GAP_S) == ["c"]
     assert book.unconfirmed("c") == ["t1"] and book.unconfirmed("d") == []
-    # This node itself away (stopped, asleep: no ticks) for 2.5 s: both are suspect.
+    # This node itself away (stopped, asleep: no ticks) for 2.5 s: what d sent
+    # before is suspect, what it sent since (processed before the check) is not.
+    book.put("d", "t4", 1, records("t4"), full=True, now=9.9)
     assert sorted(book.reappeared(10.0, lambda n: up[n], GAP_S)) == ["c", "d"]
-    assert book.unconfirmed("d") == ["t2"]
+    assert sorted(book.unconfirmed("d")) == ["t2", "t3"]
 
 
 def test_an_adopted_replica_is_never_unconfirmed() -> None:
@@ -157,6 +169,7 @@ def test_a_holder_asks_a_coordinator_back_in_view_and_obeys_a_drop(tmp_path: Pat
     outbox = Outbox()
     h = coordination(tmp_path, outbox, node="h")
     h.successor.book.put("c", "t1", 1, records("t1"), full=True)
+    h.successor.book.replicas["t1"].confirmed_at = None  # as loaded at start
     h.successor.tick(100.0)  # c first seen: asked about t1, not adoptable meanwhile
     (query,) = outbox.of(TaskQuery)
     assert query.tasks == ["t1"] and outbox.sent[0][0] == "c:7946"

@@ -159,12 +159,15 @@ class Replica:
     # Another holder has a fresher replica of this task (it missed puts since, e.g.
     # while down): not adopted here, until the coordinator sends it records again.
     superseded: bool = False
-    # Fresh as far as this node can tell: put (or confirmed by the coordinator) since
-    # the coordinator last came into view. A replica loaded at start, or held across a
-    # time the coordinator was out of view (it was down, or this node was: asleep,
-    # stopped, cut off), may have missed the task's end: it is not adopted until the
-    # coordinator confirms it (:meth:`ReplicaBook.reappeared`).
-    confirmed: bool = False
+    # When its coordinator last sent it (None: unconfirmed). A replica loaded at start,
+    # or last sent before a time the coordinator was out of view (it was down, or this
+    # node was: asleep, stopped, cut off), may have missed the task's end: it is not
+    # adopted until the coordinator sends it again (:meth:`ReplicaBook.reappeared`).
+    confirmed_at: float | None = None
+
+    @property
+    def confirmed(self) -> bool:
+        return self.confirmed_at is not None
 
     def fresher(self, epoch: int, version: float) -> bool:
         """Whether another holder's replica (epoch, version) is fresher than this."""
@@ -192,11 +195,13 @@ class ReplicaBook:
         self._seen_up: dict[str, float] = {}  # coordinator -> last time seen up
 
     def reappeared(self, now: float, is_up: Callable[[str], bool], gap_s: float) -> list[str]:
-        """Coordinators of replicas held here that are up now and were not seen up
-        within ``gap_s`` before (down meanwhile, or this node was away: not ticking,
-        or first seen since a start). Their replicas may have missed puts (a task that
-        finished while this node was away is never sent again), so they are no longer
-        confirmed: the shell asks the coordinator about them."""
+        """Coordinators of replicas held here that are up now after ``gap_s`` or more
+        out of view (down meanwhile, or this node was away: not ticking). Their
+        replicas last sent before that may have missed puts (a task that finished while
+        this node was away is never sent again), so they are no longer confirmed: the
+        shell asks the coordinator about them. (A coordinator seen for the first time
+        has no such replicas: those sent since this node started are fresh, those
+        loaded at start are unconfirmed already.)"""
         out = []
         coordinators = self.replicas_of
         for node in list(self._seen_up):
@@ -207,11 +212,11 @@ class ReplicaBook:
                 continue
             last = self._seen_up.get(node)
             self._seen_up[node] = now
-            if last is not None and now - last <= gap_s:
+            if last is None or now - last <= gap_s:
                 continue
             for r in self.replicas.values():
-                if r.coordinator == node and not r.adopted:
-                    r.confirmed = False
+                if r.coordinator == node and not r.adopted and (r.confirmed_at or 0.0) <= last:
+                    r.confirmed_at = None
             out.append(node)
         return out
 
@@ -236,6 +241,7 @@ class ReplicaBook:
         records: Iterable[tuple[str, Mapping[str, Any]]],
         full: bool,
         version: float = 0.0,
+        now: float = 0.0,
     ) -> Replica | None:
         """Records of ``task_id`` from its coordinator (``full``: the whole task, what
         was held of it before goes). None if refused: an older epoch than held, or a
@@ -249,7 +255,7 @@ class ReplicaBook:
             held = self.replicas[task_id] = Replica(task_id, coordinator, epoch)
         held.version = max(held.version, version)
         held.superseded = False
-        held.confirmed = True
+        held.confirmed_at = now
         for kind, data in records:
             if kind == "forget":
                 del self.replicas[task_id]
