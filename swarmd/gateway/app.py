@@ -186,7 +186,7 @@ class Gateway:
             return Response(status_code=499)
         if first.kind == "chunk":
             headers = self._headers(task_id, stream=True)
-            return StreamingResponse(self._stream(pending, first), headers=headers)
+            return _Events(self._stream(pending, first), headers=headers)
         self.relay.close(task_id)
         if first.kind == "error":
             answer = error_response(failed(first.message), self._headers(task_id))
@@ -284,7 +284,7 @@ class Gateway:
             if result.output is not None:  # (an endpoint that would not stream: as it came)
                 return Response(result.output, media_type="application/json", headers=headers)
             headers = self._headers(task_id, stream=True)  # a stream without a chunk
-            return StreamingResponse(_once(_usage_chunk(task_id, rec) + DONE), headers=headers)
+            return _Events(_once(_usage_chunk(task_id, rec) + DONE), headers=headers)
         status = (result.usage or {}).get("status") if result is not None else None
         if result is not None and result.app_failed and isinstance(status, int) and result.output:
             # The endpoint's own answer to a request it refused (4xx): as it came.
@@ -335,6 +335,21 @@ def _usage_chunk(task_id: str, rec: Any) -> bytes:
         "usage": {k: usage.get(k) for k in ("prompt_tokens", "completion_tokens", "total_tokens")},
     }
     return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+
+class _Events(StreamingResponse):
+    """Server-sent events written as its iterator gives them, without starlette's
+    listener for the client's disconnect (a task group and a task per response, on the
+    path of the first token): the gateway hears of a client that goes through
+    ``on_client_gone``, which ends the iterator (and with it the task)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.stream_response(send)
+        finally:
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:
