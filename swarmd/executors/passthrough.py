@@ -225,8 +225,11 @@ def _take_event(event: bytes, asked: str, answer: _Answer) -> None:
             answer.chunks += 1
             if answer.first_token_at is None:
                 answer.first_token_at = time.monotonic()
-        rewrite_model(chunk, asked)
-    answer.pending += b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + b"\n\n"
+    if "\n" not in data and (not isinstance(chunk, dict) or chunk.get("model", asked) == asked):
+        text = data  # as it came (one line)
+    else:
+        text = json.dumps(rewrite_model(chunk, asked), ensure_ascii=False)
+    answer.pending += b"data: " + text.encode() + b"\n\n"
 
 
 def _has_content(chunk: Mapping[str, Any]) -> bool:
