@@ -1,5 +1,5 @@
-"""A lean HTTP/1.1 client for the gateway's hop to a model server: h11 over asyncio
-streams, connections kept alive per host.
+"""A lean HTTP/1.1 client for the gateway's hop to a model server: asyncio streams,
+the wire format of :mod:`swarmd.http_wire`, connections kept alive per host.
 
 The gateway passes each request to an endpoint on the same machine or LAN, where a
 general client's machinery (httpx: pools, auth and redirect layers, anyio) cost about
@@ -11,7 +11,7 @@ body as it arrives::
     async with pool.post(url, body, {"Content-Type": "application/json"},
                          connect_s=10, read_s=120) as reply:
         reply.status, reply.headers["content-type"]
-        async for piece in reply.chunks():  # as read (chunked or Content-Length framed)
+        async for piece in reply.chunks():  # as read (chunked, Content-Length or close)
             ...
     await pool.aclose()
 
@@ -28,16 +28,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import urlsplit
 
-import h11
+from .http_wire import MAX_HEAD_BYTES, Answer, BodyReader, WireError, read_head, request_head
 
 READ_BYTES: Final = 65536
-MAX_HEAD_BYTES: Final = 64 * 1024
+_OURS: Final = ("host", "content-length")  # the fields this client writes itself
 
 
 class HttpError(Exception):
@@ -60,6 +61,7 @@ class _Origin:
         return name if self.port == default else f"{name}:{self.port}"
 
 
+@functools.lru_cache(maxsize=256)
 def _origin_and_target(url: str) -> tuple[_Origin, str]:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -76,7 +78,7 @@ def _origin_and_target(url: str) -> tuple[_Origin, str]:
 class _Connection:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
-    h11: h11.Connection = field(default_factory=lambda: h11.Connection(h11.CLIENT))
+    buffer: bytearray = field(default_factory=bytearray)  # read, not yet parsed
     reused: bool = False
     received: int = 0  # bytes of answers read on this connection
 
@@ -88,6 +90,18 @@ class _Connection:
         with contextlib.suppress(Exception):
             self.writer.close()
 
+    async def read(self, read_s: float) -> bytes:
+        """What the server sends next (b"": it closed the connection)."""
+        try:
+            async with asyncio.timeout(read_s):
+                data = await self.reader.read(READ_BYTES)
+        except TimeoutError:
+            raise HttpTimeout(f"no data from the server in {read_s:g} s") from None
+        except OSError as exc:
+            raise HttpError(f"reading the answer: {exc!r}") from None
+        self.received += len(data)
+        return data
+
 
 @dataclass
 class Reply:
@@ -97,67 +111,45 @@ class Reply:
     headers: dict[str, str]  # lower-case names; a repeated field keeps its last value
     _conn: _Connection
     _read_s: float
-    _ended: bool = False
+    _body: BodyReader
+    keep_alive: bool = True
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body's bytes as they arrive (at most ``read_s`` apart)."""
-        while not self._ended:
-            event = await _next_event(self._conn, self._read_s)
-            if isinstance(event, h11.Data):
-                if event.data:
-                    yield bytes(event.data)
-            elif isinstance(event, h11.EndOfMessage):
-                self._ended = True
-            else:
-                raise HttpError(f"unexpected {type(event).__name__} in an answer's body")
+        conn, body = self._conn, self._body
+        while not body.done:
+            try:
+                data = body.take(conn.buffer)
+            except WireError as exc:
+                raise HttpError(f"bad answer from the server: {exc}") from None
+            if data:
+                yield data
+                continue
+            if body.done:
+                break
+            more = await conn.read(self._read_s)
+            if not more:
+                try:
+                    body.at_eof()
+                except WireError as exc:
+                    raise HttpError(str(exc)) from None
+                self.keep_alive = False
+                break
+            conn.buffer += more
 
     @property
     def ended(self) -> bool:
-        return self._ended
+        return self._body.done
 
     def end_if_buffered(self) -> bool:
         """Whether the body ended, reading nothing more: for a caller that has what it
         needs (an event stream's last event), so that the connection can be kept when
         the end came with it."""
-        machine = self._conn.h11
-        while not self._ended:
-            try:
-                event = machine.next_event()
-            except h11.RemoteProtocolError:
-                return False
-            if isinstance(event, h11.EndOfMessage):
-                self._ended = True
-            elif not isinstance(event, h11.Data):
-                return False  # NEED_DATA: the end is not here yet
-        return True
-
-
-async def _next_event(conn: _Connection, read_s: float) -> h11.Event:
-    machine = conn.h11
-    while True:
         try:
-            event = machine.next_event()
-        except h11.RemoteProtocolError as exc:
-            if conn.reader.at_eof():
-                raise HttpError(
-                    "the server closed the connection before the answer ended"
-                ) from None
-            raise HttpError(f"bad answer from the server: {exc}") from None
-        if isinstance(event, h11.ConnectionClosed):
-            raise HttpError("the server closed the connection before the answer ended")
-        if isinstance(event, h11.Event):
-            return event
-        if event is h11.PAUSED:
-            raise HttpError("the server answered more than was asked")
-        try:
-            async with asyncio.timeout(read_s):
-                data = await conn.reader.read(READ_BYTES)
-        except TimeoutError:
-            raise HttpTimeout(f"no data from the server in {read_s:g} s") from None
-        except OSError as exc:
-            raise HttpError(f"reading the answer: {exc!r}") from None
-        conn.received += len(data)
-        machine.receive_data(data)  # b"" is the server's EOF
+            self._body.take(self._conn.buffer)
+        except WireError:
+            return False
+        return self._body.done
 
 
 @dataclass
@@ -181,10 +173,13 @@ class HttpPool:
     ) -> AsyncIterator[Reply]:
         """POST ``body`` to ``url``; the reply once its head has come."""
         origin, target = _origin_and_target(url)
-        head = [("Host", origin.host_header()), ("Content-Length", str(len(body)))]
-        head += [(k, v) for k, v in headers.items() if k.lower() not in ("host", "content-length")]
-        request = h11.Request(method="POST", target=target, headers=head)
-        conn, reply = await self._exchange(origin, request, body, connect_s, read_s)
+        fields = [("Host", origin.host_header()), ("Content-Length", str(len(body)))]
+        fields += [(k, v) for k, v in headers.items() if k.lower() not in _OURS]
+        try:
+            request = request_head("POST", target, fields) + body
+        except WireError as exc:
+            raise HttpError(f"cannot send this request: {exc}") from None
+        conn, reply = await self._exchange(origin, request, connect_s, read_s)
         try:
             yield reply
             if not reply.ended:  # the caller stopped reading: the rest is of no use
@@ -193,14 +188,14 @@ class HttpPool:
         except BaseException:
             conn.close()
             raise
-        self._release(origin, conn)
+        self._release(origin, conn, reply)
 
     async def _exchange(
-        self, origin: _Origin, request: h11.Request, body: bytes, connect_s: float, read_s: float
+        self, origin: _Origin, request: bytes, connect_s: float, read_s: float
     ) -> tuple[_Connection, Reply]:
         conn = await self._connection(origin, connect_s)
         try:
-            return conn, await _send(conn, request, body, read_s)
+            return conn, await _send(conn, request, read_s)
         except HttpError as exc:
             conn.close()
             if not conn.reused or not getattr(exc, "before_answer", False):
@@ -208,7 +203,7 @@ class HttpPool:
         # A kept connection the server had closed: the request never reached it.
         conn = await self._open(origin, connect_s)
         try:
-            return conn, await _send(conn, request, body, read_s)
+            return conn, await _send(conn, request, read_s)
         except BaseException:
             conn.close()
             raise
@@ -244,12 +239,10 @@ class HttpPool:
             self._tls = ssl.create_default_context()
         return self._tls
 
-    def _release(self, origin: _Origin, conn: _Connection) -> None:
-        machine = conn.h11
-        if self.closed or machine.our_state is not h11.DONE or machine.their_state is not h11.DONE:
+    def _release(self, origin: _Origin, conn: _Connection, reply: Reply) -> None:
+        if self.closed or not reply.keep_alive or conn.buffer:  # (more than was asked)
             conn.close()
             return
-        machine.start_next_cycle()
         idle = self._idle.setdefault(origin, [])
         if len(idle) >= self.max_idle_per_origin or not conn.usable():
             conn.close()
@@ -270,34 +263,39 @@ class _NoAnswer(HttpError):
     before_answer = True
 
 
-async def _send(conn: _Connection, request: h11.Request, body: bytes, read_s: float) -> Reply:
-    machine = conn.h11
+async def _send(conn: _Connection, request: bytes, read_s: float) -> Reply:
     before = conn.received
     try:
-        events = (request, h11.Data(data=body), h11.EndOfMessage())
-        wire = b"".join(machine.send(event) or b"" for event in events)
-    except h11.LocalProtocolError as exc:
-        raise HttpError(f"cannot send this request: {exc}") from None
-    try:
-        conn.writer.write(wire)
+        conn.writer.write(request)
         await conn.writer.drain()
     except OSError as exc:
         raise _NoAnswer(f"sending the request: {exc!r}") from None
     while True:
         try:
-            event = await _next_event(conn, read_s)
-        except HttpTimeout:
-            raise  # the server may be working on it: never sent twice
-        except HttpError as exc:
-            if conn.received == before:
-                raise _NoAnswer(str(exc)) from None
-            raise
-        if isinstance(event, h11.InformationalResponse):
+            answer = read_head(conn.buffer)
+        except WireError as exc:
+            raise HttpError(f"bad answer from the server: {exc}") from None
+        if answer is None:
+            try:
+                data = await conn.read(read_s)
+            except HttpTimeout:
+                raise  # the server may be working on it: never sent twice
+            except HttpError as exc:
+                if conn.received == before:
+                    raise _NoAnswer(str(exc)) from None
+                raise
+            if not data:
+                why = "the server closed the connection before the answer ended"
+                raise (_NoAnswer if conn.received == before else HttpError)(why)
+            conn.buffer += data
+            continue
+        if answer.status < 200:
             continue  # 100 Continue and the like: the real answer follows
-        if not isinstance(event, h11.Response):
-            raise HttpError(f"unexpected {type(event).__name__} instead of an answer")
-        names = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in event.headers}
-        return Reply(event.status_code, names, conn, read_s)
+        return _reply(conn, answer, read_s)
+
+
+def _reply(conn: _Connection, answer: Answer, read_s: float) -> Reply:
+    return Reply(answer.status, answer.headers, conn, read_s, BodyReader(answer), answer.keep_alive)
 
 
 __all__ = ["HttpError", "HttpPool", "HttpTimeout", "Reply"]

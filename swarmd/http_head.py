@@ -5,6 +5,7 @@ headers. Requests themselves are parsed by h11 under uvicorn."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 LOOPBACK_NAMES = {"localhost", "localhost.", "ip6-localhost"}
@@ -23,6 +24,7 @@ SECURITY_HEADERS = (
 )
 
 
+@functools.lru_cache(maxsize=64)  # every request of a loopback port asks, with the same few
 def is_loopback(host: str) -> bool:
     """True for a loopback address or ``localhost``; False for anything else."""
     host = host.strip("[]").lower()

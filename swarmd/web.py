@@ -62,7 +62,7 @@ from uvicorn import Config, Server
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .http_head import host_name, is_loopback
-from .web_guard import ErrorBody, Guard, plain_error
+from .web_guard import CORK, ErrorBody, Guard, plain_error
 
 __all__ = [
     "Limits",
@@ -275,6 +275,53 @@ def _plain(status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> byte
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
+class _Corked:
+    """A connection's transport that can hold writes: from a response's start until
+    its first body part (:func:`swarmd.web_guard._yielding`), so that the head, the
+    body and h11's end of message go out in one write. Written apart, each is a
+    segment that wakes the client (on a small shared machine, a tenth of a
+    millisecond each). Held at most until the loop's next turn; what the transport
+    does besides writing is the transport's own."""
+
+    __slots__ = ("_held", "_loop", "_raw")
+
+    def __init__(self, raw: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._raw = raw
+        self._loop = loop
+        self._held: list[bytes] | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._held is None:
+            self._raw.write(data)
+        elif data:
+            self._held.append(data)
+
+    def cork(self) -> None:
+        if self._held is None:
+            self._held = []
+            self._loop.call_soon(self.uncork)  # whatever happens, not past this turn
+
+    def uncork(self) -> None:
+        held, self._held = self._held, None
+        if held:
+            self._raw.write(b"".join(held))
+
+    def write_eof(self) -> None:
+        self.uncork()
+        self._raw.write_eof()
+
+    def close(self) -> None:
+        self.uncork()
+        self._raw.close()
+
+    def abort(self) -> None:
+        self._held = None
+        self._raw.abort()
+
+    def __getattr__(self, name: str) -> Any:  # is_closing, get_extra_info, pause_reading...
+        return getattr(self._raw, name)
+
+
 class _Connection(H11Protocol):
     """uvicorn's h11 protocol with the request deadline, shedding, write-stall timeout
     and status-accurate, counted errors of :class:`WebServer`."""
@@ -292,6 +339,7 @@ class _Connection(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.transport = cast(asyncio.Transport, _Corked(transport, self.loop))
         if len(self.connections) > self.web.limits.max_connections and not self._shed_oldest():
             self._refuse(transport)
             return
@@ -349,6 +397,12 @@ class _Connection(H11Protocol):
             self.web.waiting.pop(self, None)  # a request has come: answering now
             if state is not h11.SEND_BODY:
                 self._cancel_deadline()  # ... and all of it
+
+    def handle_events(self) -> None:
+        cycle = self.cycle
+        super().handle_events()
+        if self.cycle is not cycle and self.cycle is not None:  # a new request
+            cast(dict[str, Any], self.cycle.scope)[CORK] = self.transport
 
     def eof_received(self) -> bool | None:  # type: ignore[override]
         """The client will send nothing more. A request cut short gets 400; a complete

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 if TYPE_CHECKING:
     from .web import WebServer
@@ -18,6 +18,19 @@ Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ErrorBody = Callable[[int, str], tuple[str, bytes]]  # (status, message) -> (type, body)
+
+# The scope key under which swarmd.web puts the connection's :class:`Cork`.
+CORK: Final = "swarmd.cork"
+
+
+class Cork(Protocol):
+    """Holds a response's writes from its start until its (first) body part, so that
+    they leave in one write (see swarmd.web's ``_Corked``)."""
+
+    def cork(self) -> None: ...
+
+    def uncork(self) -> None: ...
+
 
 _SINGLE = (b"host", b"authorization", b"content-length")
 
@@ -53,7 +66,7 @@ class Guard:
                 await self._refuse(send, 413, f"request body over {limit} bytes")
                 return
             receive = _replay(body, receive)
-        await self.app(scope, receive, _yielding(send))
+        await self.app(scope, receive, _yielding(send, scope.get(CORK)))
 
     def _malformed(self, scope: Message) -> tuple[int, str] | None:
         limits = self.web.limits
@@ -107,15 +120,23 @@ async def _read_body(receive: Receive, limit: int) -> bytes | int | None:
             return b"".join(chunks)
 
 
-def _yielding(send: Send) -> Send:
-    """``send``, giving the loop a turn after each part of a streamed body: uvicorn's
-    send returns at once once the client is gone, and a stream that never waits would
-    then spin without its disconnect listener ever running."""
+def _yielding(send: Send, cork: Cork | None = None) -> Send:
+    """``send``, with a response's head held until its first body part (one write, so
+    one segment and one wakeup of the client instead of two), and giving the loop a
+    turn after each part of a streamed body: uvicorn's send returns at once once the
+    client is gone, and a stream that never waits would then spin without its
+    disconnect listener ever running."""
 
     async def sending(message: Message) -> None:
+        kind = message["type"]
+        if cork is not None and kind == "http.response.start":
+            cork.cork()
         await send(message)
-        if message.get("more_body"):
-            await asyncio.sleep(0)
+        if kind == "http.response.body":
+            if cork is not None:
+                cork.uncork()
+            if message.get("more_body"):
+                await asyncio.sleep(0)
 
     return sending
 

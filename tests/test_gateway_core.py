@@ -12,7 +12,9 @@ from swarmd.core.gateway import (
     Catalog,
     GatewayError,
     Served,
+    Target,
     estimate_request_tokens,
+    gateway_job,
     job_data,
     key_id,
     parse_body,
@@ -145,6 +147,46 @@ def test_a_request_becomes_a_job_that_round_trips_through_the_journal() -> None:
     assert s.request == body and s.client == key_id("k") and s.max_tokens == 50
     assert parse_job(job_to_data(job)) == job
     assert estimate_request_tokens("chat", body) == 100 + 50 + 1  # "user" counts too
+
+
+GATEWAY_CASES = [
+    ("chat", {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}]},
+     Target("tiny-llama", "tiny-llama", None), "high", "local"),
+    ("chat", {"model": "capability:lint", "max_tokens": 7, "stream": True, "tools": [{"a": 1.5}]},
+     Target("capability:lint", None, "lint"), "low", "0123456789ab"),
+    ("completions", {"model": "fast", "prompt": ["a", "b"], "max_completion_tokens": 3},
+     Target("fast", "fast", None), "critical", "local"),
+    ("embeddings", {"model": "tiny-other", "input": "x" * 10},
+     Target("tiny-other", "tiny-other", "embeddings"), "normal", "local"),
+    ("chat", {"model": "x" * 300, "max_tokens": 0}, Target("x" * 300, "x" * 300, None),
+     "high", "local"),  # a long name is cut; an unusable max_tokens is the default
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("api", "body", "target", "priority", "client"), GATEWAY_CASES)
+def test_gateway_job_is_what_the_job_reader_reads(
+    api: str, body: dict, target: Target, priority: str, client: str
+) -> None:
+    """The request path builds its job directly: the same spec as the reader's."""
+    direct = gateway_job(api, body, target, priority, client)  # type: ignore[arg-type]
+    read = parse_job(job_data(api, body, target, priority, client), source="x")  # type: ignore[arg-type]
+    assert direct == read
+    assert direct.subtasks[0].request == body and direct.subtasks[0].request is not body
+
+
+@pytest.mark.parametrize(
+    ("body", "target", "client", "why"),
+    [
+        ({"model": "m", "x": float("nan")}, Target("m", "m", None), "local", "JSON"),
+        ({"model": "m\n"}, Target("m\n", "m\n", None), "local", "printable"),
+        ({"model": "m"}, Target("m", "m", None), " ", "must not be empty"),
+    ],
+)
+def test_gateway_job_reports_what_the_job_reader_would(
+    body: dict, target: Target, client: str, why: str
+) -> None:
+    with pytest.raises(JobError, match=why):
+        gateway_job("chat", body, target, "high", client)
 
 
 def test_a_request_subtask_must_not_carry_a_prompt_too() -> None:

@@ -156,6 +156,31 @@ async def _test_passthrough_relays_events_with_the_model_set_back() -> None:
     assert result.usage["ttft_s"] is not None
 
 
+def test_an_answer_naming_the_asked_model_passes_as_it_came() -> None:
+    asyncio.run(_test_an_answer_naming_the_asked_model_passes_as_it_came())
+
+
+async def _test_an_answer_naming_the_asked_model_passes_as_it_came() -> None:
+    """Asked by its upstream id, nothing needs setting back: the bytes go on as the
+    endpoint wrote them (an event whose data spans lines is still one line out)."""
+    endpoint = Endpoint()
+    result, _ = await _run(endpoint, {"model": "upstream-id", "messages": []})
+    usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    as_sent = JSONResponse({"model": "upstream-id", "choices": [], "usage": usage}).body
+    assert result.ok and result.output == bytes(as_sent).decode()
+    one = '{"model":"upstream-id",  "choices":[{"delta":{"content":"hi"}}]}'
+    split = '{"model": "upstream-id",\ndata: "choices": [{"delta": {"content": "yo"}}]}'
+    endpoint = Endpoint(events=[one, split, "[DONE]"])
+    result, relayed = await _run(endpoint, {"model": "upstream-id", "stream": True})
+    events = b"".join(relayed).split(b"\n\n")
+    assert events[0] == b"data: " + one.encode()
+    assert (
+        b"\n" not in events[1]
+        and json.loads(events[1][6:])["choices"][0]["delta"]["content"] == "yo"
+    )
+    assert result.ok and result.usage["completion_tokens"] == 2
+
+
 @pytest.mark.parametrize(
     ("status", "events", "app_failed"),
     [

@@ -254,3 +254,23 @@ def test_a_stream_whose_end_came_with_its_last_event_keeps_its_connection() -> N
 async def _until(check: Callable[[], bool]) -> None:
     while not check():
         await asyncio.sleep(0.01)
+
+
+def test_an_answer_framed_by_the_close_and_an_interim_one_before_it() -> None:
+    """HTTP/1.0 without a length: the body is what comes until the server closes (the
+    connection is not kept); a 100 Continue before an answer is skipped."""
+
+    async def main() -> None:
+        async def answer(_: bytes, writer: asyncio.StreamWriter) -> bool:
+            writer.write(b'HTTP/1.1 100 Continue\r\n\r\nHTTP/1.0 200 OK\r\n\r\n{"a": 1}')
+            await writer.drain()
+            return False  # closes: the end of the body
+
+        async with serving(answer) as (server, url):
+            pool = HttpPool()
+            assert await post(pool, url) == b'{"a": 1}'
+            assert await post(pool, url) == b'{"a": 1}'
+            assert server.connections == 2
+            await pool.aclose()
+
+    asyncio.run(main())

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from swarmd import web
 from swarmd.web import (
     Limits,
     WebServer,
@@ -330,3 +331,62 @@ def test_helpers() -> None:
         assert host_is_loopback(host), host
     for host in ("evil.example", "evil.example:80", "10.0.0.1", "[2001:db8::1]:80", ""):
         assert not host_is_loopback(host), host
+
+
+def test_a_response_leaves_in_one_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Head, body and end together: one segment, one wakeup of the client."""
+    writes: list[bytes] = []
+    corked_init = web._Corked.__init__
+
+    class Spy:
+        def __init__(self, raw: asyncio.Transport) -> None:
+            self.raw = raw
+
+        def write(self, data: bytes) -> None:
+            writes.append(data)
+            self.raw.write(data)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.raw, name)
+
+    def spying(self: Any, raw: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        corked_init(self, Spy(raw), loop)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(web._Corked, "__init__", spying)
+
+    async def check(server: WebServer, calls: dict[str, int]) -> None:
+        status, answer = await raw(server.port, get("/echo"))
+        assert status == 200 and answer.endswith(b"GET 0")
+        assert writes == [answer]
+
+    serve(check)
+
+
+def test_held_writes_leave_by_the_next_turn_and_an_abort_drops_them() -> None:
+    class Raw:
+        def __init__(self) -> None:
+            self.out: list[bytes] = []
+            self.aborted = False
+
+        def write(self, data: bytes) -> None:
+            self.out.append(data)
+
+        def abort(self) -> None:
+            self.aborted = True
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        sent = Raw()
+        corked = web._Corked(sent, loop)  # type: ignore[arg-type]
+        corked.cork()
+        corked.write(b"head")
+        assert sent.out == []
+        await asyncio.sleep(0)  # no body came in this turn: the head goes anyway
+        assert sent.out == [b"head"]
+        corked.cork()
+        corked.write(b"more")
+        corked.abort()
+        await asyncio.sleep(0)
+        assert sent.out == [b"head"] and sent.aborted
+
+    asyncio.run(main())

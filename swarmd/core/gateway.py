@@ -10,6 +10,7 @@ subtask, and its answer goes back to the client as the upstream server gave it.
   ``model``) becomes the data of a one-subtask job: ``kind = "llm"``, ``api`` (chat,
   completions or embeddings) and ``request`` (the body as it came); the coordinator
   prices it like any llm subtask (:func:`estimate_request_tokens` for its size).
+  :func:`gateway_job` is that job's spec, as ``parse_job`` reads it, built directly.
 * :func:`rewrite_model` — the answer with ``model`` set back to the name the client
   used; :func:`key_id` — the label an API key is accounted under.
 
@@ -26,8 +27,9 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from .budget import key_id as budget_key_id
-from .jobspec import DEFAULT_MAX_TOKENS, PRIORITY_RANK, SINGLE_SUBTASK_ID
-from .jobspec.spec import APIS, Api
+from .jobspec import DEFAULT_MAX_TOKENS, PRIORITY_RANK, SINGLE_SUBTASK_ID, parse_job
+from .jobspec.kinds import is_jsonable
+from .jobspec.spec import APIS, MAX_NAME_LENGTH, Api, JobSpec, Priority, SubtaskSpec
 
 API_PATHS: Final[Mapping[Api, str]] = {
     "chat": "/chat/completions",
@@ -207,6 +209,41 @@ def job_data(
         "priority": priority,
         "subtasks": [subtask],
     }
+
+
+def gateway_job(
+    api: Api, body: Mapping[str, Any], target: Target, priority: str, client: str
+) -> JobSpec:
+    """The spec :func:`~swarmd.core.jobspec.parse_job` reads from :func:`job_data`,
+    built without the generic reader (a request's path is short). What the reader
+    would check of such data and could find wrong (a name that is not printable, a
+    blank model, capability or client label, a body that JSON cannot carry) sends it
+    through the reader instead, for its exact error (JobError)."""
+    name = f"gateway {api} {target.name}"[:MAX_NAME_LENGTH]
+    request = dict(body)
+    if (
+        api not in APIS
+        or priority not in PRIORITY_RANK
+        or not name.isprintable()
+        or not all(v is None or v.strip() for v in (target.model, target.capability))
+        or not client.strip()
+        or not is_jsonable(request)
+    ):
+        return parse_job(job_data(api, body, target, priority, client), source="gateway request")
+    rank: Priority = priority  # type: ignore[assignment]  # one of PRIORITY_RANK
+    spec = SubtaskSpec(
+        id=SINGLE_SUBTASK_ID,
+        kind="llm",
+        priority=rank,
+        retries=RETRIES,
+        capability=target.capability,
+        model=target.model,
+        max_tokens=max_tokens_of(api, body),
+        api=api,
+        request=request,
+        client=client,
+    )
+    return JobSpec(name=name, priority=rank, subtasks=(spec,))
 
 
 def max_tokens_of(api: Api, request: Mapping[str, Any]) -> int:

@@ -149,15 +149,24 @@ async def _whole_body(
             return ExecResult.failure(
                 f"the answer from {url} is over {MAX_BODY_BYTES} bytes", app_failed=True
             )
+    data = bytes(raw)
     try:
-        doc = json.loads(bytes(raw))
+        doc = json.loads(data)
     except (ValueError, RecursionError):
-        snippet = bytes(raw[:ERROR_SNIPPET]).decode("utf-8", errors="replace")
+        snippet = data[:ERROR_SNIPPET].decode("utf-8", errors="replace")
         return ExecResult.failure(f"the answer from {url} is not JSON: {snippet}", app_failed=False)
     if isinstance(doc, dict) and isinstance(doc.get("usage"), dict):
         answer.usage = doc["usage"]
-    output = json.dumps(rewrite_model(doc, asked), ensure_ascii=False)
-    return _result(req, answer, output, streamed=False)
+    return _result(req, answer, _as_asked(doc, data, asked), streamed=False)
+
+
+def _as_asked(doc: Any, raw: bytes, asked: str) -> str:
+    """The answer with ``model`` set back to the name the client asked for: as it came
+    when it says that name already (or no model at all), else written out again."""
+    if not isinstance(doc, dict) or doc.get("model", asked) == asked:
+        with contextlib.suppress(UnicodeDecodeError):
+            return raw.decode()
+    return json.dumps(rewrite_model(doc, asked), ensure_ascii=False)
 
 
 async def _relay_stream(
@@ -216,8 +225,11 @@ def _take_event(event: bytes, asked: str, answer: _Answer) -> None:
             answer.chunks += 1
             if answer.first_token_at is None:
                 answer.first_token_at = time.monotonic()
-        rewrite_model(chunk, asked)
-    answer.pending += b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + b"\n\n"
+    if "\n" not in data and (not isinstance(chunk, dict) or chunk.get("model", asked) == asked):
+        text = data  # as it came (one line)
+    else:
+        text = json.dumps(rewrite_model(chunk, asked), ensure_ascii=False)
+    answer.pending += b"data: " + text.encode() + b"\n\n"
 
 
 def _has_content(chunk: Mapping[str, Any]) -> bool:

@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final
 
 from starlette.applications import Starlette
@@ -26,22 +26,24 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from ..core.gateway import (
     PRIORITY_HEADER,
     GatewayError,
     Target,
+    gateway_job,
     job_data,
     parse_body,
     priority_of,
 )
-from ..core.jobspec import SINGLE_SUBTASK_ID, JobError, parse_job
+from ..core.jobspec import SINGLE_SUBTASK_ID, JobError
 from ..core.jobspec.spec import Api
 from ..core.pricing import Demand, PricingConfig, price
 from ..journal_health import JournalUnavailable
 from ..web import Limits, host_is_loopback, on_client_gone
 from .auth import ApiKeys
-from .catalog import ClusterView, catalog_of
+from .catalog import ClusterView
 from .errors import UNAUTHORIZED, error_event, error_response, too_large, unavailable
 from .errors import upstream_failed as failed
 from .relay import Event, Pending, Relay
@@ -93,7 +95,7 @@ class Gateway:
         if self.relay.changed in listeners:
             listeners.remove(self.relay.changed)
 
-    def app(self) -> Starlette:
+    def app(self) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
         routes = [
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/v1/models/{model:path}", self.model, methods=["GET"]),
@@ -101,7 +103,23 @@ class Gateway:
             Route("/v1/completions", self.completions, methods=["POST"]),
             Route("/v1/embeddings", self.embeddings, methods=["POST"]),
         ]
-        return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+        app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+        posts = {r.path: r.endpoint for r in routes if r.methods and "POST" in r.methods}
+
+        async def serve(scope: Scope, receive: Receive, send: Send) -> None:
+            """A request's POST straight to its route (the path every completion takes:
+            starlette's middleware and routing layers cost more than the route needs;
+            an exception goes to the server, which logs it and answers 500 as they
+            would); anything else through starlette."""
+            http_post = scope["type"] == "http" and scope["method"] == "POST"
+            route = posts.get(scope["path"]) if http_post else None
+            if route is None:
+                await app(scope, receive, send)
+                return
+            response = await route(Request(scope, receive, send))
+            await response(scope, receive, send)
+
+        return serve
 
     # ------------------------------------------------------------ routes
 
@@ -118,16 +136,17 @@ class Gateway:
     async def models(self, request: Request) -> Response:
         if isinstance(refused := self._admit(request), Response):
             return refused
-        return _json(catalog_of(self.node.members()).models_list())
+        return _json(self.view.catalog().models_list())
 
     async def model(self, request: Request) -> Response:
         if isinstance(refused := self._admit(request), Response):
             return refused
         name = request.path_params["model"]
-        for entry in catalog_of(self.node.members()).models_list()["data"]:
+        catalog = self.view.catalog()
+        for entry in catalog.models_list()["data"]:
             if entry["id"] == name:
                 return _json(entry)
-        return error_response(catalog_of(self.node.members())._unknown(name, "chat", ()))
+        return error_response(catalog._unknown(name, "chat", ()))
 
     async def chat(self, request: Request) -> Response:
         return await self.complete(request, "chat")
@@ -167,7 +186,7 @@ class Gateway:
             return Response(status_code=499)
         if first.kind == "chunk":
             headers = self._headers(task_id, stream=True)
-            return StreamingResponse(self._stream(pending, first), headers=headers)
+            return _Events(self._stream(pending, first), headers=headers)
         self.relay.close(task_id)
         if first.kind == "error":
             answer = error_response(failed(first.message), self._headers(task_id))
@@ -207,9 +226,9 @@ class Gateway:
             raise GatewayError(
                 429, "Too many requests wait on this node; try again.", "rate_limit", "busy"
             )
-        data = job_data(api, body, target, priority, client)
+        data = job_data(api, body, target, priority, client)  # what a journal would keep
         try:
-            job = parse_job(data, source="gateway request")
+            job = gateway_job(api, body, target, priority, client)
         except JobError as exc:
             raise GatewayError(400, str(exc), "invalid_request_error") from None
         try:
@@ -265,7 +284,7 @@ class Gateway:
             if result.output is not None:  # (an endpoint that would not stream: as it came)
                 return Response(result.output, media_type="application/json", headers=headers)
             headers = self._headers(task_id, stream=True)  # a stream without a chunk
-            return StreamingResponse(_once(_usage_chunk(task_id, rec) + DONE), headers=headers)
+            return _Events(_once(_usage_chunk(task_id, rec) + DONE), headers=headers)
         status = (result.usage or {}).get("status") if result is not None else None
         if result is not None and result.app_failed and isinstance(status, int) and result.output:
             # The endpoint's own answer to a request it refused (4xx): as it came.
@@ -316,6 +335,21 @@ def _usage_chunk(task_id: str, rec: Any) -> bytes:
         "usage": {k: usage.get(k) for k in ("prompt_tokens", "completion_tokens", "total_tokens")},
     }
     return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+
+class _Events(StreamingResponse):
+    """Server-sent events written as its iterator gives them, without starlette's
+    listener for the client's disconnect (a task group and a task per response, on the
+    path of the first token): the gateway hears of a client that goes through
+    ``on_client_gone``, which ends the iterator (and with it the task)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.stream_response(send)
+        finally:
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:
