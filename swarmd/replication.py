@@ -48,7 +48,12 @@ from .replica_store import ReplicaStore
 if TYPE_CHECKING:
     from .work import Coordination
 
-RELEASE_S = 2.0  # effects held for an unacknowledged put go out after this anyway
+# Effects held for an unacknowledged put go out after this anyway: a last resort
+# against a holder alive but wedged (a holder that cannot store refuses at once; one
+# that goes down is replaced). Short values re-run work: under load (acks after 4 s
+# were seen) a coordinator that releases early and then dies leaves a replica that
+# lacks what its workers run (chaos seed 111).
+RELEASE_S = 30.0
 RESEND_S = 1.0  # an unacknowledged put is sent again after this
 CONFIRM_S = 5.0  # restored tasks held this long for a replica holder's answer
 PUT_BYTES = 8 << 20  # a put's estimated size at most (a frame holds 16 MiB)
@@ -229,9 +234,11 @@ class Replication:
             return
         del self._unacked[m.seq]
         holder, put, first, _, drop = entry
-        tasks = [t.task for t in put.tasks if t.task not in set(m.refused)]
+        refused = set(m.refused)
+        tasks = [t.task for t in put.tasks if t.task not in refused]
         if not drop:
             self._note(holder, self.plan.acked(holder, tasks))
+            self._full.update(t for t in refused if self.plan.holder.get(t) == holder)
         for task_id in tasks:
             event = None if drop else self._waiters.pop(task_id, None)
             if event is not None:

@@ -142,9 +142,14 @@ class Successor:
                 self.log.info("holding the replica of task %s of %s", t.task, coordinator)
         try:
             self.store.put(coordinator, rows, inputs, inputs_at, artifacts)
-        except (sqlite3.Error, OSError) as exc:  # not durable: no ack, it is sent again
+        except (sqlite3.Error, OSError) as exc:
+            # Not durable: refused (the coordinator goes on without a replica here and
+            # sends the task whole next time), and not kept in memory either.
             self.log.warning("cannot store replicas of %s: %s", coordinator, exc)
-            return
+            self.counters["replica_puts_refused"] += 1
+            for task_id, *_ in rows:
+                self.book.replicas.pop(task_id, None)
+            refused = [t.task for t in m.tasks]
         self.counters["replica_puts_stored"] += 1
         self.send(m.coordinator.addr, ReplicaAck(seq=m.seq, refused=refused))
         if claims:
@@ -231,18 +236,21 @@ class Successor:
             return
         claims, current, stale = [], [], []
         for task_id in m.tasks:
-            if task_id in self.adopted_from and self.coordination.has_task(task_id):
-                claims.append(self._claim(task_id))
-            elif (held := self.book.replicas.get(task_id)) is not None and not held.adopted:
+            if (held := self.book.replicas.get(task_id)) is not None and not held.adopted:
+                # Another holder (or a restarted coordinator) asking: what is held here.
                 ref = NodeRef(held.coordinator, 0, 0, addr)
                 claims.append(TaskClaim(task_id, held.epoch, ref, False, held.version))
-            elif sender is not None:
-                # A holder asking about a replica of a task of this node's.
-                answer = self.replication.current_at(task_id, sender)
-                if answer is True:
-                    current.append(task_id)
-                elif answer is False:
-                    stale.append(task_id)
+                continue
+            if task_id in self.adopted_from and self.coordination.has_task(task_id):
+                claims.append(self._claim(task_id))  # (a former coordinator asking)
+            if sender is None:
+                continue
+            # A holder asking whether its replica of a task of this node's is current.
+            answer = self.replication.current_at(task_id, sender)
+            if answer is True:
+                current.append(task_id)
+            elif answer is False:
+                stale.append(task_id)
         for at in range(0, len(claims), _MAX_CLAIMS):
             self.send(addr, Succession(claims=claims[at : at + _MAX_CLAIMS]))
         if current and sender is not None:

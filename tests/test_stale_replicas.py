@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol.messages import Message, NodeRef
-from protocol.succession import ReplicaAck, ReplicaDrop, ReplicaPut, TaskQuery
+from protocol.succession import ReplicaAck, ReplicaDrop, ReplicaPut, Succession, TaskQuery
 from swarmd.core import tasks as core
 from swarmd.core.jobspec import parse_job
 from swarmd.core.succession import ReplicaBook, weight
@@ -154,6 +154,7 @@ def test_a_holder_asking_is_sent_the_task_again_or_told_to_drop_it(tmp_path: Pat
     c.run(c.coordinator.cancel("ended", c.clock()))
     c.flush()
     c.replication.plan.holder.update({"open-h": "h", "open-x": "x"})
+    c.successor.adopted_from["open-h"] = "z"  # adopted here from z (chaos seed 111)
     outbox.sent.clear()
     tasks = ["open-h", "open-x", "ended", "never-here"]
     c.successor.on_message(TaskQuery(tasks=tasks), "h")
@@ -162,6 +163,8 @@ def test_a_holder_asking_is_sent_the_task_again_or_told_to_drop_it(tmp_path: Pat
     assert sorted(drop.tasks) == ["ended", "never-here", "open-x"]
     (put,) = outbox.of(ReplicaPut)
     assert [(t.task, t.full) for t in put.tasks] == [("open-h", True)]
+    (claims,) = outbox.of(Succession)  # what a former coordinator asking needs to hear
+    assert [(cl.task, cl.adopted) for cl in claims.claims] == [("open-h", True)]
     assert all(addr == "h:7946" for addr, _m in outbox.sent)
 
 
@@ -225,3 +228,24 @@ def test_a_dispatch_of_a_task_relinquished_meanwhile_is_not_sent(tmp_path: Path)
     c.carry_out([stale])
     assert c.counters["dispatches_of_relinquished_tasks"] == 1
     assert outbox.sent == []
+
+
+def test_a_holder_that_cannot_store_refuses_and_keeps_nothing(tmp_path: Path) -> None:
+    import sqlite3
+
+    from protocol.succession import ReplicaRecord, ReplicaTask
+
+    outbox = Outbox()
+    h = coordination(tmp_path, outbox, node="h")
+
+    def full(*_a: Any, **_k: Any) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    h.successor.store.put = full
+    rows = [ReplicaRecord(k, d) for k, d in records("t1")]
+    item = ReplicaTask(task="t1", epoch=1, full=True, records=rows, version=1.0)
+    put = ReplicaPut(seq=7, coordinator=NodeRef("c", 1, 1, "c:7946"), tasks=[item])
+    h.successor.on_message(put, "c")
+    (ack,) = outbox.of(ReplicaAck)
+    assert (ack.seq, ack.refused) == (7, ["t1"])
+    assert "t1" not in h.successor.book.replicas

@@ -133,7 +133,7 @@ def test_logs_follow_a_running_command_live_and_then_print_it_whole(
     finally:
         follow.kill()
     assert follow.returncode == 0, err
-    assert first + rest == "".join(f"line{i}\n" for i in range(1, 7))
+    assert first + rest == "".join(f"line{i}\n" for i in range(1, 7)), err
     assert err == "bye\n"
     # Once it ended, logs (no -f) print it whole, from the committed result.
     done = swarmctl("logs", task, state_dir=coord.state_dir)
