@@ -219,6 +219,8 @@ def _print_status(status: dict[str, Any]) -> None:
     for sub in status.get("subtasks", []):
         extra = f" exit {sub['exit_code']}" if sub.get("exit_code") is not None else ""
         error = f"  error: {sub['error']}" if sub.get("error") else ""
+        if sub.get("engine_note"):  # e.g. queued on hpc (job 1234, reason Resources)
+            extra += f"  {sub['engine_note']}"
         click.echo(
             f"  {sub['id']:16} {sub['state']:10} peer={sub.get('peer') or '-'} "
             f"attempts={sub.get('attempts', 0)}{extra}{error}"

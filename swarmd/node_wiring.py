@@ -12,6 +12,7 @@ from .core.budget import Budgets
 from .core.failure import Liveness
 from .core.pricing import PeerCapacity
 from .core.tasks import CoordinatorConfig, NodeLoad
+from .engine_host import EngineHost
 from .enrollment import Enrollment
 from .executors import Limits
 from .forwarding import Forwarder
@@ -133,6 +134,8 @@ def _worker(
     node: Node, ident: LocalIdentity, own: OwnState, store: Store, membership: Membership
 ) -> Worker:
     cfg = node.config
+    if cfg.engines:
+        node.engines = EngineHost(cfg.engines, cfg.state_dir, node.log.getChild("engines"))
     node.worker = worker = Worker(
         node_id=ident.node_id,
         store=store,
@@ -147,6 +150,7 @@ def _worker(
         resources=own.resources(),
         limits=Limits(max_artifact_bytes=cfg.max_artifact_bytes),
         health=node.health,
+        engines=node.engines,
     )
     return worker
 

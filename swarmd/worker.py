@@ -15,7 +15,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -39,6 +39,9 @@ from .core.throughput import HERE, ThroughputTracker
 from .core.worker import AttemptKey
 from .executors import ExecRequest, ExecResult, Limits, execute
 from .executors.output import LiveOutput
+
+if TYPE_CHECKING:
+    from .engine_host import EngineHost
 from .http_client import HttpPool
 from .journal_health import RETRY_S, JournalHealth
 from .store import Store
@@ -119,8 +122,10 @@ class Worker:
         resources: tuple[int | None, int | None] = (None, None),  # RAM, largest GPU's VRAM
         spool_root: Path | None = None,
         health: JournalHealth | None = None,
+        engines: EngineHost | None = None,
     ) -> None:
         self.store = store
+        self.engines = engines  # [engines.NAME] this node fronts: shell attempts as jobs
         self.health = health
         self.send = send
         self.workdir_root = workdir_root
@@ -138,6 +143,7 @@ class Worker:
             models={name: m[2] for name, m in models.items()},
             ram_total=resources[0],
             vram_max=resources[1],
+            engines=engines.max_jobs if engines is not None else {},
         )
         self.core = core.WorkerCore(node_id, config, generation)
         self.running: dict[AttemptKey, asyncio.Task[None]] = {}
@@ -318,16 +324,20 @@ class Worker:
         # one up) for the many calls without any.
         spool = self.blobs.spool_for(key) if d.spec.get("outputs") else None
         try:
-            result = await execute(
-                request_of(d, self.models, spool),
-                workdir_root=self.workdir_root,
-                allow_shell=self.allow_shell,
-                limits=self.limits,
-                pool=self._python_pool() if d.spec.get("kind") == "python" else None,
-                http=self._llm_client() if d.spec.get("kind") == "llm" else None,
-                upstream=self._upstream,
-                live=live,
-                relay=self._relay(d) if d.spec.get("api") else None,
+            result = await (
+                self._engine_attempt(d, spool)
+                if d.spec.get("engine")
+                else execute(
+                    request_of(d, self.models, spool),
+                    workdir_root=self.workdir_root,
+                    allow_shell=self.allow_shell,
+                    limits=self.limits,
+                    pool=self._python_pool() if d.spec.get("kind") == "python" else None,
+                    http=self._llm_client() if d.spec.get("kind") == "llm" else None,
+                    upstream=self._upstream,
+                    live=live,
+                    relay=self._relay(d) if d.spec.get("api") else None,
+                )
             )
         except asyncio.CancelledError:
             # Still report how it ended: the coordinator fences it off if it moved on,
@@ -355,6 +365,40 @@ class Worker:
         if spool is not None and message.blob is None:
             self.blobs.drop(key)  # a blob it wrote before it failed or was stopped
         self._apply(self.core.on_finished(key, message, time.monotonic()))
+
+    async def _engine_attempt(self, d: Dispatch, spool: Path | None) -> ExecResult:
+        """A shell attempt as a job of the engine it names (swarmd/executors/engine.py);
+        what the engine says of it goes to the coordinator (``status`` shows it)."""
+        from .executors import engine as engine_executor
+
+        name = str(d.spec["engine"])
+        host = self.engines
+        if host is None or name not in host.engines:
+            return ExecResult.failure(f"no engine {name!r} on this node", app_failed=False)
+        if not self.allow_shell:
+            return ExecResult.failure("shell subtasks are disabled here", app_failed=False)
+
+        def told(line: str) -> None:
+            note = Progress(
+                task=d.task,
+                subtask=d.subtask,
+                attempt=d.attempt,
+                node=self.node_id,
+                note=f"engine: {line}"[:200],
+                load=self.core.load,
+            )
+            self.send(self._addr((d.task, d.subtask, d.attempt), d), note)
+
+        min_ram, min_vram = d.spec.get("min_ram") or 0, d.spec.get("min_vram") or 0
+        resources = {"mem_mb": int(min_ram) // (1 << 20), "gpus": 1 if min_vram else 0}
+        return await engine_executor.run(
+            request_of(d, self.models, spool),
+            host.engines[name],
+            workdir_root=host.workdirs[name],
+            limits=self.limits,
+            progress=told,
+            resources=resources,
+        )
 
     async def _stream(self, key: AttemptKey, d: Dispatch, live: LiveOutput) -> None:
         """A running shell attempt's new output to its coordinator, every LIVE_S (for

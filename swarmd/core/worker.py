@@ -90,6 +90,9 @@ class WorkerConfig:
     # more than the node has is refused, whatever its coordinator believed.
     ram_total: int | None = None  # bytes
     vram_max: int | None = None  # the largest GPU's memory, bytes (0: no GPU)
+    # The engines this node fronts ([engines.NAME]) -> jobs held at once: a shell
+    # attempt naming one runs as its job, outside the slots (swarmd/executors/engine.py).
+    engines: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def queue_limit(self) -> int:
@@ -109,6 +112,7 @@ class _Held:
     started: float | None = None  # when it started running (shell/python)
     told: bool = False  # its coordinator heard it started
     cancelled: bool = False  # by its coordinator
+    engine: str | None = None  # runs as a job of this engine, outside the slots
 
 
 @dataclass(slots=True)
@@ -137,6 +141,7 @@ class WorkerCore:
         self._queued: deque[AttemptKey] = deque()  # shell/python, in arrival order
         self._running_slots = 0
         self._model_use: Counter[str] = Counter()
+        self._engine_use: Counter[str] = Counter()
         self._run_s: float | None = None  # shell/python attempts' run time, an EWMA
         self.outbox: dict[AttemptKey, _Outgoing] = {}
         # Attempts whose result was acknowledged: a late copy of their dispatch (sent
@@ -216,6 +221,12 @@ class WorkerCore:
                 load=self.load,
             )
             return [Send(d.coordinator.addr, reply)]
+        engine = d.spec.get("engine")
+        if isinstance(engine, str):
+            self.held[key] = _Held(d, None, now + self._beat_every(d), engine=engine)
+            self.counters["accepted"] += 1
+            self._engine_use[engine] += 1
+            return self._start(key, now)
         model = d.model if d.spec.get("kind") == "llm" else None
         # Queued: told soon (before its coordinator would dispatch it again), then as due.
         first = min(self._beat_every(d), self.config.queued_notice_s)
@@ -296,6 +307,9 @@ class WorkerCore:
         if self.draining:
             return "draining"
         kind = d.spec.get("kind", "shell")
+        engine = d.spec.get("engine")
+        if engine is not None:
+            return self._engine_refusal(kind, engine)
         if kind == "llm":
             limit = self.config.models.get(d.model or "")
             if limit is None:
@@ -312,6 +326,18 @@ class WorkerCore:
             return "no shell/python slots on this node"
         if self.load >= self.config.slots + self.queue_limit:
             return "all slots busy"
+        return None
+
+    def _engine_refusal(self, kind: str, engine: object) -> str | None:
+        limit = self.config.engines.get(engine) if isinstance(engine, str) else None
+        if limit is None:
+            return f"no engine {engine!r} on this node"
+        if kind != "shell":
+            return f"engines run shell subtasks only, not {kind}"
+        if not self.config.allow_shell:
+            return SHELL_DISABLED
+        if self._engine_use[str(engine)] >= limit:
+            return f"engine {engine}: {limit} jobs held (max_jobs)"
         return None
 
     def _lacking(self, spec: Mapping[str, Any]) -> str | None:
@@ -371,7 +397,7 @@ class WorkerCore:
         held = self.held[key]
         held.running = True
         held.next_beat = now + self.config.start_notice_s
-        if held.model is None:
+        if held.model is None and held.engine is None:
             self._running_slots += 1
             held.started = now
         return [Start(key, held.dispatch)]
@@ -418,6 +444,8 @@ class WorkerCore:
             return []
         if held.model is not None:
             self._model_use[held.model] -= 1
+        elif held.engine is not None:
+            self._engine_use[held.engine] -= 1
         elif held.running:
             self._running_slots -= 1
             if held.started is not None:
