@@ -73,7 +73,7 @@ def test_sacct_rows() -> None:
     ("row", "exit_file", "expected"),
     [
         (JobRow("1", "PENDING", "Resources"), None, JobStatus("queued", "Resources")),
-        (JobRow("1", "PENDING", "None"), None, JobStatus("queued", "pending")),
+        (JobRow("1", "PENDING", "None"), None, JobStatus("queued", "")),
         (JobRow("1", "RUNNING", "None"), None, JobStatus("running", "")),
         (JobRow("1", "COMPLETING", "None"), None, JobStatus("running", "")),
         (JobRow("1", "COMPLETED", "None", 0), 0, JobStatus("succeeded", "", 0)),
@@ -112,6 +112,7 @@ def test_wait_estimate() -> None:
     idle = Nodes(2, 2, 0, 100)
     full = Nodes(0, 2, 0, 0)
     assert estimate_wait(idle, 0, 0, []) == 0.0
+    assert estimate_wait(idle, 0, 1, []) == 0.0  # one waits, but two CPUs are idle
     assert estimate_wait(full, 2, 1, [30.0, 90.0]) == 90.0
     assert estimate_wait(full, 2, 1, []) == 60.0  # (1 ahead + this one) x 60 s / 2 CPUs
     now = 1893456000.0

@@ -116,7 +116,7 @@ def phase_of(row: JobRow, exit_file: int | None) -> JobStatus:
     reason = "" if row.reason in ("None", "(null)") else row.reason
     phase: JobPhase
     if state in _QUEUED:
-        return JobStatus("queued", reason or state.lower())
+        return JobStatus("queued", reason)
     if state in _RUNNING:
         return JobStatus("running", reason)
     if state == "COMPLETED":
@@ -208,10 +208,10 @@ def parse_start_times(out: str, now: float) -> list[float]:
 
 
 def estimate_wait(nodes: Nodes, running: int, pending: int, starts: Sequence[float]) -> float:
-    """The queue wait of a new one-CPU job: none while a CPU is idle and nothing waits;
+    """The queue wait of a new one-CPU job: none while more CPUs are idle than jobs wait;
     else the last expected start of the jobs ahead, or without Slurm's estimates a
     minute per job ahead per CPU."""
-    if nodes.cpus_idle > 0 and pending == 0:
+    if nodes.cpus_idle > pending:  # the jobs ahead (and this one) fit in idle CPUs
         return 0.0
     if starts:
         return max(starts)
