@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import msgspec
 
 from protocol import codec
 from protocol.messages import (
@@ -398,7 +399,26 @@ class Worker:
             limits=self.limits,
             progress=told,
             resources=resources,
+            keepsake=codec.encode(msgspec.structs.replace(d, inputs={})),
         )
+
+    def readopt_engine_jobs(self) -> None:
+        """Follow the engine jobs this node submitted before it restarted (a crash left
+        them running): their attempts are held again, nothing is submitted twice."""
+        from .executors.engine import adoptable
+
+        host = self.engines
+        if host is None:
+            return
+        for name, root in host.workdirs.items():
+            for kept in adoptable(root, name):
+                try:
+                    d = codec.decode(kept)
+                except codec.ProtocolError:
+                    continue
+                if isinstance(d, Dispatch) and d.spec.get("engine") == name:
+                    self.log.info("engine %s: following %s/%s#%d again", name, *core.key_of(d))
+                    self._apply(self.core.readopt(d, time.monotonic()))
 
     async def _stream(self, key: AttemptKey, d: Dispatch, live: LiveOutput) -> None:
         """A running shell attempt's new output to its coordinator, every LIVE_S (for
@@ -470,6 +490,7 @@ class Worker:
 
     async def timer_loop(self) -> None:
         """Progress and resends when the core says they are due."""
+        self.readopt_engine_jobs()
         while True:
             self._apply(self.core.tick(time.monotonic()))
             wakeup = self.core.next_wakeup()

@@ -235,3 +235,29 @@ def test_a_job_cancelled_outside_swarmd_is_retried(swarm: Swarm) -> None:
 
 def test_a_job_whose_node_goes_down_is_retried(swarm: Swarm) -> None:
     _retried(swarm, "j4", "node-down")
+
+
+def test_a_restarted_worker_follows_its_job_again_without_submitting_twice(
+    swarm: Swarm,
+) -> None:
+    task = swarm.submit(
+        """
+[[subtask]]
+id = "steady"
+kind = "shell"
+engine = "slurm"
+run = ["sh", "-c", "sleep 6; echo done-$SWARMD_ATTEMPT"]
+""",
+        "j5",
+    )
+    job = wait_until(lambda: _slurm_job_of(swarm, task, "steady", "running"), 30, what="running")
+    swarm.login.kill()  # a crash: the job goes on in Slurm
+    assert (job, "RUNNING") in swarm.cluster.jobs()
+    swarm.login.start().wait_ready()
+    status = swarm.finished(task, timeout=60)
+    assert status["state"] == "done", (status, swarm.logs())
+    assert status["subtasks"][0]["attempts"] == 1
+    assert swarm.ctl("result", task)["subtasks"]["steady"]["stdout"] == "done-1\n"
+    names = swarm.cluster.run("squeue", "-h", "-t", "all", "-o", "%j").stdout.split()
+    assert sum(task[:12] in n for n in names) == 1, names  # one job for the task, ever
+    assert "following" in swarm.login.log()

@@ -238,6 +238,21 @@ class WorkerCore:
         self._queued.append(key)
         return self._start_queued(now)
 
+    def readopt(self, d: Dispatch, now: float) -> list[Effect]:
+        """An engine attempt this node started before it restarted (its job still in
+        the engine): held again and followed, as if just dispatched (no admission: it
+        was admitted then)."""
+        key = key_of(d)
+        engine = d.spec.get("engine")
+        if key in self.held or key in self.outbox or key in self._done:
+            return []
+        if not isinstance(engine, str) or engine not in self.config.engines:
+            return []
+        self.held[key] = _Held(d, None, now, engine=engine, told=True)
+        self._engine_use[engine] += 1
+        self.counters["engine_readopted"] += 1
+        return self._start(key, now)
+
     def _fenced(self, d: Dispatch) -> list[Effect] | None:
         """A dispatch of a superseded coordinator epoch: refused, and its sender told
         who coordinates the task now. Else the epoch is learnt (None)."""

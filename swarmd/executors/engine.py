@@ -14,14 +14,22 @@ reason Resources)", "running on hpc (job 1234)") goes to ``progress``.
 - the engine failed, lost or preempted the job, someone cancelled it outside swarmd,
   or the engine cannot be reached for ``UNREACHABLE_S``: the attempt is lost, not the
   subtask's failure (retried as usual).
+
+The job's id and the dispatch are kept in the attempt's directory (``.swarmd-job``,
+``.swarmd-dispatch``) while it is followed: a worker that crashed and restarts finds
+them (:func:`adoptable`) and follows the job again, and a dispatch of an attempt
+already submitted follows its job: nothing is submitted twice. (A worker that stops
+on purpose cancels its jobs first: it hands its attempts back.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Final
 
@@ -35,6 +43,52 @@ UNREACHABLE_S: Final = 60.0  # the engine not answering this long: the attempt i
 UNKNOWN_POLLS: Final = 3  # the engine not knowing the job this many times: lost
 CANCEL_TIMEOUT_S: Final = 15.0
 FINAL_WAIT_S: Final = 10.0  # after a cancel at the deadline: how long to wait for its end
+JOB_RECORD: Final = ".swarmd-job"  # in the attempt's directory: {"engine", "job"}
+DISPATCH_RECORD: Final = ".swarmd-dispatch"  # and the dispatch (the worker's, to re-adopt)
+
+
+def _write_records(cwd: Path, engine: str, job_id: str, keepsake: bytes | None) -> None:
+    """The job's id (and the dispatch) in the attempt's directory, each written whole."""
+    files = [(JOB_RECORD, json.dumps({"engine": engine, "job": job_id}).encode())]
+    if keepsake is not None:
+        files.insert(0, (DISPATCH_RECORD, keepsake))
+    for name, data in files:
+        tmp = cwd / f"{name}.tmp"
+        with contextlib.suppress(OSError):
+            tmp.write_bytes(data)
+            os.replace(tmp, cwd / name)
+
+
+def _read_job(path: Path, engine: str) -> str | None:
+    try:
+        record = json.loads((path / JOB_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    job = record.get("job") if isinstance(record, dict) else None
+    if record.get("engine") != engine or not isinstance(job, str) or not job:
+        return None
+    return job
+
+
+def _recorded(req: ExecRequest, engine: str, root: Path) -> tuple[Path, str] | None:
+    """The attempt's directory and job id if it was submitted to ``engine`` already."""
+    try:
+        path = workdir.attempt_dir(root, req.task_id, req.subtask_id, req.attempt)
+    except workdir.WorkdirError:
+        return None
+    job = _read_job(path, engine)
+    return None if job is None else (path, job)
+
+
+def adoptable(root: Path, engine: str) -> Iterator[bytes]:
+    """The dispatches (as kept) of the jobs submitted to ``engine`` from under ``root``
+    that were still followed when the worker stopped."""
+    for record in sorted(root.glob(f"*/*/*/{JOB_RECORD}")):
+        path = record.parent
+        if _read_job(path, engine) is None:
+            continue
+        with contextlib.suppress(OSError):
+            yield (path / DISPATCH_RECORD).read_bytes()
 
 
 def job_note(engine: str, job_id: str, status: JobStatus) -> str:
@@ -75,8 +129,20 @@ async def run(
     progress: Progress | None = None,
     resources: Mapping[str, int] | None = None,
     keep: bool = False,
+    keepsake: bytes | None = None,
 ) -> ExecResult:
+    """Run the attempt as a job; ``keepsake`` (the encoded dispatch) is kept beside the
+    job's id in the attempt's directory until it ends: a worker that restarts finds
+    both there (:func:`adoptable`) and follows the job instead of submitting again."""
     started = time.monotonic()
+    adopted = _recorded(req, engine.name, workdir_root)
+    if adopted is not None:  # submitted before this worker restarted: follow it
+        cwd, job_id = adopted
+        try:
+            return await _follow(req, engine, job_id, cwd, limits, progress, started)
+        finally:
+            if not keep:
+                workdir.remove(cwd)
     if req.kind != "shell":
         return ExecResult.failure(
             f"engine {engine.name} runs shell subtasks only, not {req.kind}", app_failed=True
@@ -95,6 +161,7 @@ async def run(
             job_id = await engine.submit(job)
         except EngineError as exc:
             return ExecResult.failure(f"engine {engine.name}: {exc}", app_failed=False)
+        await workdir.off_loop(_write_records, cwd, engine.name, job_id, keepsake)
         return await _follow(req, engine, job_id, cwd, limits, progress, started)
     finally:
         if not keep:

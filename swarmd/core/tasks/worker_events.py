@@ -165,11 +165,13 @@ class WorkerEvents(Lifecycle):
         )
 
     def on_peer_dead(self, node_id: str, now: float) -> list[Effect]:
-        """The node is dead, left, or restarted: every attempt out on it is lost."""
+        """The node is dead, left, or restarted: every attempt out on it is lost, but
+        for engine jobs (held by the engine, not by the node: a node back within the
+        lease follows them again; else the lease lapses)."""
         batch = Batch()
         for rec in list(self._in_flight.values()):
             current = rec.current
-            if current is not None and current.node_id == node_id:
+            if current is not None and current.node_id == node_id and current.engine is None:
                 task = self._tasks[rec.task_id]
                 self._attempt_failed(batch, task, rec, current, "lost", "node lost", now)
         return self._finish(batch)
