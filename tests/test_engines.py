@@ -178,6 +178,38 @@ def test_engines_config(tmp_path: Path) -> None:
     assert ray.address == "http://127.0.0.1:8265" and ray.workdir_in(tmp_path).name == "r"
 
 
+CONTRACT_ENGINES = """\
+[engines.hpc]
+kind = "slurm"                 # slurm | ray
+partition = "gpu"
+workdir = "/shared/swarmd"     # visible to the compute nodes
+sbatch_args = ["--account=lab"]
+overflow_only = false
+
+[engines.ray]
+kind = "ray"
+address = "http://127.0.0.1:8265"
+"""
+
+
+def test_the_contract_engines_example(tmp_path: Path) -> None:
+    path = tmp_path / "swarmd.toml"
+    path.write_text(CONTRACT_ENGINES)
+    hpc, ray = load(path, {}, state_dir=tmp_path).engines
+    assert (hpc.kind, hpc.partition, hpc.workdir, hpc.overflow_only) == (
+        "slurm",
+        "gpu",
+        Path("/shared/swarmd"),
+        False,
+    )
+    assert (ray.kind, ray.address, ray.max_jobs, ray.poll_s) == (
+        "ray",
+        "http://127.0.0.1:8265",
+        64,
+        5.0,
+    )
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
