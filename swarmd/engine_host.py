@@ -19,6 +19,15 @@ CAPACITY_TIMEOUT_S = 30.0
 Publish = Callable[[str, Any], object]
 
 
+def _build(cfg: EngineConfig) -> Engine:
+    try:
+        return build(cfg)
+    except ImportError as exc:
+        raise ValueError(f"engine {cfg.name}: kind {cfg.kind!r} is not available: {exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"engine {cfg.name}: {exc}") from None
+
+
 class EngineHost:
     def __init__(
         self,
@@ -29,7 +38,8 @@ class EngineHost:
     ) -> None:
         self.configs = {c.name: c for c in configs}
         self.log = log
-        self.engines: dict[str, Engine] = engines or {c.name: build(c) for c in configs}
+        # A ValueError names the engine whose settings its adapter refused.
+        self.engines: dict[str, Engine] = engines or {c.name: _build(c) for c in configs}
         self.workdirs = {c.name: c.workdir_in(state_dir) for c in configs}
         self.capacity: dict[str, EngineCapacity | None] = {c.name: None for c in configs}
         self.errors: dict[str, str | None] = {c.name: None for c in configs}

@@ -21,7 +21,7 @@ from .membership import Membership
 from .own_state import OwnState
 from .peer_view import PricingView
 from .replication import Replication
-from .statedir import LocalIdentity
+from .statedir import LocalIdentity, StartupError
 from .store import Store
 from .successor import Successor
 from .trust import Trust
@@ -135,7 +135,10 @@ def _worker(
 ) -> Worker:
     cfg = node.config
     if cfg.engines:
-        node.engines = EngineHost(cfg.engines, cfg.state_dir, node.log.getChild("engines"))
+        try:
+            node.engines = EngineHost(cfg.engines, cfg.state_dir, node.log.getChild("engines"))
+        except ValueError as exc:  # an adapter refused its settings
+            raise StartupError(f"[engines]: {exc}") from None
     node.worker = worker = Worker(
         node_id=ident.node_id,
         store=store,
