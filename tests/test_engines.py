@@ -156,6 +156,29 @@ def test_a_missing_slurm_is_an_engine_error(tmp_path: Path) -> None:
     asyncio.run(go())
 
 
+def test_status_of_many_jobs_shares_one_squeue() -> None:
+    engine = SlurmEngine("hpc")
+    calls: list[tuple[str, ...]] = []
+
+    async def fake_run(*argv: str, ok_codes: tuple[int, ...] = (0,)) -> tuple[int, str, str]:
+        calls.append(argv)
+        await asyncio.sleep(0.01)
+        ids = argv[argv.index("-j") + 1].split(",")
+        return 0, "".join(f"{i}|RUNNING|None|0|/w/{i}|\n" for i in ids if i != "99"), ""
+
+    engine.run = fake_run  # type: ignore[method-assign]
+
+    async def go() -> list[JobStatus]:
+        return await asyncio.gather(*(engine.status(str(i)) for i in range(1, 11)))
+
+    statuses = asyncio.run(go())
+    assert all(s.phase == "running" for s in statuses)
+    # one squeue for all ten (each registered itself before waiting for the query)
+    assert len(calls) == 1 and calls[0][calls[0].index("-j") + 1] == "1,2,3,4,5,6,7,8,9,10"
+    asyncio.run(go())  # again at once: the rows are still fresh
+    assert len(calls) == 1
+
+
 # ---------------------------------------------------------------- config
 
 

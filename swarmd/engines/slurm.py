@@ -41,6 +41,9 @@ SCRIPT: Final = "job.sh"
 EXIT_FILE: Final = "exit"
 SLURM_OUT: Final = "slurm.out"  # Slurm's own output of the wrapper (errors before the command)
 UNKNOWN_JOB: Final = "Invalid job id"
+BATCH_S: Final = 0.25  # a job's squeue row is this fresh at most when shared
+FOLLOWED_S: Final = 120.0  # a job not asked about this long is not queried any more
+MAX_BATCH: Final = 500  # job ids in one squeue
 
 # squeue/sacct states -> phases (squeue -O State gives the long names).
 _QUEUED: Final = frozenset(
@@ -274,6 +277,10 @@ class SlurmEngine:
         if slurm_conf:
             self.env = dict(os.environ, SLURM_CONF=slurm_conf)
         self._workdirs: dict[str, Path] = {}  # job id -> workdir, for jobs submitted here
+        self._followed: dict[str, float] = {}  # job id -> when its status was last asked
+        self._rows: dict[str, JobRow | None] = {}  # the last squeue of them all
+        self._rows_at = -math.inf
+        self._query_lock = asyncio.Lock()
 
     async def run(self, *argv: str, ok_codes: tuple[int, ...] = (0,)) -> tuple[int, str, str]:
         """Run a Slurm command; (rc, stdout, stderr). EngineError when it cannot be run,
@@ -335,6 +342,7 @@ class SlurmEngine:
         _, out, _ = await self.run(*self.sbatch_argv(job))
         job_id = parse_sbatch(out)
         self._workdirs[job_id] = job.workdir
+        self._followed[job_id] = time.monotonic()
         while len(self._workdirs) > 10_000:
             del self._workdirs[next(iter(self._workdirs))]
         return job_id
@@ -342,12 +350,8 @@ class SlurmEngine:
     async def status(self, job_id: str) -> JobStatus:
         if not job_id.isdigit():
             return JobStatus("unknown", f"not a Slurm job id: {job_id!r}")
-        rc, out, err = await self.run(
-            "squeue", "-h", "-t", "all", "-j", job_id, "-O", _SQUEUE_FORMAT, ok_codes=(0, 1)
-        )
-        if rc != 0 and UNKNOWN_JOB not in err:
-            raise EngineError(f"squeue exited {rc}: {err.strip()[-300:]}")
-        rows = [r for r in parse_squeue(out) if r.job_id == job_id]
+        row = await self._squeue_row(job_id)
+        rows = [row] if row is not None else []
         if not rows:
             rows = await self._sacct(job_id)
         if not rows:
@@ -358,7 +362,43 @@ class SlurmEngine:
             return JobStatus("unknown", "Slurm does not know the job (any more)")
         row = rows[0]
         workdir = row.workdir or str(self._workdirs.get(job_id, ""))
-        return phase_of(row, read_exit_file(workdir))
+        status = phase_of(row, read_exit_file(workdir))
+        if status.terminal:
+            self._followed.pop(job_id, None)
+        return status
+
+    async def _squeue_row(self, job_id: str) -> JobRow | None:
+        """The job as squeue shows it. One squeue asks for every job followed lately:
+        the attempts that poll at about the same time share it (at most one query every
+        BATCH_S, however many jobs are followed)."""
+        self._followed[job_id] = time.monotonic()  # before the wait: the next query has it
+        async with self._query_lock:
+            now = time.monotonic()
+            if job_id in self._rows and now - self._rows_at < BATCH_S:
+                return self._rows[job_id]
+            await asyncio.sleep(0)  # the attempts polling now register first
+            for old in [j for j, at in self._followed.items() if now - at > FOLLOWED_S]:
+                del self._followed[old]
+            asked = sorted(self._followed, key=int)[-MAX_BATCH:]
+            if job_id not in asked:
+                asked.append(job_id)
+            rc, out, err = await self.run(
+                "squeue",
+                "-h",
+                "-t",
+                "all",
+                "-j",
+                ",".join(asked),
+                "-O",
+                _SQUEUE_FORMAT,
+                ok_codes=(0, 1),
+            )
+            if rc != 0 and UNKNOWN_JOB not in err:
+                raise EngineError(f"squeue exited {rc}: {err.strip()[-300:]}")
+            rows = {r.job_id: r for r in parse_squeue(out)}
+            self._rows = {j: rows.get(j) for j in asked}
+            self._rows_at = time.monotonic()
+            return self._rows.get(job_id)
 
     async def _sacct(self, job_id: str) -> list[JobRow]:
         """The job from accounting; [] when accounting is off or does not know it."""
