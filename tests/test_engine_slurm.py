@@ -261,3 +261,47 @@ run = ["sh", "-c", "sleep 6; echo done-$SWARMD_ATTEMPT"]
     names = swarm.cluster.run("squeue", "-h", "-t", "all", "-o", "%j").stdout.split()
     assert sum(task[:12] in n for n in names) == 1, names  # one job for the task, ever
     assert "following" in swarm.login.log()
+
+
+def test_a_timeout_cancels_the_job(swarm: Swarm) -> None:
+    task = swarm.submit(
+        """
+[[subtask]]
+id = "slow"
+kind = "shell"
+engine = "slurm"
+timeout = "3s"
+run = ["sleep", "120"]
+""",
+        "j6",
+    )
+    status = swarm.finished(task)
+    slow = status["subtasks"][0]
+    assert status["state"] == "failed" and "timed out after 3s" in slow["error"], status
+    assert slow["attempts"] == 1  # the subtask's own failure: not retried
+    wait_until(lambda: swarm.cluster.jobs() == [], 15, what="no job left in squeue")
+
+
+def test_pricing_sends_work_to_the_engine_when_the_lan_is_full(swarm: Swarm) -> None:
+    # 3 LAN slots (lan 2, login 1); subtasks of 4 s: past the third, a LAN slot is 5 s
+    # away per subtask ahead, the idle engine 1 s: the later ones go to Slurm
+    subtasks = "".join(
+        f'[[subtask]]\nid = "w{i}"\nkind = "shell"\nestimate = "4s"\n'
+        f'run = ["sh", "-c", "echo job=${{SLURM_JOB_ID:-none}}; sleep 4"]\n'
+        for i in range(6)
+    )
+    task = swarm.submit(subtasks, "j7")
+    status = swarm.finished(task, timeout=90)
+    assert status["state"] == "done", (status, swarm.logs())
+    on_engine = [s for s in status["subtasks"] if s.get("engine") == "slurm"]
+    assert on_engine, status
+    result = swarm.ctl("result", task)["subtasks"]
+    for s in on_engine:
+        assert re.match(r"job=\d+$", result[s["id"]]["stdout"].strip()), result[s["id"]]
+    explain = swarm.ctl("explain", task)
+    chosen = [
+        next(r for r in s["candidates"] if r["chosen"])
+        for s in explain["subtasks"]
+        if s["id"] in {x["id"] for x in on_engine}
+    ]
+    assert all(r["basis"].startswith("engine slurm (slurm): queue") for r in chosen), chosen
