@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
-import msgspec
 
 from protocol import codec
 from protocol.messages import (
@@ -35,6 +34,7 @@ from protocol.messages import (
     TaskClaim,
 )
 
+from . import worker_engines
 from .core import worker as core
 from .core.throughput import HERE, ThroughputTracker
 from .core.worker import AttemptKey
@@ -326,7 +326,7 @@ class Worker:
         spool = self.blobs.spool_for(key) if d.spec.get("outputs") else None
         try:
             result = await (
-                self._engine_attempt(d, spool)
+                worker_engines.engine_attempt(self, d, spool)
                 if d.spec.get("engine")
                 else execute(
                     request_of(d, self.models, spool),
@@ -366,59 +366,6 @@ class Worker:
         if spool is not None and message.blob is None:
             self.blobs.drop(key)  # a blob it wrote before it failed or was stopped
         self._apply(self.core.on_finished(key, message, time.monotonic()))
-
-    async def _engine_attempt(self, d: Dispatch, spool: Path | None) -> ExecResult:
-        """A shell attempt as a job of the engine it names (swarmd/executors/engine.py);
-        what the engine says of it goes to the coordinator (``status`` shows it)."""
-        from .executors import engine as engine_executor
-
-        name = str(d.spec["engine"])
-        host = self.engines
-        if host is None or name not in host.engines:
-            return ExecResult.failure(f"no engine {name!r} on this node", app_failed=False)
-        if not self.allow_shell:
-            return ExecResult.failure("shell subtasks are disabled here", app_failed=False)
-
-        def told(line: str) -> None:
-            note = Progress(
-                task=d.task,
-                subtask=d.subtask,
-                attempt=d.attempt,
-                node=self.node_id,
-                note=f"engine: {line}"[:200],
-                load=self.core.load,
-            )
-            self.send(self._addr((d.task, d.subtask, d.attempt), d), note)
-
-        min_ram, min_vram = d.spec.get("min_ram") or 0, d.spec.get("min_vram") or 0
-        resources = {"mem_mb": int(min_ram) // (1 << 20), "gpus": 1 if min_vram else 0}
-        return await engine_executor.run(
-            request_of(d, self.models, spool),
-            host.engines[name],
-            workdir_root=host.workdirs[name],
-            limits=self.limits,
-            progress=told,
-            resources=resources,
-            keepsake=codec.encode(msgspec.structs.replace(d, inputs={})),
-        )
-
-    def readopt_engine_jobs(self) -> None:
-        """Follow the engine jobs this node submitted before it restarted (a crash left
-        them running): their attempts are held again, nothing is submitted twice."""
-        from .executors.engine import adoptable
-
-        host = self.engines
-        if host is None:
-            return
-        for name, root in host.workdirs.items():
-            for kept in adoptable(root, name):
-                try:
-                    d = codec.decode(kept)
-                except codec.ProtocolError:
-                    continue
-                if isinstance(d, Dispatch) and d.spec.get("engine") == name:
-                    self.log.info("engine %s: following %s/%s#%d again", name, *core.key_of(d))
-                    self._apply(self.core.readopt(d, time.monotonic()))
 
     async def _stream(self, key: AttemptKey, d: Dispatch, live: LiveOutput) -> None:
         """A running shell attempt's new output to its coordinator, every LIVE_S (for
@@ -490,7 +437,7 @@ class Worker:
 
     async def timer_loop(self) -> None:
         """Progress and resends when the core says they are due."""
-        self.readopt_engine_jobs()
+        worker_engines.readopt(self)
         while True:
             self._apply(self.core.tick(time.monotonic()))
             wakeup = self.core.next_wakeup()

@@ -54,6 +54,7 @@ from protocol.messages import (
 from .jobspec.wording import format_size
 from .succession import EpochBook
 from .worker_effects import AttemptKey, Effect, Persist, Send, Start, Stop, Unpersist
+from .worker_engines import EngineJobs
 
 __all__ = [
     "AttemptKey",
@@ -141,7 +142,7 @@ class WorkerCore:
         self._queued: deque[AttemptKey] = deque()  # shell/python, in arrival order
         self._running_slots = 0
         self._model_use: Counter[str] = Counter()
-        self._engine_use: Counter[str] = Counter()
+        self.engine_jobs = EngineJobs()
         self._run_s: float | None = None  # shell/python attempts' run time, an EWMA
         self.outbox: dict[AttemptKey, _Outgoing] = {}
         # Attempts whose result was acknowledged: a late copy of their dispatch (sent
@@ -221,17 +222,13 @@ class WorkerCore:
                 load=self.load,
             )
             return [Send(d.coordinator.addr, reply)]
-        engine = d.spec.get("engine")
-        if isinstance(engine, str):
-            self.held[key] = _Held(d, None, now + self._beat_every(d), engine=engine)
-            self.counters["accepted"] += 1
-            self._engine_use[engine] += 1
-            return self._start(key, now)
+        self.counters["accepted"] += 1
+        if isinstance(engine := d.spec.get("engine"), str):
+            return self._hold_engine_job(d, engine, now, told=False)
         model = d.model if d.spec.get("kind") == "llm" else None
         # Queued: told soon (before its coordinator would dispatch it again), then as due.
         first = min(self._beat_every(d), self.config.queued_notice_s)
         self.held[key] = _Held(d, model, now + first)
-        self.counters["accepted"] += 1
         if model is not None:
             self._model_use[model] += 1
             return self._start(key, now)
@@ -242,15 +239,18 @@ class WorkerCore:
         """An engine attempt this node started before it restarted (its job still in
         the engine): held again and followed, as if just dispatched (no admission: it
         was admitted then)."""
-        key = key_of(d)
-        engine = d.spec.get("engine")
+        key, engine = key_of(d), d.spec.get("engine")
         if key in self.held or key in self.outbox or key in self._done:
             return []
         if not isinstance(engine, str) or engine not in self.config.engines:
             return []
-        self.held[key] = _Held(d, None, now, engine=engine, told=True)
-        self._engine_use[engine] += 1
         self.counters["engine_readopted"] += 1
+        return self._hold_engine_job(d, engine, now, told=True)
+
+    def _hold_engine_job(self, d: Dispatch, engine: str, now: float, told: bool) -> list[Effect]:
+        key = key_of(d)
+        self.held[key] = _Held(d, None, now, engine=engine, told=told)
+        self.engine_jobs.held[engine] += 1
         return self._start(key, now)
 
     def _fenced(self, d: Dispatch) -> list[Effect] | None:
@@ -324,7 +324,8 @@ class WorkerCore:
         kind = d.spec.get("kind", "shell")
         engine = d.spec.get("engine")
         if engine is not None:
-            return self._engine_refusal(kind, engine)
+            c = self.config
+            return self.engine_jobs.refusal(c.engines, kind, engine, c.allow_shell)
         if kind == "llm":
             limit = self.config.models.get(d.model or "")
             if limit is None:
@@ -341,18 +342,6 @@ class WorkerCore:
             return "no shell/python slots on this node"
         if self.load >= self.config.slots + self.queue_limit:
             return "all slots busy"
-        return None
-
-    def _engine_refusal(self, kind: str, engine: object) -> str | None:
-        limit = self.config.engines.get(engine) if isinstance(engine, str) else None
-        if limit is None:
-            return f"no engine {engine!r} on this node"
-        if kind != "shell":
-            return f"engines run shell subtasks only, not {kind}"
-        if not self.config.allow_shell:
-            return SHELL_DISABLED
-        if self._engine_use[str(engine)] >= limit:
-            return f"engine {engine}: {limit} jobs held (max_jobs)"
         return None
 
     def _lacking(self, spec: Mapping[str, Any]) -> str | None:
@@ -460,7 +449,7 @@ class WorkerCore:
         if held.model is not None:
             self._model_use[held.model] -= 1
         elif held.engine is not None:
-            self._engine_use[held.engine] -= 1
+            self.engine_jobs.held[held.engine] -= 1
         elif held.running:
             self._running_slots -= 1
             if held.started is not None:
