@@ -326,7 +326,7 @@ class Worker:
         spool = self.blobs.spool_for(key) if d.spec.get("outputs") else None
         try:
             result = await (
-                worker_engines.engine_attempt(self, d, spool)
+                worker_engines.engine_attempt(self, d, spool, live)
                 if d.spec.get("engine")
                 else execute(
                     request_of(d, self.models, spool),

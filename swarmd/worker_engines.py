@@ -17,6 +17,7 @@ from protocol.messages import Dispatch, Progress
 from .core import worker as core
 from .executors import ExecResult
 from .executors import engine as engine_executor
+from .executors.output import LiveOutput
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -24,7 +25,9 @@ if TYPE_CHECKING:
 ENGINE_NOTE = "engine:"  # how an engine's word starts a progress note (worker_events.py)
 
 
-async def engine_attempt(worker: Worker, d: Dispatch, spool: Path | None) -> ExecResult:
+async def engine_attempt(
+    worker: Worker, d: Dispatch, spool: Path | None, live: LiveOutput | None = None
+) -> ExecResult:
     """Run ``d`` as a job of the engine its spec names; its result as for any attempt."""
     from .worker import request_of
 
@@ -57,6 +60,7 @@ async def engine_attempt(worker: Worker, d: Dispatch, spool: Path | None) -> Exe
         progress=told,
         resources=resources,
         keepsake=codec.encode(msgspec.structs.replace(d, inputs={})),
+        live=live,
     )
 
 

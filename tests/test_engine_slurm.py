@@ -195,6 +195,12 @@ run = ["sh", "-c", "echo started; sleep 120"]
     swarm.cluster.run("scancel", blocker)
     job = wait_until(lambda: _slurm_job_of(swarm, task, "long", "running"), 30, what="running")
     assert (job, "RUNNING") in swarm.cluster.jobs()
+
+    def logged() -> bool:  # the job's output while it runs (swarmctl logs [-f])
+        out = swarmctl("logs", task, "long", state_dir=swarm.lan.state_dir).stdout
+        return out == "started\n"
+
+    wait_until(logged, 30, 0.5, what="the running job's output in logs")
     swarm.ctl("cancel", task)
     assert swarm.finished(task)["state"] == "cancelled"
     wait_until(lambda: swarm.cluster.jobs() == [], 15, what="no job left in squeue")

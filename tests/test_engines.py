@@ -38,6 +38,7 @@ from swarmd.engines.slurm import (
 )
 from swarmd.executors import ExecRequest, Limits
 from swarmd.executors import engine as engine_executor
+from swarmd.executors.output import LiveOutput
 
 # ---------------------------------------------------------------- Slurm output parsing
 
@@ -424,6 +425,18 @@ def test_executor_runs_a_job_and_collects_output_and_artifacts(tmp_path: Path) -
     assert notes == ["queued on fake (job 42, reason Resources)", "running on fake (job 42)"]
     assert result.usage == {"engine": "fake", "engine_job": "42"}
     assert not any(tmp_path.iterdir())  # the attempt's directory is gone
+
+
+def test_executor_follows_the_output_files_while_the_job_runs(tmp_path: Path) -> None:
+    engine = ScriptedEngine([JobStatus("running"), JobStatus("running"), JobStatus("succeeded")])
+    live = LiveOutput()
+    req = _request(run=("sh", "-c", "echo out-line; echo err-line >&2"), outputs=())
+    result = asyncio.run(
+        engine_executor.run(req, engine, workdir_root=tmp_path, limits=Limits(), live=live)
+    )
+    assert result.ok and result.stdout == "out-line\n"
+    assert live.out is not None and live.out.since(0) == (0, b"out-line\n")
+    assert live.err is not None and live.err.since(0) == (0, b"err-line\n")
 
 
 def test_executor_failures(tmp_path: Path) -> None:

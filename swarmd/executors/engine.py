@@ -5,7 +5,8 @@ shipped inputs (:mod:`.workdir`), the command is submitted as a job running ther
 the job is followed (its status polled, first often, then every ``POLL_MAX_S``) until
 it ends; its ``stdout``/``stderr`` files, exit code and declared outputs make the result
 as for a local attempt. Each change of what the engine says ("queued on hpc (job 1234,
-reason Resources)", "running on hpc (job 1234)") goes to ``progress``.
+reason Resources)", "running on hpc (job 1234)") goes to ``progress``; while it runs,
+what its output files grew by goes to ``live`` (``swarmctl logs -f``).
 
 - a non-zero exit is the subtask's failure (``app_failed``), as locally;
 - ``timeout``: the job is cancelled at the deadline (an application failure);
@@ -35,6 +36,7 @@ from typing import Final
 
 from swarmd.engines import Engine, EngineError, JobSpec, JobStatus
 from swarmd.executors import ExecRequest, ExecResult, Limits, Progress, report, workdir
+from swarmd.executors.output import LiveOutput, TailBuffer
 from swarmd.executors.shell import check_env
 
 POLL_FIRST_S: Final = 0.1
@@ -44,6 +46,7 @@ UNKNOWN_POLLS: Final = 3  # the engine not knowing the job this many times: lost
 CANCEL_TIMEOUT_S: Final = 15.0
 FINAL_WAIT_S: Final = 10.0  # after a cancel at the deadline: how long to wait for its end
 JOB_RECORD: Final = ".swarmd-job"  # in the attempt's directory: {"engine", "job"}
+PUMP_BYTES: Final = 256 * 1024  # of each output file per poll, for logs -f
 DISPATCH_RECORD: Final = ".swarmd-dispatch"  # and the dispatch (the worker's, to re-adopt)
 
 
@@ -130,6 +133,7 @@ async def run(
     resources: Mapping[str, int] | None = None,
     keep: bool = False,
     keepsake: bytes | None = None,
+    live: LiveOutput | None = None,
 ) -> ExecResult:
     """Run the attempt as a job; ``keepsake`` (the encoded dispatch) is kept beside the
     job's id in the attempt's directory until it ends: a worker that restarts finds
@@ -139,7 +143,7 @@ async def run(
     if adopted is not None:  # submitted before this worker restarted: follow it
         cwd, job_id = adopted
         try:
-            return await _follow(req, engine, job_id, cwd, limits, progress, started)
+            return await _follow(req, engine, job_id, cwd, limits, progress, started, live)
         finally:
             if not keep:
                 workdir.remove(cwd)
@@ -162,7 +166,7 @@ async def run(
         except EngineError as exc:
             return ExecResult.failure(f"engine {engine.name}: {exc}", app_failed=False)
         await workdir.off_loop(_write_records, cwd, engine.name, job_id, keepsake)
-        return await _follow(req, engine, job_id, cwd, limits, progress, started)
+        return await _follow(req, engine, job_id, cwd, limits, progress, started, live)
     finally:
         if not keep:
             workdir.remove(cwd)
@@ -176,9 +180,11 @@ async def _follow(
     limits: Limits,
     progress: Progress | None,
     started: float,
+    live: LiveOutput | None = None,
 ) -> ExecResult:
     try:
-        status, timed_out = await _watch(req, engine, job_id, progress, started)
+        pump = None if live is None else _Pump(cwd, live, limits.max_output_bytes)
+        status, timed_out = await _watch(req, engine, job_id, progress, started, pump)
     except asyncio.CancelledError:
         await _cancel(engine, job_id)
         raise
@@ -198,12 +204,38 @@ async def _follow(
     return _with_usage(result, usage)
 
 
+class _Pump:
+    """The job's output files as they grow, into the live buffers (``swarmctl logs -f``)."""
+
+    def __init__(self, cwd: Path, live: LiveOutput, limit: int) -> None:
+        self.cwd = cwd
+        live.out, live.err = TailBuffer(limit), TailBuffer(limit)
+        self.buffers = (live.out, live.err)
+        self.at = [0, 0]
+
+    def read(self) -> None:
+        for i, name in enumerate(("stdout", "stderr")):
+            try:
+                with open(self.cwd / name, "rb") as f:
+                    f.seek(self.at[i])
+                    data = f.read(PUMP_BYTES)
+            except OSError:
+                continue
+            self.at[i] += len(data)
+            self.buffers[i].write(data)
+
+    async def __call__(self) -> None:
+        with contextlib.suppress(OSError):
+            await workdir.off_loop(self.read)
+
+
 async def _watch(
     req: ExecRequest,
     engine: Engine,
     job_id: str,
     progress: Progress | None,
     started: float,
+    pump: _Pump | None = None,
 ) -> tuple[JobStatus, bool]:
     """Poll until the job ends: (its last status, whether it ran out of time)."""
     deadline = None if req.timeout_s is None else started + req.timeout_s
@@ -230,6 +262,8 @@ async def _watch(
         if deadline is not None and time.monotonic() >= deadline:
             await _cancel(engine, job_id)
             return await _final(engine, job_id), True
+        if pump is not None and status.phase == "running":
+            await pump()
         await asyncio.sleep(delay)
         delay = min(POLL_MAX_S, delay * 1.5)
 
