@@ -75,10 +75,13 @@ class EngineHost:
         engine = self.engines[name]
         try:
             cap = await asyncio.wait_for(engine.capacity(), CAPACITY_TIMEOUT_S)
-        except (EngineError, TimeoutError, OSError) as exc:
+        except Exception as exc:  # an adapter's bug too: the engine shows as not answering
             why = str(exc) or type(exc).__name__
             if self.errors.get(name) != why:
-                self.log.warning("engine %s: cannot read its capacity: %s", name, why)
+                unexpected = not isinstance(exc, EngineError | TimeoutError | OSError)
+                self.log.warning(
+                    "engine %s: cannot read its capacity: %s", name, why, exc_info=unexpected
+                )
             self.capacity[name], self.errors[name] = None, why
             return
         if self.errors.get(name) is not None:

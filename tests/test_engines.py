@@ -6,14 +6,18 @@ Slurm runs in tests/test_engine_slurm.py)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 from datetime import datetime
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from protocol.messages import Dispatch, NodeRef
+from protocol.state import EngineState
 from swarmd.config import load
+from swarmd.config_engines import EngineConfig
 from swarmd.config_table import ConfigError
 from swarmd.core.capacity import EngineOffer, peer_from_gossip
 from swarmd.core.engine_pricing import ENGINE_START_S, OVERFLOW_WHY
@@ -21,6 +25,7 @@ from swarmd.core.jobspec import parse_job
 from swarmd.core.pricing import Demand, PricingConfig, price
 from swarmd.core.worker import WorkerConfig, WorkerCore
 from swarmd.core.worker_effects import Start
+from swarmd.engine_host import EngineHost
 from swarmd.engines import EngineCapacity, EngineError, JobSpec, JobStatus
 from swarmd.engines.slurm import (
     JobRow,
@@ -178,6 +183,32 @@ def test_status_of_many_jobs_shares_one_squeue() -> None:
     assert len(calls) == 1 and calls[0][calls[0].index("-j") + 1] == "1,2,3,4,5,6,7,8,9,10"
     asyncio.run(go())  # again at once: the rows are still fresh
     assert len(calls) == 1
+
+
+def test_engine_host_gossips_capacity_and_survives_a_broken_adapter(tmp_path: Path) -> None:
+    class Broken(ScriptedEngine):
+        async def capacity(self) -> EngineCapacity:
+            raise RuntimeError("adapter bug")
+
+    configs = [EngineConfig("good", "slurm"), EngineConfig("bad", "slurm", overflow_only=True)]
+    adapters = {"good": ScriptedEngine([]), "bad": Broken([])}
+    host = EngineHost(configs, tmp_path, logging.getLogger("t"), engines=adapters)  # type: ignore[arg-type]
+    published: list[object] = []
+
+    async def go() -> None:
+        loop = asyncio.ensure_future(host.loop(lambda key, value: published.append((key, value))))
+        await asyncio.sleep(0.2)
+        loop.cancel()
+
+    asyncio.run(go())
+    key, values = published[0]  # type: ignore[misc]
+    assert key == "engines"
+    good, bad = values
+    assert good["ok"] and good["cpus_idle"] == 1 and "error" not in good
+    assert not bad["ok"] and bad["error"] == "adapter bug" and bad["overflow_only"]
+    assert host.workdirs["good"] == tmp_path / "engines" / "good"
+    for entry in values:
+        msgspec.convert(entry, EngineState)  # what it gossips passes the schema
 
 
 # ---------------------------------------------------------------- config

@@ -185,7 +185,7 @@ async def _follow(
     try:
         pump = None if live is None else _Pump(cwd, live, limits.max_output_bytes)
         status, timed_out = await _watch(req, engine, job_id, progress, started, pump)
-    except asyncio.CancelledError:
+    except BaseException:  # cancelled (or an adapter's bug): the job goes too
         await _cancel(engine, job_id)
         raise
     seconds = time.monotonic() - started
