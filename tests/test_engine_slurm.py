@@ -162,6 +162,15 @@ def _slurm_job_of(swarm: Swarm, task: str, sid: str, state: str) -> str | None:
     return found.group(1) if found else None
 
 
+def test_submit_wait_runs_one_command_on_slurm_like_ssh(swarm: Swarm) -> None:
+    cmd = ["submit", "--wait", "--engine", "slurm", "--", "sh", "-c", "echo $SLURM_JOB_ID; exit 3"]
+    done = swarmctl(*cmd, state_dir=swarm.lan.state_dir)
+    assert done.returncode == 3, done.stderr
+    assert re.fullmatch(r"\d+\n", done.stdout), done.stdout
+    bad = swarmctl("submit", "--engine", "nope", "--", "true", state_dir=swarm.lan.state_dir)
+    assert bad.returncode == 2 and 'no live peer fronts an engine "nope"' in bad.stderr
+
+
 def test_status_shows_the_queue_and_cancel_leaves_no_job(swarm: Swarm) -> None:
     cpus = swarm.cluster.run("sinfo", "-h", "-o", "%c").stdout.strip()
     blocker = swarm.cluster.run(
