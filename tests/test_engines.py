@@ -22,6 +22,7 @@ from swarmd.config_table import ConfigError
 from swarmd.core.capacity import EngineOffer, peer_from_gossip
 from swarmd.core.engine_pricing import ENGINE_START_S, OVERFLOW_WHY
 from swarmd.core.jobspec import parse_job
+from swarmd.core.jobspec.single import single_command_job
 from swarmd.core.pricing import Demand, PricingConfig, price
 from swarmd.core.worker import WorkerConfig, WorkerCore
 from swarmd.core.worker_effects import Start
@@ -282,6 +283,13 @@ def test_bad_engines_config(tmp_path: Path, body: str, message: str) -> None:
     with pytest.raises(ConfigError, match=r"engines\.e") as err:
         load(path, {}, state_dir=tmp_path)
     assert message in str(err.value)
+
+
+def test_submit_engine_flag_makes_an_engine_subtask() -> None:
+    job = single_command_job(["nvidia-smi"], engine="hpc")
+    assert job.subtasks[0].engine == "hpc" and job.subtasks[0].run == ("nvidia-smi",)
+    with pytest.raises(ValueError, match="--engine"):
+        single_command_job(["x"], engine="")
 
 
 def test_engine_key_in_a_job() -> None:
