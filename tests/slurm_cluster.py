@@ -44,7 +44,9 @@ def _node_line() -> str:
     cpus = re.search(r"CPUs=(\d+)", first)
     name = re.search(r"NodeName=(\S+)", first)
     host = name.group(1) if name else socket.gethostname().split(".")[0]
-    return f"NodeName={host} CPUs={cpus.group(1) if cpus else 1} RealMemory=1000 State=UNKNOWN"
+    # NodeAddr: slurmctld reaches slurmd on loopback, whether the host name resolves or not
+    count = cpus.group(1) if cpus else 1
+    return f"NodeName={host} NodeAddr=127.0.0.1 CPUs={count} RealMemory=1000 State=UNKNOWN"
 
 
 class SlurmCluster:
