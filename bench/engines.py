@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -123,6 +124,7 @@ def run(rounds: int) -> dict[str, Any]:
         finally:
             for d in nodes:
                 d.stop()
+            shutil.rmtree(root, ignore_errors=True)
     return _report(rows, rounds)
 
 
