@@ -34,6 +34,8 @@ class PeerView(Struct):
     power: dict[str, Any] | None = None  # {on_ac, battery_percent}; null: not said
     paused: str | None = None  # battery | user-active | draining | disk-full, or null
     pause_detail: str | None = None  # the reason in full, e.g. "battery 22 % < 30 %"
+    # Slurm/Ray clusters it fronts: [{name, kind, cpus_idle, gpus_idle, queue, ...}]
+    engines: list[dict[str, Any]] = []
 
 
 class PeersReply(Message, tag="peers_reply"):

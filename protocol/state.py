@@ -80,6 +80,25 @@ RevokedEntry = tuple[
 Revoked = Annotated[list[RevokedEntry], Meta(max_length=1024)]
 
 
+class EngineState(Struct):
+    """A Slurm or Ray cluster a node fronts (gossip key ``engines``), as last read."""
+
+    name: Name
+    kind: Literal["slurm", "ray"]
+    ok: bool = False  # its capacity could be read at the last poll
+    overflow_only: bool = False
+    cpus_idle: Count = 0
+    gpus_idle: Count = 0
+    mem_idle_mb: Count = 0
+    running: Count = 0  # jobs running (all of the engine's)
+    queue: Count = 0  # jobs pending
+    est_wait_s: Annotated[float, Meta(ge=0, le=1e9)] = 0.0  # a new small job's queue wait
+    error: Text | None = None  # why its capacity cannot be read
+
+
+Engines = Annotated[list[EngineState], Meta(max_length=16)]
+
+
 # Today's spend per client key, as this node's book counted it (cluster-wide budgets):
 # {"day": UTC day number, "keys": {key id: [tokens, cost]}}.
 class Spend(Struct):
@@ -116,6 +135,7 @@ STATE_SCHEMAS: dict[str, Any] = {
     "speed": Annotated[float, Meta(gt=0, le=1000)],  # [hardware] speed, for shell/python
     "spend": Spend,  # today's llm spend per client key it coordinated (budgets)
     "revoked": Revoked,  # the node ids shut out of the cluster, as this node knows them
+    "engines": Engines,  # [engines.NAME] it fronts, with their capacity
 }
 
 

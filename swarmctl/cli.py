@@ -206,7 +206,21 @@ def peers_table(peers: list[PeerView]) -> str:
         for p in peers
         if p.refusing or (p.paused is not None and p.paused != "draining")
     ]
-    return "\n".join([head.rstrip(), *(line.rstrip() for line in lines), footer, *held])
+    engines = [engine_line(p.name, e) for p in peers for e in p.engines]
+    return "\n".join([head.rstrip(), *(line.rstrip() for line in lines), footer, *held, *engines])
+
+
+def engine_line(node: str, e: dict[str, Any]) -> str:
+    """One engine a node fronts: ``desk fronts slurm "hpc": 30 CPUs, 2 GPUs idle, ..."``."""
+    head = f'{node} fronts {e.get("kind")} "{e.get("name")}"'
+    if not e.get("ok"):
+        return f"{head}: not answering" + (f" ({e['error']})" if e.get("error") else "")
+    overflow = ", overflow only" if e.get("overflow_only") else ""
+    return (
+        f"{head}: {e.get('cpus_idle', 0)} CPUs, {e.get('gpus_idle', 0)} GPUs idle; "
+        f"{e.get('running', 0)} running, {e.get('queue', 0)} queued "
+        f"(wait ~{e.get('est_wait_s', 0):.0f} s){overflow}"
+    )
 
 
 @main.command()

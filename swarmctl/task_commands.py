@@ -56,6 +56,8 @@ def _build_job(
         return load_job_text(text, job_format(job_file.name), str(job_file))
     opts = {k: v for k, v in options.items() if v is not None}
     if prompt is not None:
+        if "engine" in opts:
+            raise JobError("--engine runs a command (-- CMD [ARG]...), not a prompt")
         capability = opts.pop("capability", None)
         return single_prompt_job(prompt, capability, **opts)
     return single_command_job(list(command), **opts)
@@ -76,6 +78,7 @@ def _build_job(
 @click.option("--capability")
 @click.option("--min-vram", help="e.g. 16GiB")
 @click.option("--timeout", "subtask_timeout", help="per subtask, e.g. 2m")
+@click.option("--engine", help="run the command as a job of this [engines.NAME] (Slurm, Ray)")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj
 def submit(
@@ -90,6 +93,7 @@ def submit(
     capability: str | None,
     min_vram: str | None,
     subtask_timeout: str | None,
+    engine: str | None,
     command: tuple[str, ...],
 ) -> None:
     """Submit a task: -f JOBFILE, --prompt TEXT --capability CAP, or -- CMD [ARG]..."""
@@ -100,6 +104,7 @@ def submit(
         "capability": capability,
         "min_vram": min_vram,
         "timeout": subtask_timeout,
+        "engine": engine,
     }
     try:
         job = _build_job(job_file, prompt, command, options)
@@ -219,6 +224,8 @@ def _print_status(status: dict[str, Any]) -> None:
     for sub in status.get("subtasks", []):
         extra = f" exit {sub['exit_code']}" if sub.get("exit_code") is not None else ""
         error = f"  error: {sub['error']}" if sub.get("error") else ""
+        if sub.get("engine_note"):  # e.g. queued on hpc (job 1234, reason Resources)
+            extra += f"  {sub['engine_note']}"
         click.echo(
             f"  {sub['id']:16} {sub['state']:10} peer={sub.get('peer') or '-'} "
             f"attempts={sub.get('attempts', 0)}{extra}{error}"

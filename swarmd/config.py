@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config_engines import EngineConfig, engines_config
 from .config_gateway import _budgets, _check_gateway, _gateway
 from .config_models import (
     DEFAULT_PROBES,
@@ -78,6 +79,7 @@ class Config:
     gpus: tuple[DeclaredGpu, ...] = ()
     speed: float = 1.0  # [hardware] speed: relative speed for shell/python run estimates
     models: tuple[ModelConfig, ...] = ()
+    engines: tuple[EngineConfig, ...] = ()  # [engines.NAME]: clusters this node fronts
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     gossip: GossipConfig = field(default_factory=GossipConfig)
     retention: Retention = field(default_factory=Retention)  # [tasks] keep, keep_tasks
@@ -153,6 +155,7 @@ def load(path: Path | None, overrides: dict[str, Any], state_dir: Path | None = 
     queue = queue_config(t)
     t.check_unknown()
     budgets = _budgets(top, label)
+    engines = engines_config(top, label)
     _gateway(top, label, values)
     top.check_unknown()
 
@@ -165,6 +168,7 @@ def load(path: Path | None, overrides: dict[str, Any], state_dir: Path | None = 
         state_dir=sd,
         gpus=tuple(gpus),
         models=tuple(models),
+        engines=engines,
         probe=probe,
         gossip=gossip,
         retention=retention,

@@ -56,6 +56,7 @@ from protocol.messages import (
     WatchReply,
     WatchRequest,
 )
+from protocol.state import Engines
 
 from .artifacts import ArtifactReader
 from .blobs import BlobError
@@ -166,8 +167,18 @@ def peer_view(member: Member) -> PeerView:
         models=models,
         battery=msgspec.to_builtins(hw.battery) if hw and hw.battery else None,
         refusing=node.get("refusing") if isinstance(node.get("refusing"), str) else None,
+        engines=_engines(node.get("engines")),
         **_presence(node.get("power"), node.get("paused"), node.get("pause_detail")),
     )
+
+
+def _engines(value: Any) -> list[dict[str, Any]]:
+    """The engines a peers row shows (validated on receipt; [] when not gossiped)."""
+    try:
+        engines = msgspec.convert(value or [], Engines)
+    except msgspec.ValidationError:
+        return []
+    return [msgspec.to_builtins(e) for e in engines]
 
 
 def _presence(power: Any, paused: Any, detail: Any) -> dict[str, Any]:

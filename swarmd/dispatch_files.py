@@ -73,4 +73,9 @@ def spec_to_wire(spec: SubtaskSpec) -> dict[str, Any]:
         "args": list(spec.args),
         "kwargs": dict(spec.kwargs),
         **({} if spec.api is None else {"api": spec.api, "request": spec.request}),
+        **(
+            {}
+            if spec.engine is None
+            else {"engine": spec.engine, "min_ram": spec.min_ram, "min_vram": spec.min_vram}
+        ),
     }

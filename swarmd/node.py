@@ -38,6 +38,7 @@ from .crash_watch import CrashWatch
 from .credentials import NotAdmin
 from .discovery import Discovery, Sighting, advertise_address, choose_interfaces
 from .doctor import Doctor
+from .engine_host import EngineHost
 from .enrollment import Enrollment
 from .hardware import HardwareProbe
 from .identity import ClusterKeys
@@ -101,6 +102,7 @@ class Node:
         self.store: Store | None = None
         self.coordination: Coordination | None = None
         self.worker: Worker | None = None
+        self.engines: EngineHost | None = None  # [engines.NAME]: clusters this node fronts
         self.pricing: PricingView | None = None
         self.control: Control | None = None
         self.transport: Transport | None = None
@@ -222,6 +224,8 @@ class Node:
             log = self.log.getChild("models")
             spawn(ModelProbe(self.config.probe, self.config.models, found, log).loop())
         spawn(worker.timer_loop())
+        if self.engines is not None:  # their capacity, gossiped as ``engines``
+            spawn(self.engines.loop(membership.set))
         spawn(StateDirWatch(self.config.state_dir).loop(self.lifecycle.fail, self.log))
         spawn(self.sleep.watch_logind())
 
@@ -266,6 +270,8 @@ class Node:
         await services.stop_discovery(self.discovery)
         if self.worker is not None:
             await self.worker.close()
+        if self.engines is not None:
+            await self.engines.close()
         if self.coordination is not None:
             self.coordination.flush(all_usage=True)  # usage rows that waited for a commit
         if self.transport is not None:

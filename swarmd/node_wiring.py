@@ -12,6 +12,7 @@ from .core.budget import Budgets
 from .core.failure import Liveness
 from .core.pricing import PeerCapacity
 from .core.tasks import CoordinatorConfig, NodeLoad
+from .engine_host import EngineHost
 from .enrollment import Enrollment
 from .executors import Limits
 from .forwarding import Forwarder
@@ -20,7 +21,7 @@ from .membership import Membership
 from .own_state import OwnState
 from .peer_view import PricingView
 from .replication import Replication
-from .statedir import LocalIdentity
+from .statedir import LocalIdentity, StartupError
 from .store import Store
 from .successor import Successor
 from .trust import Trust
@@ -133,6 +134,11 @@ def _worker(
     node: Node, ident: LocalIdentity, own: OwnState, store: Store, membership: Membership
 ) -> Worker:
     cfg = node.config
+    if cfg.engines:
+        try:
+            node.engines = EngineHost(cfg.engines, cfg.state_dir, node.log.getChild("engines"))
+        except ValueError as exc:  # an adapter refused its settings
+            raise StartupError(f"[engines]: {exc}") from None
     node.worker = worker = Worker(
         node_id=ident.node_id,
         store=store,
@@ -147,6 +153,7 @@ def _worker(
         resources=own.resources(),
         limits=Limits(max_artifact_bytes=cfg.max_artifact_bytes),
         health=node.health,
+        engines=node.engines,
     )
     return worker
 

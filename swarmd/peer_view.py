@@ -146,6 +146,11 @@ def peer_facts(members: list[Member]) -> list[PeerFacts]:
                 max_vram_total=max((g.get("vram_total", 0) for g in gpus), default=0),
                 ram_total=(hw.get("memory") or {}).get("total", 0),
                 allow_shell=bool(state.get("allow_shell", True)),
+                engines=frozenset(
+                    e["name"]
+                    for e in (state.get("engines") or [])
+                    if isinstance(e, dict) and isinstance(e.get("name"), str)
+                ),
             )
         )
     return facts

@@ -94,7 +94,9 @@ class WorkerMessages:
             self._reported(message.node, message.load)
             self._first_word(message.task, message.subtask, message.attempt)
             self.run(
-                c.on_progress(message.task, message.subtask, message.attempt, message.node, now)
+                c.on_progress(
+                    message.task, message.subtask, message.attempt, message.node, now, message.note
+                )
             )
         elif isinstance(message, BlobChunk):
             self.transfers.on_chunk(message, time.monotonic())

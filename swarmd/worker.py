@@ -15,7 +15,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -34,11 +34,15 @@ from protocol.messages import (
     TaskClaim,
 )
 
+from . import worker_engines
 from .core import worker as core
 from .core.throughput import HERE, ThroughputTracker
 from .core.worker import AttemptKey
 from .executors import ExecRequest, ExecResult, Limits, execute
 from .executors.output import LiveOutput
+
+if TYPE_CHECKING:
+    from .engine_host import EngineHost
 from .http_client import HttpPool
 from .journal_health import RETRY_S, JournalHealth
 from .store import Store
@@ -119,8 +123,10 @@ class Worker:
         resources: tuple[int | None, int | None] = (None, None),  # RAM, largest GPU's VRAM
         spool_root: Path | None = None,
         health: JournalHealth | None = None,
+        engines: EngineHost | None = None,
     ) -> None:
         self.store = store
+        self.engines = engines  # [engines.NAME] this node fronts: shell attempts as jobs
         self.health = health
         self.send = send
         self.workdir_root = workdir_root
@@ -138,6 +144,7 @@ class Worker:
             models={name: m[2] for name, m in models.items()},
             ram_total=resources[0],
             vram_max=resources[1],
+            engines=engines.max_jobs if engines is not None else {},
         )
         self.core = core.WorkerCore(node_id, config, generation)
         self.running: dict[AttemptKey, asyncio.Task[None]] = {}
@@ -318,16 +325,20 @@ class Worker:
         # one up) for the many calls without any.
         spool = self.blobs.spool_for(key) if d.spec.get("outputs") else None
         try:
-            result = await execute(
-                request_of(d, self.models, spool),
-                workdir_root=self.workdir_root,
-                allow_shell=self.allow_shell,
-                limits=self.limits,
-                pool=self._python_pool() if d.spec.get("kind") == "python" else None,
-                http=self._llm_client() if d.spec.get("kind") == "llm" else None,
-                upstream=self._upstream,
-                live=live,
-                relay=self._relay(d) if d.spec.get("api") else None,
+            result = await (
+                worker_engines.engine_attempt(self, d, spool, live)
+                if d.spec.get("engine")
+                else execute(
+                    request_of(d, self.models, spool),
+                    workdir_root=self.workdir_root,
+                    allow_shell=self.allow_shell,
+                    limits=self.limits,
+                    pool=self._python_pool() if d.spec.get("kind") == "python" else None,
+                    http=self._llm_client() if d.spec.get("kind") == "llm" else None,
+                    upstream=self._upstream,
+                    live=live,
+                    relay=self._relay(d) if d.spec.get("api") else None,
+                )
             )
         except asyncio.CancelledError:
             # Still report how it ended: the coordinator fences it off if it moved on,
@@ -426,6 +437,7 @@ class Worker:
 
     async def timer_loop(self) -> None:
         """Progress and resends when the core says they are due."""
+        worker_engines.readopt(self)
         while True:
             self._apply(self.core.tick(time.monotonic()))
             wakeup = self.core.next_wakeup()

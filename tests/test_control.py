@@ -58,7 +58,7 @@ GPU_FIELDS = {"name", "vram_total", "vram_free", "source"}
 MODEL_FIELDS = {"name", "model", "endpoint", "capabilities", "latency_ms"}
 # What the implementation adds on top of the contract ("extend it freely"); listed here
 # so that a change to the row shape is a deliberate one.
-PEER_EXTRAS = {"battery", "refusing", "pause_detail"}
+PEER_EXTRAS = {"battery", "refusing", "pause_detail", "engines"}
 CPU_EXTRAS = {"model"}
 GPU_EXTRAS = {"utilization", "temperature"}
 MODEL_EXTRAS = {"max_concurrency", "cost_per_mtok", "ttft_ms", "tokens_per_s", "in_flight"}
@@ -249,6 +249,7 @@ def test_two_nodes_see_each_other_with_the_contract_fields(net: Net) -> None:
         "power": {"on_ac": None, "battery_percent": None},
         "paused": None,
         "pause_detail": None,
+        "engines": [],
     }
     assert other["id"] == "1a2b3c4d5e6f7081"
     assert other["address"] == "192.168.1.21:7946"

@@ -296,7 +296,7 @@ BAD_SUBTASKS: list[tuple[str, list[dict[str, Any]], list[str]]] = [
         [shell("a", timout="1m")],
         [
             'subtask "a": unknown key "timout"; did you mean "timeout"?',
-            "(allowed for shell: after, capability, env, estimate, id, inputs, kind, min_ram,",
+            "(allowed for shell: after, capability, engine, env, estimate, id, inputs, kind,",
         ],
     ),
     (

@@ -635,6 +635,7 @@ def test_state_schemas_cover_the_keys_a_node_publishes() -> None:
         *("name", "addr", "status", "hw", "models", "draining", "queue"),
         *("slots", "busy", "allow_shell", "cost_per_hour", "on_battery", "speed", "queue_max"),
         *("revoked", "refusing", "spend", "sleeping", "power", "paused", "pause_detail"),
+        "engines",
     }
 
 

@@ -11,7 +11,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["BatteryPolicy", "GiB", "Kind", "ModelOffer", "PeerCapacity", "peer_from_gossip"]
+__all__ = [
+    "BatteryPolicy",
+    "EngineOffer",
+    "GiB",
+    "Kind",
+    "ModelOffer",
+    "PeerCapacity",
+    "peer_from_gossip",
+]
 
 GiB = 1 << 30
 
@@ -33,6 +41,20 @@ class ModelOffer:
     # requests running on this profile: this coordinator's, plus the others' as gossiped
     in_flight: int = 0
     ttft_ms: float | None = None  # time to first token measured by the peer (EWMA)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOffer:
+    """A Slurm or Ray cluster a peer fronts (``[engines.NAME]``), as it gossips it."""
+
+    name: str
+    kind: str
+    ok: bool  # its capacity could be read lately
+    cpus_idle: int = 0
+    gpus_idle: int = 0
+    queue: int = 0  # jobs waiting in it (all of its users')
+    est_wait_s: float = 0.0  # the queue wait of a new small job, as the peer estimates it
+    overflow_only: bool = False  # only when the LAN has no free slot
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +84,7 @@ class PeerCapacity:
     # Why its own power/presence policy holds new work (e.g. "battery 22 % < 30 %"):
     # gossiped ``pause_detail`` while ``paused`` is battery or user-active; else None.
     paused: str | None = None
+    engines: tuple[EngineOffer, ...] = ()  # clusters it fronts (gossip ``engines``)
 
 
 # ---------------------------------------------------------------- from gossip
@@ -163,7 +186,29 @@ def peer_from_gossip(
         speed=speed if speed > 0.0 else 1.0,
         sleeping=values.get("sleeping") is True,
         paused=_policy_pause(values) if decides else None,
+        engines=_engines(values.get("engines")),
     )
+
+
+def _engines(value: Any) -> tuple[EngineOffer, ...]:
+    """The gossiped ``engines`` as offers; malformed entries are skipped."""
+    offers = []
+    for e in _list(value)[:16]:
+        if not isinstance(e, Mapping) or not isinstance(e.get("name"), str):
+            continue
+        offers.append(
+            EngineOffer(
+                name=e["name"],
+                kind=str(e.get("kind", "")),
+                ok=e.get("ok") is True,
+                cpus_idle=max(0, _int(e.get("cpus_idle"))),
+                gpus_idle=max(0, _int(e.get("gpus_idle"))),
+                queue=max(0, _int(e.get("queue"))),
+                est_wait_s=max(0.0, _float(e.get("est_wait_s"))),
+                overflow_only=e.get("overflow_only") is True,
+            )
+        )
+    return tuple(offers)
 
 
 def _policy_pause(values: Mapping[str, Any]) -> str | None:

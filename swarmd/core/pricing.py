@@ -66,6 +66,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from . import engine_pricing
 from .capacity import GiB, Kind, ModelOffer, PeerCapacity, peer_from_gossip
 from .throughput import ThroughputTracker
 
@@ -98,6 +99,7 @@ class Demand:
     min_vram: int = 0  # bytes, on one GPU
     min_ram: int = 0  # bytes
     node: str | None = None  # pin: node name or id
+    engine: str | None = None  # shell: run as a job of this engine (a node fronting it)
     est_tokens: int = 0  # llm: prompt + max_tokens estimate (see estimate_llm_tokens)
     est_seconds: float | None = None  # shell/python: a hint; None = unknown
     # (node id, seconds until this subtask's inputs would be on that node); a node not
@@ -142,6 +144,8 @@ class Candidate:
     score: float | None  # None if infeasible
     model: str | None = None  # the model profile chosen on that peer (llm)
     basis: str | None = None  # where the run estimate came from, e.g. "measured 41.2 tok/s"
+    engine: str | None = None  # run as a job of this engine the peer fronts (engine_pricing)
+    overflow: bool = False  # that engine is overflow_only
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,8 +415,19 @@ def price(
     throughput: ThroughputTracker | None = None,
 ) -> Placement:
     """Price one demand against every peer; the lowest score among feasible peers wins."""
-    rows = [_candidate(demand, peer, config, exclude, throughput) for peer in peers]
+    rows = [_row(demand, peer, config, exclude, throughput) for peer in peers]
     return _placement(rows)
+
+
+def _row(
+    demand: Demand,
+    peer: PeerCapacity,
+    config: PricingConfig,
+    exclude: frozenset[str],
+    throughput: ThroughputTracker | None,
+) -> Candidate:
+    local = _candidate(demand, peer, config, exclude, throughput)
+    return engine_pricing.with_engines(demand, peer, local, config, exclude)
 
 
 def reprice(
@@ -428,11 +443,12 @@ def reprice(
     dispatch made one busier): those are priced anew, the rest kept."""
     rows = {c.node_id: c for c in placement.candidates}
     for peer in changed:
-        rows[peer.node_id] = _candidate(demand, peer, config, exclude, throughput)
+        rows[peer.node_id] = _row(demand, peer, config, exclude, throughput)
     return _placement(list(rows.values()))
 
 
 def _placement(rows: list[Candidate]) -> Placement:
+    rows = engine_pricing.overflow(rows)
     feasible = sorted((c for c in rows if c.feasible), key=lambda c: (c.score or 0.0, c.node_id))
     infeasible = sorted((c for c in rows if not c.feasible), key=lambda c: (c.name, c.node_id))
     candidates = (*feasible, *infeasible)
@@ -472,6 +488,7 @@ def explain_table(placement: Placement) -> list[dict[str, Any]]:
             "cost": _round(c.cost, 6),
             "score": _round(c.score, 3),
             "basis": c.basis,
+            **({} if c.engine is None else {"engine": c.engine}),
         }
         for c in placement.candidates
     ]

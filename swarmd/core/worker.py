@@ -54,6 +54,7 @@ from protocol.messages import (
 from .jobspec.wording import format_size
 from .succession import EpochBook
 from .worker_effects import AttemptKey, Effect, Persist, Send, Start, Stop, Unpersist
+from .worker_engines import EngineJobs
 
 __all__ = [
     "AttemptKey",
@@ -90,6 +91,9 @@ class WorkerConfig:
     # more than the node has is refused, whatever its coordinator believed.
     ram_total: int | None = None  # bytes
     vram_max: int | None = None  # the largest GPU's memory, bytes (0: no GPU)
+    # The engines this node fronts ([engines.NAME]) -> jobs held at once: a shell
+    # attempt naming one runs as its job, outside the slots (swarmd/executors/engine.py).
+    engines: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def queue_limit(self) -> int:
@@ -109,6 +113,7 @@ class _Held:
     started: float | None = None  # when it started running (shell/python)
     told: bool = False  # its coordinator heard it started
     cancelled: bool = False  # by its coordinator
+    engine: str | None = None  # runs as a job of this engine, outside the slots
 
 
 @dataclass(slots=True)
@@ -137,6 +142,7 @@ class WorkerCore:
         self._queued: deque[AttemptKey] = deque()  # shell/python, in arrival order
         self._running_slots = 0
         self._model_use: Counter[str] = Counter()
+        self.engine_jobs = EngineJobs()
         self._run_s: float | None = None  # shell/python attempts' run time, an EWMA
         self.outbox: dict[AttemptKey, _Outgoing] = {}
         # Attempts whose result was acknowledged: a late copy of their dispatch (sent
@@ -216,16 +222,36 @@ class WorkerCore:
                 load=self.load,
             )
             return [Send(d.coordinator.addr, reply)]
+        self.counters["accepted"] += 1
+        if isinstance(engine := d.spec.get("engine"), str):
+            return self._hold_engine_job(d, engine, now, told=False)
         model = d.model if d.spec.get("kind") == "llm" else None
         # Queued: told soon (before its coordinator would dispatch it again), then as due.
         first = min(self._beat_every(d), self.config.queued_notice_s)
         self.held[key] = _Held(d, model, now + first)
-        self.counters["accepted"] += 1
         if model is not None:
             self._model_use[model] += 1
             return self._start(key, now)
         self._queued.append(key)
         return self._start_queued(now)
+
+    def readopt(self, d: Dispatch, now: float) -> list[Effect]:
+        """An engine attempt this node started before it restarted (its job still in
+        the engine): held again and followed, as if just dispatched (no admission: it
+        was admitted then)."""
+        key, engine = key_of(d), d.spec.get("engine")
+        if key in self.held or key in self.outbox or key in self._done:
+            return []
+        if not isinstance(engine, str) or engine not in self.config.engines:
+            return []
+        self.counters["engine_readopted"] += 1
+        return self._hold_engine_job(d, engine, now, told=True)
+
+    def _hold_engine_job(self, d: Dispatch, engine: str, now: float, told: bool) -> list[Effect]:
+        key = key_of(d)
+        self.held[key] = _Held(d, None, now, engine=engine, told=told)
+        self.engine_jobs.held[engine] += 1
+        return self._start(key, now)
 
     def _fenced(self, d: Dispatch) -> list[Effect] | None:
         """A dispatch of a superseded coordinator epoch: refused, and its sender told
@@ -296,6 +322,10 @@ class WorkerCore:
         if self.draining:
             return "draining"
         kind = d.spec.get("kind", "shell")
+        engine = d.spec.get("engine")
+        if engine is not None:
+            c = self.config
+            return self.engine_jobs.refusal(c.engines, kind, engine, c.allow_shell)
         if kind == "llm":
             limit = self.config.models.get(d.model or "")
             if limit is None:
@@ -371,7 +401,7 @@ class WorkerCore:
         held = self.held[key]
         held.running = True
         held.next_beat = now + self.config.start_notice_s
-        if held.model is None:
+        if held.model is None and held.engine is None:
             self._running_slots += 1
             held.started = now
         return [Start(key, held.dispatch)]
@@ -418,6 +448,8 @@ class WorkerCore:
             return []
         if held.model is not None:
             self._model_use[held.model] -= 1
+        elif held.engine is not None:
+            self.engine_jobs.held[held.engine] -= 1
         elif held.running:
             self._running_slots -= 1
             if held.started is not None:

@@ -24,6 +24,7 @@ class PeerFacts:
     max_vram_total: int  # bytes, its largest GPU's total VRAM (0 without a GPU)
     ram_total: int  # bytes
     allow_shell: bool
+    engines: frozenset[str] = frozenset()  # the [engines.NAME] it fronts
 
 
 @dataclass(frozen=True)
@@ -94,8 +95,22 @@ def _model(s: SubtaskSpec, cluster: _Cluster) -> _Constraint | None:
     return _Constraint(f"model {quote(s.model)}", having, "model", problem)
 
 
+def _engine(s: SubtaskSpec, cluster: _Cluster) -> _Constraint | None:
+    if s.engine is None:
+        return None
+    having = [p for p in cluster.peers if s.engine in p.engines]
+    problem = None
+    if not having:
+        known = frozenset[str]().union(*(p.engines for p in cluster.peers))
+        problem = (
+            f"no live peer fronts an engine {quote(s.engine)}{suggest(s.engine, known)} "
+            f"(engines in the cluster: {listing(known)})"
+        )
+    return _Constraint(f"engine {quote(s.engine)}", having, "engine", problem)
+
+
 def _min_vram(s: SubtaskSpec, cluster: _Cluster) -> _Constraint | None:
-    if s.min_vram <= 0:
+    if s.min_vram <= 0 or s.engine is not None:  # an engine job: the engine's GPUs
         return None
     having = [p for p in cluster.peers if p.max_vram_total >= s.min_vram]
     problem = None
@@ -112,7 +127,7 @@ def _min_vram(s: SubtaskSpec, cluster: _Cluster) -> _Constraint | None:
 
 
 def _min_ram(s: SubtaskSpec, cluster: _Cluster) -> _Constraint | None:
-    if s.min_ram <= 0:
+    if s.min_ram <= 0 or s.engine is not None:  # an engine job: the engine's memory
         return None
     having = [p for p in cluster.peers if p.ram_total >= s.min_ram]
     problem = None
@@ -161,6 +176,7 @@ def _shell_allowed(s: SubtaskSpec, cluster: _Cluster) -> _Constraint | None:
 _CONSTRAINTS: Final[tuple[Callable[[SubtaskSpec, _Cluster], _Constraint | None], ...]] = (
     _capability,
     _model,
+    _engine,
     _min_vram,
     _min_ram,
     _node,

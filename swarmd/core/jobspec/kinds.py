@@ -19,7 +19,7 @@ from .wording import quote, type_name
 
 # Keys of a subtask table, by kind. Order is the order of the "allowed" lists in messages.
 KIND_KEYS: Final[Mapping[str, tuple[str, ...]]] = {
-    "shell": ("run", "inputs", "outputs", "estimate"),
+    "shell": ("run", "inputs", "outputs", "estimate", "engine"),
     "llm": ("prompt", "model", "max_tokens", "system", "api", "request", "client"),
     "python": ("call", "args", "kwargs", "inputs", "outputs", "estimate"),
 }

@@ -33,7 +33,7 @@ _PYTHON_KEYS: Final[tuple[_Rule, ...]] = (
     ("kwargs", "kwargs", bool, dict),
 )
 _KIND_KEYS: Final[Mapping[str, tuple[_Rule, ...]]] = {
-    "shell": (("run", "run", _always, list),),
+    "shell": (("run", "run", _always, list), ("engine", "engine", _is_set, _same)),
     "llm": (
         ("prompt", "prompt", _is_set, _same),
         ("model", "model", _is_set, _same),

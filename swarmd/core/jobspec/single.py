@@ -18,6 +18,7 @@ _FLAGS: Final[Mapping[str, str]] = {
     "capability": "--capability",
     "model": "--model",
     "min_vram": "--min-vram",
+    "engine": "--engine",
     "timeout": "--timeout",
     "prompt": "--prompt",
     "max_tokens": "--max-tokens",
@@ -70,11 +71,15 @@ def single_command_job(
     capability: str | None = None,
     min_vram: str | int | None = None,
     timeout: str | float | None = None,
+    engine: str | None = None,
     source: str = "swarmctl submit",
 ) -> JobSpec:
-    """The job of ``swarmctl submit [options] -- CMD ARG...``: one shell subtask "main".
-    The job name defaults to the command's base name."""
+    """The job of ``swarmctl submit [options] -- CMD ARG...``: one shell subtask "main"
+    (``engine``: as a job of that engine). The job name defaults to the command's base
+    name."""
     job, subtask = _options(name, priority, deadline, capability, min_vram, timeout)
+    if engine is not None:
+        subtask["engine"] = engine
     if not argv:
         raise JobError("give a command to run after --", source=source)
     if name is None:

@@ -46,6 +46,7 @@ class SubtaskSpec:
     min_vram: int = 0  # bytes
     min_ram: int = 0  # bytes
     node: str | None = None  # pin to a node name or id (prefix)
+    engine: str | None = None  # shell: run as a job of this [engines.NAME] (a node fronting it)
     env: Mapping[str, str] = field(default_factory=dict, hash=False)
     inputs: tuple[str, ...] = ()  # relative paths (files or dirs) from the submitter's cwd
     outputs: tuple[str, ...] = ()  # relative paths collected back as artifacts

@@ -50,6 +50,7 @@ _COMMON_FIELDS: Final[tuple[_Field, ...]] = (
     ("min_ram", "min_ram", FieldReader.size),
     ("capability", "capability", FieldReader.string),
     ("node", "node", FieldReader.string),
+    ("engine", "engine", FieldReader.string),
     ("env", "env", FieldReader.env),
 )
 _PATH_FIELDS: Final[tuple[_Field, ...]] = (

@@ -132,6 +132,7 @@ def render(task: TaskRecord, rec: SubtaskRecord) -> str | None:
         min_vram=spec.min_vram,
         min_ram=spec.min_ram,
         node=spec.node,
+        engine=spec.engine,
         est_tokens=est_tokens,
         est_seconds=spec.estimate_s,
     )

@@ -6,6 +6,7 @@ stopped. Each step changes the records, the counters and the journal batch toget
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Literal
 
 from swarmd.core.jobspec import PRIORITY_RANK
@@ -66,6 +67,7 @@ class Lifecycle(Bookkeeping):
             node_id=winner.node_id,
             peer=winner.name,
             model=winner.model,
+            engine=winner.engine,
             started=now,
             lease_until=now + self.config.lease_s,
             resend_at=now + self.config.dispatch_resend_s,
@@ -96,12 +98,15 @@ class Lifecycle(Bookkeeping):
 
     def _dispatch_effect(self, task: TaskRecord, rec: SubtaskRecord, attempt: Attempt) -> Dispatch:
         assert rec.rendered is not None
+        spec = rec.rendered
+        if attempt.engine is not None and spec.engine != attempt.engine:
+            spec = replace(spec, engine=attempt.engine)  # pricing chose the peer's engine
         return Dispatch(
             task_id=task.id,
             subtask_id=rec.id,
             attempt=attempt.number,
             node_id=attempt.node_id,
-            spec=rec.rendered,
+            spec=spec,
             lease_s=self.config.lease_s,
             model=attempt.model,
             upstream=rec.upstream,

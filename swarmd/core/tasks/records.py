@@ -162,6 +162,10 @@ class Attempt:
     error: str | None = None
     ended: float | None = None
     resend_at: float | None = None  # no word from its worker yet: dispatch again then
+    engine: str | None = None  # run as a job of this engine its node fronts
+    # What the engine says of the job, as its worker last told ("queued on hpc (job
+    # 1234, reason Resources)"); not journaled.
+    engine_note: str | None = None
 
     def to_data(self) -> dict[str, Any]:
         return {
@@ -173,6 +177,8 @@ class Attempt:
             "state": self.state,
             "error": self.error,
             "ended": self.ended,
+            **({} if self.engine is None else {"engine": self.engine}),
+            **({} if self.engine_note is None else {"engine_note": self.engine_note}),
         }
 
     @classmethod
@@ -187,6 +193,7 @@ class Attempt:
             state=ATTEMPT.parse(data["state"]),
             error=data.get("error"),
             ended=data.get("ended"),
+            engine=data.get("engine") if isinstance(data.get("engine"), str) else None,
         )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from swarmd.core.pricing import explain_table
 from swarmd.core.tasks.outlook import Outlook
 from swarmd.core.tasks.records import NodeLoad, SubtaskRecord, TaskRecord
+from swarmd.core.tasks.transitions import IN_FLIGHT
 
 
 class Views(Outlook):
@@ -49,6 +50,15 @@ class Views(Outlook):
     def _peer(rec: SubtaskRecord) -> str | None:
         return rec.attempts[-1].peer if rec.attempts else None
 
+    @staticmethod
+    def _engine(rec: SubtaskRecord) -> dict[str, Any]:
+        """An engine attempt's engine and, while it runs, what the engine says."""
+        last = rec.attempts[-1] if rec.attempts else None
+        if last is None or last.engine is None:
+            return {}
+        running = not rec.final and last.state in IN_FLIGHT
+        return {"engine": last.engine, "engine_note": last.engine_note if running else None}
+
     def status(self, task_id: str) -> dict[str, Any]:
         """``swarmctl status TASK --json`` (CONTRACT.md)."""
         task = self._task(task_id)
@@ -71,6 +81,7 @@ class Views(Outlook):
                     "finished": rec.finished,
                     "exit_code": None if rec.result is None else rec.result.exit_code,
                     "error": rec.error,
+                    **self._engine(rec),
                 }
                 for rec in task.subtasks.values()
             ],

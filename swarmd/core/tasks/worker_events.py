@@ -11,6 +11,8 @@ from swarmd.core.tasks.records import REFUSALS_KEPT, Attempt, Result, SubtaskRec
 from swarmd.core.tasks.transitions import ATTEMPT, IN_FLIGHT, SUBTASK, advance
 from swarmd.core.usage import UsageBook
 
+ENGINE_NOTE = "engine:"  # a progress note from an engine attempt (swarmd/executors/engine.py)
+
 
 class WorkerEvents(Lifecycle):
     usage: UsageBook | None = None  # the llm usage book, fed with every current llm result
@@ -61,10 +63,16 @@ class WorkerEvents(Lifecycle):
         return []
 
     def on_progress(
-        self, task_id: str, subtask_id: str, attempt: int, node_id: str, now: float
+        self, task_id: str, subtask_id: str, attempt: int, node_id: str, now: float, note: str = ""
     ) -> list[Effect]:
-        """A heartbeat for the attempt: renew its lease (counts as accepted)."""
-        return self.on_accepted(task_id, subtask_id, attempt, node_id, now)
+        """A heartbeat for the attempt: renew its lease (counts as accepted). A note
+        ``engine: ...`` is what the engine running it says now (``status`` shows it)."""
+        effects = self.on_accepted(task_id, subtask_id, attempt, node_id, now)
+        if note.startswith(ENGINE_NOTE) and not effects:
+            live = self._live_attempt(task_id, subtask_id, attempt, node_id)
+            if live is not None:
+                live[2].engine_note = note[len(ENGINE_NOTE) :].strip()[:200]
+        return effects
 
     def on_refused(
         self, task_id: str, subtask_id: str, attempt: int, node_id: str, reason: str, now: float
@@ -157,11 +165,13 @@ class WorkerEvents(Lifecycle):
         )
 
     def on_peer_dead(self, node_id: str, now: float) -> list[Effect]:
-        """The node is dead, left, or restarted: every attempt out on it is lost."""
+        """The node is dead, left, or restarted: every attempt out on it is lost, but
+        for engine jobs (held by the engine, not by the node: a node back within the
+        lease follows them again; else the lease lapses)."""
         batch = Batch()
         for rec in list(self._in_flight.values()):
             current = rec.current
-            if current is not None and current.node_id == node_id:
+            if current is not None and current.node_id == node_id and current.engine is None:
                 task = self._tasks[rec.task_id]
                 self._attempt_failed(batch, task, rec, current, "lost", "node lost", now)
         return self._finish(batch)
