@@ -181,6 +181,18 @@ class RayHead:
             return json.loads(reply.read())
 
 
+def job_supervisor(marker: str) -> psutil.Process | None:
+    """The Ray worker process (``ray::JobSupervisor``) that runs the entrypoint of the
+    job whose command line has ``marker``: killing it is what a lost node does."""
+    for proc in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if marker in " ".join(proc.info["cmdline"] or ()) and proc.pid != os.getpid():
+                for parent in proc.parents():
+                    if parent.name().startswith("ray::JobSupervisor"):
+                        return parent
+    return None
+
+
 def _running(proc: psutil.Process) -> bool:
     try:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE

@@ -18,7 +18,7 @@ import pytest
 
 from swarmd.engines import EngineCapacity, JobSpec, JobStatus
 from swarmd.engines.ray import RayEngine
-from tests.ray_cluster import CPUS, MEMORY_MB, RayHead
+from tests.ray_cluster import CPUS, MEMORY_MB, RayHead, job_supervisor
 
 pytestmark = pytest.mark.slow
 T = TypeVar("T")
@@ -239,12 +239,13 @@ def test_job_ray_loses_is_an_engine_failure(ray_cluster: RayHead, tmp_path: Path
         try:
             job_id = await engine.submit(job)
             await _until_phase(engine, job_id, "running")
-            wrapper = await _until(
-                lambda: asyncio.to_thread(_processes_with, str(job.workdir / "job.sh")),
-                bool,
-                "the wrapper running",
+            supervisor = await _until(
+                lambda: asyncio.to_thread(job_supervisor, str(job.workdir / "job.sh")),
+                lambda p: p is not None,
+                "the job's supervisor",
             )
-            wrapper[0].parent().kill()  # the supervisor actor's worker
+            assert supervisor is not None
+            supervisor.kill()
             return await _until_phase(
                 engine, job_id, "engine_failed", "failed", "succeeded", "cancelled"
             )

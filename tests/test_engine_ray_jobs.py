@@ -83,7 +83,7 @@ def test_submission_id_is_the_same_for_the_same_attempt_only(tmp_path: Path) -> 
 def test_submit_body_asks_for_the_job_resources(tmp_path: Path) -> None:
     job = JobSpec("j", tmp_path, ("true",), {"SECRET": "x"}, cpus=2, gpus=1, mem_mb=512)
     body = submit_body(job, {"env_vars": {"A": "1"}})
-    assert body["entrypoint"] == f"sh {tmp_path / 'job.sh'}"
+    assert body["entrypoint"] == f"exec sh {tmp_path / 'job.sh'}"
     assert body["entrypoint_num_cpus"] == 2
     assert body["entrypoint_num_gpus"] == 1
     assert body["entrypoint_memory"] == 512 * 1024 * 1024

@@ -43,7 +43,7 @@ _UPLOADED: Final = ("working_dir", "py_modules", "excludes")
 
 
 def script(job: JobSpec) -> str:
-    """The wrapper the Ray job runs (``sh job.sh``)."""
+    """The wrapper the Ray job runs (``exec sh job.sh``)."""
     lines = ["#!/bin/sh", f"# swarmd engine job {job.name}"]
     for name, value in sorted(job.env.items()):
         lines.append(f"export {name}={shlex.quote(value)}")
@@ -71,7 +71,7 @@ def submission_id(job: JobSpec) -> str:
 def submit_body(job: JobSpec, runtime_env: Mapping[str, Any]) -> dict[str, Any]:
     """The ``POST /api/jobs/`` body for ``job``."""
     body: dict[str, Any] = {
-        "entrypoint": f"sh {shlex.quote(str(job.workdir / SCRIPT))}",
+        "entrypoint": f"exec sh {shlex.quote(str(job.workdir / SCRIPT))}",
         "submission_id": submission_id(job),
         "metadata": {WORKDIR_KEY: str(job.workdir), NAME_KEY: job.name},
         "entrypoint_num_cpus": max(0, job.cpus),
