@@ -11,7 +11,12 @@ venv, 2 CPUs). Each round runs, in turn (the order rotating each round):
 - ``http``: one POST /api/jobs/ of the bare command, then GET /api/jobs/ID until it is
   not PENDING (Ray's own floor: what any client over HTTP pays);
 - ``cli``: ``ray job submit --no-wait`` (a Python process importing Ray, as a user
-  types it), then GET /api/jobs/ID until it is not PENDING.
+  types it), then GET /api/jobs/ID until it is not PENDING;
+- ``swarmd`` (with ``--swarmd``; needs the engine framework): two daemons on loopback,
+  ``login`` fronting the head as ``[engines.ray]`` and ``lan`` coordinating;
+  ``swarmctl submit`` of a job whose one subtask has ``engine = "ray"`` (a Python
+  process, like ``cli``), then GET /api/jobs/ until that subtask's job is not PENDING:
+  the whole path, swarmd's placement, lease and dispatch included.
 
 Each job is ``sh -c 'date +%s.%N >started; sleep 1'`` in its own directory: "command"
 is when that file's time says the command began. Every poll is 20 ms apart. One job
@@ -39,6 +44,7 @@ if __package__ in (None, ""):
 from bench.common import summary
 from swarmd.engines import JobSpec
 from swarmd.engines.ray import RayEngine
+from tests.harness import Daemon, new_secret, swarmctl, wait_until
 from tests.ray_cluster import RayHead, ray_head
 
 POLL_S = 0.02
@@ -115,7 +121,58 @@ def cli_factory(head: RayHead) -> Callable[..., Awaitable[str]]:
     return cli
 
 
-async def measure(head: RayHead, rounds: int, root: Path) -> dict[str, Any]:
+def swarmd_factory(lan: Daemon) -> Callable[..., Awaitable[str]]:
+    async def through_swarmd(engine: RayEngine, http: httpx.AsyncClient, workdir: Path) -> str:
+        (workdir / "job.toml").write_text(
+            "[[subtask]]\n"
+            'id = "s"\nkind = "shell"\nengine = "ray"\n'
+            f'run = ["sh", "-c", "date +%s.%N >{workdir}/started; sleep 1"]\n'
+        )
+        done = await asyncio.to_thread(
+            swarmctl, "--json", "submit", "-f", "job.toml", state_dir=lan.state_dir, cwd=workdir
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"swarmctl submit: {done.stderr[-300:]}")
+        prefix = f"swarmd-{json.loads(done.stdout)['task'][:12]}-"
+        found: list[str] = []
+
+        async def started() -> bool:
+            jobs = (await http.get("/api/jobs/")).json()
+            mine = [j for j in jobs if str(j["submission_id"]).startswith(prefix)]
+            found[:] = [str(j["submission_id"]) for j in mine if j["status"] != "PENDING"]
+            return bool(found)
+
+        await _until(started)
+        return found[0]
+
+    return through_swarmd
+
+
+def start_swarm(head: RayHead, root: Path) -> list[Daemon]:
+    secret = new_secret()
+    login = Daemon(
+        root,
+        "login",
+        secret=secret,
+        config=(
+            "[node]\nmax_concurrency = 1\n"
+            f'[engines.ray]\nkind = "ray"\naddress = "{head.address}"\n'
+            f'workdir = "{root / "engine-work"}"\npoll = "1s"\n'
+        ),
+    )
+    lan = Daemon(root, "lan", secret=secret, config="[node]\nmax_concurrency = 2\n")
+    daemons = [lan, login]
+    for d in daemons:
+        d.start()
+    for d in daemons:
+        d.wait_ready()
+    wait_until(lambda: lan.states() == {"login": "alive", "lan": "alive"}, 30, what="two nodes")
+    return daemons
+
+
+async def measure(
+    head: RayHead, rounds: int, root: Path, lan: Daemon | None = None
+) -> dict[str, Any]:
     engine = RayEngine("ray", address=head.address)
     http = httpx.AsyncClient(base_url=head.address, timeout=30, trust_env=False)
     ways: dict[str, Callable[..., Awaitable[str]]] = {
@@ -123,6 +180,8 @@ async def measure(head: RayHead, rounds: int, root: Path) -> dict[str, Any]:
         "http": plain_http,
         "cli": cli_factory(head),
     }
+    if lan is not None:
+        ways["swarmd"] = swarmd_factory(lan)
     running: dict[str, list[float]] = {k: [] for k in ways}
     command: dict[str, list[float | None]] = {k: [] for k in ways}
     order = list(ways)
@@ -155,14 +214,21 @@ async def measure(head: RayHead, rounds: int, root: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--swarmd", action="store_true", help="also through two daemons")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, ray_head() as head:
-        result = asyncio.run(measure(head, args.rounds, Path(tmp)))
+        daemons = start_swarm(head, Path(tmp)) if args.swarmd else []
+        try:
+            lan = daemons[0] if daemons else None
+            result = asyncio.run(measure(head, args.rounds, Path(tmp), lan))
+        finally:
+            for d in daemons:
+                d.stop()
     med = {k: v["median"] for k, v in result["submit_to_running_s"].items() if v.get("n")}
-    if med.get("cli"):
-        result["adapter_over_cli"] = round(med["adapter"] / med["cli"], 3)
-    if med.get("http"):
-        result["adapter_over_http"] = round(med["adapter"] / med["http"], 3)
+    for way in ("adapter", "swarmd"):
+        for base in ("cli", "http"):
+            if med.get(way) and med.get(base):
+                result[f"{way}_over_{base}"] = round(med[way] / med[base], 3)
     result["rounds"] = args.rounds
     result["ray"] = "2.60.0, one head on 127.0.0.1, 2 CPUs"
     print(json.dumps(result, indent=2))

@@ -257,3 +257,16 @@ def test_job_ray_loses_is_an_engine_failure(ray_cluster: RayHead, tmp_path: Path
     assert status.reason.startswith("JOB_SUPERVISOR_ACTOR")
     assert not (job.workdir / "exit").exists()
     assert psutil.wait_procs(_processes_with(marker), timeout=15)[1] == []
+
+
+def test_bench_measures_submit_to_running(ray_cluster: RayHead, tmp_path: Path) -> None:
+    """bench/engine_ray.py's measurement, one counted round: every way reaches RUNNING
+    and its command starts (keeps the README's figures reproducible)."""
+    from bench.engine_ray import measure
+
+    result = asyncio.run(_bounded(measure(ray_cluster, 1, tmp_path)))
+    for way in ("adapter", "http", "cli"):
+        running = result["submit_to_running_s"][way]
+        started = result["submit_to_command_s"][way]
+        assert running["n"] == 1 and 0 < running["median"] < DEADLINE_S, result
+        assert started["n"] == 1 and started["median"] > 0, result
