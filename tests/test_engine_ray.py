@@ -18,6 +18,7 @@ import pytest
 
 from swarmd.engines import EngineCapacity, JobSpec, JobStatus
 from swarmd.engines.ray import RayEngine
+from swarmd.engines.ray_jobs import Resources
 from tests.ray_cluster import CPUS, MEMORY_MB, RayHead, job_supervisor
 
 pytestmark = pytest.mark.slow
@@ -76,14 +77,19 @@ def _jobs_running(head: RayHead) -> list[str]:
 
 
 def test_idle_capacity(ray_cluster: RayHead) -> None:
-    async def go() -> EngineCapacity:
+    async def go() -> tuple[EngineCapacity, Resources, Resources]:
         engine = RayEngine("ray", address=ray_cluster.address)
         try:
-            return await engine.capacity()
+            return (
+                await engine.capacity(),
+                await engine.resources(),
+                await engine.resources(state_api=True),
+            )
         finally:
             await engine.close()
 
-    cap = _run(go())
+    cap, reported, totals = _run(go())
+    assert reported == totals == Resources(CPUS, CPUS, 0, MEMORY_MB, 0, MEMORY_MB)
     assert cap.cpus_idle == CPUS and cap.gpus_idle == 0
     assert cap.mem_idle_mb == MEMORY_MB
     assert (cap.running, cap.queued, cap.est_wait_s) == (0, 0, 0.0)

@@ -22,6 +22,7 @@ from swarmd.engines.ray_jobs import (
     exit_from_log,
     job_lengths,
     parse_cluster_status,
+    parse_state_nodes,
     phase_of,
     runtime_env_problem,
     script,
@@ -149,6 +150,16 @@ def test_cluster_status_gives_idle_resources() -> None:
         parse_cluster_status({"result": False, "msg": "boom"})
 
 
+def test_state_api_nodes_give_the_alive_totals() -> None:
+    node = {"state": "ALIVE", "resources_total": {"CPU": 2.0, "memory": 2048.0 * 2**20}}
+    gpu_node = {"state": "ALIVE", "resources_total": {"CPU": 8.0, "GPU": 1.0}}
+    dead = {"state": "DEAD", "resources_total": {"CPU": 64.0}}
+    doc = {"data": {"result": {"result": [node, gpu_node, dead]}}}
+    assert parse_state_nodes(doc) == Resources(10, 10, 1, 2048, gpus_total=1, mem_total_mb=2048)
+    with pytest.raises(ValueError):
+        parse_state_nodes({"data": {}})
+
+
 def _finished(start_s: float, length_s: float) -> dict[str, object]:
     start = int(start_s * 1000)
     return {"status": "SUCCEEDED", "start_time": start, "end_time": start + int(length_s * 1000)}
@@ -167,12 +178,12 @@ def test_wait_is_zero_with_an_idle_cpu_and_grows_with_the_queue() -> None:
 
 def test_capacity_counts_running_and_pending_jobs() -> None:
     jobs = [{"status": "RUNNING"}, {"status": "PENDING"}, _finished(0, 10), "junk"]
-    cap = capacity_of(CLUSTER, jobs)
+    cap = capacity_of(parse_cluster_status(CLUSTER), jobs)
     assert (cap.cpus_idle, cap.gpus_idle, cap.mem_idle_mb) == (2, 1, 2048)
     assert (cap.running, cap.queued) == (1, 1)
     assert cap.est_wait_s == 10.0 * 2 / 4
     with pytest.raises(ValueError):
-        capacity_of(CLUSTER, {"not": "a list"})
+        capacity_of(parse_cluster_status(CLUSTER), {"not": "a list"})
 
 
 def test_capacity_counts_what_running_jobs_reserved_before_ray_reports_it() -> None:
@@ -184,7 +195,7 @@ def test_capacity_counts_what_running_jobs_reserved_before_ray_reports_it() -> N
         {"status": "PENDING", "entrypoint_num_cpus": 4},
         {"status": "SUCCEEDED", "entrypoint_num_cpus": 4},
     ]
-    cap = capacity_of(CLUSTER, jobs)
+    cap = capacity_of(parse_cluster_status(CLUSTER), jobs)
     assert (cap.cpus_idle, cap.gpus_idle, cap.mem_idle_mb) == (1, 0, 512)
 
 

@@ -12,8 +12,10 @@ dashboard (plain HTTP: this node needs no Ray installed).
   failed it. 404: ``unknown``;
 - ``cancel``: ``POST /api/jobs/ID/stop`` (Ray sends SIGTERM to the entrypoint and what
   it started, SIGKILL 3 s later: ``RAY_JOB_STOP_WAIT_TIME_S``);
-- ``capacity``: ``GET /api/cluster_status`` (each resource's used/total) and
-  ``GET /api/jobs/`` (jobs running and pending, the lengths of finished ones).
+- ``capacity``: ``GET /api/cluster_status`` (each resource's used/total; where the
+  autoscaler writes none, the alive nodes' totals from ``GET /api/v0/nodes``) and
+  ``GET /api/jobs/`` (jobs running and pending, what the running ones reserved, the
+  lengths of finished ones).
 
 Every request that cannot be made, times out or gets a 5xx raises
 :class:`~swarmd.engines.EngineError`, as does a submit Ray refuses (4xx).
@@ -34,8 +36,11 @@ from .ray_jobs import (
     EXIT_FILE,
     SCRIPT,
     WORKDIR_KEY,
+    Resources,
     capacity_of,
     exit_from_log,
+    parse_cluster_status,
+    parse_state_nodes,
     phase_of,
     runtime_env_problem,
     script,
@@ -168,12 +173,19 @@ class RayEngine:
             raise EngineError(f"Ray: stop {job_id}: HTTP {reply.status_code}: {reply.text[:200]}")
 
     async def capacity(self) -> EngineCapacity:
-        cluster = await self._json("GET", "/api/cluster_status")
-        jobs = await self._json("GET", "/api/jobs/")
         try:
-            return capacity_of(cluster, jobs)
+            res = await self.resources()
+            return capacity_of(res, await self._json("GET", "/api/jobs/"))
         except ValueError as exc:
             raise EngineError(f"Ray at {self.address}: {exc}") from None
+
+    async def resources(self, *, state_api: bool = False) -> Resources:
+        """The cluster's resources: the autoscaler's report of used/total, else (none
+        written, as with autoscaler v2; or ``state_api``) the alive nodes' totals."""
+        if not state_api:
+            with contextlib.suppress(ValueError):
+                return parse_cluster_status(await self._json("GET", "/api/cluster_status"))
+        return parse_state_nodes(await self._json("GET", "/api/v0/nodes"))
 
     async def close(self) -> None:
         await self._http.aclose()

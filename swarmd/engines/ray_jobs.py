@@ -183,6 +183,28 @@ def parse_cluster_status(doc: Any) -> Resources:
     )
 
 
+def parse_state_nodes(doc: Any) -> Resources:
+    """``GET /api/v0/nodes`` (Ray's state API): the totals of the ALIVE nodes, as if
+    idle; for a cluster whose autoscaler writes no ``cluster_status`` (autoscaler v2).
+    :func:`capacity_of` then takes off what the running jobs reserved."""
+    try:
+        nodes = doc["data"]["result"]["result"]
+    except (KeyError, TypeError):
+        raise ValueError("no data.result.result in the /api/v0/nodes answer") from None
+    cpus = gpus = mem = 0.0
+    for node in nodes if isinstance(nodes, list) else ():
+        if not isinstance(node, dict) or node.get("state") != "ALIVE":
+            continue
+        total = node.get("resources_total") or {}
+        if isinstance(total, dict):
+            cpus += float(total.get("CPU", 0) or 0)
+            gpus += float(total.get("GPU", 0) or 0)
+            mem += float(total.get("memory", 0) or 0)
+    mem_mb = int(mem // (1024 * 1024))
+    cpus_i, gpus_i = math.floor(cpus + 1e-9), math.floor(gpus + 1e-9)
+    return Resources(cpus_i, cpus_i, gpus_i, mem_mb, gpus_total=gpus_i, mem_total_mb=mem_mb)
+
+
 def job_lengths(jobs: Sequence[Mapping[str, Any]], last: int = HISTORY) -> list[float]:
     """How long the ``last`` finished jobs ran (seconds), newest last."""
     done = [
@@ -218,14 +240,14 @@ def _reserved(jobs: Sequence[Mapping[str, Any]], key: str) -> float:
     return total
 
 
-def capacity_of(cluster_status: Any, jobs: Any) -> EngineCapacity:
-    """The engine's capacity from ``/api/cluster_status`` and ``/api/jobs/``. Ray's
-    resource report lags the jobs by up to a few seconds (its monitor refreshes it every
-    5 s): what the running jobs reserved counts at once."""
+def capacity_of(res: Resources, jobs: Any) -> EngineCapacity:
+    """The engine's capacity from its resources (:func:`parse_cluster_status` or
+    :func:`parse_state_nodes`) and ``/api/jobs/``. Ray's resource report lags the jobs
+    by up to a few seconds (its monitor refreshes it every 5 s): what the running jobs
+    reserved counts at once."""
     if not isinstance(jobs, list):
         raise ValueError("/api/jobs/ did not answer a list")
     rows = [j for j in jobs if isinstance(j, dict)]
-    res = parse_cluster_status(cluster_status)
     cpus_free = math.floor(res.cpus_total - _reserved(rows, "entrypoint_num_cpus") + 1e-9)
     gpus_free = math.floor(res.gpus_total - _reserved(rows, "entrypoint_num_gpus") + 1e-9)
     mem_free = int((res.mem_total_mb * 1024 * 1024 - _reserved(rows, "entrypoint_memory")) // 2**20)
