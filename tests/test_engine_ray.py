@@ -153,7 +153,7 @@ def test_exit_code_from_ray_log_when_the_file_is_not_visible(
 ) -> None:
     """On a shared file system this node may not see the wrapper's ``exit`` file yet:
     the code comes from the last line of Ray's log of the job."""
-    job = _job(tmp_path, "sh", "-c", "rm -f job.sh; exit 5")
+    job = _job(tmp_path, "sh", "-c", "exit 5")
 
     async def go() -> JobStatus:
         engine = RayEngine("ray", address=ray_cluster.address)

@@ -18,6 +18,7 @@ from swarmd.engines.ray_jobs import (
     NO_HISTORY_WAIT_S,
     Resources,
     capacity_of,
+    entrypoint,
     estimate_wait,
     exit_from_log,
     job_lengths,
@@ -73,6 +74,20 @@ def test_wrapper_that_cannot_enter_its_directory_leaves_no_exit_code(tmp_path: P
     assert "cannot enter" in done.stdout
 
 
+def test_entrypoint_runs_the_wrapper_or_says_the_directory_is_not_visible(
+    tmp_path: Path,
+) -> None:
+    job = _job(tmp_path, "sh", "-c", "exit 4")
+    (tmp_path / "job.sh").write_text(script(job))
+    ran = subprocess.run(["sh", "-c", entrypoint(job)], capture_output=True, text=True)
+    assert ran.returncode == 4 and exit_from_log(ran.stdout) == 4
+    elsewhere = _job(tmp_path / "not-here", "true")
+    ran = subprocess.run(["sh", "-c", entrypoint(elsewhere)], capture_output=True, text=True)
+    assert ran.returncode == CD_FAILED and "is not visible on" in ran.stdout
+    info = {"status": "FAILED", "driver_exit_code": CD_FAILED, "message": ran.stdout}
+    assert "does not see the attempt's directory" in phase_of(info, None).reason
+
+
 def test_submission_id_is_the_same_for_the_same_attempt_only(tmp_path: Path) -> None:
     a = _job(tmp_path / "a", "true")
     b = _job(tmp_path / "b", "true")
@@ -84,7 +99,7 @@ def test_submission_id_is_the_same_for_the_same_attempt_only(tmp_path: Path) -> 
 def test_submit_body_asks_for_the_job_resources(tmp_path: Path) -> None:
     job = JobSpec("j", tmp_path, ("true",), {"SECRET": "x"}, cpus=2, gpus=1, mem_mb=512)
     body = submit_body(job, {"env_vars": {"A": "1"}})
-    assert body["entrypoint"] == f"exec sh {tmp_path / 'job.sh'}"
+    assert body["entrypoint"].endswith(f"exec sh {tmp_path / 'job.sh'}")
     assert body["entrypoint_num_cpus"] == 2
     assert body["entrypoint_num_gpus"] == 1
     assert body["entrypoint_memory"] == 512 * 1024 * 1024
@@ -121,7 +136,7 @@ def test_a_job_ray_failed_before_the_command_ended_is_an_engine_failure() -> Non
     assert status.phase == "engine_failed"
     assert status.reason == "JOB_SUPERVISOR_ACTOR_DIED: Job supervisor actor died"
     no_dir = {"status": "FAILED", "driver_exit_code": CD_FAILED, "message": "exit code 111"}
-    assert "cannot enter" in phase_of(no_dir, None).reason
+    assert "does not see" in phase_of(no_dir, None).reason
 
 
 CLUSTER = {

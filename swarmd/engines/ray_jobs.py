@@ -35,7 +35,7 @@ EXIT_FILE: Final = "exit"
 EXIT_MARK: Final = "swarmd-exit-code"
 WORKDIR_KEY: Final = "swarmd_workdir"
 NAME_KEY: Final = "swarmd_job"
-CD_FAILED: Final = 111  # the wrapper could not enter the attempt's directory
+CD_FAILED: Final = 111  # the job's node does not see the attempt's directory
 NO_HISTORY_WAIT_S: Final = 60.0  # a job's length when Ray has no finished job to go by
 HISTORY: Final = 50  # finished jobs whose lengths make the estimate
 # runtime_env keys that name local files, which only Ray's Python SDK uploads
@@ -60,6 +60,14 @@ def script(job: JobSpec) -> str:
     return "\n".join(lines) + "\n"
 
 
+def entrypoint(job: JobSpec) -> str:
+    """The Ray job's entrypoint: the wrapper, or exit ``CD_FAILED`` (with a word in Ray's
+    log) where the node it runs on does not see the attempt's directory."""
+    path = shlex.quote(str(job.workdir / SCRIPT))
+    missing = f"swarmd: {path} is not visible on $(hostname)"
+    return f'test -r {path} || {{ echo "{missing}"; exit {CD_FAILED}; }}; exec sh {path}'
+
+
 def submission_id(job: JobSpec) -> str:
     """A Ray submission id for ``job``: its name (letters, digits, ``_.-``) and a hash of
     its per-attempt directory, so that the same attempt always gets the same id."""
@@ -71,7 +79,7 @@ def submission_id(job: JobSpec) -> str:
 def submit_body(job: JobSpec, runtime_env: Mapping[str, Any]) -> dict[str, Any]:
     """The ``POST /api/jobs/`` body for ``job``."""
     body: dict[str, Any] = {
-        "entrypoint": f"exec sh {shlex.quote(str(job.workdir / SCRIPT))}",
+        "entrypoint": entrypoint(job),
         "submission_id": submission_id(job),
         "metadata": {WORKDIR_KEY: str(job.workdir), NAME_KEY: job.name},
         "entrypoint_num_cpus": max(0, job.cpus),
@@ -137,7 +145,7 @@ def phase_of(info: Mapping[str, Any], exit_code: int | None) -> JobStatus:
         kind = str(info.get("error_type") or "")
         said = _first_line(info.get("message"))
         if info.get("driver_exit_code") == CD_FAILED:
-            said = f"the job's node cannot enter the attempt's directory ({said})"
+            said = f"the job's node does not see the attempt's directory ({said})"
         return JobStatus("engine_failed", ": ".join(p for p in (kind, said) if p) or "FAILED")
     return JobStatus("unknown", status or "no status")
 
