@@ -235,3 +235,28 @@ def test_a_job_stopped_outside_swarmd_is_retried(swarm: Swarm) -> None:
 
 def test_a_job_whose_supervisor_dies_is_retried(swarm: Swarm) -> None:
     _retried(swarm, "j4", "kill")
+
+
+def test_a_restarted_worker_follows_its_job_again_without_submitting_twice(
+    swarm: Swarm,
+) -> None:
+    task = swarm.submit(
+        """
+[[subtask]]
+id = "steady"
+kind = "shell"
+engine = "ray"
+run = ["sh", "-c", "sleep 6; echo done-$SWARMD_ATTEMPT"]
+""",
+        "j5",
+    )
+    job = wait_until(lambda: _ray_job_of(swarm, task, "steady", "running"), 60, what="running")
+    swarm.login.kill()  # a crash: the job goes on in Ray
+    assert job in swarm.ray_jobs("RUNNING")
+    swarm.login.start().wait_ready()
+    status = swarm.finished(task)
+    assert status["state"] == "done", (status, swarm.logs())
+    assert status["subtasks"][0]["attempts"] == 1
+    assert swarm.ctl("result", task)["subtasks"]["steady"]["stdout"] == "done-1\n"
+    ids = swarm.ray_jobs("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "STOPPED")
+    assert sum(task[:12] in i for i in ids) == 1, ids  # one job for the task, ever
