@@ -260,3 +260,23 @@ run = ["sh", "-c", "sleep 6; echo done-$SWARMD_ATTEMPT"]
     assert swarm.ctl("result", task)["subtasks"]["steady"]["stdout"] == "done-1\n"
     ids = swarm.ray_jobs("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "STOPPED")
     assert sum(task[:12] in i for i in ids) == 1, ids  # one job for the task, ever
+
+
+def test_a_timeout_stops_the_ray_job(swarm: Swarm) -> None:
+    task = swarm.submit(
+        """
+[[subtask]]
+id = "slow"
+kind = "shell"
+engine = "ray"
+timeout = "6s"
+run = ["sh", "-c", "echo started; sleep 120"]
+""",
+        "j6",
+    )
+    status = swarm.finished(task)
+    assert status["state"] == "failed", (status, swarm.logs())
+    assert status["subtasks"][0]["error"] == "timed out after 6s", status
+    assert status["subtasks"][0]["attempts"] == 1  # the command's failure: not retried
+    job = swarm.ctl("result", task)["subtasks"]["slow"]["usage"]["engine_job"]
+    wait_until(lambda: job in swarm.ray_jobs("STOPPED"), 30, what=f"{job} STOPPED in Ray")
