@@ -105,6 +105,8 @@ def test_submit_body_asks_for_the_job_resources(tmp_path: Path) -> None:
     assert body["entrypoint_memory"] == 512 * 1024 * 1024
     assert body["runtime_env"] == {"env_vars": {"A": "1"}}
     assert body["metadata"]["swarmd_workdir"] == str(tmp_path)
+    assert body["metadata"]["swarmd_cpus"] == "2" and body["metadata"]["swarmd_mem_mb"] == "512"
+    assert all(isinstance(v, str) for v in body["metadata"].values())  # Ray wants strings
     assert "SECRET" not in repr(body)  # the env stays in the 0700 script
     plain = submit_body(JobSpec("j", tmp_path, ("true",)), {})
     assert "entrypoint_num_gpus" not in plain and "runtime_env" not in plain
@@ -202,13 +204,20 @@ def test_capacity_counts_running_and_pending_jobs() -> None:
 
 
 def test_capacity_counts_what_running_jobs_reserved_before_ray_reports_it() -> None:
-    """Ray's usage report lags: it says 2.5 CPUs idle, but the running jobs reserved 3 of
-    the 4 (and all the GPUs, 2.5 GiB of the 3)."""
+    """Ray's usage report lags: it says 2.5 CPUs idle, but swarmd's running jobs reserved
+    3 of the 4 (and all the GPUs, 2.5 GiB of the 3), as their metadata says."""
+
+    def job(status: str, cpus: int, gpus: int = 0, mem_mb: int = 0) -> dict[str, object]:
+        spec = JobSpec("j", Path("/w"), ("true",), cpus=cpus, gpus=gpus, mem_mb=mem_mb)
+        return {"status": status, "metadata": submit_body(spec, {})["metadata"]}
+
     jobs = [
-        {"status": "RUNNING", "entrypoint_num_cpus": 2, "entrypoint_num_gpus": 2},
-        {"status": "RUNNING", "entrypoint_num_cpus": 1, "entrypoint_memory": 2560 * 2**20},
-        {"status": "PENDING", "entrypoint_num_cpus": 4},
-        {"status": "SUCCEEDED", "entrypoint_num_cpus": 4},
+        job("RUNNING", 2, gpus=2),
+        job("RUNNING", 1, mem_mb=2560),
+        job("PENDING", 4),
+        job("SUCCEEDED", 4),
+        {"status": "RUNNING", "metadata": {"swarmd_cpus": "junk"}},  # not counted
+        {"status": "RUNNING", "metadata": None},
     ]
     cap = capacity_of(parse_cluster_status(CLUSTER), jobs)
     assert (cap.cpus_idle, cap.gpus_idle, cap.mem_idle_mb) == (1, 0, 512)

@@ -14,8 +14,8 @@ dashboard (plain HTTP: this node needs no Ray installed).
   it started, SIGKILL 3 s later: ``RAY_JOB_STOP_WAIT_TIME_S``);
 - ``capacity``: ``GET /api/cluster_status`` (each resource's used/total; where the
   autoscaler writes none, the alive nodes' totals from ``GET /api/v0/nodes``) and
-  ``GET /api/jobs/`` (jobs running and pending, what the running ones reserved, the
-  lengths of finished ones).
+  ``GET /api/jobs/`` (jobs running and pending, what swarmd's running ones reserved
+  as their metadata says, the lengths of finished ones).
 
 Every request that cannot be made, times out or gets a 5xx raises
 :class:`~swarmd.engines.EngineError`, as does a submit Ray refuses (4xx).

@@ -18,6 +18,7 @@ recognised by Ray's "already exists" and not run twice.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -35,6 +36,7 @@ EXIT_FILE: Final = "exit"
 EXIT_MARK: Final = "swarmd-exit-code"
 WORKDIR_KEY: Final = "swarmd_workdir"
 NAME_KEY: Final = "swarmd_job"
+RESERVED_KEYS: Final = ("swarmd_cpus", "swarmd_gpus", "swarmd_mem_mb")  # in metadata
 CD_FAILED: Final = 111  # the job's node does not see the attempt's directory
 NO_HISTORY_WAIT_S: Final = 60.0  # a job's length when Ray has no finished job to go by
 HISTORY: Final = 50  # finished jobs whose lengths make the estimate
@@ -81,7 +83,14 @@ def submit_body(job: JobSpec, runtime_env: Mapping[str, Any]) -> dict[str, Any]:
     body: dict[str, Any] = {
         "entrypoint": entrypoint(job),
         "submission_id": submission_id(job),
-        "metadata": {WORKDIR_KEY: str(job.workdir), NAME_KEY: job.name},
+        "metadata": {
+            WORKDIR_KEY: str(job.workdir),
+            NAME_KEY: job.name,
+            # Ray's job list leaves out the entrypoint resources: kept here for capacity
+            RESERVED_KEYS[0]: str(max(0, job.cpus)),
+            RESERVED_KEYS[1]: str(max(0, job.gpus)),
+            RESERVED_KEYS[2]: str(max(0, job.mem_mb)),
+        },
         "entrypoint_num_cpus": max(0, job.cpus),
     }
     if runtime_env:
@@ -238,27 +247,32 @@ def estimate_wait(res: Resources, running: int, pending: int, lengths: Sequence[
     return length * (pending + 1) / slots
 
 
-def _reserved(jobs: Sequence[Mapping[str, Any]], key: str) -> float:
-    """What the running jobs asked for as entrypoint resources (``key``)."""
-    total = 0.0
+def _reserved(jobs: Sequence[Mapping[str, Any]]) -> tuple[float, float, float]:
+    """The CPUs, GPUs and MiB that swarmd's running jobs reserved (from their metadata:
+    Ray's job list leaves the entrypoint resources out)."""
+    totals = [0.0, 0.0, 0.0]
     for job in jobs:
-        value = job.get(key)
-        if job.get("status") == "RUNNING" and isinstance(value, int | float):
-            total += max(0.0, float(value))
-    return total
+        meta = job.get("metadata")
+        if job.get("status") != "RUNNING" or not isinstance(meta, dict):
+            continue
+        for i, key in enumerate(RESERVED_KEYS):
+            with contextlib.suppress(TypeError, ValueError):
+                totals[i] += max(0.0, float(meta.get(key, 0)))
+    return totals[0], totals[1], totals[2]
 
 
 def capacity_of(res: Resources, jobs: Any) -> EngineCapacity:
     """The engine's capacity from its resources (:func:`parse_cluster_status` or
     :func:`parse_state_nodes`) and ``/api/jobs/``. Ray's resource report lags the jobs
-    by up to a few seconds (its monitor refreshes it every 5 s): what the running jobs
-    reserved counts at once."""
+    by up to a few seconds (its monitor refreshes it every 5 s): what swarmd's running
+    jobs reserved counts at once (others' jobs as Ray reports them)."""
     if not isinstance(jobs, list):
         raise ValueError("/api/jobs/ did not answer a list")
     rows = [j for j in jobs if isinstance(j, dict)]
-    cpus_free = math.floor(res.cpus_total - _reserved(rows, "entrypoint_num_cpus") + 1e-9)
-    gpus_free = math.floor(res.gpus_total - _reserved(rows, "entrypoint_num_gpus") + 1e-9)
-    mem_free = int((res.mem_total_mb * 1024 * 1024 - _reserved(rows, "entrypoint_memory")) // 2**20)
+    cpus, gpus, mem_mb = _reserved(rows)
+    cpus_free = math.floor(res.cpus_total - cpus + 1e-9)
+    gpus_free = math.floor(res.gpus_total - gpus + 1e-9)
+    mem_free = math.floor(res.mem_total_mb - mem_mb + 1e-9)
     res = Resources(
         cpus_idle=max(0, min(res.cpus_idle, cpus_free)),
         cpus_total=res.cpus_total,
