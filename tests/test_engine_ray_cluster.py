@@ -26,7 +26,6 @@ import pytest
 from tests.harness import Daemon, new_secret, swarmctl, wait_until
 from tests.ray_cluster import CPUS, RayHead, job_supervisor
 
-pytest.importorskip("swarmd.executors.engine", reason="the engine framework (slurm branch)")
 pytestmark = pytest.mark.slow
 
 
