@@ -31,6 +31,7 @@ from typing import Any, Final
 from .config_table import ConfigError
 from .config_table import Table as _Table
 from .core.units import parse_duration
+from .engines.ray_jobs import runtime_env_problem
 
 ENGINE_KINDS: Final = ("slurm", "ray")
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -118,4 +119,6 @@ def _ray(t: _Table, values: dict[str, Any]) -> None:
         raise ConfigError(f"{t.where} address: expected http://HOST:PORT, not {address!r}")
     values["address"] = address.rstrip("/")
     if (runtime_env := t.get("runtime_env", dict)) is not None:
+        if problem := runtime_env_problem(runtime_env):
+            raise ConfigError(f"{t.where} runtime_env: {problem}")
         values["runtime_env"] = runtime_env

@@ -275,6 +275,10 @@ def test_the_contract_engines_example(tmp_path: Path) -> None:
         ('kind = "slurm"\npartiton = "x"', "unknown key(s) partiton"),
         ('kind = "ray"', "address: missing"),
         ('kind = "slurm"\nmax_jobs = 0', "max_jobs: expected 1 to"),
+        (
+            'kind = "ray"\naddress = "http://h:8265"\nruntime_env = { working_dir = "." }',
+            "runtime_env: ",
+        ),
     ],
 )
 def test_bad_engines_config(tmp_path: Path, body: str, message: str) -> None:
