@@ -52,10 +52,10 @@ from zmq.utils import z85
 from protocol.messages import ErrorReply, TaskReply, TaskRequest, TasksReply, TasksRequest
 
 from . import __version__
-from .control import peers as peer_views
 from .core.gossip import Member
 from .core.tasks import UnknownTask
 from .http_head import SECURITY_HEADERS, check_access
+from .peer_rows import peers as peer_views
 from .web import Limits, WebServer, host_is_loopback, presented_token, token_matches
 from .work import Coordination
 

@@ -26,7 +26,7 @@ from protocol.messages import (
     StatsReply,
     StatsRequest,
 )
-from swarmd import control
+from swarmd import peer_rows
 from swarmd.control import Control
 from swarmd.core.failure import Liveness
 from swarmd.core.gossip import Gossip, Member, Send
@@ -156,7 +156,7 @@ def net() -> Net:
 
 def rows(g: Gossip, now: float = 2.0) -> list[dict[str, Any]]:
     """What `swarmctl peers --json` prints: the reply's rows as JSON objects."""
-    reply = PeersReply(peers=control.peers(g.members(now)))
+    reply = PeersReply(peers=peer_rows.peers(g.members(now)))
     wire = codec.decode(codec.encode(reply))
     assert isinstance(wire, PeersReply)
     out: list[dict[str, Any]] = json.loads(msgspec.json.encode(wire.peers))
@@ -326,7 +326,7 @@ def test_malformed_values_in_state_are_skipped_not_fatal() -> None:
         models=[good, {"name": "broken"}, "nonsense"],
         addr="10.0.0.1:7946",
     )
-    [row] = [json.loads(msgspec.json.encode(v)) for v in control.peers([member])]
+    [row] = [json.loads(msgspec.json.encode(v)) for v in peer_rows.peers([member])]
     check_shape(row)
     assert row["cpu"]["cores"] is None
     assert [m["name"] for m in row["models"]] == ["fast"]
@@ -338,14 +338,14 @@ def test_malformed_values_in_state_are_skipped_not_fatal() -> None:
 @pytest.mark.parametrize("liveness", list(Liveness))
 def test_every_liveness_is_a_contract_state(liveness: Liveness) -> None:
     member = Member(NodeState("n1", 1), liveness, False, None, None)
-    [view] = control.peers([member])
+    [view] = peer_rows.peers([member])
     row = json.loads(msgspec.json.encode(view))
     assert row["state"] == liveness.value
     assert row["rtt_ms"] is None and row["last_seen_s"] is None
 
 
 def test_peer_view_serialises_self_not_is_self() -> None:
-    view = control.peer_view(Member(NodeState("n1", 1), Liveness.ALIVE, True, None, 0.0))
+    view = peer_rows.peer_view(Member(NodeState("n1", 1), Liveness.ALIVE, True, None, 0.0))
     assert isinstance(view, PeerView) and view.is_self is True
     row = json.loads(msgspec.json.encode(view))
     assert row["self"] is True and "is_self" not in row
