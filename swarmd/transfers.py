@@ -67,6 +67,9 @@ class _Incoming:
     verifying: bool = False
     restarts: int = 0
     renewed: float = 0.0
+    began: float | None = None  # when the first chunk was taken (bandwidth)
+    began_at: int = 0  # bytes taken by then
+    measurable: bool = True  # no stall, resume or restart: its rate is the link's
 
 
 def safe_component(value: str) -> bool:
@@ -95,6 +98,9 @@ class Transfers:
         self.log = log
         self.incoming: dict[Key, _Incoming] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # (node id, bytes, seconds) of each whole pull: the bandwidth from that worker
+        # (swarmd.core.locality.Bandwidth.observe); None: not measured.
+        self.on_measured: Callable[[str, int, float], None] | None = None
 
     # ------------------------------------------------------------ messages in
 
@@ -138,6 +144,7 @@ class Transfers:
             self._end(key, Received(error=f"artifacts not received: {exc}"))
             return
         self.counters["transfer_chunks"] += 1
+        self._measure(inc, now)
         if now - inc.renewed >= RENEW_S:
             inc.renewed = now
             if not self.renew(inc.head):
@@ -148,6 +155,14 @@ class Transfers:
         else:
             self._ask(inc)
 
+    def _measure(self, inc: _Incoming, now: float) -> None:
+        """Bytes/s from the first chunk taken to the last, for a pull that never stalled
+        or started over (those measure the failure, not the link)."""
+        if inc.began is None:
+            inc.began, inc.began_at = now, inc.pull.have
+        elif inc.pull.done and self.on_measured is not None and inc.measurable:
+            self.on_measured(inc.head.node, inc.pull.have - inc.began_at, now - inc.began)
+
     def tick(self, now: float) -> None:
         """Ask again where a fetch stalled (a lost chunk, link or sender)."""
         for key, inc in list(self.incoming.items()):
@@ -156,6 +171,7 @@ class Transfers:
                     self._drop(key)
                     continue
                 self.counters["transfer_resumed"] += 1
+                inc.measurable = False
                 inc.pull.resume(inc.pull.have, now)
                 self._ask(inc)
 
@@ -174,6 +190,7 @@ class Transfers:
             self._fail_head(m, f"cannot store artifacts: {exc}")
             return None
         if have:
+            inc.measurable = False
             self.counters["transfer_resumed"] += 1
             self.log.info("%s/%s#%d: going on from %d of %d bytes", *key, have, m.blob.size)
         inc.pull.resume(have, now)
@@ -286,6 +303,7 @@ class Transfers:
         inc.entries = None
         inc.fd = os.open(inc.path / "data", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         inc.verifying = False
+        inc.measurable = False
         inc.pull.resume(0, inc.pull.last_word)
         self._ask(inc)
 

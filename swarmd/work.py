@@ -30,9 +30,9 @@ from protocol.messages import (
 from .clock import Clock
 from .core import tasks as core
 from .core import template
-from .core.jobspec import JobSpec
+from .core.jobspec import JobSpec, SubtaskSpec
 from .core.pricing import PeerCapacity, PricingConfig, ThroughputTracker
-from .dispatch_files import dispatch_files, spec_to_wire
+from .dispatch_files import dispatch_files, files_for, spec_to_wire
 from .group_commit import GroupCommit
 from .journal_health import JournalHealth
 from .journal_open import quarantine
@@ -54,6 +54,8 @@ __all__ = ["Clock", "Coordination"]
 # ---------------------------------------------------------------- coordinator side
 
 
+LOOKAHEAD_S = 10.0
+QUEUE_AHEAD_S = 1.0
 SENT_KEPT = 65536  # attempts whose first dispatch's worker generation is remembered
 
 
@@ -93,7 +95,12 @@ class Coordination(WorkerMessages):
             # A worker holds shell/python subtasks up to its gossiped queue_max beyond its
             # slots (pricing reads it per peer); a full model profile or a peer that
             # gossips no queue_max refuses, so it is not a candidate at all.
-            pricing=PricingConfig(max_queue=0),
+            # Look-ahead: a subtask may wait up to LOOKAHEAD_S for a busier node where it
+            # would finish sooner; one with an estimate goes to a busy worker's queue
+            # only when a slot there is due within QUEUE_AHEAD_S (swarmd.core.pricing_eft).
+            pricing=PricingConfig(
+                max_queue=0, lookahead_max_s=LOOKAHEAD_S, queue_ahead_s=QUEUE_AHEAD_S
+            ),
             # The requests this coordinator sent, measured: pricing reads these first.
             throughput=ThroughputTracker(),
         )
@@ -116,6 +123,10 @@ class Coordination(WorkerMessages):
         self.transfers = Transfers(
             store.path.parent, self._to, self._renew, self._delivered, self.counters, log
         )
+        # Data locality: the bandwidth of each whole pull, and the input bytes a
+        # dispatch carries, for pricing (swarmd.core.locality).
+        self.transfers.on_measured = self.coordinator.bandwidth.observe
+        self.coordinator.input_bytes = self._input_bytes
         # Tasks survive this coordinator (swarmd/core/succession.py): set when wired.
         self.replication: Replication | None = None
         self.successor: Successor | None = None
@@ -353,6 +364,10 @@ class Coordination(WorkerMessages):
                 return {}  # a gateway request: no input files, nothing in the store
             self._inputs[task_id] = self.store.inputs(task_id)
         return self._inputs[task_id]
+
+    def _input_bytes(self, task_id: str, spec: SubtaskSpec) -> int:
+        """Bytes of the input files the subtask's dispatch carries."""
+        return sum(len(v) for v in files_for(spec, self._task_files(task_id)).values())
 
     def _dispatch(self, d: core.Dispatch) -> None:
         if not self.has_task(d.task_id):

@@ -330,6 +330,8 @@ def test_explain_table_rows() -> None:
             "cost": 0.0,
             "score": 1.512,
             "basis": "hint 1.5 s",
+            "input_s": 0.0,
+            "later_s": None,
         },
         {
             "peer": "b",
@@ -344,6 +346,8 @@ def test_explain_table_rows() -> None:
             "cost": None,
             "score": None,
             "basis": None,
+            "input_s": 0.0,
+            "later_s": None,
         },
     ]
     assert explain_table(price(Demand("shell"), [], CONFIG)) == []

@@ -2,7 +2,8 @@
 
 Two parts, both simulated in virtual time with swarmd's real queue and pricing:
 
-1. **Random task graphs** (:mod:`.dag`, the generator of Topcuoglu et al. 2002) on
+1. **Random task graphs** (:mod:`.dag`, the generator of Topcuoglu et al. 2002; swarmd's
+   placement simulated by :mod:`.online`, the old one by :mod:`.policies`) on
    heterogeneous processors, in the *related* model (each processor has one speed, which
    swarmd is told as the node's declared ``speed``) and the paper's *unrelated* model
    (a random cost per task and processor; swarmd only knows each task's mean cost).
@@ -37,19 +38,23 @@ from . import agent
 from .dag import CostModel, Dag, random_dag
 from .heft import Schedule, heft, slr_bound, violations
 from .kpi import markdown_kpi, run_kpi
+from .online import swarmd_online
 from .policies import least_loaded, round_robin, swarmd
 
 __all__ = ["markdown", "run"]
 
-# The policies of the comparison. "swarmd_readiness_order" is swarmd before ready
-# subtasks were ordered by upward rank; "swarmd+…" rows are what-ifs (see policies.py).
+# The policies of the comparison. "swarmd" is the coordinator as it places today (worker
+# queues, earliest finish with the work held on each node, look-ahead, data locality);
+# "swarmd_before" is its placement before (a free node now, no transfer estimate);
+# "swarmd-…" rows take one part away (what-ifs, see online.py).
 DAG_POLICIES: dict[str, Callable[[Dag], Schedule]] = {
     "heft": heft,
-    "swarmd": swarmd,
+    "swarmd": swarmd_online,
     "round_robin": round_robin,
     "least_loaded": least_loaded,
-    "swarmd_readiness_order": lambda d: swarmd(d, readiness_order=True),
-    "swarmd+locality": lambda d: swarmd(d, locality=True),
+    "swarmd_before": swarmd,
+    "swarmd-locality": lambda d: swarmd_online(d, locality=False),
+    "swarmd-lookahead": lambda d: swarmd_online(d, lookahead=False),
 }
 AGENT_POLICIES = ("swarmd", "swarmd_strict", "round_robin", "least_loaded")
 
@@ -228,8 +233,9 @@ def markdown(result: dict[str, Any]) -> str:
     parts.append(
         f"Grid: v {grid['v']}, CCR {grid['ccr']}, alpha {grid['alpha']}, beta {grid['beta']},"
         f" processors {grid['procs']}, out-degree {grid['out_degree']}, {grid['seeds']} "
-        "seed(s) per point. `swarmd_readiness_order` is swarmd before it ordered a job's ready "
-        "subtasks by upward rank; `swarmd+…` columns are what-ifs, not swarmd today."
+        "seed(s) per point. `swarmd_before` is swarmd's placement before worker queues were "
+        "priced (a free node now, inputs ignored); `swarmd-locality` and `swarmd-lookahead` "
+        "are swarmd without its transfer estimates or without look-ahead."
     )
     for name, model in dag["models"].items():
         what = (

@@ -8,7 +8,8 @@ parents' outputs have arrived (their finish time, plus the edge cost when the pa
 on another processor). Pricing knows nothing of that transfer, so the processor is held
 while the data travel — the slot is taken at dispatch, as a swarmd worker's is.
 
-* :func:`swarmd` — the real coordinator logic: whenever a processor frees or a task
+* :func:`swarmd` — swarmd's placement before it priced the workers' queues (today's is
+  :mod:`bench.scheduling.online`): whenever a processor frees or a task
   becomes ready, the ready tasks are walked in :class:`swarmd.core.queue.ReadyQueue`
   order (all subtasks of one job share its priority; among them the greater urgency —
   the upward rank from the run estimates, as :class:`swarmd.core.tasks.Coordinator`

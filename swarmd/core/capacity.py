@@ -85,6 +85,10 @@ class PeerCapacity:
     # gossiped ``pause_detail`` while ``paused`` is battery or user-active; else None.
     paused: str | None = None
     engines: tuple[EngineOffer, ...] = ()  # clusters it fronts (gossip ``engines``)
+    # Seconds until each shell/python slot can start new work, ascending, as the
+    # coordinator estimates from the attempts it sent there (swarmd.core.pricing_eft);
+    # () when not estimated: the wait then follows slots_busy and queue.
+    free_in_s: tuple[float, ...] = ()
 
 
 # ---------------------------------------------------------------- from gossip

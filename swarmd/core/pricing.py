@@ -29,15 +29,23 @@ cost``:
 
 * ``rtt_s``: the measured round trip to the peer, 0 for this node itself.
 * ``input_s``: the demand's ``input_s`` entry for the peer (how long until the subtask's
-  inputs would be there), 0 when the demand lists none for it; the basis then says
-  ``inputs N s``.
+  inputs would be there: :mod:`swarmd.core.locality`), 0 when the demand lists none for
+  it; the basis then says ``inputs N s``. The inputs travel while the subtask waits for
+  a slot, so the score takes the later of the two: ``max(wait_s, input_s)``.
 * shell/python: ``run_s = (est_seconds or default_shell_s) / speed * max(1, load)``,
   where ``speed`` is the node's declared relative speed (``[hardware] speed``, 1.0 by
   default: ``est_seconds`` are seconds on a speed-1 node) and ``load`` is the 1-minute
   load average per core: an overloaded machine runs slower.
-  ``ahead = slots_busy + queue - slots_total + 1``; when ``ahead > 0``
+  ``wait_s`` is ``free_in_s[0]`` when the coordinator estimated the peer's slots from
+  the attempts it holds there (:mod:`swarmd.core.pricing_eft`); otherwise
+  ``ahead = slots_busy + queue - slots_total + 1`` and when ``ahead > 0``
   ``wait_s = queue_slot_wait_s * ahead / slots_total`` (each subtask ahead holds a slot
   for about ``queue_slot_wait_s``), else 0. ``cost = cost_per_hour * run_s / 3600``.
+  A subtask with an estimate goes into a busy peer's queue only if ``free_in_s[0] <=
+  queue_ahead_s`` (late binding; ``why_not`` says ``busy for N s: kept here until due``).
+  A peer whose queue is full (or that binds late) gets ``later_s``, its score should the
+  subtask wait for it, when it frees within ``lookahead_max_s``; the lowest ``later_s``
+  that beats the winner's score is ``Placement.wait_for`` (look-ahead).
 * llm: ``run_s = est_tokens / tokens_per_s + latency_s``. Throughput (completion
   tokens/s) and latency (time to first token) are taken, in this order, from the
   coordinator's own :class:`ThroughputTracker` (EWMAs over the requests it sent, per
@@ -62,12 +70,14 @@ never wins; with no feasible peer the winner is ``None`` and ``reason`` says why
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from . import engine_pricing
-from .capacity import GiB, Kind, ModelOffer, PeerCapacity, peer_from_gossip
+from .capacity import GiB, ModelOffer, PeerCapacity, peer_from_gossip
+from .pricing_llm import best_llm
+from .pricing_types import Demand, Estimate, PricingConfig, gib
 from .throughput import ThroughputTracker
 
 __all__ = [
@@ -89,41 +99,10 @@ __all__ = [
 # ---------------------------------------------------------------- the question
 
 
-@dataclass(frozen=True, slots=True)
-class Demand:
-    """What one ready subtask needs, reduced to what pricing looks at."""
-
-    kind: Kind
-    capability: str | None = None
-    model: str | None = None  # a model profile name (or the served model's name)
-    min_vram: int = 0  # bytes, on one GPU
-    min_ram: int = 0  # bytes
-    node: str | None = None  # pin: node name or id
-    engine: str | None = None  # shell: run as a job of this engine (a node fronting it)
-    est_tokens: int = 0  # llm: prompt + max_tokens estimate (see estimate_llm_tokens)
-    est_seconds: float | None = None  # shell/python: a hint; None = unknown
-    # (node id, seconds until this subtask's inputs would be on that node); a node not
-    # listed has them at once. Added to the score: data locality.
-    input_s: tuple[tuple[str, float], ...] = ()
-
-
 def estimate_llm_tokens(prompt: str, max_tokens: int, system: str | None = None) -> int:
     """Tokens an llm subtask will use: about 4 characters per prompt token + max_tokens."""
     chars = len(prompt) + (len(system) if system else 0)
     return math.ceil(chars / 4) + max(0, max_tokens)
-
-
-@dataclass(frozen=True, slots=True)
-class PricingConfig:
-    cost_weight: float = 0.0  # seconds of estimated finish per unit of cost
-    default_shell_s: float = 1.0  # run estimate for shell/python without est_seconds
-    queue_slot_wait_s: float = 5.0  # how long each shell/python subtask ahead holds a slot
-    max_queue: int = 64  # more subtasks ahead than this: "queue full", not a candidate
-    default_tokens_per_s: float = 20.0  # llm, when the peer advertises no hardware at all
-    gpu_tokens_per_s_per_gib: float = 2.5  # x the largest GPU's total VRAM in GiB
-    cpu_tokens_per_s_per_core: float = 1.0  # x cores / max(1, load), when no GPU
-    min_tokens_per_s: float = 1.0  # clamp for hardware estimates
-    max_tokens_per_s: float = 200.0
 
 
 # ---------------------------------------------------------------- the answer
@@ -146,6 +125,10 @@ class Candidate:
     basis: str | None = None  # where the run estimate came from, e.g. "measured 41.2 tok/s"
     engine: str | None = None  # run as a job of this engine the peer fronts (engine_pricing)
     overflow: bool = False  # that engine is overflow_only
+    input_s: float = 0.0  # until its inputs would be there (data locality)
+    # Its queue is full: the score it would have if the subtask waited in the
+    # coordinator for a slot there (look-ahead, swarmd.core.pricing_eft); else None.
+    later_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,125 +136,27 @@ class Placement:
     winner: Candidate | None
     candidates: tuple[Candidate, ...]  # feasible by score, then infeasible by name
     reason: str | None = None  # why there is no winner
+    # A busier peer (queue full now) where the subtask would finish sooner than on the
+    # winner if it waited for it (look-ahead); None: dispatch to the winner.
+    wait_for: Candidate | None = None
 
 
 # ---------------------------------------------------------------- pricing
 
 
-def _gib(size: int) -> str:
-    return f"{size / GiB:.1f} GiB"
-
-
-def _names(items: Iterable[str]) -> str:
-    found = sorted(set(items))
-    return ", ".join(found) if found else "none"
-
-
-@dataclass(frozen=True, slots=True)
-class _Estimate:
-    wait_s: float
-    run_s: float
-    cost: float
-    score: float
-    model: str | None
-    basis: str
-
-
-def _hardware_tokens_per_s(peer: PeerCapacity, config: PricingConfig) -> tuple[float, str]:
-    if peer.gpus_vram_total:
-        largest = max(peer.gpus_vram_total)
-        raw = config.gpu_tokens_per_s_per_gib * largest / GiB
-        source = f"{_gib(largest)} GPU"
-    elif peer.cores > 0:
-        raw = config.cpu_tokens_per_s_per_core * peer.cores / max(1.0, peer.load)
-        source = f"{peer.cores} CPU cores"
-    else:
-        return config.default_tokens_per_s, "default"
-    return min(config.max_tokens_per_s, max(config.min_tokens_per_s, raw)), source
-
-
-def _llm_speed(
-    peer: PeerCapacity,
-    offer: ModelOffer,
-    config: PricingConfig,
-    throughput: ThroughputTracker | None,
-) -> tuple[float, str]:
-    """Tokens/s and where it came from: measured here, measured by the peer, hardware."""
-    own = throughput.tokens_per_s(peer.node_id, offer.name) if throughput else None
-    if own is not None and own > 0.0:
-        return own, f"measured {own:.1f} tok/s"
-    if offer.tokens_per_s is not None and offer.tokens_per_s > 0.0:
-        return offer.tokens_per_s, f"peer-measured {offer.tokens_per_s:.1f} tok/s"
-    tps, source = _hardware_tokens_per_s(peer, config)
-    return tps, f"estimated {tps:.1f} tok/s from {source}"
-
-
-def _llm_latency(
-    peer: PeerCapacity, offer: ModelOffer, throughput: ThroughputTracker | None
-) -> tuple[float | None, str]:
-    """Seconds to the first token and where it came from (None: not known, taken as 0)."""
-    own = throughput.latency_s(peer.node_id, offer.name) if throughput else None
-    if own is not None:
-        return own, "ttft"
-    if offer.ttft_ms is not None:
-        return offer.ttft_ms / 1000.0, "peer ttft"
-    if offer.latency_ms is not None:
-        return offer.latency_ms / 1000.0, "probe latency"
-    return None, ""
-
-
-def _llm_estimate(
-    demand: Demand,
-    peer: PeerCapacity,
-    offer: ModelOffer,
-    rtt_s: float,
-    config: PricingConfig,
-    throughput: ThroughputTracker | None,
-) -> _Estimate:
-    tps, basis = _llm_speed(peer, offer, config, throughput)
-    latency, source = _llm_latency(peer, offer, throughput)
-    if latency is not None:
-        basis += f", {source} {latency * 1000.0:.0f} ms"
-    run_s = max(0, demand.est_tokens) / tps + (latency or 0.0)
-    concurrency = max(1, offer.max_concurrency)
-    if offer.in_flight > 0:
-        basis += f", {offer.in_flight}/{concurrency} in flight"
-    ahead = offer.in_flight - concurrency + 1
-    wait_s = run_s * ahead / concurrency if ahead > 0 else 0.0
-    cost = offer.cost_per_mtok * max(0, demand.est_tokens) / 1e6
-    score = wait_s + rtt_s + run_s + config.cost_weight * cost
-    return _Estimate(wait_s, run_s, cost, score, offer.name, basis)
-
-
-def _offer_matches(demand: Demand, offer: ModelOffer) -> bool:
-    if demand.model is not None and demand.model not in (offer.name, offer.model):
-        return False
-    return demand.capability is None or demand.capability in offer.capabilities
-
-
-def _llm_why_not(demand: Demand, peer: PeerCapacity) -> str:
-    if not peer.models:
-        return "serves no models"
-    if demand.model is not None:
-        named = [o for o in peer.models if demand.model in (o.name, o.model)]
-        if not named:
-            return f'no model profile "{demand.model}" (has: {_names(o.name for o in peer.models)})'
-        caps = _names(c for o in named for c in o.capabilities)
-        return f'model "{demand.model}" lacks capability "{demand.capability}" (has: {caps})'
-    caps = _names(c for o in peer.models for c in o.capabilities)
-    return f'no model with capability "{demand.capability}" (has: {caps})'
-
-
 def _shell_estimate(
     demand: Demand, peer: PeerCapacity, rtt_s: float, config: PricingConfig
-) -> _Estimate:
+) -> Estimate:
     hint = demand.est_seconds
     hinted = hint is not None and math.isfinite(hint)
     base = max(0.0, hint) if hint is not None and hinted else config.default_shell_s
     speed = peer.speed if math.isfinite(peer.speed) and peer.speed > 0.0 else 1.0
     run_s = base / speed * max(1.0, peer.load)
-    ahead = peer.slots_busy + peer.queue - peer.slots_total + 1
-    wait_s = config.queue_slot_wait_s * ahead / peer.slots_total if ahead > 0 else 0.0
+    if peer.free_in_s:
+        wait_s = peer.free_in_s[0]  # the work it holds, as this coordinator estimates it
+    else:
+        ahead = peer.slots_busy + peer.queue - peer.slots_total + 1
+        wait_s = config.queue_slot_wait_s * ahead / peer.slots_total if ahead > 0 else 0.0
     cost = peer.cost_per_hour * run_s / 3600.0
     score = wait_s + rtt_s + run_s + config.cost_weight * cost
     basis = f"{'hint' if hinted else 'default'} {base:g} s"
@@ -279,7 +164,7 @@ def _shell_estimate(
         basis += f" / speed {speed:g}"
     if peer.load > 1.0:
         basis += f" x load {peer.load:.2f}"
-    return _Estimate(wait_s, run_s, cost, score, None, basis)
+    return Estimate(wait_s, run_s, cost, score, None, basis)
 
 
 def _input_s(demand: Demand, node_id: str) -> float:
@@ -298,8 +183,9 @@ def _candidate(
 ) -> Candidate:
     rtt_s = peer.rtt_s if peer.rtt_s is not None and peer.rtt_s > 0.0 else 0.0
     why = _barred(demand, peer, exclude)
+    later: Estimate | None = None
     if demand.kind == "llm":
-        best, full = _best_llm(demand, peer, config, rtt_s, throughput)
+        best, full = best_llm(demand, peer, config, rtt_s, throughput)
         if full is not None:
             why.append(full)
     elif peer.slots_total <= 0:
@@ -309,18 +195,23 @@ def _candidate(
         best = None
         waiting = peer.slots_busy + peer.queue - peer.slots_total
         limit = config.max_queue if peer.queue_max is None else peer.queue_max
-        if waiting >= limit:
-            why.append(f"queue full: {waiting} waiting (limit {limit})")
-        else:
+        late = _binds_late(demand, peer, waiting, config)
+        if waiting < limit and not late:
             best = _shell_estimate(demand, peer, rtt_s, config)
-    if best is not None and demand.input_s:
-        input_s = _input_s(demand, peer.node_id)
-        if input_s > 0.0:
-            best = replace(
-                best, score=best.score + input_s, basis=f"{best.basis}, inputs {input_s:.3g} s"
-            )
+        else:
+            if not why and peer.free_in_s and peer.free_in_s[0] <= config.lookahead_max_s:
+                later = _shell_estimate(demand, peer, rtt_s, config)
+            if waiting >= limit:
+                why.append(f"queue full: {waiting} waiting (limit {limit})")
+            else:
+                why.append(f"busy for {peer.free_in_s[0]:.3g} s: kept here until due")
+    input_s = _input_s(demand, peer.node_id) if demand.input_s else 0.0
     if why or best is None:
-        return _infeasible(peer, rtt_s, "; ".join(why) or "not feasible")
+        row = _infeasible(peer, rtt_s, "; ".join(why) or "not feasible")
+        if later is not None:
+            row = replace(row, later_s=_with_inputs(later, input_s).score, input_s=input_s)
+        return row
+    best = _with_inputs(best, input_s)
     return Candidate(
         node_id=peer.node_id,
         name=peer.name,
@@ -333,7 +224,28 @@ def _candidate(
         score=best.score,
         model=best.model,
         basis=best.basis,
+        input_s=input_s,
     )
+
+
+def _binds_late(demand: Demand, peer: PeerCapacity, waiting: int, config: PricingConfig) -> bool:
+    """A subtask with a run estimate is sent to a busy worker's queue only when a slot
+    there frees within ``queue_ahead_s``; further ahead the coordinator keeps it and
+    decides again nearer the time (late binding), with what it knows then."""
+    return (
+        waiting >= 0
+        and demand.est_seconds is not None
+        and bool(peer.free_in_s)
+        and peer.free_in_s[0] > config.queue_ahead_s
+    )
+
+
+def _with_inputs(est: Estimate, input_s: float) -> Estimate:
+    """The inputs travel while the subtask waits for a slot: the later of the two."""
+    if input_s <= 0.0:
+        return est
+    extra = max(0.0, input_s - est.wait_s)
+    return replace(est, score=est.score + extra, basis=f"{est.basis}, inputs {input_s:.3g} s")
 
 
 def _infeasible(peer: PeerCapacity, rtt_s: float, why_not: str) -> Candidate:
@@ -371,36 +283,12 @@ def _barred(demand: Demand, peer: PeerCapacity, exclude: frozenset[str]) -> list
     if demand.min_vram > 0:
         largest = max(peer.gpus_vram_free, default=None)
         if largest is None:
-            why.append(f"needs {_gib(demand.min_vram)} VRAM, no GPU")
+            why.append(f"needs {gib(demand.min_vram)} VRAM, no GPU")
         elif largest < demand.min_vram:
-            why.append(f"needs {_gib(demand.min_vram)} VRAM, largest free {_gib(largest)}")
+            why.append(f"needs {gib(demand.min_vram)} VRAM, largest free {gib(largest)}")
     if demand.min_ram > 0 and peer.ram_available < demand.min_ram:
-        why.append(f"needs {_gib(demand.min_ram)} RAM, {_gib(peer.ram_available)} available")
+        why.append(f"needs {gib(demand.min_ram)} RAM, {gib(peer.ram_available)} available")
     return why
-
-
-def _best_llm(
-    demand: Demand,
-    peer: PeerCapacity,
-    config: PricingConfig,
-    rtt_s: float,
-    throughput: ThroughputTracker | None,
-) -> tuple[_Estimate | None, str | None]:
-    """The best of the peer's model offers for ``demand``, or why there is none."""
-    best: _Estimate | None = None
-    for offer in peer.models:
-        if not _offer_matches(demand, offer):
-            continue
-        if offer.in_flight - max(1, offer.max_concurrency) >= config.max_queue:
-            continue
-        est = _llm_estimate(demand, peer, offer, rtt_s, config, throughput)
-        if best is None or (est.score, est.model or "") < (best.score, best.model or ""):
-            best = est
-    if best is not None:
-        return best, None
-    if any(_offer_matches(demand, o) for o in peer.models):
-        return None, f"model queue full (limit {config.max_queue} waiting)"
-    return None, _llm_why_not(demand, peer)
 
 
 _REASON_PEERS = 8  # peers listed by name in Placement.reason
@@ -416,7 +304,7 @@ def price(
 ) -> Placement:
     """Price one demand against every peer; the lowest score among feasible peers wins."""
     rows = [_row(demand, peer, config, exclude, throughput) for peer in peers]
-    return _placement(rows)
+    return _placement(rows, config)
 
 
 def _row(
@@ -444,16 +332,17 @@ def reprice(
     rows = {c.node_id: c for c in placement.candidates}
     for peer in changed:
         rows[peer.node_id] = _row(demand, peer, config, exclude, throughput)
-    return _placement(list(rows.values()))
+    return _placement(list(rows.values()), config)
 
 
-def _placement(rows: list[Candidate]) -> Placement:
+def _placement(rows: list[Candidate], config: PricingConfig | None = None) -> Placement:
     rows = engine_pricing.overflow(rows)
     feasible = sorted((c for c in rows if c.feasible), key=lambda c: (c.score or 0.0, c.node_id))
     infeasible = sorted((c for c in rows if not c.feasible), key=lambda c: (c.name, c.node_id))
     candidates = (*feasible, *infeasible)
     if feasible:
-        return Placement(winner=feasible[0], candidates=candidates, reason=None)
+        wait_for = _wait_for(feasible[0], infeasible, config) if config is not None else None
+        return Placement(feasible[0], candidates, None, wait_for)
     if not rows:
         return Placement(winner=None, candidates=(), reason="no peers known")
     shown = [f"{c.name}: {c.why_not}" for c in infeasible[:_REASON_PEERS]]
@@ -465,6 +354,22 @@ def _placement(rows: list[Candidate]) -> Placement:
         candidates=candidates,
         reason=f"no feasible peer among {len(rows)}: " + " | ".join(shown),
     )
+
+
+def _wait_for(
+    winner: Candidate, infeasible: list[Candidate], config: PricingConfig
+) -> Candidate | None:
+    """The full peer worth waiting for (look-ahead): the lowest ``later_s``, if it beats
+    the winner's score by more than ``lookahead_margin`` of it."""
+    best: Candidate | None = None
+    for c in infeasible:
+        if c.later_s is not None and (
+            best is None or (c.later_s, c.node_id) < (best.later_s or 0.0, best.node_id)
+        ):
+            best = c
+    if best is None or best.later_s is None or winner.score is None:
+        return None
+    return best if best.later_s < winner.score * (1.0 - config.lookahead_margin) else None
 
 
 def _round(value: float | None, digits: int) -> float | None:
@@ -489,6 +394,8 @@ def explain_table(placement: Placement) -> list[dict[str, Any]]:
             "score": _round(c.score, 3),
             "basis": c.basis,
             **({} if c.engine is None else {"engine": c.engine}),
+            "input_s": _round(c.input_s, 3),
+            "later_s": _round(c.later_s, 3),
         }
         for c in placement.candidates
     ]

@@ -7,9 +7,12 @@ changes become journal snapshots (:meth:`Bookkeeping._finish`).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from swarmd.core.deadlines import ClassLoad
+from swarmd.core.jobspec import SubtaskSpec
+from swarmd.core.locality import Bandwidth
 from swarmd.core.pricing import PricingConfig, ThroughputTracker
 from swarmd.core.queue import Key
 from swarmd.core.tasks.backlog import Backlog
@@ -40,6 +43,10 @@ class Bookkeeping:
         self._backlog = Backlog(dict(self.config.shares), self.config.patience_s)  # ready subtasks
         self._finished = FinishedTasks()  # finished tasks, in the order they finished
         self.class_load = ClassLoad()  # recent dispatches per class and pool (deadlines)
+        # Data locality (swarmd.core.locality): bytes/s measured per peer, and the bytes
+        # of input files a subtask's dispatch carries (task id, spec), set by the shell.
+        self.bandwidth = Bandwidth()
+        self.input_bytes: Callable[[str, SubtaskSpec], int] | None = None
 
     def _task(self, task_id: str) -> TaskRecord:
         try:

@@ -246,6 +246,8 @@ class SubtaskRecord:
     round: tuple[Candidate, ...] = ()  # candidates left to try if the current one refuses
     refused_by: set[str] = field(default_factory=set)  # nodes that refused in this round
     group: GroupNote | None = None  # its last placement was with a group (explain)
+    held_since: float | None = None  # look-ahead first kept it for a busier peer (not sent)
+    input_bytes: int | None = None  # bytes of input files its dispatch carries (locality)
 
     @property
     def id(self) -> str:

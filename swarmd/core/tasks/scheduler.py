@@ -2,6 +2,13 @@
 view of the peers (:func:`swarmd.core.pricing.price`), dispatch it to the winner.
 Small llm subtasks of one kind follow the first one priced to its node, up to the
 profile's free concurrency there (:mod:`swarmd.core.tasks.grouping`).
+
+Each peer's ``free_in_s`` is estimated first from the shell/python attempts this
+coordinator holds there (:mod:`swarmd.core.pricing_eft`), and moved on by each dispatch
+of the pass. A subtask whose placement says it would finish sooner on a busier peer
+(``Placement.wait_for``, look-ahead) is held — not dispatched, that peer reserved for
+the rest of the pass — for at most ``PricingConfig.lookahead_max_s`` since it was first
+held; a peer that goes away simply stops being priced, which ends the wait.
 """
 
 from __future__ import annotations
@@ -9,7 +16,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from swarmd.core.pricing import Demand, PeerCapacity, Placement, price, reprice
+from swarmd.core.locality import input_s
+from swarmd.core.pricing import Candidate, Demand, PeerCapacity, Placement, price, reprice
+from swarmd.core.pricing_eft import Held, after_dispatch, free_in
 from swarmd.core.tasks.backlog import Kind
 from swarmd.core.tasks.effects import Batch, Effect
 from swarmd.core.tasks.grouping import Groups, group_key
@@ -38,7 +47,7 @@ class Scheduler(Lifecycle):
         batch = Batch()
         if not len(self._backlog):
             return []
-        view = {p.node_id: p for p in peers}
+        view = self._with_held(peers, now)
         priced: _Priced = {}
         groups = Groups()
         blocked: set[Kind] = set()
@@ -75,31 +84,102 @@ class Scheduler(Lifecycle):
             placement, winner, rest = group.placement, group.winner, group.rest
         else:
             rec.group = None
-            placement = self._price(rec, view, priced)
+            placement = self._price(rec, self._located(task, rec, view), view, priced)
             if placement.winner is None:
                 return False
+            if placement.wait_for is not None and self._may_hold(rec, now):
+                self._reserve(view, priced, placement.wait_for, placement.wait_for.model)
+                self.counters["lookahead_held"] += 1
+                return True
             winner = placement.winner
             rest = tuple(
                 c for c in placement.candidates if c.feasible and c.node_id != winner.node_id
             )
         self._backlog.take((task.id, rec.id))
+        rec.held_since = None
         self._dispatch(batch, task, rec, "dispatch", winner, placement, rest, now)
-        peer = view.get(winner.node_id)
-        if peer is not None:
-            view[winner.node_id] = _one_more(peer, winner.model)
-            for _, changed in priced.values():
-                changed.add(winner.node_id)
+        self._reserve(view, priced, winner, winner.model, busy=True)
         if gkey is not None and group is None:
             groups.open(gkey, rec, placement, rest, view)
         return True
 
+    def _may_hold(self, rec: SubtaskRecord, now: float) -> bool:
+        """Look-ahead may keep ``rec`` waiting: for at most lookahead_max_s in all."""
+        if rec.held_since is None:
+            rec.held_since = now
+        return now - rec.held_since < self.pricing.lookahead_max_s
+
+    def _reserve(
+        self,
+        view: dict[str, PeerCapacity],
+        priced: _Priced,
+        chosen: Candidate,
+        model: str | None,
+        *,
+        busy: bool = False,
+    ) -> None:
+        """The peer with the subtask on it: one more attempt (``busy``: dispatched) or
+        only its slot time reserved (held for it), so the next subtask sees it busier."""
+        peer = view.get(chosen.node_id)
+        if peer is None:
+            return
+        if busy:
+            peer = _one_more(peer, model)
+        if model is None and peer.free_in_s and chosen.run_s is not None:
+            free = after_dispatch(peer.free_in_s, chosen.run_s, chosen.input_s)
+            peer = replace(peer, free_in_s=free)
+        view[chosen.node_id] = peer
+        for _, changed in priced.values():
+            changed.add(chosen.node_id)
+
+    def _with_held(self, peers: Sequence[PeerCapacity], now: float) -> dict[str, PeerCapacity]:
+        """The peers by id, each with ``free_in_s`` from the shell/python attempts this
+        coordinator holds there (the rest of what it holds at queue_slot_wait_s each)."""
+        held: dict[str, list[Held]] = {}
+        for rec in self._in_flight.values():
+            current = rec.current
+            if current is None or rec.spec.kind == "llm":
+                continue
+            chosen = rec.placements[-1].winner if rec.placements else None
+            if chosen is None or chosen.node_id != current.node_id or chosen.run_s is None:
+                run_s, input_s = self.pricing.default_shell_s, 0.0
+            else:
+                run_s, input_s = chosen.run_s, chosen.input_s
+            held.setdefault(current.node_id, []).append(Held(current.started, run_s, input_s))
+        view = {}
+        wait = self.pricing.queue_slot_wait_s
+        for p in peers:
+            if p.slots_total > 0:
+                mine = held.get(p.node_id, ())
+                others = p.slots_busy + p.queue - len(mine)
+                free = free_in(p.slots_total, mine, now, others=others, other_s=wait)
+                p = replace(p, free_in_s=free)
+            view[p.node_id] = p
+        return view
+
+    def _located(
+        self, task: TaskRecord, rec: SubtaskRecord, view: dict[str, PeerCapacity]
+    ) -> Demand:
+        """``rec.demand`` with ``input_s``: the time to ship its input files from this
+        node (which holds them) to each other peer, at the measured bandwidth."""
+        demand = rec.demand
+        assert demand is not None
+        if self.input_bytes is None or not rec.spec.inputs or demand.kind == "llm":
+            return demand
+        if rec.input_bytes is None:
+            rec.input_bytes = self.input_bytes(task.id, rec.spec)
+        seconds = input_s(rec.input_bytes, self.node_id, view, self.bandwidth, self.node_id)
+        return replace(demand, input_s=seconds) if seconds else demand
+
     def _price(
-        self, rec: SubtaskRecord, view: dict[str, PeerCapacity], priced: _Priced
+        self,
+        rec: SubtaskRecord,
+        demand: Demand,
+        view: dict[str, PeerCapacity],
+        priced: _Priced,
     ) -> Placement:
         """Each distinct demand is priced against every peer once per pass; after that
         only against the peers a dispatch has changed since."""
-        demand = rec.demand
-        assert demand is not None
         # Prefer peers this subtask has not failed on; fall back to them if none else fits.
         failed = rec.failed_nodes()
         tries = [failed, frozenset()] if failed else [frozenset()]
