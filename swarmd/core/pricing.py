@@ -70,9 +70,9 @@ never wins; with no feasible peer the winner is ``None`` and ``reason`` says why
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeAlias
 
 from . import engine_pricing
 from .capacity import GiB, ModelOffer, PeerCapacity, peer_from_gossip
@@ -80,9 +80,14 @@ from .pricing_llm import best_llm
 from .pricing_types import Demand, Estimate, PricingConfig, gib
 from .throughput import ThroughputTracker
 
+# node id -> seconds until each of its slots is free, as the scheduler estimated them
+# this pass (overrides PeerCapacity.free_in_s, without copying every peer)
+FreeIn: TypeAlias = Mapping[str, tuple[float, ...]]
+
 __all__ = [
     "Candidate",
     "Demand",
+    "FreeIn",
     "GiB",
     "ModelOffer",
     "PeerCapacity",
@@ -145,15 +150,15 @@ class Placement:
 
 
 def _shell_estimate(
-    demand: Demand, peer: PeerCapacity, rtt_s: float, config: PricingConfig
+    demand: Demand, peer: PeerCapacity, rtt_s: float, config: PricingConfig, first: float | None
 ) -> Estimate:
     hint = demand.est_seconds
     hinted = hint is not None and math.isfinite(hint)
     base = max(0.0, hint) if hint is not None and hinted else config.default_shell_s
     speed = peer.speed if math.isfinite(peer.speed) and peer.speed > 0.0 else 1.0
     run_s = base / speed * max(1.0, peer.load)
-    if peer.free_in_s:
-        wait_s = peer.free_in_s[0]  # the work it holds, as this coordinator estimates it
+    if first is not None:
+        wait_s = first  # the work it holds, as this coordinator estimates it
     else:
         ahead = peer.slots_busy + peer.queue - peer.slots_total + 1
         wait_s = config.queue_slot_wait_s * ahead / peer.slots_total if ahead > 0 else 0.0
@@ -180,6 +185,7 @@ def _candidate(
     config: PricingConfig,
     exclude: frozenset[str],
     throughput: ThroughputTracker | None,
+    free_in: FreeIn | None = None,
 ) -> Candidate:
     rtt_s = peer.rtt_s if peer.rtt_s is not None and peer.rtt_s > 0.0 else 0.0
     why = _barred(demand, peer, exclude)
@@ -195,22 +201,24 @@ def _candidate(
         best = None
         waiting = peer.slots_busy + peer.queue - peer.slots_total
         limit = config.max_queue if peer.queue_max is None else peer.queue_max
-        late = _binds_late(demand, peer, waiting, config)
-        if waiting < limit and not late:
-            best = _shell_estimate(demand, peer, rtt_s, config)
+        free = free_in.get(peer.node_id) if free_in else None
+        free = peer.free_in_s if free is None else free
+        first = free[0] if free else None
+        if waiting < limit and not _binds_late(demand, first, waiting, config):
+            best = _shell_estimate(demand, peer, rtt_s, config, first)
         else:
-            if not why and peer.free_in_s and peer.free_in_s[0] <= config.lookahead_max_s:
-                later = _shell_estimate(demand, peer, rtt_s, config)
+            if not why and first is not None and first <= config.lookahead_max_s:
+                later = _shell_estimate(demand, peer, rtt_s, config, first)
             if waiting >= limit:
                 why.append(f"queue full: {waiting} waiting (limit {limit})")
             else:
-                why.append(f"busy for {peer.free_in_s[0]:.3g} s: kept here until due")
+                why.append(f"busy for {first:.3g} s: kept here until due")
     input_s = _input_s(demand, peer.node_id) if demand.input_s else 0.0
     if why or best is None:
-        row = _infeasible(peer, rtt_s, "; ".join(why) or "not feasible")
-        if later is not None:
-            row = replace(row, later_s=_with_inputs(later, input_s).score, input_s=input_s)
-        return row
+        if later is None:
+            return _infeasible(peer, rtt_s, "; ".join(why) or "not feasible")
+        later_s = later.score + max(0.0, input_s - later.wait_s)
+        return _infeasible(peer, rtt_s, "; ".join(why), later_s, input_s)
     best = _with_inputs(best, input_s)
     return Candidate(
         node_id=peer.node_id,
@@ -228,15 +236,15 @@ def _candidate(
     )
 
 
-def _binds_late(demand: Demand, peer: PeerCapacity, waiting: int, config: PricingConfig) -> bool:
+def _binds_late(demand: Demand, first: float | None, waiting: int, config: PricingConfig) -> bool:
     """A subtask with a run estimate is sent to a busy worker's queue only when a slot
     there frees within ``queue_ahead_s``; further ahead the coordinator keeps it and
     decides again nearer the time (late binding), with what it knows then."""
     return (
         waiting >= 0
         and demand.est_seconds is not None
-        and bool(peer.free_in_s)
-        and peer.free_in_s[0] > config.queue_ahead_s
+        and first is not None
+        and first > config.queue_ahead_s
     )
 
 
@@ -248,7 +256,13 @@ def _with_inputs(est: Estimate, input_s: float) -> Estimate:
     return replace(est, score=est.score + extra, basis=f"{est.basis}, inputs {input_s:.3g} s")
 
 
-def _infeasible(peer: PeerCapacity, rtt_s: float, why_not: str) -> Candidate:
+def _infeasible(
+    peer: PeerCapacity,
+    rtt_s: float,
+    why_not: str,
+    later_s: float | None = None,
+    input_s: float = 0.0,
+) -> Candidate:
     return Candidate(
         node_id=peer.node_id,
         name=peer.name,
@@ -261,6 +275,8 @@ def _infeasible(peer: PeerCapacity, rtt_s: float, why_not: str) -> Candidate:
         score=None,
         model=None,
         basis=None,
+        input_s=input_s,
+        later_s=later_s,
     )
 
 
@@ -301,9 +317,10 @@ def price(
     exclude: frozenset[str] = frozenset(),
     *,
     throughput: ThroughputTracker | None = None,
+    free_in: FreeIn | None = None,
 ) -> Placement:
     """Price one demand against every peer; the lowest score among feasible peers wins."""
-    rows = [_row(demand, peer, config, exclude, throughput) for peer in peers]
+    rows = [_row(demand, peer, config, exclude, throughput, free_in) for peer in peers]
     return _placement(rows, config)
 
 
@@ -313,8 +330,9 @@ def _row(
     config: PricingConfig,
     exclude: frozenset[str],
     throughput: ThroughputTracker | None,
+    free_in: FreeIn | None,
 ) -> Candidate:
-    local = _candidate(demand, peer, config, exclude, throughput)
+    local = _candidate(demand, peer, config, exclude, throughput, free_in)
     return engine_pricing.with_engines(demand, peer, local, config, exclude)
 
 
@@ -326,12 +344,13 @@ def reprice(
     exclude: frozenset[str] = frozenset(),
     *,
     throughput: ThroughputTracker | None = None,
+    free_in: FreeIn | None = None,
 ) -> Placement:
     """``placement`` of ``demand`` again after only the ``changed`` peers changed (a
     dispatch made one busier): those are priced anew, the rest kept."""
     rows = {c.node_id: c for c in placement.candidates}
     for peer in changed:
-        rows[peer.node_id] = _row(demand, peer, config, exclude, throughput)
+        rows[peer.node_id] = _row(demand, peer, config, exclude, throughput, free_in)
     return _placement(list(rows.values()), config)
 
 

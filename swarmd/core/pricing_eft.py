@@ -38,16 +38,14 @@ import bisect
 import heapq
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 __all__ = ["OVERRUN", "Held", "after_dispatch", "free_in"]
 
 OVERRUN: Final = 0.5  # an overrunning attempt's remaining time, per second overrun so far
 
 
-@dataclass(frozen=True, slots=True)
-class Held:
+class Held(NamedTuple):
     """One attempt a node holds, as the coordinator estimated it when it sent it."""
 
     sent: float  # when it was dispatched (the clock of ``now``)
@@ -56,7 +54,7 @@ class Held:
 
 
 def _finite(value: float) -> float:
-    return value if math.isfinite(value) and value > 0.0 else 0.0
+    return value if value > 0.0 and value != math.inf else 0.0  # NaN > 0 is False
 
 
 def free_in(
@@ -73,14 +71,15 @@ def free_in(
     ends = [-math.inf] * slots
     for _ in range(max(0, others)):
         heapq.heapreplace(ends, max(ends[0], 0.0) + _finite(other_s))
-    for h in sorted(held, key=lambda h: h.sent):
-        sent = h.sent - now if math.isfinite(h.sent) else 0.0
-        start = max(ends[0], sent + _finite(h.input_s))
-        end = start + _finite(h.run_s)
+    for sent_at, run_s, input_s in sorted(held):  # in the order sent
+        sent = sent_at - now if math.isfinite(sent_at) else 0.0
+        ready = sent + input_s if input_s > 0.0 and input_s != math.inf else sent
+        start = ends[0] if ends[0] > ready else ready
+        end = start + (run_s if run_s > 0.0 and run_s != math.inf else 0.0)
         if end < 0.0:  # overran its estimate: half as long again as it has overrun
             end = -end * OVERRUN
         heapq.heapreplace(ends, end)
-    return tuple(sorted(max(0.0, e) for e in ends))
+    return tuple(sorted(e if e > 0.0 else 0.0 for e in ends))
 
 
 def after_dispatch(

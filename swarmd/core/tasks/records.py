@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from swarmd.core.jobspec import JobSpec, SubtaskSpec
 from swarmd.core.pricing import Candidate, Demand, Placement
+from swarmd.core.pricing_eft import Held
 from swarmd.core.queue import DEFAULT_PATIENCE_S, DEFAULT_SHARES
 from swarmd.core.retention import Retention
 from swarmd.core.tasks.transitions import (
@@ -248,6 +249,8 @@ class SubtaskRecord:
     group: GroupNote | None = None  # its last placement was with a group (explain)
     held_since: float | None = None  # look-ahead first kept it for a busier peer (not sent)
     input_bytes: int | None = None  # bytes of input files its dispatch carries (locality)
+    # (attempt, node id, estimate) of its attempt out, for the scheduler's free_in
+    held: tuple[int, str, Held] | None = None
 
     @property
     def id(self) -> str:

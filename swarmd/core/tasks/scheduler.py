@@ -30,6 +30,10 @@ _Priced = dict[tuple[Demand, frozenset[str]], tuple[Placement, set[str]]]
 
 
 class Scheduler(Lifecycle):
+    _pass_now: float = 0.0  # the current pass's time
+    _pass_held: dict[str, list[Held]] | None = None  # its attempts out, once looked at
+    _pass_free: dict[str, tuple[float, ...]] = {}  # noqa: RUF012 (set anew each pass)
+
     def ready_count(self) -> int:
         """Subtasks queued ready (backing off or not): a pass has work only then."""
         return len(self._backlog)
@@ -47,7 +51,8 @@ class Scheduler(Lifecycle):
         batch = Batch()
         if not len(self._backlog):
             return []
-        view = self._with_held(peers, now)
+        view = {p.node_id: p for p in peers}
+        self._estimate_full(peers, now)
         priced: _Priced = {}
         groups = Groups()
         blocked: set[Kind] = set()
@@ -120,42 +125,66 @@ class Scheduler(Lifecycle):
     ) -> None:
         """The peer with the subtask on it: one more attempt (``busy``: dispatched) or
         only its slot time reserved (held for it), so the next subtask sees it busier."""
-        peer = view.get(chosen.node_id)
+        node = chosen.node_id
+        peer = view.get(node)
         if peer is None:
             return
         if busy:
-            peer = _one_more(peer, model)
-        if model is None and peer.free_in_s and chosen.run_s is not None:
-            free = after_dispatch(peer.free_in_s, chosen.run_s, chosen.input_s)
-            peer = replace(peer, free_in_s=free)
-        view[chosen.node_id] = peer
+            peer = view[node] = _one_more(peer, model)
+        if model is None and chosen.run_s is not None:
+            free = self._pass_free.get(node)
+            if free:
+                self._pass_free[node] = after_dispatch(free, chosen.run_s, chosen.input_s)
+            elif _full(peer):  # full now: its slots estimated from here on
+                self._pass_free[node] = self._estimated(peer, self._held_now())
         for _, changed in priced.values():
-            changed.add(chosen.node_id)
+            changed.add(node)
 
-    def _with_held(self, peers: Sequence[PeerCapacity], now: float) -> dict[str, PeerCapacity]:
-        """The peers by id, each with ``free_in_s`` from the shell/python attempts this
-        coordinator holds there (the rest of what it holds at queue_slot_wait_s each)."""
+    def _estimate_full(self, peers: Sequence[PeerCapacity], now: float) -> None:
+        """This pass's ``free_in`` of the peers with every slot taken, estimated from the
+        shell/python attempts this coordinator holds there (the others have a slot
+        free now: no wait, whatever they hold)."""
+        self._pass_now, self._pass_held, self._pass_free = now, None, {}
+        for p in peers:
+            if _full(p):
+                self._pass_free[p.node_id] = self._estimated(p, self._held_now())
+
+    def _held_now(self) -> dict[str, list[Held]]:
+        """This pass's shell/python attempts out per node, as estimated when sent (kept
+        on each record for its attempt: one look per attempt out, per pass)."""
+        if self._pass_held is not None:
+            return self._pass_held
         held: dict[str, list[Held]] = {}
         for rec in self._in_flight.values():
-            current = rec.current
-            if current is None or rec.spec.kind == "llm":
-                continue
-            chosen = rec.placements[-1].winner if rec.placements else None
-            if chosen is None or chosen.node_id != current.node_id or chosen.run_s is None:
-                run_s, input_s = self.pricing.default_shell_s, 0.0
-            else:
-                run_s, input_s = chosen.run_s, chosen.input_s
-            held.setdefault(current.node_id, []).append(Held(current.started, run_s, input_s))
-        view = {}
+            known = rec.held
+            if known is None or known[0] != rec.attempt:
+                known = rec.held = self._held_of(rec)
+            if known[1]:
+                held.setdefault(known[1], []).append(known[2])
+        self._pass_held = held
+        return held
+
+    def _held_of(self, rec: SubtaskRecord) -> tuple[int, str, Held]:
+        """(attempt, node id or "" if none or llm, its estimate)."""
+        current = rec.current
+        if current is None or rec.spec.kind == "llm":
+            return (rec.attempt, "", Held(0.0, 0.0))
+        chosen = rec.placements[-1].winner if rec.placements else None
+        if chosen is None or chosen.node_id != current.node_id or chosen.run_s is None:
+            return (
+                rec.attempt,
+                current.node_id,
+                Held(current.started, self.pricing.default_shell_s),
+            )
+        return (rec.attempt, current.node_id, Held(current.started, chosen.run_s, chosen.input_s))
+
+    def _estimated(self, peer: PeerCapacity, held: dict[str, list[Held]]) -> tuple[float, ...]:
+        """``peer``'s slots: ours as estimated, the rest of what it holds at
+        queue_slot_wait_s each."""
+        mine = held.get(peer.node_id, ())
+        others = peer.slots_busy + peer.queue - len(mine)
         wait = self.pricing.queue_slot_wait_s
-        for p in peers:
-            if p.slots_total > 0:
-                mine = held.get(p.node_id, ())
-                others = p.slots_busy + p.queue - len(mine)
-                free = free_in(p.slots_total, mine, now, others=others, other_s=wait)
-                p = replace(p, free_in_s=free)
-            view[p.node_id] = p
-        return view
+        return free_in(peer.slots_total, mine, self._pass_now, others=others, other_s=wait)
 
     def _located(
         self, task: TaskRecord, rec: SubtaskRecord, view: dict[str, PeerCapacity]
@@ -188,12 +217,25 @@ class Scheduler(Lifecycle):
             known = priced.get((demand, exclude))
             if known is None:
                 peers = list(view.values())
-                placement = price(demand, peers, self.pricing, exclude, throughput=self.throughput)
+                placement = price(
+                    demand,
+                    peers,
+                    self.pricing,
+                    exclude,
+                    throughput=self.throughput,
+                    free_in=self._pass_free,
+                )
             elif known[1] and (known[0].winner is not None):
                 # Dispatches only make peers busier: an infeasible demand stays so.
                 changed = [view[n] for n in known[1]]
                 placement = reprice(
-                    known[0], demand, changed, self.pricing, exclude, throughput=self.throughput
+                    known[0],
+                    demand,
+                    changed,
+                    self.pricing,
+                    exclude,
+                    throughput=self.throughput,
+                    free_in=self._pass_free,
                 )
             else:
                 placement = known[0]
@@ -206,6 +248,11 @@ class Scheduler(Lifecycle):
         if placement.winner is None:
             self.counters["unplaceable"] += 1
         return placement
+
+
+def _full(peer: PeerCapacity) -> bool:
+    """Every shell/python slot taken (a subtask sent there would wait)."""
+    return 0 < peer.slots_total <= peer.slots_busy + peer.queue
 
 
 def _one_more(peer: PeerCapacity, model: str | None) -> PeerCapacity:
