@@ -59,7 +59,7 @@ class _Workers:
         self.queues: list[deque[int]] = [deque() for _ in range(dag.procs)]
         self.held: list[dict[int, Held]] = [{} for _ in range(dag.procs)]  # estimates
         self.events: list[tuple[float, int]] = []
-        self.wakes: set[float] = set()
+        self.wakes: dict[int, float] = {}  # processor -> its pending wake-up
         self.done = 0
 
     def data_ready(self, task: int, p: int) -> float:
@@ -107,12 +107,14 @@ class _Workers:
             self._next(p, now)
         return now, sorted(ready)
 
-    def wake(self, at: float) -> None:
-        """A pass at ``at`` (the coordinator prices its held subtasks again when the
-        node they wait for was due to free; the daemon's loop passes every 0.5 s)."""
-        if at not in self.wakes:
-            self.wakes.add(at)
-            heapq.heappush(self.events, (at, -1))
+    def wake(self, p: int, at: float, now: float) -> None:
+        """A pass at ``at``: the coordinator prices its held subtasks again when the
+        processor ``p`` they wait for was due to free (the daemon's loop passes every
+        0.5 s); one such wake-up pending per processor."""
+        if self.wakes.get(p, -math.inf) > now:
+            return
+        self.wakes[p] = at
+        heapq.heappush(self.events, (at, -1))
 
     def peer(self, p: int, speed: float, queue: int, now: float) -> PeerCapacity:
         return PeerCapacity(
@@ -206,7 +208,7 @@ def _pass(
         free = after_dispatch(peer.free_in_s, run_s, chosen.input_s)
         if placement.wait_for is not None:  # held: reserved for the rest of this pass
             if wake and peer.free_in_s and peer.free_in_s[0] > 1e-6:
-                sim.wake(now + peer.free_in_s[0])
+                sim.wake(p, now + peer.free_in_s[0], now)
             peers[p] = _replace(peer, free, peer.slots_busy)
             continue
         ready.remove(key)
