@@ -16,13 +16,47 @@ from .core.jobspec import SubtaskSpec
 DISPATCH_FILES_MAX = 12 * 1024 * 1024
 
 
+class MissingArtifact(Exception):
+    """An ``upstream_inputs`` entry names no artifact its subtask left (the message
+    says which)."""
+
+
 def dispatch_files(
-    spec: SubtaskSpec, files: Mapping[str, bytes], upstream: Mapping[str, Mapping[str, Any]]
+    spec: SubtaskSpec,
+    files: Mapping[str, bytes],
+    upstream: Mapping[str, Mapping[str, Any]],
+    artifacts: Mapping[str, Mapping[str, bytes]] | None = None,
 ) -> dict[str, bytes]:
-    """The subtask's files, rendered; :class:`template.TooLarge` past the limit."""
+    """The subtask's files, rendered, and the upstream artifacts it asks for
+    (``artifacts``: subtask -> name -> bytes); :class:`template.TooLarge` past the
+    limit, :class:`MissingArtifact` for an artifact that is not there."""
     out = render_files(files_for(spec, files), upstream)
+    out.update(upstream_files(spec, artifacts or {}))
     if sum(len(v) for v in out.values()) > DISPATCH_FILES_MAX:
         raise template.TooLarge(DISPATCH_FILES_MAX, "rendering them")
+    return out
+
+
+def upstream_files(
+    spec: SubtaskSpec, artifacts: Mapping[str, Mapping[str, bytes]]
+) -> dict[str, bytes]:
+    """The upstream artifacts under ``upstream_inputs`` (``SUBTASK/PATH``: a file or a
+    directory of that subtask's artifacts), each at its own path."""
+    out: dict[str, bytes] = {}
+    for item in spec.upstream_inputs:
+        source, _, path = item.partition("/")
+        prefix = path.rstrip("/")
+        found = {
+            name: data
+            for name, data in artifacts.get(source, {}).items()
+            if name == prefix or name.startswith(prefix + "/")
+        }
+        if not found:
+            raise MissingArtifact(
+                f"upstream_inputs: {item}: subtask {source} left no artifact {prefix} "
+                "(big artifacts stay with their result and are not shipped as inputs)"
+            )
+        out.update(found)
     return out
 
 

@@ -32,7 +32,7 @@ from .core import tasks as core
 from .core import template
 from .core.jobspec import JobSpec, SubtaskSpec
 from .core.pricing import PeerCapacity, PricingConfig, ThroughputTracker
-from .dispatch_files import dispatch_files, files_for, spec_to_wire
+from .dispatch_files import MissingArtifact, dispatch_files, files_for, spec_to_wire
 from .group_commit import GroupCommit
 from .journal_health import JournalHealth
 from .journal_open import quarantine
@@ -376,8 +376,9 @@ class Coordination(WorkerMessages):
             self.counters["dispatches_of_relinquished_tasks"] += 1
             return
         try:
-            files = dispatch_files(d.spec, self._task_files(d.task_id), d.upstream)
-        except template.TooLarge as exc:  # the subtask's own failure, told at once
+            artifacts = self.store.artifacts(d.task_id) if d.spec.upstream_inputs else None
+            files = dispatch_files(d.spec, self._task_files(d.task_id), d.upstream, artifacts)
+        except (template.TooLarge, MissingArtifact) as exc:  # the subtask's own failure
             failed = core.Result(error=f"input files: {exc}", app_failed=True)
             self.log.warning("%s/%s: %s", d.task_id, d.subtask_id, failed.error)
             self.run(

@@ -120,7 +120,8 @@ name = "on-ray"
 [[subtask]]
 id = "make"
 kind = "shell"
-run = ["echo", "hello-from-make"]
+run = ["sh", "-c", "echo hello-from-make; printf weights > model.bin"]
+outputs = ["model.bin"]
 
 [[subtask]]
 id = "crunch"
@@ -128,8 +129,11 @@ kind = "shell"
 engine = "ray"
 after = ["make"]
 inputs = ["data.txt"]
+upstream_inputs = ["make/model.bin"]
 outputs = ["size.txt"]
-run = ["sh", "-c", "echo ray=$RAY_ADDRESS; cat data.txt; wc -c < data.txt > size.txt"]
+run = ["sh", "-c", '''
+echo ray=$RAY_ADDRESS; cat data.txt
+echo model=$(cat model.bin); wc -c < data.txt > size.txt''']
 """,
         "j1",
     )
@@ -140,6 +144,7 @@ run = ["sh", "-c", "echo ray=$RAY_ADDRESS; cat data.txt; wc -c < data.txt > size
     result = swarm.ctl("result", task)["subtasks"]["crunch"]
     assert f"ray={swarm.ray.gcs_address}\n" in result["stdout"], result
     assert "upstream said: hello-from-make" in result["stdout"]
+    assert "model=weights" in result["stdout"]  # make's artifact, shipped in
     assert result["artifacts"] == ["size.txt"] and result["exit_code"] == 0
     out = swarm.root / "out"
     got = swarmctl("result", task, "--out", str(out), state_dir=swarm.lan.state_dir)

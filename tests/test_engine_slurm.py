@@ -122,7 +122,8 @@ name = "hpc"
 [[subtask]]
 id = "make"
 kind = "shell"
-run = ["echo", "hello-from-make"]
+run = ["sh", "-c", "echo hello-from-make; printf weights > model.bin"]
+outputs = ["model.bin"]
 
 [[subtask]]
 id = "crunch"
@@ -130,8 +131,11 @@ kind = "shell"
 engine = "slurm"
 after = ["make"]
 inputs = ["data.txt"]
+upstream_inputs = ["make/model.bin"]
 outputs = ["size.txt"]
-run = ["sh", "-c", "echo job=$SLURM_JOB_ID; cat data.txt; wc -c < data.txt > size.txt"]
+run = ["sh", "-c", '''
+echo job=$SLURM_JOB_ID; cat data.txt
+echo model=$(cat model.bin); wc -c < data.txt > size.txt''']
 """,
         "j1",
     )
@@ -142,6 +146,7 @@ run = ["sh", "-c", "echo job=$SLURM_JOB_ID; cat data.txt; wc -c < data.txt > siz
     result = swarm.ctl("result", task)["subtasks"]["crunch"]
     assert re.search(r"^job=\d+$", result["stdout"], re.M), result
     assert "upstream said: hello-from-make" in result["stdout"]
+    assert "model=weights" in result["stdout"]  # make's artifact, shipped in
     assert result["artifacts"] == ["size.txt"] and result["exit_code"] == 0
     out = swarm.root / "out"
     got = swarmctl("result", task, "--out", str(out), state_dir=swarm.lan.state_dir)

@@ -46,6 +46,44 @@ def check_graph(drafts: list[Draft], problems: Problems) -> None:
             position[cycle[0]],
         )
     _check_references(known, deps, problems)
+    _check_upstream_inputs(known, deps, problems)
+
+
+def _check_upstream_inputs(
+    known: _Known, deps: Mapping[str, Sequence[str]], problems: Problems
+) -> None:
+    """``upstream_inputs`` entries name ``SUBTASK/PATH`` of a subtask upstream of this
+    one, and no two land at the same PATH."""
+    is_upstream = _upstream_test(deps)
+    for d in known.by_id.values():
+        landed: dict[str, str] = {}
+        for item in d.values.get("upstream_inputs", ()):
+            why = _upstream_input_problem(item, d, known, is_upstream, landed)
+            if why is not None:
+                problems.add(f"{quote(item)}: {why}", d.label, "upstream_inputs", d.pos)
+
+
+def _upstream_input_problem(
+    item: str,
+    d: Draft,
+    known: _Known,
+    is_upstream: Callable[[str, str], bool],
+    landed: dict[str, str],
+) -> str | None:
+    source, _, path = item.partition("/")
+    if not path:
+        return "expected SUBTASK/PATH (an artifact of an upstream subtask)"
+    if source not in known.by_id:
+        return known.unknown(source)
+    if source == d.id:
+        return "a subtask cannot use its own artifacts"
+    if not is_upstream(source, d.label):
+        return f'subtask {quote(source)} is not upstream of {quote(d.label)}; add it to "after"'
+    where = path.rstrip("/")
+    if where in landed:
+        return f"lands at {quote(where)} like {quote(landed[where])}"
+    landed[where] = item
+    return None
 
 
 def _unique_ids(drafts: list[Draft], problems: Problems) -> dict[str, Draft]:

@@ -19,9 +19,9 @@ from .wording import quote, type_name
 
 # Keys of a subtask table, by kind. Order is the order of the "allowed" lists in messages.
 KIND_KEYS: Final[Mapping[str, tuple[str, ...]]] = {
-    "shell": ("run", "inputs", "outputs", "estimate", "engine"),
+    "shell": ("run", "inputs", "upstream_inputs", "outputs", "estimate", "engine"),
     "llm": ("prompt", "model", "max_tokens", "system", "api", "request", "client"),
-    "python": ("call", "args", "kwargs", "inputs", "outputs", "estimate"),
+    "python": ("call", "args", "kwargs", "inputs", "upstream_inputs", "outputs", "estimate"),
 }
 
 _JSON_ONLY: Final = "must hold only JSON values (strings, finite numbers, booleans, lists, tables)"

@@ -58,6 +58,7 @@ _COMMON_KEYS: Final[tuple[_Rule, ...]] = (
     ("node", "node", _is_set, _same),
     ("env", "env", bool, dict),
     ("inputs", "inputs", bool, list),
+    ("upstream_inputs", "upstream_inputs", bool, list),
     ("outputs", "outputs", bool, list),
 )
 

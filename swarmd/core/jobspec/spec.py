@@ -49,6 +49,9 @@ class SubtaskSpec:
     engine: str | None = None  # shell: run as a job of this [engines.NAME] (a node fronting it)
     env: Mapping[str, str] = field(default_factory=dict, hash=False)
     inputs: tuple[str, ...] = ()  # relative paths (files or dirs) from the submitter's cwd
+    # "SUBTASK/PATH": that upstream subtask's artifact (file or directory) PATH, shipped
+    # into this subtask's directory at PATH
+    upstream_inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()  # relative paths collected back as artifacts
     max_tokens: int | None = None  # llm (DEFAULT_MAX_TOKENS when kind == "llm")
     system: str | None = None  # llm system prompt (optional)

@@ -55,6 +55,7 @@ _COMMON_FIELDS: Final[tuple[_Field, ...]] = (
 )
 _PATH_FIELDS: Final[tuple[_Field, ...]] = (
     ("inputs", "inputs", FieldReader.paths),
+    ("upstream_inputs", "upstream_inputs", FieldReader.paths),
     ("outputs", "outputs", FieldReader.paths),
 )
 
