@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 QUERY_S = 1.0  # before adopting, other holders' answers are awaited this long
 REAPPEAR_GAP_S = 2.0  # a coordinator not seen up for this long "came back" (ticks: 0.5 s)
 CONFIRM_EVERY_S = 2.0  # unconfirmed replicas: their coordinator is asked this often
+CONFIRM_CHECK_S = 0.25  # how often the replicas are looked over for that (each look scans all)
 TELL_EVERY_S = 3.0  # a former coordinator back up is told this often ...
 TELL_FOR_S = 30.0  # ... for this long
 _MAX_CLAIMS = 4096
@@ -80,6 +81,7 @@ class Successor:
         # task due -> when it may be adopted, and the nodes asked about it
         self._asking: dict[str, tuple[float, frozenset[str]]] = {}
         self._confirm_asked: dict[str, float] = {}  # coordinator -> when last asked
+        self._confirm_checked = -1e9
         for stored in self.store.load():
             if stored.adopted:
                 self.adopted_from[stored.task] = stored.coordinator
@@ -150,7 +152,8 @@ class Successor:
             for task_id, *_ in rows:
                 self.book.replicas.pop(task_id, None)
             refused = [t.task for t in m.tasks]
-        self.counters["replica_puts_stored"] += 1
+        else:
+            self.counters["replica_puts_stored"] += 1
         self.send(m.coordinator.addr, ReplicaAck(seq=m.seq, refused=refused))
         if claims:
             self.send(m.coordinator.addr, Succession(claims=claims))
@@ -299,6 +302,9 @@ class Successor:
     def _confirm_replicas(self, now: float) -> None:
         """Ask each coordinator back in view about the replicas of it held here (a
         holder that was away may hold a task that finished meanwhile)."""
+        if now - self._confirm_checked < CONFIRM_CHECK_S:
+            return  # (the loop may turn thousands of times a second while busy)
+        self._confirm_checked = now
         for coordinator in self.book.reappeared(now, self.is_up, REAPPEAR_GAP_S):
             self._confirm_asked.pop(coordinator, None)
         for coordinator in list(self._confirm_asked):
