@@ -126,6 +126,24 @@ def _dict(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
+def unavailable(peer: PeerCapacity, exclude: frozenset[str], pinned: str | None) -> list[str]:
+    """Why ``peer`` takes no work at all now: liveness, an earlier refusal, a pin to
+    another node, draining, a pause (pricing adds battery policy and memory for work
+    on the LAN; an engine's pricing does not)."""
+    why: list[str] = []
+    if not peer.alive:
+        why.append("sleeping" if peer.sleeping else "not alive")
+    if peer.node_id in exclude:
+        why.append("excluded: refused earlier")
+    if pinned is not None and pinned not in (peer.name, peer.node_id):
+        why.append(f'pinned to node "{pinned}"')
+    if peer.draining:
+        why.append("draining")
+    if peer.paused is not None:
+        why.append(f"paused: {peer.paused}")
+    return why
+
+
 def peer_from_gossip(
     node_id: str,
     values: Mapping[str, Any],

@@ -27,28 +27,13 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Final
 
-from .capacity import EngineOffer, PeerCapacity
+from .capacity import EngineOffer, PeerCapacity, unavailable
 
 if TYPE_CHECKING:
     from .pricing import Candidate, Demand, PricingConfig
 
 ENGINE_START_S: Final = 1.0  # submit -> running on an idle engine (Slurm 22.05 here: ~0.9 s)
 OVERFLOW_WHY: Final = "overflow only: a LAN peer has a free slot"
-
-
-def _barred(demand: Demand, peer: PeerCapacity, exclude: frozenset[str]) -> list[str]:
-    why: list[str] = []
-    if not peer.alive:
-        why.append("sleeping" if peer.sleeping else "not alive")
-    if peer.node_id in exclude:
-        why.append("excluded: refused earlier")
-    if demand.node is not None and demand.node not in (peer.name, peer.node_id):
-        why.append(f'pinned to node "{demand.node}"')
-    if peer.draining:
-        why.append("draining")
-    if peer.paused is not None:
-        why.append(f"paused: {peer.paused}")
-    return why
 
 
 def _row(demand: Demand, offer: EngineOffer, local: Candidate, config: PricingConfig) -> Candidate:
@@ -102,7 +87,7 @@ def with_engines(
     engines, whichever finishes first; only the named engine if the demand names one."""
     if demand.engine is None and (demand.kind != "shell" or not peer.engines):
         return local
-    why = _barred(demand, peer, exclude)
+    why = unavailable(peer, exclude, demand.node)
     if demand.engine is not None:
         named = [o for o in peer.engines if o.name == demand.engine]
         if not named:

@@ -75,7 +75,7 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeAlias
 
 from . import engine_pricing
-from .capacity import GiB, ModelOffer, PeerCapacity, peer_from_gossip
+from .capacity import GiB, ModelOffer, PeerCapacity, peer_from_gossip, unavailable
 from .pricing_llm import best_llm
 from .pricing_types import Demand, Estimate, PricingConfig, gib
 from .throughput import ThroughputTracker
@@ -283,17 +283,7 @@ def _infeasible(
 def _barred(demand: Demand, peer: PeerCapacity, exclude: frozenset[str]) -> list[str]:
     """Why ``peer`` cannot take ``demand`` whatever its load: liveness, pins, policy,
     memory."""
-    why: list[str] = []
-    if not peer.alive:
-        why.append("sleeping" if peer.sleeping else "not alive")
-    if peer.node_id in exclude:
-        why.append("excluded: refused earlier")
-    if demand.node is not None and demand.node not in (peer.name, peer.node_id):
-        why.append(f'pinned to node "{demand.node}"')
-    if peer.draining:
-        why.append("draining")
-    if peer.paused is not None:
-        why.append(f"paused: {peer.paused}")
+    why = unavailable(peer, exclude, demand.node)
     if peer.on_battery and peer.battery_policy == "pause":
         why.append("on battery (policy pause)")
     if demand.min_vram > 0:
