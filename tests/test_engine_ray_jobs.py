@@ -6,9 +6,15 @@ engine (swarmd/engines/ray.py) with no Ray to reach."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import subprocess
+import time
+import uuid
 from pathlib import Path
 
+import psutil
 import pytest
 
 from swarmd.engines import EngineError, JobSpec, JobStatus
@@ -86,6 +92,61 @@ def test_entrypoint_runs_the_wrapper_or_says_the_directory_is_not_visible(
     assert ran.returncode == CD_FAILED and "is not visible on" in ran.stdout
     info = {"status": "FAILED", "driver_exit_code": CD_FAILED, "message": ran.stdout}
     assert "does not see the attempt's directory" in phase_of(info, None).reason
+
+
+def _ray_stop(proc: subprocess.Popen[bytes]) -> None:
+    """What Ray 2.60's job supervisor does on a stop: SIGTERM to the entrypoint and the
+    descendants it has at that moment (not its process group), SIGKILL 3 s later."""
+    try:
+        victims = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for victim in victims:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            victim.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 3
+    while any(_alive(v) for v in victims) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for victim in victims:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            victim.kill()
+
+
+@pytest.mark.parametrize("delay_ms", [0, 1, 2, 4, 8, 16, 50])
+def test_a_stop_as_the_job_starts_leaves_no_command_running(tmp_path: Path, delay_ms: int) -> None:
+    """Ray stops a job that was queued at the moment its turn comes: it signals only the
+    processes already there. The wrapper must take its command down with it whenever the
+    signal lands (seen in CI: the command's ``sleep`` outlived a cancelled job)."""
+    marker = f"300.{uuid.uuid4().int % 10**9:09d}"  # in both the shell's and sleep's argv
+    job = _job(tmp_path, "sh", "-c", f"sleep {marker}; :")
+    (tmp_path / "job.sh").write_text(script(job))
+    proc = subprocess.Popen(
+        entrypoint(job), shell=True, start_new_session=True, stdout=subprocess.DEVNULL
+    )
+    try:
+        time.sleep(delay_ms / 1000)  # where in the start the stop lands, not a wait
+        _ray_stop(proc)
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 5
+        while _with_marker(marker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _with_marker(marker) == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _with_marker(marker: str) -> list[psutil.Process]:
+    return [
+        p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or ())
+    ]
 
 
 def test_submission_id_is_the_same_for_the_same_attempt_only(tmp_path: Path) -> None:

@@ -44,6 +44,13 @@ HISTORY: Final = 50  # finished jobs whose lengths make the estimate
 _UPLOADED: Final = ("working_dir", "py_modules", "excludes")
 
 
+_STOP_TRAP: Final = (
+    "trap - TERM INT HUP; "
+    'if [ "$(cut -d" " -f5 /proc/$$/stat 2>/dev/null)" = "$$" ]; '
+    'then kill -TERM 0; else kill -TERM "$!"; fi 2>/dev/null; exit 143'
+)
+
+
 def script(job: JobSpec) -> str:
     """The wrapper the Ray job runs (``exec sh job.sh``)."""
     lines = ["#!/bin/sh", f"# swarmd engine job {job.name}"]
@@ -53,7 +60,15 @@ def script(job: JobSpec) -> str:
     command = " ".join(shlex.quote(a) for a in job.argv)
     lines += [
         f'cd {workdir} || {{ echo "swarmd: cannot enter it on $(hostname)"; exit {CD_FAILED}; }}',
-        f"{command} >stdout 2>stderr </dev/null",
+        # A stop signals only the processes there at that moment (Ray 2.60's supervisor
+        # does not signal the process group): a job stopped as it starts could leave
+        # its command behind. So the command runs in the background while the wrapper
+        # waits, and a stop takes the whole group (the wrapper leads it: Ray starts the
+        # entrypoint in a session of its own) or, failing that, the command, with
+        # SIGTERM (a background command ignores SIGINT, Ray's other stop signal).
+        f"trap {shlex.quote(_STOP_TRAP)} TERM INT HUP",
+        f"{command} >stdout 2>stderr </dev/null &",
+        'wait "$!"',
         "code=$?",
         f'echo "$code" >{EXIT_FILE}.tmp && mv -f {EXIT_FILE}.tmp {EXIT_FILE}',
         f'echo "{EXIT_MARK} $code"',
