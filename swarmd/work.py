@@ -32,7 +32,13 @@ from .core import tasks as core
 from .core import template
 from .core.jobspec import JobSpec, SubtaskSpec
 from .core.pricing import PeerCapacity, PricingConfig, ThroughputTracker
-from .dispatch_files import MissingArtifact, dispatch_files, files_for, spec_to_wire
+from .dispatch_files import (
+    MissingArtifact,
+    dispatch_files,
+    files_for,
+    spec_to_wire,
+    upstream_files,
+)
 from .group_commit import GroupCommit
 from .journal_health import JournalHealth
 from .journal_open import quarantine
@@ -226,7 +232,11 @@ class Coordination(WorkerMessages):
             self.place()
             if self.commits.failing:
                 self.flush()  # try the commit again (every RETRY_S)
-            wakeup = self.coordinator.next_wakeup(self.clock())
+            wakeups = (
+                self.coordinator.next_wakeup(self.clock()),
+                self.coordinator.outlook_wakeup(),
+            )
+            wakeup = min((w for w in wakeups if w is not None), default=None)
             delay = 0.5 if wakeup is None else min(0.5, max(0.01, wakeup - self.clock()))
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -366,8 +376,13 @@ class Coordination(WorkerMessages):
         return self._inputs[task_id]
 
     def _input_bytes(self, task_id: str, spec: SubtaskSpec) -> int:
-        """Bytes of the input files the subtask's dispatch carries."""
-        return sum(len(v) for v in files_for(spec, self._task_files(task_id)).values())
+        """Bytes of the input files and upstream artifacts the subtask's dispatch
+        carries (asked once it is ready: its upstream subtasks are done)."""
+        files = files_for(spec, self._task_files(task_id))
+        if spec.upstream_inputs:
+            with contextlib.suppress(MissingArtifact):  # the dispatch fails it, saying so
+                files.update(upstream_files(spec, self.store.artifacts(task_id)))
+        return sum(len(v) for v in files.values())
 
     def _dispatch(self, d: core.Dispatch) -> None:
         if not self.has_task(d.task_id):

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from swarmd.core.deadlines import ClassLoad, Planner, Step
+from swarmd.core.deadlines import OVERRUN_SHARE, ClassLoad, Planner, Step, next_look
 from swarmd.core.jobspec import JobError, job_to_data, parse_job
 from swarmd.core.pricing import Demand, PricingConfig
 from swarmd.core.tasks import Coordinator, Dispatch, Journal, Result
@@ -57,6 +57,24 @@ def test_planner_uses_speed_holds_and_says_what_no_peer_runs() -> None:
     assert plan.place(Step("y", SHELL_10)) == pytest.approx(35.0)
     assert math.isinf(plan.place(Step("gpu", Demand("shell", min_vram=1 << 40))))
     assert plan.unplaceable == 1
+
+
+def test_an_attempt_past_its_estimated_end_is_planned_to_need_more() -> None:
+    plan = Planner([peer("A", slots_total=1, rtt_s=0.0)], PricingConfig(), 100.0)
+    plan.hold("late", "A", None, 98.0, started=78.0)  # estimated 20 s, 2 s past its end
+    assert plan.finish_of("late") == pytest.approx(100.0 + OVERRUN_SHARE * 20.0)
+    assert plan.place(Step("next", SHELL_10)) == pytest.approx(113.0)
+    plan.hold("ends", "A", None, 105.0, started=95.0)  # not past its end: as estimated
+    assert plan.finish_of("ends") == pytest.approx(105.0)
+    plan.hold("unknown", "A", None, 90.0)  # no start time: ends now
+    assert plan.finish_of("unknown") == pytest.approx(100.0)
+
+
+def test_next_look_comes_just_after_an_estimated_end() -> None:
+    assert next_look(10.0, 1.0, []) == pytest.approx(11.0)
+    assert next_look(10.0, 1.0, [10.4, 12.0, 9.0]) == pytest.approx(10.45)
+    assert next_look(10.0, 1.0, [10.01]) == pytest.approx(10.1)  # at most 10 a period
+    assert next_look(10.0, 4.0, [11.0]) == pytest.approx(11.05)  # a slowed outlook too
 
 
 def test_planner_limit() -> None:
@@ -134,6 +152,31 @@ def test_outlook_reports_an_unreachable_deadline() -> None:
     row = next(r for r in c.tasks() if r["id"] == "late")
     assert row["deadline"]["reachable"] is False
     assert "deadline" not in next(r for r in c.tasks() if r["id"] == "ahead")
+
+
+def test_an_overrun_is_reported_before_a_deadline_close_behind_the_estimate() -> None:
+    """Estimated 10.5 s, deadline 10.9 s: the outlook looks again just after the
+    estimated end, not a second later, and sees the attempt still running."""
+    c = coordinator()
+    peers = [peer("A", slots_total=1, rtt_s=0.0)]
+    c.submit("t", job(sh("x", "10.5s"), deadline="10.9s"), 0.0)
+    assert [e for e in c.schedule(peers, 0.0) if isinstance(e, Dispatch)]
+    looks = [0.0]
+    while looks[-1] < 10.5:  # the daemon's loop wakes at outlook_wakeup
+        assert c.outlook_due(looks[-1])
+        c.refresh_outlook(peers, looks[-1])
+        assert c.status("t")["deadline"]["reachable"] is True
+        wake = c.outlook_wakeup()
+        assert wake is not None and not c.outlook_due(wake - 0.01)
+        looks.append(wake)
+    assert looks[:11] == pytest.approx(list(range(11)))  # every second, then
+    wake = looks[-1]
+    assert 10.5 < wake < 10.9  # just after the estimated end
+    c.refresh_outlook(peers, wake)
+    late = c.status("t")["deadline"]
+    assert late["reachable"] is False
+    assert late["estimated_finish"] == pytest.approx(wake + OVERRUN_SHARE * 10.5, abs=0.01)
+    assert c.counters["deadline_unreachable"] == 1
 
 
 def test_edf_within_a_class_by_each_subtasks_latest_finish() -> None:

@@ -13,7 +13,7 @@ import pytest
 from protocol.messages import CHUNK_BYTES
 from swarmd.core.locality import MIN_INPUT_BYTES, Bandwidth, input_s
 from swarmd.core.pricing import PricingConfig
-from swarmd.core.tasks import Coordinator, CoordinatorConfig, Dispatch
+from swarmd.core.tasks import Coordinator, CoordinatorConfig, Dispatch, Result
 from tests.capacity import peer
 from tests.test_tasks import job, of
 from tests.test_transfers import Rig, in_loop, make_blob
@@ -130,3 +130,29 @@ def test_over_a_fast_link_moving_the_inputs_pays() -> None:
     home, fast = peer("coord", slots_total=2), peer("fast", speed=2.0, slots_total=2)
     sent = {d.subtask_id: d.node_id for d in of(c.schedule([home, fast], now=0.0), Dispatch)}
     assert sent == {"big": "fast", "small": "fast"}
+
+
+def test_upstream_artifacts_taken_in_count_as_inputs() -> None:
+    # "use" takes in what "make" left (shipped from the coordinator, which received it):
+    # over a slow link it stays with them; "make" itself, with no inputs, goes to fast.
+    c = coordinator(10 * MB)
+    c.input_bytes = lambda _task, spec: 200 * MB if spec.upstream_inputs else 0
+    make = {"id": "make", "kind": "shell", "run": ["true"], "outputs": ["m"], "estimate": "4s"}
+    use = {
+        "id": "use",
+        "kind": "shell",
+        "run": ["wc", "m"],
+        "after": ["make"],
+        "upstream_inputs": ["make/m"],
+        "estimate": "4s",
+    }
+    c.submit("t1", job(make, use), now=0.0)
+    home, fast = peer("coord", slots_total=1), peer("fast", speed=2.0, slots_total=1)
+    (first,) = of(c.schedule([home, fast], now=0.0), Dispatch)
+    assert (first.subtask_id, first.node_id) == ("make", "fast")
+    c.on_result("t1", "make", first.attempt, "fast", Result(exit_code=0), 2.0)
+    (then,) = of(c.schedule([home, fast], now=2.0), Dispatch)
+    assert (then.subtask_id, then.node_id) == ("use", "coord")
+    rows = {r["id"]: r for r in c.explain("t1")["subtasks"]}
+    basis = {r["peer"]: r["basis"] for r in rows["use"]["candidates"]}
+    assert basis["fast"] == "hint 4 s / speed 2, inputs 20 s"

@@ -32,8 +32,8 @@ def test_overloaded(kpi: dict[str, Any], scenario: str) -> None:
         name = ("critical", "high", "normal", "low")[int(rank)]
         assert most <= kpi["bounds"][name], (name, most)
     # Every missed deadline was refused at submit or reported unreachable before it
-    # passed, but for requests that ran past an estimate that said they would make it.
-    assert m["unreported"] == m["overran"] <= 1
+    # passed (an overrun too: the outlook looks just after each estimated end).
+    assert m["unreported"] == 0
     assert m["refused"] > 0 and m["deadlines_pct"] >= 90.0
     # Load spread and utilization while overloaded.
     assert m["busy_cv"] <= 0.10 and m["utilization"] >= 0.80

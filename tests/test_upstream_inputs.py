@@ -19,7 +19,10 @@ name = "pipeline"
 [[subtask]]
 id = "make"
 kind = "shell"
-run = ["sh", "-c", "mkdir -p d && printf 'model bytes' > model.bin && echo x > d/y"]
+run = [
+    "sh", "-c",
+    "mkdir -p d && printf 'model bytes' >model.bin && echo x >d/y && head -c 204800 /dev/zero >d/w",
+]
 outputs = ["model.bin", "d"]
 
 [[subtask]]
@@ -65,6 +68,11 @@ def test_an_upstream_artifact_is_shipped_in(tmp_path: Path, daemons: list[Daemon
     use = result["subtasks"]["use"]
     assert (use["state"], use["stdout"]) == ("done", "model bytes\nx\n"), use
     assert use["peer"] == "w"
+    # What it took in (200 KiB and more) was priced as inputs moving from c to w.
+    explained = json.loads(swarmctl("--json", "explain", task, state_dir=coord.state_dir).stdout)
+    [row] = [s for s in explained["subtasks"] if s["id"] == "use"]
+    basis = {c["peer"]: c["basis"] for c in row["candidates"]}
+    assert ", inputs " in basis["w"], basis
     missing = result["subtasks"]["missing"]
     assert missing["state"] == "failed", missing
     status = json.loads(swarmctl("--json", "status", task, state_dir=coord.state_dir).stdout)

@@ -8,9 +8,10 @@ and :func:`~swarmd.core.pricing.price`), plus what the coordinator does with dea
   estimated end, then the queued jobs that go ahead of it: a higher class, or its class
   with an earlier deadline, then the job) and refused when its estimated finish is past
   its deadline;
-* **outlook** — every second (virtual) while a job with a deadline is open, the open
-  jobs are planned in queue order; a job whose estimate passed its deadline is
-  *reported* (the first time is recorded);
+* **outlook** — every second (virtual) while a job with a deadline is open, and just
+  after a running one's estimated end, the open jobs are planned in queue order (a
+  running job past its estimated end taken to need 15 % of its estimate more); a job
+  whose estimate passed its deadline is *reported* (the first time is recorded);
 * **deadline passing** — a job not done at its deadline is failed, as
   :mod:`swarmd.core.tasks.timeouts` does: taken out of the queue, or its request
   cancelled and the slot freed.
@@ -27,7 +28,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from swarmd.core.deadlines import ClassLoad, Planner, Step
+from swarmd.core.deadlines import ClassLoad, Planner, Step, next_look
 from swarmd.core.pricing import Demand, PricingConfig, ThroughputTracker, price
 from swarmd.core.queue import ReadyQueue
 
@@ -73,8 +74,8 @@ class _Sim:
 
     def _plan(self, now: float) -> Planner:
         plan = Planner(self.peers(), self.config, now, throughput=self.tracker)
-        for job_id, (node, model, _, end) in self.running.items():
-            plan.hold(job_id, node, model, end)
+        for job_id, (node, model, index, end) in self.running.items():
+            plan.hold(job_id, node, model, end, self.cluster.starts[index].time)
         return plan
 
     def admit(self, job: Job, now: float) -> bool:
@@ -95,7 +96,8 @@ class _Sim:
             return False
         return True
 
-    def outlook(self, now: float) -> None:
+    def outlook(self, now: float) -> float:
+        """Report the jobs whose estimate passed their deadline; when to look again."""
         plan = self._plan(now)
         for key in self.queue.ordered(now):
             plan.place(Step(int(key[1]), _demand(self.by_id[int(key[1])])))
@@ -103,6 +105,8 @@ class _Sim:
             finish = plan.finish_of(job_id)
             if finish is not None and finish > deadline and job_id not in self.out.flagged:
                 self.out.flagged[job_id] = now
+        ends = [end for j, (_, _, _, end) in self.running.items() if self.by_id[j].deadline]
+        return next_look(now, OUTLOOK_EVERY_S, ends)
 
     def expire(self, now: float) -> None:
         while self.due and self.due[0][0] <= now:
@@ -178,6 +182,5 @@ def run_swarmd(
                     heapq.heappush(sim.due, (job.deadline, job.id))
         sim.schedule(now)
         if sim.due and now >= next_outlook:
-            sim.outlook(now)
-            next_outlook = now + OUTLOOK_EVERY_S
+            next_outlook = sim.outlook(now)
     return sim.out

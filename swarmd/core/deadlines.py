@@ -26,7 +26,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Final
 
@@ -39,9 +39,13 @@ from swarmd.core.pricing import (
     price,
 )
 
-__all__ = ["MAX_STEPS", "ClassLoad", "Planner", "Step"]
+__all__ = ["MAX_STEPS", "OVERRUN_SHARE", "ClassLoad", "Planner", "Step", "next_look"]
 
 MAX_STEPS: Final = 5000
+# An attempt still running past its estimated end is taken to need this share of its
+# estimate again (request speeds vary by ~15 %): an overrun shows as soon as it starts.
+OVERRUN_SHARE: Final = 0.15
+LOOK_AFTER_END_S: Final = 0.05  # look again this long after an attempt's estimated end
 PRESSURE_WINDOW_S: Final = 60.0
 MAX_PRESSURE: Final = 0.95  # a wait is stretched at most 20x
 _Pool = tuple[str, str | None]  # (node id, model profile or None for slots)
@@ -156,9 +160,19 @@ class Planner:
             self._options[demand] = known
         return known
 
-    def hold(self, key: Hashable, node_id: str, model: str | None, until: float) -> None:
+    def hold(
+        self,
+        key: Hashable,
+        node_id: str,
+        model: str | None,
+        until: float,
+        started: float | None = None,
+    ) -> None:
         """An attempt in flight on ``node_id`` (``model`` for llm) estimated to end at
-        ``until``: it holds one slot of that pool until then."""
+        ``until``: it holds one slot of that pool until then. One past ``until`` that
+        ``started`` then is taken to need :data:`OVERRUN_SHARE` of its estimate more."""
+        if until <= self.now and started is not None:
+            until = self.now + OVERRUN_SHARE * max(0.0, until - started)
         until = max(until, self.now)
         self._finish[key] = until
         heap = self._pool((node_id, model))
@@ -208,3 +222,12 @@ class Planner:
 
     def finish_of(self, key: Hashable) -> float | None:
         return self._finish.get(key)
+
+
+def next_look(now: float, every: float, ends: Iterable[float]) -> float:
+    """When to plan again: after ``every`` seconds, or just after the first of ``ends``
+    (estimated ends of attempts in flight for a deadline) that comes sooner, so that an
+    attempt running past its estimate is reported before a deadline close behind it
+    passes; never sooner than a tenth of ``every``."""
+    soonest = min((e for e in ends if e > now), default=math.inf) + LOOK_AFTER_END_S
+    return max(now + every / 10, min(now + every, soonest))

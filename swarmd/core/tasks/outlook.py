@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from swarmd.core.deadlines import Planner, Step
+from swarmd.core.deadlines import Planner, Step, next_look
 from swarmd.core.jobspec import DEFAULT_MAX_TOKENS, PRIORITY_RANK, JobSpec, SubtaskSpec
 from swarmd.core.pricing import Demand, PeerCapacity, estimate_llm_tokens
 from swarmd.core.tasks.bookkeeping import Bookkeeping
@@ -93,20 +93,25 @@ def _order(task: TaskRecord, rec: SubtaskRecord) -> tuple[int, float, float]:
 class Outlook(Bookkeeping):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._outlook_at = -math.inf
+        self._outlook_next = -math.inf  # when to plan again
         self._outlook_every = OUTLOOK_EVERY_S
         self._outlook: dict[str, float] = {}  # task id -> estimated finish (with a deadline)
         self._unreachable: set[str] = set()  # counted once each (pruned with _outlook)
 
     def outlook_due(self, now: float) -> bool:
-        """Whether :meth:`refresh_outlook` has something to do at ``now`` (it looks at
-        the open tasks at most every OUTLOOK_EVERY_S)."""
-        if now - self._outlook_at < self._outlook_every:
+        """Whether :meth:`refresh_outlook` has something to do at ``now`` (see
+        :meth:`outlook_wakeup`)."""
+        if now < self._outlook_next:
             return False
         if self._outlook or any(t.deadline is not None for t in self._open.values()):
             return True
-        self._outlook_at = now  # none has a deadline: look again in a while
+        self._outlook_next = now + OUTLOOK_EVERY_S  # none has a deadline: look again later
         return False
+
+    def outlook_wakeup(self) -> float | None:
+        """When the outlook is next due while a task with a deadline is open: every
+        OUTLOOK_EVERY_S, and just after an attempt for one is estimated to end."""
+        return self._outlook_next if self._outlook else None
 
     def _planner(self, peers: Sequence[PeerCapacity], now: float) -> Planner:
         plan = Planner(peers, self.pricing, now, throughput=self.throughput)
@@ -119,7 +124,13 @@ class Outlook(Bookkeeping):
                 won = rec.placements[-1].winner
                 run = (won.wait_s or 0.0) + won.rtt_s + (won.run_s or run)
             model = current.model if rec.spec.kind == "llm" else None
-            plan.hold((task_id, subtask_id), current.node_id, model, current.started + run)
+            plan.hold(
+                (task_id, subtask_id),
+                current.node_id,
+                model,
+                current.started + run,
+                current.started,
+            )
         return plan
 
     def _waiting(self) -> list[tuple[tuple[int, float, float], int, TaskRecord, SubtaskRecord]]:
@@ -165,14 +176,16 @@ class Outlook(Bookkeeping):
         return Admission(finish=finish, deadline=draft.deadline, ahead=ahead, now=now)
 
     def refresh_outlook(self, peers: Sequence[PeerCapacity], now: float) -> None:
-        """Plan the open tasks again (at most every OUTLOOK_EVERY_S, or every second
-        per :data:`PLANNED_PER_S` subtasks the last one planned, and only while one has
-        a deadline); keep the estimated finish of those with a deadline (NaN: not
-        planned, past the planner's limit). Work ordered after the last subtask with a
-        deadline is not planned: it cannot delay one."""
-        if now - self._outlook_at < self._outlook_every:
+        """Plan the open tasks again (every OUTLOOK_EVERY_S, or every second per
+        :data:`PLANNED_PER_S` subtasks the last one planned, sooner just after an attempt
+        for a deadline is estimated to end; only while one has a deadline); keep the
+        estimated finish of those with a deadline (NaN: not planned, past the planner's
+        limit). Work ordered after the last subtask with a deadline is not planned: it
+        cannot delay one. An attempt past its estimated end is planned to need more
+        (:data:`~swarmd.core.deadlines.OVERRUN_SHARE`), so its overrun shows."""
+        if now < self._outlook_next:
             return
-        self._outlook_at = now
+        self._outlook_next = now + OUTLOOK_EVERY_S
         due = [t for t in self._open.values() if t.deadline is not None]
         self._outlook = {}
         self._unreachable &= {t.id for t in due}
@@ -190,9 +203,14 @@ class Outlook(Bookkeeping):
             plan.place(self._step(task.id, rec))
             placed += 1
         self._outlook_every = max(OUTLOOK_EVERY_S, placed / PLANNED_PER_S)
+        ends: list[float] = []
         for task in due:
             pending = [r for r in task.subtasks.values() if not r.final]
-            self._note(task, [plan.finish_of((task.id, r.id)) for r in pending])
+            finishes = [plan.finish_of((task.id, r.id)) for r in pending]
+            self._note(task, finishes)
+            running = zip(pending, finishes, strict=True)
+            ends += (f for r, f in running if f is not None and r.state in IN_FLIGHT)
+        self._outlook_next = next_look(now, self._outlook_every, ends)
 
     def _note(self, task: TaskRecord, finishes: list[float | None]) -> None:
         assert task.deadline is not None

@@ -189,11 +189,13 @@ class Scheduler(Lifecycle):
     def _located(
         self, task: TaskRecord, rec: SubtaskRecord, view: dict[str, PeerCapacity]
     ) -> Demand:
-        """``rec.demand`` with ``input_s``: the time to ship its input files from this
-        node (which holds them) to each other peer, at the measured bandwidth."""
+        """``rec.demand`` with ``input_s``: the time to ship its input files and the
+        upstream artifacts it takes in from this node (which holds them) to each other
+        peer, at the measured bandwidth."""
         demand = rec.demand
         assert demand is not None
-        if self.input_bytes is None or not rec.spec.inputs or demand.kind == "llm":
+        shipped = rec.spec.inputs or rec.spec.upstream_inputs
+        if self.input_bytes is None or not shipped or demand.kind == "llm":
             return demand
         if rec.input_bytes is None:
             rec.input_bytes = self.input_bytes(task.id, rec.spec)
