@@ -65,6 +65,27 @@ QUEUE_AHEAD_S = 1.0
 SENT_KEPT = 65536  # attempts whose first dispatch's worker generation is remembered
 
 
+def _new_coordinator(
+    node_id: str, node_name: str, config: core.CoordinatorConfig | None
+) -> core.Coordinator:
+    return core.Coordinator(
+        node_id=node_id,
+        node_name=node_name,
+        config=config or core.CoordinatorConfig(),
+        # A worker holds shell/python subtasks up to its gossiped queue_max beyond its
+        # slots (pricing reads it per peer); a full model profile or a peer that
+        # gossips no queue_max refuses, so it is not a candidate at all.
+        # Look-ahead: a subtask may wait up to LOOKAHEAD_S for a busier node where it
+        # would finish sooner; one with an estimate goes to a busy worker's queue
+        # only when a slot there is due within QUEUE_AHEAD_S (swarmd.core.pricing_eft).
+        pricing=PricingConfig(
+            max_queue=0, lookahead_max_s=LOOKAHEAD_S, queue_ahead_s=QUEUE_AHEAD_S
+        ),
+        # The requests this coordinator sent, measured: pricing reads these first.
+        throughput=ThroughputTracker(),
+    )
+
+
 class Coordination(WorkerMessages):
     def __init__(
         self,
@@ -94,22 +115,7 @@ class Coordination(WorkerMessages):
         self.peers = peers
         self.clock = clock
         self.log = log
-        self.coordinator = core.Coordinator(
-            node_id=node_id,
-            node_name=node_name,
-            config=config or core.CoordinatorConfig(),
-            # A worker holds shell/python subtasks up to its gossiped queue_max beyond its
-            # slots (pricing reads it per peer); a full model profile or a peer that
-            # gossips no queue_max refuses, so it is not a candidate at all.
-            # Look-ahead: a subtask may wait up to LOOKAHEAD_S for a busier node where it
-            # would finish sooner; one with an estimate goes to a busy worker's queue
-            # only when a slot there is due within QUEUE_AHEAD_S (swarmd.core.pricing_eft).
-            pricing=PricingConfig(
-                max_queue=0, lookahead_max_s=LOOKAHEAD_S, queue_ahead_s=QUEUE_AHEAD_S
-            ),
-            # The requests this coordinator sent, measured: pricing reads these first.
-            throughput=ThroughputTracker(),
-        )
+        self.coordinator = _new_coordinator(node_id, node_name, config)
         self._inputs: dict[str, dict[str, bytes]] = {}
         self._usage_flush: asyncio.TimerHandle | None = None
         self._wake_pending = False  # wake the loop at the end of the next flush

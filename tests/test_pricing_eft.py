@@ -181,3 +181,28 @@ def test_a_node_that_goes_away_ends_the_wait() -> None:
     dead = peer("fast", **FAST, slots_busy=1, alive=False)
     sent = of(c.schedule([dead, slow], now=1.0), Dispatch)
     assert [(d.subtask_id, d.node_id) for d in sent] == [("b", "slow")]
+
+
+def test_a_hold_reserves_the_slot_it_waits_for_and_a_pass_holds_one_round() -> None:
+    """Many ready subtasks, the fast node full: one waits for its slot (reserved), the
+    next sees that slot taken and goes to the slow node, and the pass stops there —
+    it does not hold the whole queue for one slot (each pass walked all 10,000 of a
+    job once, and dispatch throughput fell to a fifth)."""
+    c = coordinator()
+    c.submit("t1", job(*(shell(f"s{i}", "8s") for i in range(500))), now=0.0)
+    busy = peer("fast", **FAST, slots_busy=1, free_in_s=(1.0,))
+    slow = peer("slow", **SLOW)
+    sent = of(c.schedule([busy, slow], now=0.0), Dispatch)
+    assert [(d.subtask_id, d.node_id) for d in sent] == [("s1", "slow")]
+    assert c.counters["lookahead_held"] == 1
+    # Three slots on the fast node: at most three held in one pass.
+    c2 = coordinator()
+    c2.submit("t1", job(*(shell(f"s{i}", "8s") for i in range(500))), now=0.0)
+    three = peer("fast", speed=4.0, slots_total=3, slots_busy=3, queue_max=0)
+    assert of(c2.schedule([three, peer("slow", slots_total=0)], now=0.0), Dispatch) == []
+    assert c2.counters["lookahead_held"] == 0  # nowhere to go now: nothing to wait against
+    c3 = coordinator()
+    c3.submit("t1", job(*(shell(f"s{i}", "40s") for i in range(500))), now=0.0)
+    sent = of(c3.schedule([three, peer("slow", slots_total=1, queue_max=0)], now=0.0), Dispatch)
+    assert len(sent) == 1 and sent[0].node_id == "slow"
+    assert 1 <= c3.counters["lookahead_held"] <= 3

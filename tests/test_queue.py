@@ -470,3 +470,17 @@ def test_ten_thousand_items() -> None:
         f"pop all {done - ordered:.3f}s, 10k mixed push/pop {mixed - done:.3f}s"
     )
     assert len(q) == 0
+
+
+def test_a_walk_drops_what_was_taken_from_the_front() -> None:
+    """Subtasks taken from the front leave removed entries on top of the heap: a walk
+    drops them, or each later walk steps over every one of them again (a 10,000-subtask
+    job's passes got slower with each subtask placed)."""
+    q = ReadyQueue()
+    for i in range(1000):
+        q.push(("t", str(i)), 2, None, 0.0)
+    for _ in range(900):
+        key = next(q.walk(1.0))
+        q.remove(key, started=True)
+    assert next(q.walk(1.0)) == ("t", "900")
+    assert sum(len(lane.heap) for lane in q._lanes.values()) <= 100

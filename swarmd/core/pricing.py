@@ -218,7 +218,7 @@ def _candidate(
         if later is None:
             return _infeasible(peer, rtt_s, "; ".join(why) or "not feasible")
         later_s = later.score + max(0.0, input_s - later.wait_s)
-        return _infeasible(peer, rtt_s, "; ".join(why), later_s, input_s)
+        return _infeasible(peer, rtt_s, "; ".join(why), later_s, input_s, later.run_s)
     best = _with_inputs(best, input_s)
     return Candidate(
         node_id=peer.node_id,
@@ -262,7 +262,10 @@ def _infeasible(
     why_not: str,
     later_s: float | None = None,
     input_s: float = 0.0,
+    run_s: float | None = None,
 ) -> Candidate:
+    """A peer that cannot take the subtask now; ``later_s`` (with ``run_s``, its run
+    there): the score it would have once a slot frees, for look-ahead."""
     return Candidate(
         node_id=peer.node_id,
         name=peer.name,
@@ -270,7 +273,7 @@ def _infeasible(
         why_not=why_not,
         wait_s=None,
         rtt_s=rtt_s,
-        run_s=None,
+        run_s=run_s,
         cost=None,
         score=None,
         model=None,

@@ -332,6 +332,11 @@ class ReadyQueue:
         RuntimeError.
         """
         self._tick(now)
+        for lane in self._lanes.values():
+            # Subtasks taken from the front leave removed entries on top of the heap:
+            # dropped here, or every walk would step over all of them again.
+            if lane.compact() | lane.first()[1]:
+                self._version += 1
         version = self._version
         cursors = {rank: lane.cursor() for rank, lane in self._lanes.items()}
         while True:

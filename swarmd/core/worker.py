@@ -34,8 +34,7 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import msgspec
 
@@ -51,12 +50,13 @@ from protocol.messages import (
     TaskClaim,
 )
 
-from .jobspec.wording import format_size
 from .succession import EpochBook
+from .worker_config import SHELL_DISABLED, WorkerConfig, lacking_resources
 from .worker_effects import AttemptKey, Effect, Persist, Send, Start, Stop, Unpersist
 from .worker_engines import EngineJobs
 
 __all__ = [
+    "SHELL_DISABLED",
     "AttemptKey",
     "Effect",
     "Persist",
@@ -70,35 +70,6 @@ __all__ = [
 ]
 
 DONE_KEPT = 10_000  # acknowledged attempts remembered, so a late dispatch is not rerun
-SHELL_DISABLED = "shell and python subtasks are disabled on this node (allow_shell = false)"
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerConfig:
-    slots: int = 4  # shell/python attempts running at once
-    queue: int | None = None  # shell/python attempts held beyond the slots; None: adaptive
-    queue_hold_s: float = 0.05  # adaptive: hold about this much run time per slot queued
-    queue_depth_max: int = 4  # adaptive: at most this many queued per slot
-    run_alpha: float = 0.2  # adaptive: weight of each finished attempt in the run time
-    allow_shell: bool = True
-    models: Mapping[str, int] = field(default_factory=dict)  # profile -> max_concurrency
-    resend_first_s: float = 2.0
-    resend_max_s: float = 30.0
-    min_progress_s: float = 0.2
-    start_notice_s: float = 0.05  # a start is told this long after it, if still running
-    queued_notice_s: float = 1.0  # a queued attempt is first told of this soon
-    # This node's resources (None: not measured, not checked): a dispatch that needs
-    # more than the node has is refused, whatever its coordinator believed.
-    ram_total: int | None = None  # bytes
-    vram_max: int | None = None  # the largest GPU's memory, bytes (0: no GPU)
-    # The engines this node fronts ([engines.NAME]) -> jobs held at once: a shell
-    # attempt naming one runs as its job, outside the slots (swarmd/executors/engine.py).
-    engines: Mapping[str, int] = field(default_factory=dict)
-
-    @property
-    def queue_limit(self) -> int:
-        """The queue configured, or the adaptive queue's least (one per slot)."""
-        return max(0, self.slots if self.queue is None else self.queue)
 
 
 # ---------------------------------------------------------------- state
@@ -333,7 +304,7 @@ class WorkerCore:
             return "model busy" if self._model_use[d.model or ""] >= limit else None
         if kind not in ("shell", "python"):
             return f"unknown subtask kind {kind!r}"
-        lacking = self._lacking(d.spec)
+        lacking = lacking_resources(self.config, d.spec)
         if lacking is not None:
             return lacking
         if not self.config.allow_shell:
@@ -342,19 +313,6 @@ class WorkerCore:
             return "no shell/python slots on this node"
         if self.load >= self.config.slots + self.queue_limit:
             return "all slots busy"
-        return None
-
-    def _lacking(self, spec: Mapping[str, Any]) -> str | None:
-        """What the subtask needs beyond this node's memory or GPUs, if anything."""
-        config = self.config
-        checks = (
-            ("min_ram", config.ram_total, "memory"),
-            ("min_vram", config.vram_max, "GPU memory on its largest GPU"),
-        )
-        for key, have, what in checks:
-            need = spec.get(key, 0)
-            if have is not None and isinstance(need, int) and need > have:
-                return f"{key} {format_size(need)}: this node has {format_size(have)} of {what}"
         return None
 
     def on_cancel(self, m: CancelAttempt, now: float, by: str | None = None) -> list[Effect]:

@@ -13,6 +13,7 @@ held; a peer that goes away simply stops being priced, which ends the wait.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -33,6 +34,7 @@ class Scheduler(Lifecycle):
     _pass_now: float = 0.0  # the current pass's time
     _pass_held: dict[str, list[Held]] | None = None  # its attempts out, once looked at
     _pass_free: dict[str, tuple[float, ...]] = {}  # noqa: RUF012 (set anew each pass)
+    _pass_holds: Counter[str] = Counter()  # noqa: RUF012 (subtasks held per node, a pass)
 
     def ready_count(self) -> int:
         """Subtasks queued ready (backing off or not): a pass has work only then."""
@@ -92,8 +94,10 @@ class Scheduler(Lifecycle):
             placement = self._price(rec, self._located(task, rec, view), view, priced)
             if placement.winner is None:
                 return False
-            if placement.wait_for is not None and self._may_hold(rec, now):
-                self._reserve(view, priced, placement.wait_for, placement.wait_for.model)
+            wait = placement.wait_for
+            if wait is not None and self._may_wait_for(wait, view) and self._may_hold(rec, now):
+                self._pass_holds[wait.node_id] += 1
+                self._reserve(view, priced, wait, wait.model)
                 self.counters["lookahead_held"] += 1
                 return True
             winner = placement.winner
@@ -107,6 +111,13 @@ class Scheduler(Lifecycle):
         if gkey is not None and group is None:
             groups.open(gkey, rec, placement, rest, view)
         return True
+
+    def _may_wait_for(self, node: Candidate, view: dict[str, PeerCapacity]) -> bool:
+        """A pass holds at most one round of subtasks for a busy node (as many as it has
+        slots, each reserving the slot it waits for): deeper plans wait for the next
+        pass, and a pass costs O(slots), not O(queue)."""
+        peer = view.get(node.node_id)
+        return peer is not None and self._pass_holds[node.node_id] < max(1, peer.slots_total)
 
     def _may_hold(self, rec: SubtaskRecord, now: float) -> bool:
         """Look-ahead may keep ``rec`` waiting: for at most lookahead_max_s in all."""
@@ -145,6 +156,7 @@ class Scheduler(Lifecycle):
         shell/python attempts this coordinator holds there (the others have a slot
         free now: no wait, whatever they hold)."""
         self._pass_now, self._pass_held, self._pass_free = now, None, {}
+        self._pass_holds = Counter()
         for p in peers:
             if _full(p):
                 self._pass_free[p.node_id] = self._estimated(p, self._held_now())
