@@ -71,10 +71,11 @@ def test_an_attempt_past_its_estimated_end_is_planned_to_need_more() -> None:
 
 
 def test_next_look_comes_just_after_an_estimated_end() -> None:
-    assert next_look(10.0, 1.0, []) == pytest.approx(11.0)
-    assert next_look(10.0, 1.0, [10.4, 12.0, 9.0]) == pytest.approx(10.45)
-    assert next_look(10.0, 1.0, [10.01]) == pytest.approx(10.1)  # at most 10 a period
-    assert next_look(10.0, 4.0, [11.0]) == pytest.approx(11.05)  # a slowed outlook too
+    assert next_look(10.0, 1.0, [], 0.1) == pytest.approx(11.0)
+    assert next_look(10.0, 1.0, [10.4, 12.0, 9.0], 0.1) == pytest.approx(10.45)
+    assert next_look(10.0, 1.0, [10.01], 0.1) == pytest.approx(10.1)  # not sooner than that
+    assert next_look(10.0, 4.0, [11.0], 0.1) == pytest.approx(11.05)  # a slowed outlook too
+    assert next_look(10.0, 4.0, [11.0], 2.0) == pytest.approx(12.0)  # within its budget
 
 
 def test_planner_limit() -> None:

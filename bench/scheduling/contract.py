@@ -31,12 +31,11 @@ from dataclasses import dataclass, field, replace
 from swarmd.core.deadlines import ClassLoad, Planner, Step, next_look
 from swarmd.core.pricing import Demand, PricingConfig, ThroughputTracker, price
 from swarmd.core.queue import ReadyQueue
+from swarmd.core.tasks.outlook import MIN_LOOK_GAP_S, OUTLOOK_EVERY_S, PLANNED_PER_S
 
 from .agent import Job, Node, Start, _Cluster, _duration, _events, _peer
 
 __all__ = ["Outcome", "run_swarmd"]
-
-OUTLOOK_EVERY_S = 1.0
 
 
 @dataclass
@@ -97,16 +96,19 @@ class _Sim:
         return True
 
     def outlook(self, now: float) -> float:
-        """Report the jobs whose estimate passed their deadline; when to look again."""
+        """Report the jobs whose estimate passed their deadline; when to look again (as
+        the coordinator does: swarmd/core/tasks/outlook.py)."""
         plan = self._plan(now)
-        for key in self.queue.ordered(now):
+        queued = self.queue.ordered(now)
+        for key in queued:
             plan.place(Step(int(key[1]), _demand(self.by_id[int(key[1])])))
         for deadline, job_id in self.due:
             finish = plan.finish_of(job_id)
             if finish is not None and finish > deadline and job_id not in self.out.flagged:
                 self.out.flagged[job_id] = now
         ends = [end for j, (_, _, _, end) in self.running.items() if self.by_id[j].deadline]
-        return next_look(now, OUTLOOK_EVERY_S, ends)
+        every = max(OUTLOOK_EVERY_S, len(queued) / PLANNED_PER_S)
+        return next_look(now, every, ends, max(MIN_LOOK_GAP_S, len(queued) / PLANNED_PER_S))
 
     def expire(self, now: float) -> None:
         while self.due and self.due[0][0] <= now:

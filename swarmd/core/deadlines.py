@@ -224,10 +224,10 @@ class Planner:
         return self._finish.get(key)
 
 
-def next_look(now: float, every: float, ends: Iterable[float]) -> float:
+def next_look(now: float, every: float, ends: Iterable[float], min_gap: float) -> float:
     """When to plan again: after ``every`` seconds, or just after the first of ``ends``
     (estimated ends of attempts in flight for a deadline) that comes sooner, so that an
     attempt running past its estimate is reported before a deadline close behind it
-    passes; never sooner than a tenth of ``every``."""
+    passes; never sooner than ``min_gap`` (what keeps planning within its budget)."""
     soonest = min((e for e in ends if e > now), default=math.inf) + LOOK_AFTER_END_S
-    return max(now + every / 10, min(now + every, soonest))
+    return max(now + min_gap, min(now + every, soonest))

@@ -34,6 +34,7 @@ from swarmd.core.tasks.transitions import IN_FLIGHT
 
 OUTLOOK_EVERY_S: Final = 1.0
 PLANNED_PER_S: Final = 2000  # a refresh that planned N subtasks: the next after N / this s
+MIN_LOOK_GAP_S: Final = 0.1  # a look just after an estimated end: at most this often
 _NEW: Final = "\x00new"  # the task id the job being admitted is planned under
 
 
@@ -210,7 +211,9 @@ class Outlook(Bookkeeping):
             self._note(task, finishes)
             running = zip(pending, finishes, strict=True)
             ends += (f for r, f in running if f is not None and r.state in IN_FLIGHT)
-        self._outlook_next = next_look(now, self._outlook_every, ends)
+        # Sooner looks spend the same budget: PLANNED_PER_S subtasks a second at most.
+        min_gap = max(MIN_LOOK_GAP_S, placed / PLANNED_PER_S)
+        self._outlook_next = next_look(now, self._outlook_every, ends, min_gap)
 
     def _note(self, task: TaskRecord, finishes: list[float | None]) -> None:
         assert task.deadline is not None
