@@ -103,6 +103,33 @@ def _url(endpoint: str, path: str) -> str:
     return endpoint.rstrip("/") + path
 
 
+def _refusal(req: ExecRequest) -> ExecResult | None:
+    """Why ``req`` cannot be sent at all, as its result; None if it can."""
+    if not req.endpoint or not req.model:
+        return ExecResult.failure(
+            "llm subtask without an endpoint and model (no [models.NAME] profile chosen)",
+            app_failed=False,
+        )
+    if req.prompt is None:
+        return ExecResult.failure("llm subtask without a prompt", app_failed=True)
+    if req.max_tokens < 1:
+        return ExecResult.failure(f"max_tokens {req.max_tokens} is not positive", app_failed=True)
+    return None
+
+
+def _chat_body(req: ExecRequest, stream: bool) -> dict[str, Any]:
+    """The chat completion's request body (``req.prompt`` is set)."""
+    messages = []
+    if req.system:
+        messages.append({"role": "system", "content": req.system})
+    messages.append({"role": "user", "content": req.prompt})
+    body: dict[str, Any] = {"model": req.model, "messages": messages, "max_tokens": req.max_tokens}
+    if stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
 async def run(
     req: ExecRequest,
     *,
@@ -120,23 +147,10 @@ async def run(
     limits = limits or Limits()
     retry = retry or RetryPolicy()
     started = time.monotonic()
-    if not req.endpoint or not req.model:
-        return ExecResult.failure(
-            "llm subtask without an endpoint and model (no [models.NAME] profile chosen)",
-            app_failed=False,
-        )
-    if req.prompt is None:
-        return ExecResult.failure("llm subtask without a prompt", app_failed=True)
-    if req.max_tokens < 1:
-        return ExecResult.failure(f"max_tokens {req.max_tokens} is not positive", app_failed=True)
-    messages = []
-    if req.system:
-        messages.append({"role": "system", "content": req.system})
-    messages.append({"role": "user", "content": req.prompt})
-    body: dict[str, Any] = {"model": req.model, "messages": messages, "max_tokens": req.max_tokens}
-    if stream:
-        body["stream"] = True
-        body["stream_options"] = {"include_usage": True}
+    refused = _refusal(req)
+    if refused is not None:
+        return refused
+    body = _chat_body(req, stream)
     total_s = req.timeout_s if req.timeout_s is not None else default_timeout_s
     call = _Completion(
         req=req,
