@@ -18,95 +18,41 @@ import re
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
 import pytest
 
-from tests.harness import Daemon, new_secret, swarmctl, wait_until
+from tests.engine_swarm import EngineSwarm, login_and_lan
+from tests.harness import swarmctl, wait_until
 from tests.ray_cluster import CPUS, RayHead, job_supervisor
 
 pytestmark = pytest.mark.slow
 
 
 @dataclass
-class Swarm:
+class Swarm(EngineSwarm):
     ray: RayHead
-    login: Daemon
-    lan: Daemon
-    root: Path
-
-    def ctl(self, *args: str, timeout: float = 60) -> Any:
-        done = swarmctl("--json", *args, state_dir=self.lan.state_dir, timeout=timeout)
-        assert done.returncode in (0, 1), done.stderr + self.logs()
-        return json.loads(done.stdout)
-
-    def submit(self, job: str, name: str) -> str:
-        jobdir = self.root / name
-        jobdir.mkdir(exist_ok=True)
-        (jobdir / "job.toml").write_text(job)
-        done = swarmctl(
-            "--json", "submit", "-f", "job.toml", state_dir=self.lan.state_dir, cwd=jobdir
-        )
-        assert done.returncode == 0, done.stderr
-        return str(json.loads(done.stdout)["task"])
-
-    def finished(self, task: str, timeout: float = 90) -> dict[str, Any]:
-        def over() -> dict[str, Any] | None:
-            status = self.ctl("status", task)
-            return status if status["state"] in ("done", "failed", "cancelled") else None
-
-        return wait_until(over, timeout, 0.2, what=f"task {task} to finish")
-
-    def subtask(self, task: str, sid: str) -> dict[str, Any]:
-        status = self.ctl("status", task)
-        return next(s for s in status["subtasks"] if s["id"] == sid)
+    finish_s: ClassVar[float] = 90.0
 
     def ray_jobs(self, *states: str) -> list[str]:
         jobs = self.ray.get_json("/api/jobs/")
         assert isinstance(jobs, list)
         return [str(j["submission_id"]) for j in jobs if j["status"] in states]
 
-    def logs(self) -> str:
-        return "".join(f"\n--- {d.name}:\n{d.log()[-3000:]}" for d in (self.login, self.lan))
-
 
 @pytest.fixture(scope="module")
 def swarm(ray_cluster: RayHead, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swarm]:
     root = tmp_path_factory.mktemp("ray-swarm")
-    secret = new_secret()
-    login = Daemon(
-        root,
-        "login",
-        secret=secret,
-        config=(
-            "[node]\nmax_concurrency = 1\n"
-            f'[engines.ray]\nkind = "ray"\naddress = "{ray_cluster.address}"\n'
-            f'workdir = "{root / "work"}"\npoll = "1s"\n'
-        ),
+    engine = (
+        f'[engines.ray]\nkind = "ray"\naddress = "{ray_cluster.address}"\n'
+        f'workdir = "{root / "work"}"\npoll = "1s"\n'
     )
-    lan = Daemon(root, "lan", secret=secret, config="[node]\nmax_concurrency = 2\n")
-    daemons = [login, lan]
-    try:
-        for d in daemons:
-            d.start()
-        for d in daemons:
-            d.wait_ready()
-        wait_until(lambda: lan.states() == {"login": "alive", "lan": "alive"}, 20, what="two nodes")
-        yield Swarm(ray_cluster, login, lan, root)
-    finally:
-        for d in daemons:
-            d.stop()
-
-
-def _engines_seen(swarm: Swarm) -> list[dict[str, Any]] | None:
-    row = next((p for p in swarm.lan.peers() if p["name"] == "login"), None)
-    engines = row.get("engines") if row else None
-    return engines if engines and engines[0].get("ok") else None
+    with login_and_lan(root, engine) as (login, lan):
+        yield Swarm(login=login, lan=lan, root=root, ray=ray_cluster)
 
 
 def test_subtasks_run_as_ray_jobs_with_inputs_in_and_outputs_back(swarm: Swarm) -> None:
-    engines = wait_until(lambda: _engines_seen(swarm), 30, what="login's engine in gossip")
+    engines = wait_until(swarm.engines_seen, 30, what="login's engine in gossip")
     assert engines[0]["name"] == "ray" and engines[0]["kind"] == "ray"
     assert engines[0]["cpus_idle"] == CPUS and engines[0]["queue"] == 0
     table = swarmctl("peers", state_dir=swarm.lan.state_dir).stdout

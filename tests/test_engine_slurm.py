@@ -14,16 +14,14 @@ Skipped unless root with slurm-wlm and munge installed (.ci/run installs them).
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.harness import Daemon, new_secret, swarmctl, wait_until
+from tests.engine_swarm import EngineSwarm, login_and_lan
+from tests.harness import swarmctl, wait_until
 from tests.slurm_cluster import SlurmCluster, slurm_cluster, unavailable
 
 pytestmark = [
@@ -33,82 +31,25 @@ pytestmark = [
 
 
 @dataclass
-class Swarm:
+class Swarm(EngineSwarm):
     cluster: SlurmCluster
-    login: Daemon
-    lan: Daemon
-    root: Path
-
-    def ctl(self, *args: str, timeout: float = 60) -> Any:
-        done = swarmctl("--json", *args, state_dir=self.lan.state_dir, timeout=timeout)
-        assert done.returncode in (0, 1), done.stderr + self.logs()
-        return json.loads(done.stdout)
-
-    def submit(self, job: str, name: str) -> str:
-        jobdir = self.root / name
-        jobdir.mkdir(exist_ok=True)
-        (jobdir / "job.toml").write_text(job)
-        done = swarmctl(
-            "--json", "submit", "-f", "job.toml", state_dir=self.lan.state_dir, cwd=jobdir
-        )
-        assert done.returncode == 0, done.stderr
-        return str(json.loads(done.stdout)["task"])
-
-    def finished(self, task: str, timeout: float = 60) -> dict[str, Any]:
-        def over() -> dict[str, Any] | None:
-            status = self.ctl("status", task)
-            return status if status["state"] in ("done", "failed", "cancelled") else None
-
-        return wait_until(over, timeout, 0.2, what=f"task {task} to finish")
-
-    def subtask(self, task: str, sid: str) -> dict[str, Any]:
-        status = self.ctl("status", task)
-        return next(s for s in status["subtasks"] if s["id"] == sid)
-
-    def logs(self) -> str:
-        return "".join(f"\n--- {d.name}:\n{d.log()[-3000:]}" for d in (self.login, self.lan))
 
 
 @pytest.fixture(scope="module")
 def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swarm]:
     root = tmp_path_factory.mktemp("slurm-swarm")
     with slurm_cluster() as cluster:
-        secret = new_secret()
-        login = Daemon(
-            root,
-            "login",
-            secret=secret,
-            config=(
-                "[node]\nmax_concurrency = 1\n"
-                '[engines.slurm]\nkind = "slurm"\n'
-                f'slurm_conf = "{cluster.conf}"\nworkdir = "{cluster.root / "work"}"\n'
-                'poll = "1s"\n'
-            ),
+        engine = (
+            '[engines.slurm]\nkind = "slurm"\n'
+            f'slurm_conf = "{cluster.conf}"\nworkdir = "{cluster.root / "work"}"\n'
+            'poll = "1s"\n'
         )
-        lan = Daemon(root, "lan", secret=secret, config="[node]\nmax_concurrency = 2\n")
-        daemons = [login, lan]
-        try:
-            for d in daemons:
-                d.start()
-            for d in daemons:
-                d.wait_ready()
-            wait_until(
-                lambda: lan.states() == {"login": "alive", "lan": "alive"}, 20, what="two nodes"
-            )
-            yield Swarm(cluster, login, lan, root)
-        finally:
-            for d in daemons:
-                d.stop()
-
-
-def _engines_seen(swarm: Swarm) -> list[dict[str, Any]] | None:
-    row = next((p for p in swarm.lan.peers() if p["name"] == "login"), None)
-    engines = row.get("engines") if row else None
-    return engines if engines and engines[0].get("ok") else None
+        with login_and_lan(root, engine) as (login, lan):
+            yield Swarm(login=login, lan=lan, root=root, cluster=cluster)
 
 
 def test_subtasks_run_as_slurm_jobs_with_inputs_in_and_outputs_back(swarm: Swarm) -> None:
-    engines = wait_until(lambda: _engines_seen(swarm), 20, what="login's engine in gossip")
+    engines = wait_until(swarm.engines_seen, 20, what="login's engine in gossip")
     assert engines[0]["name"] == "slurm" and engines[0]["kind"] == "slurm"
     assert engines[0]["cpus_idle"] >= 1 and engines[0]["queue"] == 0
     table = swarmctl("peers", state_dir=swarm.lan.state_dir).stdout
