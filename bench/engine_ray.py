@@ -33,6 +33,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,8 @@ if __package__ in (None, ""):
 from bench.common import summary
 from swarmd.engines import JobSpec
 from swarmd.engines.ray import RayEngine
-from tests.harness import Daemon, new_secret, swarmctl, wait_until
+from tests.engine_swarm import login_and_lan
+from tests.harness import Daemon, swarmctl
 from tests.ray_cluster import RayHead, ray_head
 
 POLL_S = 0.02
@@ -148,26 +150,11 @@ def swarmd_factory(lan: Daemon) -> Callable[..., Awaitable[str]]:
     return through_swarmd
 
 
-def start_swarm(head: RayHead, root: Path) -> list[Daemon]:
-    secret = new_secret()
-    login = Daemon(
-        root,
-        "login",
-        secret=secret,
-        config=(
-            "[node]\nmax_concurrency = 1\n"
-            f'[engines.ray]\nkind = "ray"\naddress = "{head.address}"\n'
-            f'workdir = "{root / "engine-work"}"\npoll = "1s"\n'
-        ),
+def _engine_toml(head: RayHead, root: Path) -> str:
+    return (
+        f'[engines.ray]\nkind = "ray"\naddress = "{head.address}"\n'
+        f'workdir = "{root / "engine-work"}"\npoll = "1s"\n'
     )
-    lan = Daemon(root, "lan", secret=secret, config="[node]\nmax_concurrency = 2\n")
-    daemons = [lan, login]
-    for d in daemons:
-        d.start()
-    for d in daemons:
-        d.wait_ready()
-    wait_until(lambda: lan.states() == {"login": "alive", "lan": "alive"}, 30, what="two nodes")
-    return daemons
 
 
 async def measure(
@@ -216,14 +203,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--swarmd", action="store_true", help="also through two daemons")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp, ray_head() as head:
-        daemons = start_swarm(head, Path(tmp)) if args.swarmd else []
-        try:
-            lan = daemons[0] if daemons else None
-            result = asyncio.run(measure(head, args.rounds, Path(tmp), lan))
-        finally:
-            for d in daemons:
-                d.stop()
+    with tempfile.TemporaryDirectory() as tmp, ray_head() as head, ExitStack() as stack:
+        lan = None
+        if args.swarmd:
+            two = login_and_lan(Path(tmp), _engine_toml(head, Path(tmp)), alive_s=30)
+            _, lan = stack.enter_context(two)
+        result = asyncio.run(measure(head, args.rounds, Path(tmp), lan))
     med = {k: v["median"] for k, v in result["submit_to_running_s"].items() if v.get("n")}
     for way in ("adapter", "swarmd"):
         for base in ("cli", "http"):

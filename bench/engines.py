@@ -36,7 +36,8 @@ if str(ROOT) not in sys.path:
 
 from bench.common import Poller, load, save, summary, table  # noqa: E402
 from protocol.control import SubmitReply, SubmitRequest, TaskReply, TaskRequest  # noqa: E402
-from tests.harness import Daemon, new_secret, wait_until  # noqa: E402
+from tests.engine_swarm import login_and_lan  # noqa: E402
+from tests.harness import Daemon, wait_until  # noqa: E402
 from tests.slurm_cluster import SlurmCluster, slurm_cluster, unavailable  # noqa: E402
 
 COMMAND = "date +%s.%N"
@@ -83,49 +84,44 @@ def run(rounds: int) -> dict[str, Any]:
     if why is not None:
         return {"skipped": why}
     root = Path(tempfile.mkdtemp(prefix="swarmd-bench-engines-"))
-    with slurm_cluster() as cluster:
-        secret = new_secret()
-        login = Daemon(
-            root,
-            "login",
-            secret=secret,
-            config=(
-                '[node]\nmax_concurrency = 1\n[engines.slurm]\nkind = "slurm"\n'
+    try:
+        with slurm_cluster() as cluster:
+            engine = (
+                '[engines.slurm]\nkind = "slurm"\n'
                 f'slurm_conf = "{cluster.conf}"\nworkdir = "{cluster.root / "work"}"\n'
-            ),
-        )
-        lan = Daemon(root, "lan", secret=secret, config="[node]\nmax_concurrency = 1\n")
-        nodes = [login, lan]
-        try:
-            for d in nodes:
-                d.start()
-            for d in nodes:
-                d.wait_ready()
-
-            def engine_seen() -> bool:
-                row = next((p for p in lan.peers() if p["name"] == "login"), {})
-                return any(e.get("ok") for e in row.get("engines") or [])
-
-            wait_until(engine_seen, 30, what="the engine in gossip")
-            poller = Poller(lan.state_dir, timeout_s=10.0)
-            work = cluster.root / "plain"
-            work.mkdir()
-            rows: dict[str, list[tuple[float, float]]] = {"sbatch": [], "swarmd": []}
-            via_swarmd(poller, -1)  # warm-up: first dispatch, connections
-            plain_sbatch(cluster, work, -1)
-            for n in range(rounds):
-                order = ["sbatch", "swarmd"] if n % 2 == 0 else ["swarmd", "sbatch"]
-                for side in order:
-                    if side == "sbatch":
-                        rows[side].append(plain_sbatch(cluster, work, n))
-                    else:
-                        rows[side].append(via_swarmd(poller, n))
-            poller.close()
-        finally:
-            for d in nodes:
-                d.stop()
-            shutil.rmtree(root, ignore_errors=True)
+            )
+            with login_and_lan(root, engine, lan_slots=1, alive_s=30) as (_, lan):
+                rows = _alternate(cluster, lan, rounds)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
     return _report(rows, rounds)
+
+
+def _alternate(
+    cluster: SlurmCluster, lan: Daemon, rounds: int
+) -> dict[str, list[tuple[float, float]]]:
+    """Plain sbatch and swarmd through ``lan``, alternated round by round."""
+
+    def engine_seen() -> bool:
+        row = next((p for p in lan.peers() if p["name"] == "login"), {})
+        return any(e.get("ok") for e in row.get("engines") or [])
+
+    wait_until(engine_seen, 30, what="the engine in gossip")
+    poller = Poller(lan.state_dir, timeout_s=10.0)
+    work = cluster.root / "plain"
+    work.mkdir()
+    rows: dict[str, list[tuple[float, float]]] = {"sbatch": [], "swarmd": []}
+    via_swarmd(poller, -1)  # warm-up: first dispatch, connections
+    plain_sbatch(cluster, work, -1)
+    for n in range(rounds):
+        order = ["sbatch", "swarmd"] if n % 2 == 0 else ["swarmd", "sbatch"]
+        for side in order:
+            if side == "sbatch":
+                rows[side].append(plain_sbatch(cluster, work, n))
+            else:
+                rows[side].append(via_swarmd(poller, n))
+    poller.close()
+    return rows
 
 
 def _report(rows: dict[str, list[tuple[float, float]]], rounds: int) -> dict[str, Any]:

@@ -16,20 +16,24 @@ from tests.harness import Daemon, new_secret, swarmctl, wait_until
 
 
 @contextmanager
-def login_and_lan(root: Path, engine_toml: str) -> Iterator[tuple[Daemon, Daemon]]:
-    """``login`` (one slot, fronting the engine) and ``lan`` (two slots), both alive to
-    each other; stopped on the way out."""
+def login_and_lan(
+    root: Path, engine_toml: str, *, lan_slots: int = 2, alive_s: float = 20.0
+) -> Iterator[tuple[Daemon, Daemon]]:
+    """``login`` (one slot, fronting the engine) and ``lan`` (``lan_slots``), alive to
+    each other within ``alive_s``; stopped on the way out. (The engine benchmarks use
+    it too.)"""
     secret = new_secret()
     config = "[node]\nmax_concurrency = 1\n" + engine_toml
     login = Daemon(root, "login", secret=secret, config=config)
-    lan = Daemon(root, "lan", secret=secret, config="[node]\nmax_concurrency = 2\n")
+    lan = Daemon(root, "lan", secret=secret, config=f"[node]\nmax_concurrency = {lan_slots}\n")
     daemons = [login, lan]
     try:
         for d in daemons:
             d.start()
         for d in daemons:
             d.wait_ready()
-        wait_until(lambda: lan.states() == {"login": "alive", "lan": "alive"}, 20, what="two nodes")
+        alive = {"login": "alive", "lan": "alive"}
+        wait_until(lambda: lan.states() == alive, alive_s, what="two nodes")
         yield login, lan
     finally:
         for d in daemons:
