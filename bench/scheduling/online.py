@@ -39,6 +39,7 @@ from swarmd.core.queue import ReadyQueue
 
 from .dag import Dag
 from .heft import Schedule
+from .policies import processor
 
 __all__ = ["swarmd_online"]
 
@@ -117,25 +118,9 @@ class _Workers:
         heapq.heappush(self.events, (at, -1))
 
     def peer(self, p: int, speed: float, queue: int, now: float) -> PeerCapacity:
-        return PeerCapacity(
-            node_id=f"p{p:03d}",
-            name=f"p{p}",
-            alive=True,
-            draining=False,
-            on_battery=False,
-            battery_policy="run",
-            cores=1,
-            load=0.0,
-            ram_available=1 << 34,
-            gpus_vram_free=(),
-            gpus_vram_total=(),
-            slots_total=1,
+        return replace(
+            processor(p, False, speed),
             slots_busy=len(self.held[p]),
-            queue=0,
-            rtt_s=None,
-            cost_per_hour=0.0,
-            models=(),
-            speed=speed,
             queue_max=queue,
             free_in_s=free_in(1, self.held[p].values(), now),
         )

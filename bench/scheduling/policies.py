@@ -46,7 +46,8 @@ __all__ = ["POLICIES", "least_loaded", "round_robin", "swarmd"]
 NORMAL = 2  # swarmd's rank for priority "normal"; a job's subtasks share it
 
 
-def _peer(j: int, busy: bool, speed: float) -> PeerCapacity:
+def processor(j: int, busy: bool, speed: float) -> PeerCapacity:
+    """Processor ``j`` of a task graph as a one-slot peer (bench/scheduling/online.py too)."""
     return PeerCapacity(
         node_id=f"p{j:03d}",
         name=f"p{j}",
@@ -149,7 +150,7 @@ def swarmd(dag: Dag, *, locality: bool = False, readiness_order: bool = False) -
                         for j in range(dag.procs)
                     )
                 demand = Demand("shell", est_seconds=dag.estimate(task), input_s=input_s)
-                peers = [_peer(j, not sim.free[j], speeds[j]) for j in range(dag.procs)]
+                peers = [processor(j, not sim.free[j], speeds[j]) for j in range(dag.procs)]
                 winner = price(demand, peers, config).winner
                 assert winner is not None
                 queue.remove(key)
