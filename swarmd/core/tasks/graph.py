@@ -119,13 +119,20 @@ def render(task: TaskRecord, rec: SubtaskRecord) -> str | None:
         return f"template: {template.TooLarge(template.RENDER_MAX, exc.what)}"
     rec.rendered = rendered
     rec.upstream = results if spec.inputs else {}
+    rec.demand = _intern(demand_of(rendered))
+    return None
+
+
+def demand_of(spec: SubtaskSpec) -> Demand:
+    """What placement prices for ``spec``: its needs, and its tokens estimated from its
+    prompt (rendered, or as written before it can be) or its gateway request."""
     est_tokens = 0
     if spec.kind == "llm" and spec.api is not None and spec.request is not None:
         est_tokens = estimate_request_tokens(spec.api, spec.request)
     elif spec.kind == "llm":
         max_tokens = spec.max_tokens if spec.max_tokens is not None else DEFAULT_MAX_TOKENS
-        est_tokens = estimate_llm_tokens(rendered.prompt or "", max_tokens, rendered.system)
-    demand = Demand(
+        est_tokens = estimate_llm_tokens(spec.prompt or "", max_tokens, spec.system)
+    return Demand(
         kind=spec.kind,
         capability=spec.capability,
         model=spec.model,
@@ -136,8 +143,6 @@ def render(task: TaskRecord, rec: SubtaskRecord) -> str | None:
         est_tokens=est_tokens,
         est_seconds=spec.estimate_s,
     )
-    rec.demand = _intern(demand)
-    return None
 
 
 _DEMANDS: dict[Demand, Demand] = {}  # one object per distinct demand: cheap to compare

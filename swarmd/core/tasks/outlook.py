@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from swarmd.core.deadlines import Planner, Step, next_look
-from swarmd.core.jobspec import DEFAULT_MAX_TOKENS, PRIORITY_RANK, JobSpec, SubtaskSpec
-from swarmd.core.pricing import Demand, PeerCapacity, estimate_llm_tokens
+from swarmd.core.jobspec import PRIORITY_RANK, JobSpec
+from swarmd.core.pricing import PeerCapacity
 from swarmd.core.tasks.bookkeeping import Bookkeeping
-from swarmd.core.tasks.graph import estimate_s, new_task
+from swarmd.core.tasks.graph import demand_of, estimate_s, new_task
 from swarmd.core.tasks.records import SubtaskRecord, TaskRecord
 from swarmd.core.tasks.transitions import IN_FLIGHT
 
@@ -64,24 +64,6 @@ class Admission:
             "running or queued ahead of it; submit with --deadline-best-effort (job key "
             "deadline_best_effort = true) to run it anyway"
         )
-
-
-def spec_demand(spec: SubtaskSpec) -> Demand:
-    """A demand from the spec as written (before its templates are rendered)."""
-    tokens = 0
-    if spec.kind == "llm":
-        max_tokens = spec.max_tokens if spec.max_tokens is not None else DEFAULT_MAX_TOKENS
-        tokens = estimate_llm_tokens(spec.prompt or "", max_tokens, spec.system)
-    return Demand(
-        kind=spec.kind,
-        capability=spec.capability,
-        model=spec.model,
-        min_vram=spec.min_vram,
-        min_ram=spec.min_ram,
-        node=spec.node,
-        est_tokens=tokens,
-        est_seconds=spec.estimate_s,
-    )
 
 
 def _order(task: TaskRecord, rec: SubtaskRecord) -> tuple[int, float, float]:
@@ -149,7 +131,9 @@ class Outlook(Bookkeeping):
 
     @staticmethod
     def _step(task_id: str, rec: SubtaskRecord) -> Step:
-        demand = rec.demand if rec.demand is not None else spec_demand(rec.spec)
+        demand = (
+            rec.demand if rec.demand is not None else demand_of(rec.spec)
+        )  # as written: not rendered yet
         return Step((task_id, rec.id), demand, tuple((task_id, a) for a in rec.spec.after))
 
     def admit(self, job: JobSpec, peers: Sequence[PeerCapacity], now: float) -> Admission | None:
